@@ -1,0 +1,130 @@
+"""The event inbox: durable, deduplicated records of accepted requests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+EVENTS_CHANNEL = "hookyard_events"
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A verified request, ready to be stored."""
+
+    owner_id: UUID
+    source_type: str
+    source_id: str
+    dedup_key: str
+    headers: dict[str, str]
+    body: bytes
+    verification: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The deduplication identity of the event."""
+        return (self.source_type, self.source_id, self.dedup_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Where an event landed: its id, and whether it had been stored before."""
+
+    event_id: UUID
+    duplicate: bool
+
+
+_INSERT = """
+INSERT INTO events (owner_id, source_type, source_id, dedup_key, headers, body, verification)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[], $7::jsonb[])
+ON CONFLICT (source_type, source_id, dedup_key) DO UPDATE
+    SET duplicate_count = events.duplicate_count + 1, last_duplicate_at = now()
+RETURNING id, source_type, source_id, dedup_key, (xmax <> 0) AS duplicate
+"""
+
+
+async def insert_events(conn: asyncpg.Connection, events: Sequence[NewEvent]) -> dict[tuple[str, str, str], Stored]:
+    """Store many events in one statement and one commit; keys must be distinct.
+
+    A key already present counts a duplicate delivery instead of storing it again. The
+    dispatcher is notified when the transaction commits.
+    """
+    async with conn.transaction():
+        rows = await conn.fetch(
+            _INSERT,
+            [e.owner_id for e in events],
+            [e.source_type for e in events],
+            [e.source_id for e in events],
+            [e.dedup_key for e in events],
+            [e.headers for e in events],
+            [e.body for e in events],
+            [e.verification for e in events],
+        )
+        await conn.execute("SELECT pg_notify($1, '')", EVENTS_CHANNEL)
+    return {
+        (r["source_type"], r["source_id"], r["dedup_key"]): Stored(r["id"], r["duplicate"]) for r in rows
+    }
+
+
+async def claim_received(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """Lock a batch of undispatched events; other dispatchers skip them (call inside a transaction)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id, owner_id, source_type, source_id, headers, body, received_at FROM events "
+        "WHERE status = 'received' ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+    return rows
+
+
+async def mark_resolved(
+    conn: asyncpg.Connection, ids: list[UUID], statuses: list[str], resolutions: list[list[dict[str, Any]]]
+) -> None:
+    """Record each event's outcome and the reasoning behind it."""
+    await conn.execute(
+        "UPDATE events e SET status = u.status, resolution = u.resolution, dispatched_at = now() "
+        "FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS u(id, status, resolution) WHERE e.id = u.id",
+        ids,
+        statuses,
+        resolutions,
+    )
+
+
+_EVENT_COLUMNS = (
+    "id, seq, source_type, source_id, dedup_key, received_at, headers, status, verification, "
+    "duplicate_count, last_duplicate_at, resolution, dispatched_at, octet_length(body) AS body_size"
+)
+
+
+async def list_events(
+    conn: asyncpg.Connection,
+    owner_id: UUID,
+    limit: int,
+    after_seq: int | None,
+    *,
+    status: str | None = None,
+    source_id: str | None = None,
+) -> list[asyncpg.Record]:
+    """A page of the owner's events, newest first (limit+1 rows)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE owner_id = $1 "
+        "AND ($2::bigint IS NULL OR seq < $2) AND ($3::text IS NULL OR status = $3) "
+        "AND ($4::text IS NULL OR source_id = $4) ORDER BY seq DESC LIMIT $5",
+        owner_id,
+        after_seq,
+        status,
+        source_id,
+        limit + 1,
+    )
+    return rows
+
+
+async def get_event(conn: asyncpg.Connection, owner_id: UUID, event_id: UUID) -> asyncpg.Record | None:
+    """One of the owner's events, body included."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {_EVENT_COLUMNS}, body FROM events WHERE id = $1 AND owner_id = $2", event_id, owner_id
+    )
+    return row

@@ -1,0 +1,160 @@
+"""Execution records: one per (workflow, event), plus replays and manual runs."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+async def insert_for_events(
+    conn: asyncpg.Connection,
+    owner_ids: list[UUID],
+    workflow_ids: list[UUID],
+    event_ids: list[UUID],
+    trigger_data: list[dict[str, Any]],
+) -> dict[tuple[UUID, UUID], UUID]:
+    """Create queued executions; an existing (workflow, event) pair is left alone.
+
+    Returns {(workflow_id, event_id): execution_id} for the rows created.
+    """
+    rows = await conn.fetch(
+        "INSERT INTO executions (owner_id, workflow_id, event_id, trigger_data) "
+        "SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::jsonb[]) "
+        "ON CONFLICT (workflow_id, event_id) WHERE replay_of IS NULL AND event_id IS NOT NULL DO NOTHING "
+        "RETURNING id, workflow_id, event_id",
+        owner_ids,
+        workflow_ids,
+        event_ids,
+        trigger_data,
+    )
+    return {(r["workflow_id"], r["event_id"]): r["id"] for r in rows}
+
+
+async def insert_replay(conn: asyncpg.Connection, owner_id: UUID, execution_id: UUID) -> UUID | None:
+    """A new queued execution with the same workflow, event and trigger data; None if not found."""
+    new_id: UUID | None = await conn.fetchval(
+        "INSERT INTO executions (owner_id, workflow_id, event_id, replay_of, trigger_data) "
+        "SELECT x.owner_id, x.workflow_id, x.event_id, x.id, x.trigger_data FROM executions x "
+        "JOIN workflows w ON w.id = x.workflow_id AND w.deleted_at IS NULL "
+        "WHERE x.id = $1 AND x.owner_id = $2 RETURNING id",
+        execution_id,
+        owner_id,
+    )
+    if new_id is not None:
+        await conn.execute("SELECT pg_notify('hookyard_events', '')")
+    return new_id
+
+
+async def claim_handover(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """Lock queued executions not yet handed to Temporal (call inside a transaction)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT x.id, x.workflow_id, w.concurrency_limit, w.retry_policy FROM executions x "
+        "JOIN workflows w ON w.id = x.workflow_id "
+        "WHERE x.signalled_at IS NULL AND x.status = 'queued' ORDER BY x.seq LIMIT $1 "
+        "FOR UPDATE OF x SKIP LOCKED",
+        limit,
+    )
+    return rows
+
+
+async def mark_signalled(conn: asyncpg.Connection, ids: list[UUID]) -> None:
+    """Record that Temporal holds these executions."""
+    await conn.execute("UPDATE executions SET signalled_at = now() WHERE id = ANY($1::uuid[])", ids)
+
+
+async def claim_for_run(
+    conn: asyncpg.Connection, ids: list[UUID], temporal_workflow_id: str, temporal_run_id: str
+) -> list[asyncpg.Record]:
+    """Start an attempt of each execution that may still run.
+
+    Executions already finished are skipped (a duplicate hand-over runs nothing); those whose
+    workflow was deactivated meanwhile are cancelled.
+    """
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE executions x SET status = 'cancelled', finished_at = now(), next_attempt_at = NULL, "
+            "error = 'workflow was deactivated before this execution ran' FROM workflows w "
+            "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
+            "AND NOT (w.active AND w.deleted_at IS NULL)",
+            ids,
+        )
+        rows: list[asyncpg.Record] = await conn.fetch(
+            "UPDATE executions x SET status = 'running', attempts = x.attempts + 1, "
+            "started_at = coalesce(x.started_at, now()), next_attempt_at = NULL, "
+            "temporal_workflow_id = $2, temporal_run_id = $3 FROM workflows w "
+            "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
+            "RETURNING x.id, x.owner_id, x.workflow_id, x.event_id, x.trigger_data, x.attempts, "
+            "w.name AS workflow_name, w.action_type, w.action_config, w.credential_id",
+            ids,
+            temporal_workflow_id,
+            temporal_run_id,
+        )
+    return rows
+
+
+async def record_outcomes(conn: asyncpg.Connection, outcomes: list[dict[str, Any]]) -> None:
+    """Write attempt outcomes: {id, status, result, error, retry_in_s}; terminal ones get finished_at."""
+    await conn.execute(
+        "UPDATE executions x SET status = u.status, result = u.result, error = u.error, "
+        "finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN now() END, "
+        "next_attempt_at = CASE WHEN u.retry_in IS NULL THEN NULL "
+        "ELSE now() + make_interval(secs => u.retry_in) END "
+        "FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::float8[]) "
+        "AS u(id, status, result, error, retry_in) "
+        "WHERE x.id = u.id AND x.status = 'running'",
+        [o["id"] for o in outcomes],
+        [o["status"] for o in outcomes],
+        [o.get("result") for o in outcomes],
+        [o.get("error") for o in outcomes],
+        [o.get("retry_in_s") for o in outcomes],
+    )
+
+
+_COLUMNS = (
+    "id, seq, workflow_id, event_id, replay_of, status, trigger_data, result, error, attempts, "
+    "created_at, started_at, finished_at, next_attempt_at, temporal_workflow_id, temporal_run_id"
+)
+
+
+async def list_for_workflow(
+    conn: asyncpg.Connection,
+    owner_id: UUID,
+    workflow_id: UUID,
+    limit: int,
+    after_seq: int | None,
+    status: str | None,
+) -> list[asyncpg.Record]:
+    """A page of a workflow's executions, newest first (limit+1 rows)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM executions WHERE workflow_id = $1 AND owner_id = $2 "
+        "AND ($3::bigint IS NULL OR seq < $3) AND ($4::text IS NULL OR status = $4) "
+        "ORDER BY seq DESC LIMIT $5",
+        workflow_id,
+        owner_id,
+        after_seq,
+        status,
+        limit + 1,
+    )
+    return rows
+
+
+async def list_for_event(conn: asyncpg.Connection, owner_id: UUID, event_id: UUID) -> list[asyncpg.Record]:
+    """Every execution an event produced (first runs and replays)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM executions WHERE event_id = $1 AND owner_id = $2 ORDER BY seq",
+        event_id,
+        owner_id,
+    )
+    return rows
+
+
+async def get_execution(conn: asyncpg.Connection, owner_id: UUID, execution_id: UUID) -> asyncpg.Record | None:
+    """One of the owner's executions."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM executions WHERE id = $1 AND owner_id = $2", execution_id, owner_id
+    )
+    return row

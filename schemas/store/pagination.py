@@ -1,0 +1,36 @@
+"""Keyset pagination over the `seq` column, with opaque cursors."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+
+class BadCursor(ValueError):
+    """The cursor was not produced by this API."""
+
+
+def encode_cursor(seq: int) -> str:
+    """An opaque cursor pointing after the row with this seq."""
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """The seq a cursor points after, None for the first page."""
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith("s"):
+            raise ValueError(text)
+        return int(text[1:])
+    except ValueError as exc:
+        raise BadCursor("cursor is not valid") from exc
+
+
+def page(rows: Sequence[Any], limit: int) -> tuple[list[Any], str | None]:
+    """Rows fetched with limit+1 -> (the page, the cursor of the next page or None)."""
+    items = list(rows[:limit])
+    more = len(rows) > limit
+    return items, (encode_cursor(items[-1]["seq"]) if more and items else None)

@@ -1,0 +1,178 @@
+"""Workflows: an owner's trigger + action definitions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSpec:
+    """The part of a workflow the dispatcher needs to route and hand over an event."""
+
+    id: UUID
+    owner_id: UUID
+    trigger_type: str
+    trigger_config: dict[str, Any]
+    concurrency_limit: int
+    retry_policy: dict[str, Any]
+
+
+_COLUMNS = (
+    "id, seq, owner_id, name, trigger_type, trigger_config, routing_key, action_type, action_config, "
+    "credential_id, active, concurrency_limit, retry_policy, created_at, updated_at"
+)
+
+
+async def insert_workflow(conn: asyncpg.Connection, owner_id: UUID, values: dict[str, Any]) -> asyncpg.Record:
+    """Insert a validated workflow definition."""
+    row: asyncpg.Record = await conn.fetchrow(
+        "INSERT INTO workflows (owner_id, name, trigger_type, trigger_config, routing_key, action_type, "
+        "action_config, credential_id, active, concurrency_limit, retry_policy) "
+        f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {_COLUMNS}",
+        owner_id,
+        values["name"],
+        values["trigger_type"],
+        values["trigger_config"],
+        values["routing_key"],
+        values["action_type"],
+        values["action_config"],
+        values["credential_id"],
+        values["active"],
+        values["concurrency_limit"],
+        values["retry_policy"],
+    )
+    return row
+
+
+async def update_workflow(
+    conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID, values: dict[str, Any]
+) -> asyncpg.Record | None:
+    """Replace the definition (the caller merged and validated the patch)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE workflows SET name = $3, trigger_type = $4, trigger_config = $5, routing_key = $6, "
+        "action_type = $7, action_config = $8, credential_id = $9, concurrency_limit = $10, "
+        "retry_policy = $11, updated_at = now() "
+        f"WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL RETURNING {_COLUMNS}",
+        workflow_id,
+        owner_id,
+        values["name"],
+        values["trigger_type"],
+        values["trigger_config"],
+        values["routing_key"],
+        values["action_type"],
+        values["action_config"],
+        values["credential_id"],
+        values["concurrency_limit"],
+        values["retry_policy"],
+    )
+    return row
+
+
+async def get_workflow(
+    conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID, *, for_update: bool = False
+) -> asyncpg.Record | None:
+    """One of the owner's live workflows."""
+    lock = " FOR UPDATE" if for_update else ""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM workflows WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL{lock}",
+        workflow_id,
+        owner_id,
+    )
+    return row
+
+
+async def list_workflows(
+    conn: asyncpg.Connection, owner_id: UUID, limit: int, after_seq: int | None
+) -> list[asyncpg.Record]:
+    """A page of the owner's workflows, newest first (limit+1 rows)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM workflows WHERE owner_id = $1 AND deleted_at IS NULL "
+        "AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
+        owner_id,
+        after_seq,
+        limit + 1,
+    )
+    return rows
+
+
+async def set_active(
+    conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID, active: bool
+) -> tuple[asyncpg.Record | None, int]:
+    """Activate or deactivate; deactivating cancels every execution not yet started.
+
+    Returns the row and the number of executions cancelled.
+    """
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            f"UPDATE workflows SET active = $3, updated_at = now() "
+            f"WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL RETURNING {_COLUMNS}",
+            workflow_id,
+            owner_id,
+            active,
+        )
+        cancelled = 0 if row is None or active else await cancel_pending(conn, workflow_id)
+    return row, cancelled
+
+
+async def delete_workflow(conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID) -> bool:
+    """Soft-delete (its executions stay listable) and cancel what has not started."""
+    async with conn.transaction():
+        status: str = await conn.execute(
+            "UPDATE workflows SET active = false, deleted_at = now() "
+            "WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL",
+            workflow_id,
+            owner_id,
+        )
+        if not status.endswith(" 1"):
+            return False
+        await cancel_pending(conn, workflow_id)
+    return True
+
+
+async def cancel_pending(conn: asyncpg.Connection, workflow_id: UUID) -> int:
+    """Mark queued executions cancelled so a running automation skips them."""
+    status: str = await conn.execute(
+        "UPDATE executions SET status = 'cancelled', finished_at = now(), "
+        "error = 'workflow was deactivated before this execution started' "
+        "WHERE workflow_id = $1 AND status = 'queued'",
+        workflow_id,
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def routing_version(conn: asyncpg.Connection) -> int:
+    """Counter bumped by a trigger on every workflow change (cache invalidation across processes)."""
+    version: int = await conn.fetchval("SELECT version FROM cache_versions WHERE name = 'workflows'")
+    return version
+
+
+async def active_for_route(
+    conn: asyncpg.Connection, trigger_type: str, routing_key: str
+) -> list[WorkflowSpec]:
+    """Active workflows listening on one routing key (an index lookup)."""
+    rows = await conn.fetch(
+        "SELECT id, owner_id, trigger_type, trigger_config, concurrency_limit, retry_policy "
+        "FROM workflows WHERE trigger_type = $1 AND routing_key = $2 AND active AND deleted_at IS NULL "
+        "ORDER BY seq",
+        trigger_type,
+        routing_key,
+    )
+    return [WorkflowSpec(**dict(r)) for r in rows]
+
+
+async def lock_active(conn: asyncpg.Connection, workflow_ids: list[UUID]) -> set[UUID]:
+    """Of these workflows, the ones still active, share-locked until the transaction ends.
+
+    A concurrent deactivation either commits first (and the workflow is left out) or waits for
+    our transaction, whose queued executions it then cancels. Nothing fires after a deactivate.
+    """
+    rows = await conn.fetch(
+        "SELECT id FROM workflows WHERE id = ANY($1::uuid[]) AND active AND deleted_at IS NULL "
+        "ORDER BY id FOR SHARE",
+        workflow_ids,
+    )
+    return {r["id"] for r in rows}
