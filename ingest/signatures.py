@@ -1,9 +1,8 @@
 """Verify inbound webhook signatures against the raw request body.
 
-Five schemes: Standard Webhooks (also under its Svix header names), GitHub, Stripe, Slack and
-Shopify. Everything here is pure: no I/O and no clock, because callers pass ``now``. Each
-``verify`` takes several secrets so one can be rotated: the current secret first, older ones
-after it. ``Verified.secret_index`` says which one matched.
+Schemes: Standard Webhooks (also under Svix header names), GitHub, Stripe, Slack, Shopify. Pure:
+no I/O and no clock (callers pass ``now``). ``verify`` takes several secrets for rotation, the
+current one first; ``Verified.secret_index`` says which matched.
 
 Every rejection raises a subclass of ``SignatureError``::
 
@@ -27,6 +26,7 @@ import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from secrets import token_bytes
 from types import MappingProxyType
 from typing import Protocol
@@ -35,8 +35,6 @@ import orjson
 
 DEFAULT_SCHEME = "standard-webhooks"
 _WHSEC_PREFIX = "whsec_"
-# Twelve digits reach the year 33658; anything longer is not a timestamp a sender meant.
-_MAX_TIMESTAMP_DIGITS = 12
 
 
 class SignatureError(Exception):
@@ -110,8 +108,7 @@ def _require(headers: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _b64decode(value: str) -> bytes:
-    return base64.b64decode(value, validate=True)
+_b64decode = partial(base64.b64decode, validate=True)
 
 
 def _decode(value: str, decoder: Callable[[str], bytes], header: str) -> bytes:
@@ -122,8 +119,9 @@ def _decode(value: str, decoder: Callable[[str], bytes], header: str) -> bytes:
 
 
 def _timestamp(raw: str, header: str) -> int:
-    # int() alone would also take " 12", "1_2", "+12" and non-ASCII digits.
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_TIMESTAMP_DIGITS):
+    # int() alone would also take " 12", "1_2", "+12" and non-ASCII digits; 12 digits is
+    # past the year 30000, so anything longer is not a timestamp a sender meant.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12):
         raise MalformedHeader(f"{header} is not a unix timestamp in whole seconds")
     return int(raw)
 
@@ -169,14 +167,22 @@ def _whsec_key(secret: str) -> bytes:
     return key
 
 
+def _prefixed_hex(value: str, prefix: str, header: str) -> bytes:
+    if not value.startswith(prefix):
+        raise MalformedHeader(f"{header} must look like '{prefix}<hex>'")
+    return _decode(value.removeprefix(prefix), binascii.unhexlify, header)
+
+
 # Signature candidates, the exact bytes that were signed, and the signed timestamp if any.
 _Parsed = tuple[list[bytes], bytes, int | None]
 
 
 class _HmacScheme:
-    """Shared order of checks: headers present and parseable, timestamp fresh, signature."""
+    """HMAC-SHA256 over ``_content``, which ``sign`` and ``verify`` share so they cannot drift."""
 
     name: str
+    id_headers: tuple[str, ...] = ()
+    id_field: str | None = None  # a JSON body field, for senders that put the id there
 
     def verify(
         self,
@@ -192,56 +198,72 @@ class _HmacScheme:
         keys = [self._key(secret) for secret in secrets]
         return Verified(self.name, _match(self.name, candidates, keys, content), timestamp)
 
+    def delivery_id(self, body: bytes, headers: Mapping[str, str]) -> str | None:
+        for name in self.id_headers:
+            if headers.get(name):
+                return headers[name]
+        return _json_string(body, self.id_field) if self.id_field else None
+
+    def sign(
+        self, body: bytes, secret: str, *, now: float, msg_id: str | None = None
+    ) -> dict[str, str]:
+        msg_id = msg_id or str(uuid.uuid4())
+        timestamp = str(math.floor(now))
+        digest = _hmac(self._signing_key(secret), self._content(body, msg_id, timestamp))
+        return self._headers(digest, msg_id, timestamp)
+
     def _key(self, secret: str) -> bytes | None:
+        # A secret that cannot become a key can never have signed anything.
+        try:
+            return self._signing_key(secret)
+        except ValueError:
+            return None
+
+    def _signing_key(self, secret: str) -> bytes:
         return secret.encode()
+
+    def _content(self, body: bytes, msg_id: str, timestamp: str) -> bytes:
+        return body
 
     def _parse(self, body: bytes, headers: Mapping[str, str]) -> _Parsed:
         raise NotImplementedError
 
+    def _headers(self, digest: bytes, msg_id: str, timestamp: str) -> dict[str, str]:
+        raise NotImplementedError
+
 
 class _StandardWebhooks(_HmacScheme):
-    """``webhook-signature: v1,<base64> ...`` over ``"{id}.{timestamp}.{body}"``."""
+    """``webhook-signature: v1,<base64> ...`` over ``"{id}.{timestamp}.{body}"``.
+
+    Svix (and Resend through it) signs identically under ``svix-*`` header names.
+    """
 
     name = "standard-webhooks"
+    id_headers = ("webhook-id", "svix-id")
 
     def _parse(self, body: bytes, headers: Mapping[str, str]) -> _Parsed:
-        # Svix (and Resend through it) signs identically under svix-* names.
-        prefix = (
-            "webhook" if _has_any(headers, "webhook") or not _has_any(headers, "svix") else "svix"
-        )
+        # Any webhook-* header picks that spelling, so a partial set names what is missing.
+        svix = not _has_any(headers, "webhook") and _has_any(headers, "svix")
+        prefix = "svix" if svix else "webhook"
         msg_id = _require(headers, f"{prefix}-id")
         raw_timestamp = _require(headers, f"{prefix}-timestamp")
         signatures = _require(headers, f"{prefix}-signature")
         timestamp = _timestamp(raw_timestamp, f"{prefix}-timestamp")
         candidates = _standard_signatures(signatures, f"{prefix}-signature")
         try:
-            content = f"{msg_id}.{raw_timestamp}.".encode() + body
+            return candidates, self._content(body, msg_id, raw_timestamp), timestamp
         except UnicodeEncodeError as exc:
             raise MalformedHeader(f"{prefix}-id is not valid text") from exc
-        return candidates, content, timestamp
 
-    def _key(self, secret: str) -> bytes | None:
-        # A secret that cannot be decoded can never have signed anything.
-        try:
-            return _whsec_key(secret)
-        except ValueError:
-            return None
+    def _signing_key(self, secret: str) -> bytes:
+        return _whsec_key(secret)
 
-    def delivery_id(self, body: bytes, headers: Mapping[str, str]) -> str | None:
-        return headers.get("webhook-id") or headers.get("svix-id") or None
+    def _content(self, body: bytes, msg_id: str, timestamp: str) -> bytes:
+        return f"{msg_id}.{timestamp}.".encode() + body
 
-    def sign(
-        self, body: bytes, secret: str, *, now: float, msg_id: str | None = None
-    ) -> dict[str, str]:
-        msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-        timestamp = str(math.floor(now))
-        digest = _hmac(_whsec_key(secret), f"{msg_id}.{timestamp}.".encode() + body)
-        signature = f"v1,{base64.b64encode(digest).decode()}"
-        return {
-            "webhook-id": msg_id,
-            "webhook-timestamp": timestamp,
-            "webhook-signature": signature,
-        }
+    def _headers(self, digest: bytes, msg_id: str, timestamp: str) -> dict[str, str]:
+        v1 = f"v1,{base64.b64encode(digest).decode()}"
+        return {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": v1}
 
 
 def _has_any(headers: Mapping[str, str], prefix: str) -> bool:
@@ -264,32 +286,25 @@ class _GitHub(_HmacScheme):
     """``x-hub-signature-256: sha256=<hex>`` over the body. No timestamp: dedupe stops replays."""
 
     name = "github"
+    id_headers = ("x-github-delivery",)
 
     def _parse(self, body: bytes, headers: Mapping[str, str]) -> _Parsed:
-        algorithm, equals, signature = _require(headers, "x-hub-signature-256").partition("=")
-        if algorithm != "sha256" or not equals:
-            raise MalformedHeader("x-hub-signature-256 must look like 'sha256=<hex>'")
-        return [_decode(signature, binascii.unhexlify, "x-hub-signature-256")], body, None
+        value = _require(headers, "x-hub-signature-256")
+        return [_prefixed_hex(value, "sha256=", "x-hub-signature-256")], body, None
 
-    def delivery_id(self, body: bytes, headers: Mapping[str, str]) -> str | None:
-        return headers.get("x-github-delivery") or None
-
-    def sign(
-        self, body: bytes, secret: str, *, now: float, msg_id: str | None = None
-    ) -> dict[str, str]:
-        return {
-            "x-hub-signature-256": f"sha256={_hmac(secret.encode(), body).hex()}",
-            "x-github-delivery": msg_id or str(uuid.uuid4()),
-        }
+    def _headers(self, digest: bytes, msg_id: str, timestamp: str) -> dict[str, str]:
+        return {"x-hub-signature-256": f"sha256={digest.hex()}", "x-github-delivery": msg_id}
 
 
 class _Stripe(_HmacScheme):
     """``stripe-signature: t=<unix>,v1=<hex>...`` over ``"{t}.{body}"``.
 
     The key is the whole ``whsec_...`` string as UTF-8; Stripe does not base64-decode it.
+    The event id lives in the body, so ``sign`` ignores ``msg_id``.
     """
 
     name = "stripe"
+    id_field = "id"
 
     def _parse(self, body: bytes, headers: Mapping[str, str]) -> _Parsed:
         raw_timestamp: str | None = None
@@ -305,42 +320,35 @@ class _Stripe(_HmacScheme):
         if raw_timestamp is None:
             raise MalformedHeader("stripe-signature has no t= timestamp")
         timestamp = _timestamp(raw_timestamp, "stripe-signature t=")
-        return candidates, f"{raw_timestamp}.".encode() + body, timestamp
+        return candidates, self._content(body, "", raw_timestamp), timestamp
 
-    def delivery_id(self, body: bytes, headers: Mapping[str, str]) -> str | None:
-        return _json_string(body, "id")
+    def _content(self, body: bytes, msg_id: str, timestamp: str) -> bytes:
+        return f"{timestamp}.".encode() + body
 
-    def sign(
-        self, body: bytes, secret: str, *, now: float, msg_id: str | None = None
-    ) -> dict[str, str]:
-        timestamp = math.floor(now)
-        digest = _hmac(secret.encode(), f"{timestamp}.".encode() + body)
+    def _headers(self, digest: bytes, msg_id: str, timestamp: str) -> dict[str, str]:
         return {"stripe-signature": f"t={timestamp},v1={digest.hex()}"}
 
 
 class _Slack(_HmacScheme):
-    """``x-slack-signature: v0=<hex>`` over ``"v0:{x-slack-request-timestamp}:{body}"``."""
+    """``x-slack-signature: v0=<hex>`` over ``"v0:{x-slack-request-timestamp}:{body}"``.
+
+    Only Events API payloads carry an ``event_id``; ``sign`` ignores ``msg_id``.
+    """
 
     name = "slack"
+    id_field = "event_id"
 
     def _parse(self, body: bytes, headers: Mapping[str, str]) -> _Parsed:
-        signature_header = _require(headers, "x-slack-signature")
+        value = _require(headers, "x-slack-signature")
         raw_timestamp = _require(headers, "x-slack-request-timestamp")
-        version, equals, signature = signature_header.partition("=")
-        if version != "v0" or not equals:
-            raise MalformedHeader("x-slack-signature must look like 'v0=<hex>'")
-        candidate = _decode(signature, binascii.unhexlify, "x-slack-signature")
+        candidate = _prefixed_hex(value, "v0=", "x-slack-signature")
         timestamp = _timestamp(raw_timestamp, "x-slack-request-timestamp")
-        return [candidate], f"v0:{raw_timestamp}:".encode() + body, timestamp
+        return [candidate], self._content(body, "", raw_timestamp), timestamp
 
-    def delivery_id(self, body: bytes, headers: Mapping[str, str]) -> str | None:
-        return _json_string(body, "event_id")
+    def _content(self, body: bytes, msg_id: str, timestamp: str) -> bytes:
+        return f"v0:{timestamp}:".encode() + body
 
-    def sign(
-        self, body: bytes, secret: str, *, now: float, msg_id: str | None = None
-    ) -> dict[str, str]:
-        timestamp = str(math.floor(now))
-        digest = _hmac(secret.encode(), f"v0:{timestamp}:".encode() + body)
+    def _headers(self, digest: bytes, msg_id: str, timestamp: str) -> dict[str, str]:
         return {"x-slack-request-timestamp": timestamp, "x-slack-signature": f"v0={digest.hex()}"}
 
 
@@ -348,22 +356,15 @@ class _Shopify(_HmacScheme):
     """``x-shopify-hmac-sha256: <base64>`` (not hex) over the body. No timestamp."""
 
     name = "shopify"
+    id_headers = ("x-shopify-webhook-id", "x-shopify-event-id")
 
     def _parse(self, body: bytes, headers: Mapping[str, str]) -> _Parsed:
-        signature = _require(headers, "x-shopify-hmac-sha256")
-        return [_decode(signature, _b64decode, "x-shopify-hmac-sha256")], body, None
+        value = _require(headers, "x-shopify-hmac-sha256")
+        return [_decode(value, _b64decode, "x-shopify-hmac-sha256")], body, None
 
-    def delivery_id(self, body: bytes, headers: Mapping[str, str]) -> str | None:
-        return headers.get("x-shopify-webhook-id") or headers.get("x-shopify-event-id") or None
-
-    def sign(
-        self, body: bytes, secret: str, *, now: float, msg_id: str | None = None
-    ) -> dict[str, str]:
-        digest = _hmac(secret.encode(), body)
-        return {
-            "x-shopify-hmac-sha256": base64.b64encode(digest).decode(),
-            "x-shopify-webhook-id": msg_id or str(uuid.uuid4()),
-        }
+    def _headers(self, digest: bytes, msg_id: str, timestamp: str) -> dict[str, str]:
+        signature = base64.b64encode(digest).decode()
+        return {"x-shopify-hmac-sha256": signature, "x-shopify-webhook-id": msg_id}
 
 
 _ALL: tuple[Scheme, ...] = (_StandardWebhooks(), _GitHub(), _Stripe(), _Slack(), _Shopify())

@@ -35,14 +35,10 @@ _QUOTED = re.compile(r"""\[(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')\]""", re.
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _CANONICAL_INT = re.compile(r"0|[1-9][0-9]*")
 
-_SEGMENT_PATTERN = (
-    r"""(?:\[(?:0|[1-9][0-9]{0,17})\]|\["(?:[^"\\]|\\[\s\S])*"\]|\['(?:[^'\\]|\\[\s\S])*'\])"""
-)
+_SEGMENT_PATTERN = r"""(?:\[(?:0|[1-9][0-9]{0,17})\]|\["(?:[^"\\]|\\[\s\S])*"\]|\['(?:[^'\\]|\\[\s\S])*'\])"""
 # ECMA-262 and Python agree on this pattern. The trailing lookahead is a true end of input:
 # "$" would also match before a final newline in Python.
-PATH_PATTERN = (
-    rf"^(?:[A-Za-z0-9_-]+|{_SEGMENT_PATTERN})(?:\.[A-Za-z0-9_-]+|{_SEGMENT_PATTERN})*(?![\s\S])"
-)
+PATH_PATTERN = rf"^(?:[A-Za-z0-9_-]+|{_SEGMENT_PATTERN})(?:\.[A-Za-z0-9_-]+|{_SEGMENT_PATTERN})*(?![\s\S])"
 """A JSON Schema ``pattern`` accepting exactly the strings ``parse_path`` accepts."""
 
 
@@ -65,7 +61,7 @@ class PathNotFound(LookupError):
 
 @functools.lru_cache(maxsize=4096)
 def parse_path(path: str) -> tuple[Segment, ...]:
-    """Split ``path`` into keys and indexes: ``"body.items[0].sku"`` -> ``("body", "items", 0, "sku")``.
+    """Split a path: ``"body.items[0].sku"`` -> ``("body", "items", 0, "sku")``.
 
     Results are cached because the same few paths are evaluated for every event.
     Raises ``PathError`` if ``path`` is empty or malformed.
@@ -120,14 +116,15 @@ def resolve(data: object, path: str | tuple[Segment, ...]) -> object:
     for depth, segment in enumerate(segments):
         found, node = _step(node, segment)
         if not found:
-            shown = path if isinstance(path, str) else format_path(segments)
+            shown = path if isinstance(path, str) else _display(segments)
             raise PathNotFound(shown, _missing_reason(node, segments, depth))
     return node
 
 
 def _step(node: object, segment: Segment) -> tuple[bool, object]:
     """Take one step; on failure return the node that could not be stepped into."""
-    if isinstance(node, Mapping):
+    # Event data is plain dicts; testing the exact type first skips the slower ABC check.
+    if type(node) is dict or isinstance(node, Mapping):
         key = segment if isinstance(segment, str) else str(segment)
         if key in node:
             return True, node[key]
@@ -144,13 +141,22 @@ def _missing_reason(node: object, segments: tuple[Segment, ...], depth: int) -> 
     if isinstance(node, list | tuple):
         if isinstance(segment, str):
             return f"{_where(segments, depth)} is a list, so {segment!r} is not an index"
-        return f"no index {segment}; the list has {len(node)} items"
+        count = len(node)
+        return f"no index {segment}; the list has {count} item{'' if count == 1 else 's'}"
     what = f"{_where(segments, depth)} is {_json_type(node)}"
     return f"{what}, so it has no {'index' if isinstance(segment, int) else 'key'} {segment!r}"
 
 
 def _where(segments: tuple[Segment, ...], depth: int) -> str:
-    return repr(format_path(segments[:depth])) if depth else "the data"
+    return repr(_display(segments[:depth])) if depth else "the data"
+
+
+def _display(segments: tuple[Segment, ...]) -> str:
+    # Segments built by hand may hold what no path string can, such as a negative index.
+    try:
+        return format_path(segments)
+    except PathError:
+        return repr(segments)
 
 
 def _json_type(value: object) -> str:
@@ -181,8 +187,10 @@ def _read_bracket(path: str, pos: int, segments: list[Segment]) -> int:
         segments.append(int(index.group(1)))
         return index.end()
     quoted = _QUOTED.match(path, pos)
+    if quoted is None and path.startswith("[-", pos):
+        raise _syntax(path, pos, "negative indexes are not allowed")
     if quoted is None:
-        raise _syntax(path, pos, 'expected [index], ["key"] or [\'key\']')
+        raise _syntax(path, pos, "expected [index], [\"key\"] or ['key']")
     raw = quoted.group(1) if quoted.group(1) is not None else quoted.group(2)
     segments.append(_ESCAPE.sub(r"\1", raw))
     return quoted.end()

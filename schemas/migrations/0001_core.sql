@@ -53,6 +53,8 @@ CREATE TABLE workflows (
     active            boolean NOT NULL DEFAULT true,
     concurrency_limit integer NOT NULL DEFAULT 10 CHECK (concurrency_limit BETWEEN 1 AND 1000),
     retry_policy      jsonb NOT NULL,
+    -- Standard Webhooks secret for signing outgoing requests; encrypted like endpoint secrets.
+    signing_secret    text,
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
     deleted_at        timestamptz

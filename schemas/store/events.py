@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 EVENTS_CHANNEL = "hookyard_events"
 
@@ -85,11 +86,12 @@ async def mark_resolved(
 ) -> None:
     """Record each event's outcome and the reasoning behind it."""
     await conn.execute(
-        "UPDATE events e SET status = u.status, resolution = u.resolution, dispatched_at = now() "
-        "FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS u(id, status, resolution) WHERE e.id = u.id",
+        "UPDATE events e SET status = u.status, resolution = u.resolution::jsonb, dispatched_at = now() "
+        "FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, status, resolution) WHERE e.id = u.id",
         ids,
         statuses,
-        resolutions,
+        # Sent as JSON text: asyncpg would read a list of lists as a two-dimensional array.
+        [orjson.dumps(r).decode() for r in resolutions],
     )
 
 

@@ -23,16 +23,22 @@ class WorkflowSpec:
 
 _COLUMNS = (
     "id, seq, owner_id, name, trigger_type, trigger_config, routing_key, action_type, action_config, "
-    "credential_id, active, concurrency_limit, retry_policy, created_at, updated_at"
+    "credential_id, active, concurrency_limit, retry_policy, created_at, updated_at, "
+    "(signing_secret IS NOT NULL) AS signing"
 )
 
 
 async def insert_workflow(conn: asyncpg.Connection, owner_id: UUID, values: dict[str, Any]) -> asyncpg.Record:
-    """Insert a validated workflow definition."""
+    """Insert a validated workflow definition.
+
+    `values` may carry the row's `id` (callers that bind ciphertext to the row pick it first)
+    and an already encrypted `signing_secret`.
+    """
     row: asyncpg.Record = await conn.fetchrow(
         "INSERT INTO workflows (owner_id, name, trigger_type, trigger_config, routing_key, action_type, "
-        "action_config, credential_id, active, concurrency_limit, retry_policy) "
-        f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {_COLUMNS}",
+        "action_config, credential_id, active, concurrency_limit, retry_policy, id, signing_secret) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, gen_random_uuid()), $13) "
+        f"RETURNING {_COLUMNS}",
         owner_id,
         values["name"],
         values["trigger_type"],
@@ -44,6 +50,8 @@ async def insert_workflow(conn: asyncpg.Connection, owner_id: UUID, values: dict
         values["active"],
         values["concurrency_limit"],
         values["retry_policy"],
+        values.get("id"),
+        values.get("signing_secret"),
     )
     return row
 
@@ -51,11 +59,14 @@ async def insert_workflow(conn: asyncpg.Connection, owner_id: UUID, values: dict
 async def update_workflow(
     conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID, values: dict[str, Any]
 ) -> asyncpg.Record | None:
-    """Replace the definition (the caller merged and validated the patch)."""
+    """Replace the definition (the caller merged and validated the patch).
+
+    An encrypted `signing_secret` in `values` is stored; without one the current one is kept.
+    """
     row: asyncpg.Record | None = await conn.fetchrow(
         "UPDATE workflows SET name = $3, trigger_type = $4, trigger_config = $5, routing_key = $6, "
         "action_type = $7, action_config = $8, credential_id = $9, concurrency_limit = $10, "
-        "retry_policy = $11, updated_at = now() "
+        "retry_policy = $11, signing_secret = coalesce($12, signing_secret), updated_at = now() "
         f"WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL RETURNING {_COLUMNS}",
         workflow_id,
         owner_id,
@@ -68,19 +79,27 @@ async def update_workflow(
         values["credential_id"],
         values["concurrency_limit"],
         values["retry_policy"],
+        values.get("signing_secret"),
     )
     return row
 
 
 async def get_workflow(
-    conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID, *, for_update: bool = False
+    conn: asyncpg.Connection,
+    owner_id: UUID,
+    workflow_id: UUID,
+    *,
+    for_update: bool = False,
+    include_deleted: bool = False,
 ) -> asyncpg.Record | None:
-    """One of the owner's live workflows."""
+    """One of the owner's live workflows (or deleted ones too, whose executions stay listable)."""
     lock = " FOR UPDATE" if for_update else ""
     row: asyncpg.Record | None = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM workflows WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL{lock}",
+        f"SELECT {_COLUMNS} FROM workflows WHERE id = $1 AND owner_id = $2 "
+        f"AND ($3 OR deleted_at IS NULL){lock}",
         workflow_id,
         owner_id,
+        include_deleted,
     )
     return row
 

@@ -1,0 +1,132 @@
+"""`http.request`: call a URL with values from the trigger data."""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from actions.base import ActionContext, ActionType
+from actions.errors import PermanentActionError, RetryableActionError
+from actions.templating import TemplateError, render
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["url"],
+    "additionalProperties": False,
+    "properties": {
+        "method": {"enum": ["GET", "POST", "PUT", "PATCH", "DELETE"], "default": "POST"},
+        "url": {"type": "string", "minLength": 1, "maxLength": 2048,
+                "description": "http(s) URL; may contain {{ trigger.… }} templates."},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}, "default": {}},
+        "body": {"description": "JSON sent as the body (templated); a string is sent as text."},
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 120, "default": 10},
+        "sign": {"type": "boolean", "default": False,
+                 "description": "Sign with Standard Webhooks using the workflow's signing secret."},
+    },
+}
+
+_RETRY_STATUSES = {408, 425, 429}
+_EXCERPT = 2048
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), capped at one hour."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), 3600.0)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    delay = when.timestamp() - (time.time() if now is None else now)
+    return min(max(delay, 0.0), 3600.0)
+
+
+def sign_standard_webhook(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Standard Webhooks headers for an outgoing request."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp), "webhook-signature": f"v1,{digest}"}
+
+
+def _build(ctx: ActionContext, config: Mapping[str, Any]) -> tuple[str, dict[str, str], bytes | None]:
+    try:
+        url = render(config["url"], ctx.template_context, field="url")
+        headers = render(config.get("headers", {}), ctx.template_context, field="headers")
+        body_template = config.get("body")
+        body = None if body_template is None else render(body_template, ctx.template_context, field="body")
+    except TemplateError as exc:
+        raise PermanentActionError(f"template error: {exc}") from exc
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise PermanentActionError(f"url must be an http(s) URL after templating, got {str(url)[:100]!r}")
+    out_headers = {str(k): str(v) for k, v in dict(headers).items()}  # type: ignore[call-overload]
+    content: bytes | None = None
+    if isinstance(body, str):
+        content = body.encode()
+        out_headers.setdefault("content-type", "text/plain; charset=utf-8")
+    elif body is not None:
+        content = orjson.dumps(body)
+        out_headers.setdefault("content-type", "application/json")
+    return url, out_headers, content
+
+
+async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Send the request; 2xx succeeds, 408/425/429/5xx and network errors retry, other 4xx fail."""
+    url, headers, content = _build(ctx, config)
+    if config.get("sign"):
+        if not ctx.signing_secret:
+            raise PermanentActionError("signing is on but the workflow has no signing secret")
+        # The execution id is stable across retries, so receivers can deduplicate on webhook-id.
+        headers.update(sign_standard_webhook(ctx.signing_secret, ctx.execution_id, int(time.time()), content or b""))
+    headers.setdefault("user-agent", "hookyard/0.1")
+    headers.setdefault("idempotency-key", ctx.execution_id)
+    started = time.monotonic()
+    try:
+        response = await ctx.http.request(
+            config.get("method", "POST"), url, headers=headers, content=content,
+            timeout=float(config.get("timeout_s", 10)),
+        )
+    except httpx.TimeoutException as exc:
+        raise RetryableActionError(f"timed out calling {_host(url)}") from exc
+    except httpx.HTTPError as exc:
+        raise RetryableActionError(f"could not reach {_host(url)}: {type(exc).__name__}") from exc
+    result = {
+        "status_code": response.status_code,
+        "duration_ms": round((time.monotonic() - started) * 1000, 1),
+        "response_body": response.text[:_EXCERPT],
+    }
+    code = response.status_code
+    if 200 <= code < 300:
+        return result
+    if code in _RETRY_STATUSES or code >= 500:
+        raise RetryableActionError(
+            f"{_host(url)} answered {code}",
+            retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+            result=result,
+        )
+    raise PermanentActionError(f"{_host(url)} answered {code}; not retried", result=result)
+
+
+def _host(url: str) -> str:
+    # Error messages name the host only: paths and queries may carry tokens.
+    return httpx.URL(url).host or "the target"
+
+
+ACTION = ActionType(
+    name="http.request",
+    description="Call a URL (method, headers and body templated from trigger data).",
+    config_schema=CONFIG_SCHEMA,
+    run=run,
+    wants_signing_secret=lambda config: bool(config.get("sign")),
+)

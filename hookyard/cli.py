@@ -1,0 +1,113 @@
+"""The `hookyard` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from hookyard import logs
+from hookyard.settings import Settings, SettingsError, load_settings
+
+DEFAULT_DATA_DIR = ".hookyard"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hookyard", description="Events in, durable automations out.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = sub.add_parser("dev", help="run the whole stack locally (PostgreSQL, Redis, Temporal, api, dispatcher, worker)")
+    dev.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state lives here (default: %(default)s)")
+    dev.add_argument("--port", type=int, default=8000, help="API port (default: %(default)s)")
+    dev.add_argument("--postgres-port", type=int, default=55432)
+    dev.add_argument("--redis-port", type=int, default=56379)
+    dev.add_argument("--temporal-port", type=int, default=7233)
+    dev.add_argument("--temporal-ui-port", type=int, default=8233)
+
+    sub.add_parser("serve", help="run the API and ingest server")
+    sub.add_parser("dispatch", help="run the dispatcher")
+    sub.add_parser("worker", help="run the Temporal worker")
+    sub.add_parser("migrate", help="apply database migrations (idempotent)")
+
+    owners = sub.add_parser("owners", help="manage owners").add_subparsers(dest="owners_command", required=True)
+    create = owners.add_parser("create", help="create an owner and print its API key (shown once)")
+    create.add_argument("name")
+    create.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="use the `hookyard dev` stack of this data dir")
+
+    keys = sub.add_parser("keys", help="master keys").add_subparsers(dest="keys_command", required=True)
+    generate = keys.add_parser("generate", help="print a new master key entry for HOOKYARD_MASTER_KEYS")
+    generate.add_argument("--id", default="k1", help="key id (default: %(default)s)")
+    return parser
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+
+
+def _database_url(data_dir: str) -> str:
+    """DATABASE_URL if set, else the running dev stack's for this data dir."""
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    from hookyard.dev import read_stack
+
+    stack = read_stack(Path(data_dir))
+    if stack is None:
+        raise SystemExit(
+            f"no running `hookyard dev` stack in {data_dir!r} and DATABASE_URL is not set; "
+            "start one with `make run` or pass --data-dir"
+        )
+    return stack["database_url"]
+
+
+async def _create_owner(url: str, name: str) -> tuple[str, str]:
+    from schemas import db
+    from schemas.store.owners import create_owner
+
+    conn = await db.connect(url)
+    try:
+        owner_id, key = await create_owner(conn, name)
+    finally:
+        await conn.close()
+    return str(owner_id), key
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one `hookyard` command."""
+    args = _parser().parse_args(argv)
+    if args.command == "dev":
+        from hookyard.dev import DevPorts, run_dev
+
+        logs.configure("WARNING")
+        ports = DevPorts(args.port, args.postgres_port, args.redis_port, args.temporal_port, args.temporal_ui_port)
+        return run_dev(Path(args.data_dir), ports)
+    if args.command == "owners":
+        owner_id, key = asyncio.run(_create_owner(_database_url(args.data_dir), args.name))
+        print(f"owner {args.name!r} created\n  id:      {owner_id}\n  API key: {key}\n"
+              "The key is shown once; store it now. Use it as: Authorization: Bearer <key>")
+        return 0
+    if args.command == "keys":
+        from hookyard.processes import new_master_key_line
+
+        print(new_master_key_line(args.id))
+        return 0
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_json, args.command)
+    if args.command == "migrate":
+        from hookyard.migrate import migrate
+
+        applied = asyncio.run(migrate(settings.database_url))
+        print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+        return 0
+    from hookyard import processes
+
+    {"serve": processes.serve, "dispatch": processes.dispatch, "worker": processes.worker}[args.command](settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

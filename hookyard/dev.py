@@ -1,0 +1,194 @@
+"""`hookyard dev`: the whole stack on one machine, supervised as one group.
+
+PostgreSQL, Redis and the Temporal dev server run from their wheels with state in the data dir
+(unless DATABASE_URL / REDIS_URL / TEMPORAL_ADDRESS point elsewhere); then migrations, then
+the api, dispatcher and worker as child processes, restarted if they die. Ctrl-C or SIGTERM
+stops the app processes first (they drain), then the servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from hookyard import services
+from hookyard.processes import new_master_key_line
+
+
+@dataclass
+class DevPorts:
+    """Every port the stack uses; all configurable so two stacks can run side by side."""
+
+    api: int = 8000
+    postgres: int = 55432
+    redis: int = 56379
+    temporal: int = 7233
+    temporal_ui: int = 8233
+
+
+STACK_FILE = "stack.json"
+_APP_PROCESSES = ("serve", "dispatch", "worker")
+
+
+def master_keys_file(data_dir: Path) -> Path:
+    """The dev master key, generated once and kept (mode 0600) so secrets stay readable."""
+    path = data_dir / "master.keys"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(new_master_key_line("dev1") + "\n")
+    return path
+
+
+def read_stack(data_dir: Path) -> dict[str, str] | None:
+    """URLs of the `hookyard dev` stack running on this data dir, if any."""
+    path = data_dir / STACK_FILE
+    if not path.exists():
+        return None
+    stack: dict[str, str] = json.loads(path.read_text())
+    return stack
+
+
+class Supervisor:
+    """Starts, watches and stops the stack's processes."""
+
+    def __init__(self, data_dir: Path, ports: DevPorts) -> None:
+        self.data_dir = data_dir.resolve()
+        self.ports = ports
+        self.infra: list[services.ManagedProcess] = []
+        self.apps: dict[str, services.ManagedProcess] = {}
+        self.env: dict[str, str] = {}
+        self._stopping = False
+
+    def start_infra(self) -> dict[str, str]:
+        """Start each server not replaced by an environment variable; returns the URLs."""
+        urls = {}
+        env = os.environ
+        if env.get("DATABASE_URL"):
+            urls["database_url"] = env["DATABASE_URL"]
+        else:
+            _say(f"starting PostgreSQL on port {self.ports.postgres}")
+            proc, urls["database_url"] = services.start_postgres(self.data_dir, self.ports.postgres)
+            self.infra.append(proc)
+        if env.get("REDIS_URL"):
+            urls["redis_url"] = env["REDIS_URL"]
+        else:
+            _say(f"starting Redis on port {self.ports.redis}")
+            proc, urls["redis_url"] = services.start_redis(self.data_dir, self.ports.redis)
+            self.infra.append(proc)
+        if env.get("TEMPORAL_ADDRESS"):
+            urls["temporal_address"] = env["TEMPORAL_ADDRESS"]
+        else:
+            _say(f"starting Temporal dev server on port {self.ports.temporal}")
+            proc, urls["temporal_address"] = services.start_temporal(
+                self.data_dir, self.ports.temporal, self.ports.temporal_ui
+            )
+            self.infra.append(proc)
+            urls["temporal_ui"] = f"http://127.0.0.1:{self.ports.temporal_ui}"
+        return urls
+
+    def start_apps(self, urls: dict[str, str]) -> None:
+        """Start api, dispatcher and worker with the stack's settings in their environment."""
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": urls["database_url"],
+            "REDIS_URL": urls["redis_url"],
+            "TEMPORAL_ADDRESS": urls["temporal_address"],
+            "HOOKYARD_PORT": str(self.ports.api),
+            "HOOKYARD_MASTER_KEYS_FILE": str(master_keys_file(self.data_dir)),
+        }
+        for name in _APP_PROCESSES:
+            self.apps[name] = self._spawn_app(name)
+
+    def _spawn_app(self, name: str) -> services.ManagedProcess:
+        argv = [sys.executable, "-m", "hookyard.cli", name]
+        proc = subprocess.Popen(argv, env=self.env, start_new_session=True)  # noqa: S603
+        return services.ManagedProcess(name, proc, Path("-"))
+
+    def watch(self) -> None:
+        """Restart app processes that die; return when asked to stop."""
+        while not self._stopping:
+            for name, proc in list(self.apps.items()):
+                if not proc.alive() and not self._stopping:
+                    _say(f"{name} exited with {proc.process.returncode}; restarting")
+                    time.sleep(1)
+                    self.apps[name] = self._spawn_app(name)
+            for proc in self.infra:
+                if not proc.alive():
+                    _say(f"{proc.name} stopped unexpectedly; see {proc.log_path}. Shutting down.")
+                    return
+            time.sleep(0.5)
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """Signal handler: leave the watch loop."""
+        self._stopping = True
+
+    def stop(self) -> None:
+        """Stop the app processes (they drain), then the servers, then forget the stack file."""
+        self._stopping = True
+        for proc in self.apps.values():
+            if proc.alive():
+                proc._signal(signal.SIGTERM)
+        for proc in self.apps.values():
+            proc.stop(timeout=40)
+        for proc in reversed(self.infra):
+            proc.stop()
+        (self.data_dir / STACK_FILE).unlink(missing_ok=True)
+
+
+def run_dev(data_dir: Path, ports: DevPorts) -> int:
+    """Bring the stack up, print its URLs, supervise until interrupted."""
+    import asyncio
+
+    from hookyard.migrate import migrate
+
+    sup = Supervisor(data_dir, ports)
+    signal.signal(signal.SIGTERM, sup.request_stop)
+    signal.signal(signal.SIGINT, sup.request_stop)
+    try:
+        urls = sup.start_infra()
+        applied = asyncio.run(migrate(urls["database_url"]))
+        _say(f"migrations applied: {', '.join(applied) or 'none pending'}")
+        sup.start_apps(urls)
+        api = f"http://127.0.0.1:{ports.api}"
+        stack = {**urls, "api": api, "data_dir": str(sup.data_dir)}
+        (sup.data_dir / STACK_FILE).write_text(json.dumps(stack, indent=2))
+        _banner(stack)
+        sup.watch()
+    except services.ServiceError as exc:
+        _say(f"could not start: {exc}")
+        return 1
+    finally:
+        _say("stopping")
+        sup.stop()
+    return 0
+
+
+def _banner(stack: dict[str, str]) -> None:
+    lines = [
+        "",
+        "hookyard is running",
+        f"  API            {stack['api']}   (openapi: {stack['api']}/api/openapi.json)",
+        f"  Temporal UI    {stack.get('temporal_ui', '(external Temporal)')}",
+        f"  Temporal       {stack['temporal_address']}",
+        f"  PostgreSQL     {stack['database_url']}",
+        f"  Redis          {stack['redis_url']}",
+        f"  data dir       {stack['data_dir']}",
+        "",
+        f"  create an owner:  hookyard owners create NAME --data-dir {stack['data_dir']}",
+        "  stop:             Ctrl-C",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _say(message: str) -> None:
+    print(f"hookyard dev: {message}", flush=True)

@@ -1,0 +1,24 @@
+"""Bearer API keys; every API handler starts by resolving the caller's owner id."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from starlette.requests import Request
+
+from ingest.errors import Unauthorized
+from ingest.state import app_state
+from schemas.store.owners import owner_for_key
+
+
+async def require_owner(request: Request) -> UUID:
+    """The owner whose API key authenticates this request, or 401."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("send your API key as 'Authorization: Bearer <key>'")
+    async with app_state(request).pool.acquire() as conn:
+        owner_id = await owner_for_key(conn, key.strip())
+    if owner_id is None:
+        raise Unauthorized("unknown or revoked API key")
+    return owner_id

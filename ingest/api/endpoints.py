@@ -1,0 +1,144 @@
+"""`/api/endpoints`: webhook endpoints and their signing secrets."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingest.api.auth import require_owner
+from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
+from ingest.api.validation import check, compile_schema
+from ingest.errors import Invalid, NotFound
+from ingest.signatures import DEFAULT_SCHEME, SCHEMES, generate_secret
+from ingest.state import app_state
+from schemas.store import endpoints as store
+
+_WHSEC_PREFIX = "whsec_"
+_WHSEC_BYTES = (24, 64)
+_PASTED_CHARS = (8, 256)
+
+CREATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200, "default": "endpoint"},
+        "scheme": {"enum": sorted(SCHEMES), "default": DEFAULT_SCHEME},
+        "secret": {"type": "string", "description": "Omit to have one generated."},
+    },
+}
+ROTATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"secret": CREATE_SCHEMA["properties"]["secret"]},
+}
+_CREATE = compile_schema(CREATE_SCHEMA)
+_ROTATE = compile_schema(ROTATE_SCHEMA)
+
+
+def check_secret(scheme: str, secret: str) -> None:
+    """A supplied secret must be usable by the scheme; messages never quote it."""
+    if scheme == "standard-webhooks":
+        _check_whsec(secret)
+        return
+    # Stripe, Slack, Shopify and GitHub mint their own secrets; accept what users paste.
+    low, high = _PASTED_CHARS
+    if not low <= len(secret) <= high:
+        raise Invalid(f"secret must be {low} to {high} characters long", field="secret")
+
+
+def _check_whsec(secret: str) -> None:
+    low, high = _WHSEC_BYTES
+    problem = f"secret must be '{_WHSEC_PREFIX}' followed by base64 of {low} to {high} bytes"
+    if not secret.startswith(_WHSEC_PREFIX):
+        raise Invalid(problem, field="secret")
+    raw = secret.removeprefix(_WHSEC_PREFIX)
+    try:
+        # Unpadded secrets verify fine (the verifier restores padding), so accept them here too.
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid(problem, field="secret") from None
+    if not low <= len(key) <= high:
+        raise Invalid(problem, field="secret")
+
+
+def _chosen_secret(scheme: str, body: dict[str, Any]) -> str:
+    secret = body.get("secret")
+    if secret is None:
+        return generate_secret()
+    check_secret(scheme, secret)
+    return str(secret)
+
+
+async def create_endpoint(request: Request) -> Response:
+    """Create an endpoint; its secret is in this response and never shown again."""
+    owner_id = await require_owner(request)
+    body = await read_json(request)
+    check(_CREATE, body)
+    scheme = body.get("scheme", DEFAULT_SCHEME)
+    secret = _chosen_secret(scheme, body)
+    state = app_state(request)
+    async with state.pool.acquire() as conn:
+        row = await store.create_endpoint(
+            conn, state.keyring, owner_id, body.get("name", "endpoint"), scheme, secret
+        )
+    view = store.endpoint_json(row, state.settings.base_url)
+    return json_response({**view, "secret": secret}, 201)
+
+
+async def list_endpoints(request: Request) -> Response:
+    """A page of the caller's endpoints, newest first."""
+    owner_id = await require_owner(request)
+    query = page_query(request)
+    state = app_state(request)
+    async with state.pool.acquire() as conn:
+        rows = await store.list_endpoints(conn, owner_id, query.limit, query.after_seq)
+    return page_response(rows, query, lambda row: store.endpoint_json(row, state.settings.base_url))
+
+
+async def get_endpoint(request: Request) -> Response:
+    """One endpoint, with how many secrets currently verify requests."""
+    owner_id = await require_owner(request)
+    endpoint_id = path_id(request, "endpoint")
+    state = app_state(request)
+    async with state.pool.acquire() as conn:
+        row = await store.get_endpoint(conn, owner_id, endpoint_id)
+    if row is None:
+        raise NotFound("no such endpoint")
+    return json_response(store.endpoint_json(row, state.settings.base_url))
+
+
+async def delete_endpoint(request: Request) -> Response:
+    """Delete an endpoint; deliveries to it are refused from now on, its events stay."""
+    owner_id = await require_owner(request)
+    endpoint_id = path_id(request, "endpoint")
+    async with app_state(request).pool.acquire() as conn:
+        deleted = await store.delete_endpoint(conn, owner_id, endpoint_id)
+    if not deleted:
+        raise NotFound("no such endpoint")
+    return no_content()
+
+
+async def rotate_secret(request: Request) -> Response:
+    """Make a new current secret; the previous ones keep verifying for the grace period."""
+    owner_id = await require_owner(request)
+    endpoint_id = path_id(request, "endpoint")
+    body = await read_json(request, optional=True)
+    check(_ROTATE, body)
+    state = app_state(request)
+    grace_s = state.settings.secret_rotation_grace_s
+    async with state.pool.acquire() as conn:
+        row = await store.get_endpoint(conn, owner_id, endpoint_id)
+        if row is None:
+            raise NotFound("no such endpoint")
+        secret = _chosen_secret(row["scheme"], body)
+        rotated = await store.rotate_secret(conn, state.keyring, owner_id, endpoint_id, secret, grace_s)
+    if not rotated:
+        raise NotFound("no such endpoint")
+    # An upper bound: a secret already due to expire sooner keeps its earlier expiry.
+    valid_until = datetime.now(UTC) + timedelta(seconds=grace_s)
+    return json_response({"secret": secret, "previous_valid_until": valid_until.isoformat()})

@@ -1,0 +1,113 @@
+"""HTTP errors, mapped once to JSON responses `{"error": {"code", "message", "field"?}}`.
+
+    ApiError
+     ├── BadRequest        400  malformed JSON, bad cursor or query parameter
+     ├── Unauthorized      401  missing/unknown API key, bad or stale webhook signature
+     ├── NotFound          404  unknown id, or one that belongs to another owner
+     ├── Conflict          409
+     ├── PayloadTooLarge   413
+     ├── Invalid           422  body does not satisfy the schema; `field` names the place
+     └── Unavailable       503  storage unreachable: the sender should retry
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a stable machine-readable code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code:
+            self.code = code
+
+
+class BadRequest(ApiError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class Invalid(ApiError):
+    status, code = 422, "invalid"
+
+
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+    """The one JSON shape every error takes."""
+    body: dict[str, object] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    headers = {"retry-after": "5"} if status == 503 else None
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.field)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+async def _storage_down(request: Request, exc: Exception) -> Response:
+    log.error("storage unavailable: %s", type(exc).__name__)
+    return error_response(503, "unavailable", "storage is unavailable; retry later")
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal error")
+
+
+# Connection-level failures mean "try again later", never "your request was bad".
+STORAGE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    HTTPException: _http_error,
+    **{exc: _storage_down for exc in STORAGE_ERRORS},
+    Exception: _unexpected,
+}

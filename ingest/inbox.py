@@ -1,0 +1,89 @@
+"""Group commit for the inbox: many concurrent requests, one INSERT and one commit per turn.
+
+Each request still waits until its own row is committed before it answers, so a 2xx always
+means durable; batching only shares the commit's cost (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+
+import asyncpg
+
+from schemas.store.events import NewEvent, Stored, insert_events
+
+log = logging.getLogger(__name__)
+
+
+class InboxClosed(RuntimeError):
+    """The writer is shutting down and takes no new events."""
+
+
+class InboxWriter:
+    """Collects events from concurrent requests and stores them in batches."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 500, flushers: int = 2) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._queue: list[tuple[NewEvent, asyncio.Future[Stored]]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._tasks = [asyncio.create_task(self._flush_loop(), name=f"inbox-{i}") for i in range(flushers)]
+
+    async def store(self, event: NewEvent) -> Stored:
+        """Store one event; returns once it is committed (or raises the storage error)."""
+        if self._closing:
+            raise InboxClosed("shutting down")
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        self._queue.append((event, future))
+        self._wake.set()
+        return await future
+
+    async def close(self) -> None:
+        """Stop taking events, finish storing those already accepted."""
+        self._closing = True
+        self._wake.set()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def _flush_loop(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            if self._queue:
+                self._wake.set()  # let the other flusher start on the rest now
+            await self._flush(batch)
+
+    async def _flush(self, batch: list[tuple[NewEvent, asyncio.Future[Stored]]]) -> None:
+        # The same delivery twice in one batch: store it once, report the second as a duplicate.
+        unique: dict[tuple[str, str, str], NewEvent] = {}
+        for event, _ in batch:
+            unique.setdefault(event.key, event)
+        try:
+            stored = await self._insert(list(unique.values()))
+        except Exception as exc:  # every waiting request must hear about it
+            log.warning("inbox write failed for %d events: %s", len(batch), type(exc).__name__)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        first_seen: set[tuple[str, str, str]] = set()
+        for event, future in batch:
+            result = stored[event.key]
+            if event.key in first_seen:
+                result = Stored(result.event_id, True)
+            first_seen.add(event.key)
+            if not future.done():
+                future.set_result(result)
+
+    async def _insert(self, events: list[NewEvent]) -> dict[tuple[str, str, str], Stored]:
+        async with self._pool.acquire(timeout=10) as conn:
+            return await insert_events(conn, events)

@@ -1,0 +1,24 @@
+"""Per-workflow secrets for signing outgoing requests (encrypted like every stored secret)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+
+from oauth.crypto import Keyring, record_aad
+
+
+def signing_aad(owner_id: UUID, workflow_id: UUID) -> bytes:
+    """Associated data binding a signing secret to its workflow row."""
+    return record_aad("workflows", str(owner_id), str(workflow_id), "signing_secret")
+
+
+async def load_signing_secret(
+    conn: asyncpg.Connection, keyring: Keyring, owner_id: UUID, workflow_id: UUID
+) -> str | None:
+    """The decrypted signing secret of a workflow, or None if it has none."""
+    token: str | None = await conn.fetchval(
+        "SELECT signing_secret FROM workflows WHERE id = $1 AND owner_id = $2", workflow_id, owner_id
+    )
+    return None if token is None else keyring.decrypt(token, signing_aad(owner_id, workflow_id)).decode()

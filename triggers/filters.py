@@ -1,0 +1,456 @@
+"""Trigger filters: a small condition tree tested against an event's data.
+
+A node is one of::
+
+    {"all": [node, ...]}        every child matches (at least one child)
+    {"any": [node, ...]}        some child matches (at least one child)
+    {"not": node}               the child does not match
+    {"path": "body.action", "op": "equals", "value": "opened"}
+
+Operators: ``equals``, ``not_equals``, ``in``, ``not_in`` (value is a list), ``exists``,
+``not_exists`` (no value), ``contains`` (substring of a string, or element of a list),
+``starts_with``, ``ends_with`` (strings), ``gt``, ``gte``, ``lt``, ``lte`` (numbers).
+There is deliberately no regular-expression operator: a filter must not be able to make
+matching slow.
+
+Equality is JSON equality: ``1`` equals ``1.0``, but ``"1"`` is not ``1`` and ``true`` is not
+``1``. Numeric operators need a number on both sides; a boolean is not a number, and a
+numeric string in the data such as ``"12.5"`` is read as a number.
+
+A path missing from the data makes every operator false except ``exists`` and
+``not_exists``, which test exactly that. This includes ``not_equals`` and ``not_in``: a
+condition about a value says nothing about a value that is not there. A present ``null``
+counts as existing.
+
+``validate_filter`` is run once when a workflow is saved; ``evaluate`` trusts its input and
+runs for every event and candidate workflow. ``FILTER_SCHEMA`` describes the same shape for
+documentation and API validation, but only ``validate_filter`` enforces the limits of
+``MAX_DEPTH`` levels and ``MAX_CONDITIONS`` conditions.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+import re
+import reprlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.paths import PATH_PATTERN, PathError, PathNotFound, parse_path, resolve
+
+MAX_DEPTH = 8
+MAX_CONDITIONS = 100
+
+GROUP_KEYS = ("all", "any", "not")
+PRESENCE_OPS = ("exists", "not_exists")
+LIST_OPS = ("in", "not_in")
+STRING_OPS = ("starts_with", "ends_with")
+NUMERIC_OPS = ("gt", "gte", "lt", "lte")
+OPS = ("equals", "not_equals", *LIST_OPS, *PRESENCE_OPS, "contains", *STRING_OPS, *NUMERIC_OPS)
+
+_MAX_REASON_CHARS = 200
+_SHOWN_VALUE_CHARS = 50
+_SHOWN_PATH_CHARS = 60
+# Long enough for any number a sender means; short enough that int() never refuses it.
+_MAX_NUMERIC_STRING_CHARS = 64
+_ANCHOR = "hookyard-filter-node"
+# Stricter than float(): no "nan", "inf", "1_000", surrounding spaces or non-ASCII digits.
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?P<fraction>\.[0-9]+)?(?P<exponent>[eE][+-]?[0-9]+)?")
+_MISSING = object()
+
+
+class FilterError(ValueError):
+    """A filter is not valid; the message names the offending location."""
+
+
+@dataclass(frozen=True, slots=True)
+class FilterOutcome:
+    """Whether an event passed a filter, and a short human-readable explanation why."""
+
+    matched: bool
+    reason: str
+
+
+def _build_schema() -> dict[str, Any]:
+    # Recursion goes through a plain-name anchor rather than "#/$defs/...": a JSON pointer is
+    # relative to the document root, so it would break once this schema is embedded.
+    node_ref = {"$ref": f"#{_ANCHOR}"}
+
+    def group(key: str) -> dict[str, Any]:
+        children = {"type": "array", "minItems": 1, "items": node_ref}
+        return _object_with({key: children}, required=[key])
+
+    def when(ops: tuple[str, ...], then: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "if": {"properties": {"op": {"enum": list(ops)}}, "required": ["op"]},
+            "then": then,
+        }
+
+    leaf = _object_with(
+        {
+            "path": {"type": "string", "pattern": PATH_PATTERN},
+            "op": {"enum": list(OPS)},
+            "value": {},
+        },
+        required=["path", "op"],
+    )
+    leaf["allOf"] = [
+        when(PRESENCE_OPS, {"not": {"required": ["value"]}}) | {"else": {"required": ["value"]}},
+        when(LIST_OPS, {"properties": {"value": {"type": "array"}}}),
+        when(STRING_OPS, {"properties": {"value": {"type": "string"}}}),
+        when(NUMERIC_OPS, {"properties": {"value": {"type": "number"}}}),
+    ]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$anchor": _ANCHOR,
+        "title": "Trigger filter",
+        "anyOf": [group("all"), group("any"), _object_with({"not": node_ref}, ["not"]), leaf],
+    }
+
+
+def _object_with(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+FILTER_SCHEMA: dict[str, Any] = _build_schema()
+"""JSON Schema (draft 2020-12) for a filter node, as a standalone document."""
+
+
+def filter_schema() -> dict[str, Any]:
+    """Return a copy of ``FILTER_SCHEMA`` to embed as a subschema of another schema.
+
+    ``$schema`` is dropped because it belongs only at the root of a schema resource. The
+    recursion uses the anchor ``#hookyard-filter-node``, so embed the filter schema at most
+    once per schema resource.
+    """
+    embedded = copy.deepcopy(FILTER_SCHEMA)
+    del embedded["$schema"]
+    return embedded
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Budget:
+    conditions: int = 0
+
+
+def validate_filter(node: object) -> None:
+    """Raise ``FilterError`` unless ``node`` is a well-formed filter within the size limits.
+
+    Messages start with the location of the problem, e.g.
+    ``filter.all[1].op: 'bigger' is not one of equals, not_equals, ...``.
+    """
+    _check_node(node, "filter", 1, _Budget())
+
+
+def _check_node(node: object, where: str, depth: int, budget: _Budget) -> None:
+    if depth > MAX_DEPTH:
+        raise FilterError(f"{where}: filters may nest at most {MAX_DEPTH} levels deep")
+    if not isinstance(node, Mapping):
+        raise FilterError(f"{where}: expected an object, got {_json_type(node)}")
+    groups = [key for key in GROUP_KEYS if key in node]
+    if len(groups) > 1:
+        raise FilterError(f"{where}: has both {groups[0]!r} and {groups[1]!r}; use one per node")
+    if groups:
+        _check_group(node, groups[0], where, depth, budget)
+    elif "path" in node or "op" in node:
+        _check_condition(node, where, budget)
+    else:
+        raise FilterError(f"{where}: expected 'all', 'any', 'not' or a condition with 'path' and 'op'")
+
+
+def _check_group(node: Mapping[Any, Any], key: str, where: str, depth: int, budget: _Budget) -> None:
+    _check_keys(node, {key}, where)
+    if key == "not":
+        _check_node(node["not"], f"{where}.not", depth + 1, budget)
+        return
+    children = node[key]
+    if not isinstance(children, list):
+        raise FilterError(f"{where}.{key}: expected a list, got {_json_type(children)}")
+    if not children:
+        raise FilterError(f"{where}.{key}: must contain at least one condition")
+    for index, child in enumerate(children):
+        _check_node(child, f"{where}.{key}[{index}]", depth + 1, budget)
+
+
+def _check_condition(node: Mapping[Any, Any], where: str, budget: _Budget) -> None:
+    _check_keys(node, {"path", "op", "value"}, where)
+    for key in ("path", "op"):
+        if key not in node:
+            raise FilterError(f"{where}: missing {key!r}")
+    _check_path(node["path"], f"{where}.path")
+    op = node["op"]
+    if op not in OPS:
+        raise FilterError(f"{where}.op: {_short(op)} is not one of {', '.join(OPS)}")
+    _check_value(node, op, where)
+    budget.conditions += 1
+    if budget.conditions > MAX_CONDITIONS:
+        raise FilterError(f"{where}: a filter may have at most {MAX_CONDITIONS} conditions")
+
+
+def _check_keys(node: Mapping[Any, Any], allowed: set[str], where: str) -> None:
+    for key in node:
+        if key not in allowed:
+            raise FilterError(f"{where}: unexpected key {_short(key)}")
+
+
+def _check_path(path: object, where: str) -> None:
+    if not isinstance(path, str):
+        raise FilterError(f"{where}: expected a string, got {_json_type(path)}")
+    try:
+        parse_path(path)
+    except PathError as exc:
+        raise FilterError(f"{where}: {exc}") from None
+
+
+def _check_value(node: Mapping[Any, Any], op: str, where: str) -> None:
+    if op in PRESENCE_OPS:
+        if "value" in node:
+            raise FilterError(f"{where}.value: not allowed with op {op!r}")
+        return
+    if "value" not in node:
+        raise FilterError(f"{where}: op {op!r} needs a 'value'")
+    value = node["value"]
+    if op in LIST_OPS and not isinstance(value, list):
+        raise FilterError(f"{where}.value: op {op!r} needs a list, got {_json_type(value)}")
+    if op in STRING_OPS and not isinstance(value, str):
+        raise FilterError(f"{where}.value: op {op!r} needs a string, got {_json_type(value)}")
+    if op in NUMERIC_OPS and _filter_number(value) is None:
+        raise FilterError(f"{where}.value: op {op!r} needs a number, got {_json_type(value)}")
+
+
+# --- evaluation -------------------------------------------------------------------------
+
+
+def evaluate(node: Mapping[str, Any] | None, data: Mapping[str, Any]) -> FilterOutcome:
+    """Test ``data`` against the filter ``node``; ``None`` means no filter and always matches.
+
+    ``node`` must have passed ``validate_filter``: it is not checked again here, though a
+    malformed node may still raise ``FilterError``. Data of any shape never raises.
+    """
+    if node is None:
+        return FilterOutcome(matched=True, reason="no filter")
+    try:
+        # Matching is the hot path, so it builds no strings; only the decisive branch is
+        # walked a second time to explain the result.
+        matched = _test(node, data)
+        reason = _explain(node, data, matched)
+    except (KeyError, TypeError, PathError) as exc:
+        raise FilterError(f"filter is not valid ({exc}); check it with validate_filter") from exc
+    return FilterOutcome(matched=matched, reason=_clip(reason, _MAX_REASON_CHARS))
+
+
+def _test(node: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    if "all" in node:
+        return all(_test(child, data) for child in node["all"])
+    if "any" in node:
+        return any(_test(child, data) for child in node["any"])
+    if "not" in node:
+        return not _test(node["not"], data)
+    return _test_condition(node, data)
+
+
+def _test_condition(node: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    op: str = node["op"]
+    try:
+        actual = resolve(data, parse_path(node["path"]))
+    except PathNotFound:
+        return op == "not_exists"
+    if op in PRESENCE_OPS:
+        return op == "exists"
+    compare = _COMPARISONS.get(op)
+    if compare is None:
+        raise FilterError(f"unknown op {_short(op)}")
+    return compare(actual, node["value"])
+
+
+def _explain(node: Mapping[str, Any], data: Mapping[str, Any], matched: bool) -> str:
+    if "all" in node:
+        return _explain_group("all", node["all"], data, matched)
+    if "any" in node:
+        return _explain_group("any", node["any"], data, matched)
+    if "not" in node:
+        return f"not ({_explain(node['not'], data, not matched)})"
+    return _explain_condition(node, data, matched)
+
+
+def _explain_group(kind: str, children: list[Mapping[str, Any]], data: Mapping[str, Any], matched: bool) -> str:
+    """Explain an ``all`` by its first failing child, an ``any`` by its first matching one."""
+    if len(children) == 1:
+        # A group of one is just its condition.
+        return _explain(children[0], data, matched)
+    decisive = kind == "any"
+    if matched is decisive:
+        child = next(child for child in children if _test(child, data) is decisive)
+        return _explain(child, data, decisive)
+    if matched:
+        return f"all {len(children)} conditions matched"
+    first = _explain(children[0], data, False)
+    return f"none of {len(children)} conditions matched; first: {first}"
+
+
+def _explain_condition(node: Mapping[str, Any], data: Mapping[str, Any], matched: bool) -> str:
+    path = _clip(node["path"], _SHOWN_PATH_CHARS)
+    op = node["op"]
+    try:
+        actual = resolve(data, parse_path(node["path"]))
+    except PathNotFound:
+        actual = _MISSING
+    if op == "exists":
+        return f"{path} exists" if matched else f"{path} is missing, expected exists"
+    if op == "not_exists":
+        return f"{path} is missing" if matched else f"{path} is {_short(actual)}, expected not_exists"
+    expected = f"{op} {_short(node['value'])}"
+    if matched:
+        return f"{path} {expected}"
+    if actual is _MISSING:
+        return f"{path} is missing, expected {expected}"
+    return f"{path} is {_short(actual)}, expected {expected}"
+
+
+# --- operators --------------------------------------------------------------------------
+
+
+def _json_equal(left: object, right: object) -> bool:
+    """JSON equality: like ``==`` except that booleans are never equal to numbers."""
+    if type(left) is type(right) and isinstance(left, str | int | float | None):
+        return left == right
+    if isinstance(left, bool) or isinstance(right, bool):
+        return left is right
+    if isinstance(left, int | float) and isinstance(right, int | float):
+        return left == right
+    if isinstance(left, Mapping) and isinstance(right, Mapping):
+        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
+    if isinstance(left, list | tuple) and isinstance(right, list | tuple):
+        return len(left) == len(right) and all(map(_json_equal, left, right))
+    return False
+
+
+def _equals(actual: object, expected: object) -> bool:
+    return _json_equal(actual, expected)
+
+
+def _not_equals(actual: object, expected: object) -> bool:
+    return not _json_equal(actual, expected)
+
+
+def _in(actual: object, expected: object) -> bool:
+    return isinstance(expected, list) and any(_json_equal(actual, item) for item in expected)
+
+
+def _not_in(actual: object, expected: object) -> bool:
+    return isinstance(expected, list) and not _in(actual, expected)
+
+
+def _contains(actual: object, expected: object) -> bool:
+    if isinstance(actual, str):
+        return isinstance(expected, str) and expected in actual
+    if isinstance(actual, list | tuple):
+        return any(_json_equal(item, expected) for item in actual)
+    return False
+
+
+def _starts_with(actual: object, expected: object) -> bool:
+    return isinstance(actual, str) and isinstance(expected, str) and actual.startswith(expected)
+
+
+def _ends_with(actual: object, expected: object) -> bool:
+    return isinstance(actual, str) and isinstance(expected, str) and actual.endswith(expected)
+
+
+def _numeric(order: Callable[[float, float], bool]) -> Callable[[object, object], bool]:
+    def compare(actual: object, expected: object) -> bool:
+        left = _data_number(actual)
+        right = _filter_number(expected)
+        return left is not None and right is not None and order(left, right)
+
+    return compare
+
+
+_COMPARISONS: dict[str, Callable[[object, object], bool]] = {
+    "equals": _equals,
+    "not_equals": _not_equals,
+    "in": _in,
+    "not_in": _not_in,
+    "contains": _contains,
+    "starts_with": _starts_with,
+    "ends_with": _ends_with,
+    "gt": _numeric(operator.gt),
+    "gte": _numeric(operator.ge),
+    "lt": _numeric(operator.lt),
+    "lte": _numeric(operator.le),
+}
+
+
+def _filter_number(value: object) -> int | float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _data_number(value: object) -> int | float | None:
+    if isinstance(value, str):
+        return _parse_number(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def _parse_number(text: str) -> int | float | None:
+    """Read a JSON-style number (``"12"``, ``"-0.5"``, ``"1e3"``); anything else is not one."""
+    match = _JSON_NUMBER.fullmatch(text) if len(text) <= _MAX_NUMERIC_STRING_CHARS else None
+    if match is None:
+        return None
+    if match["fraction"] is None and match["exponent"] is None:
+        return int(text)
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+# --- display ----------------------------------------------------------------------------
+
+
+def _make_repr() -> reprlib.Repr:
+    # Bounded at every level, so explaining a match never walks a large payload.
+    shown = reprlib.Repr()
+    shown.maxlevel = 2
+    shown.maxdict = shown.maxlist = shown.maxtuple = 4
+    shown.maxstring = shown.maxother = _SHOWN_VALUE_CHARS
+    return shown
+
+
+_REPR = _make_repr()
+
+
+def _short(value: object) -> str:
+    return _clip(_REPR.repr(value), _SHOWN_VALUE_CHARS)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"

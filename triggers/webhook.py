@@ -1,0 +1,79 @@
+"""`webhook.received`: a verified request arrived at one of the owner's endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from triggers.base import InboxEvent, TriggerConfigError, TriggerType
+from triggers.filters import FilterOutcome, evaluate, filter_schema, validate_filter
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["endpoint_id"],
+    "additionalProperties": False,
+    "properties": {
+        "endpoint_id": {"type": "string", "format": "uuid", "description": "The endpoint to listen on."},
+        "filter": {
+            **filter_schema(),
+            "description": "Optional condition over `body` and `headers` (lower-case names).",
+        },
+    },
+}
+
+
+def parse_body(body: bytes, content_type: str) -> Any:
+    """JSON when it parses, form fields for form posts, else the text (so filters can see it)."""
+    if "application/x-www-form-urlencoded" in content_type:
+        return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+
+
+def _trigger_data(event: InboxEvent) -> dict[str, Any]:
+    headers = dict(event.headers)
+    return {
+        "event_id": str(event.id),
+        "endpoint_id": event.source_id,
+        "received_at": event.received_at,
+        "headers": headers,
+        "body": parse_body(event.body, headers.get("content-type", "")),
+    }
+
+
+def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
+    return evaluate(config.get("filter"), data)
+
+
+async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any]) -> None:
+    if config.get("filter") is not None:
+        try:
+            validate_filter(config["filter"])
+        except ValueError as exc:
+            raise TriggerConfigError("trigger.config.filter", str(exc)) from exc
+    found = await conn.fetchval(
+        "SELECT 1 FROM endpoints WHERE id = $1::uuid AND owner_id = $2 AND deleted_at IS NULL",
+        config["endpoint_id"],
+        owner_id,
+    )
+    if not found:
+        raise TriggerConfigError("trigger.config.endpoint_id", "no such endpoint")
+
+
+TRIGGER = TriggerType(
+    name="webhook.received",
+    source_type="webhook",
+    description="A signed request arrived at a webhook endpoint; optionally filtered.",
+    config_schema=CONFIG_SCHEMA,
+    routing_key=lambda config: str(config["endpoint_id"]),
+    trigger_data=_trigger_data,
+    match=_match,
+    check_config=_check,
+)

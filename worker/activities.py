@@ -1,0 +1,120 @@
+"""The batch activity: attempt each execution once and record every outcome in PostgreSQL.
+
+Maps action errors to decisions once: permanent -> failed; retryable -> retried by the
+workflow after a delay from the workflow's retry policy, until its attempts are used up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import httpx
+from temporalio import activity
+
+from actions.base import ActionContext
+from actions.errors import PermanentActionError, RetryableActionError
+from actions.registry import UnknownAction, get_action
+from oauth.crypto import Keyring
+from schemas.store import executions as store
+from schemas.store.signing import load_signing_secret
+from worker.contracts import RUN_BATCH_ACTIVITY, BatchInput, Outcome
+from worker.retry import next_delay
+
+log = logging.getLogger(__name__)
+
+
+class AutomationActivities:
+    """Holds the clients the activity uses; one instance per worker process."""
+
+    def __init__(self, pool: asyncpg.Pool, http: httpx.AsyncClient, keyring: Keyring) -> None:
+        self._pool = pool
+        self._http = http
+        self._keyring = keyring
+
+    @activity.defn(name=RUN_BATCH_ACTIVITY)
+    async def run_batch(self, batch: BatchInput) -> list[Outcome]:
+        """Attempt every execution of the batch concurrently; finished ones are skipped."""
+        info = activity.info()
+        beat = asyncio.create_task(_heartbeat(info.heartbeat_timeout))
+        try:
+            async with self._pool.acquire() as conn:
+                rows = await store.claim_for_run(
+                    conn, [UUID(i) for i in batch.execution_ids], info.workflow_id, info.workflow_run_id
+                )
+            records = await asyncio.gather(*(self._attempt(row) for row in rows))
+            if records:
+                async with self._pool.acquire() as conn:
+                    await store.record_outcomes(conn, list(records))
+        finally:
+            beat.cancel()
+            with suppress(asyncio.CancelledError):
+                await beat
+        outcomes = {r["id"]: _outcome(r) for r in records}
+        return [outcomes.get(UUID(i), Outcome(i, "skipped")) for i in batch.execution_ids]
+
+    async def _attempt(self, row: asyncpg.Record) -> dict[str, Any]:
+        execution_id = row["id"]
+        try:
+            action = get_action(row["action_type"])
+            secret = None
+            if action.wants_signing_secret(row["action_config"]):
+                async with self._pool.acquire() as conn:
+                    secret = await load_signing_secret(conn, self._keyring, row["owner_id"], row["workflow_id"])
+            ctx = ActionContext(
+                http=self._http,
+                execution_id=str(execution_id),
+                attempt=row["attempts"],
+                template_context=_template_context(row),
+                signing_secret=secret,
+            )
+            result = await action.run(ctx, row["action_config"])
+        except (PermanentActionError, UnknownAction) as exc:
+            return _record(execution_id, "failed", str(exc), getattr(exc, "result", None))
+        except RetryableActionError as exc:
+            return self._retry_or_fail(row, str(exc), exc.retry_after_s, exc.result)
+        except Exception as exc:  # a bug or an unexpected library error: retry, never leak details
+            log.exception("execution %s: unexpected error", execution_id)
+            return self._retry_or_fail(row, f"unexpected error ({type(exc).__name__})", None, None)
+        return _record(execution_id, "succeeded", None, result)
+
+    @staticmethod
+    def _retry_or_fail(
+        row: asyncpg.Record, message: str, retry_after_s: float | None, result: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        delay = next_delay(row["retry_policy"], row["attempts"], retry_after_s)
+        if delay is None:
+            return _record(row["id"], "failed", f"gave up after {row['attempts']} attempts: {message}", result)
+        record = _record(row["id"], "running", message, result)
+        record["retry_in_s"] = delay
+        return record
+
+
+def _template_context(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "trigger": row["trigger_data"],
+        "execution": {"id": str(row["id"]), "attempt": row["attempts"]},
+        "workflow": {"id": str(row["workflow_id"]), "name": row["workflow_name"]},
+    }
+
+
+def _record(execution_id: UUID, status: str, error: str | None, result: Any) -> dict[str, Any]:
+    return {"id": execution_id, "status": status, "error": error, "result": result, "retry_in_s": None}
+
+
+def _outcome(record: dict[str, Any]) -> Outcome:
+    if record["status"] == "running":
+        return Outcome(str(record["id"]), "retry", record["retry_in_s"])
+    return Outcome(str(record["id"]), record["status"])
+
+
+async def _heartbeat(timeout: Any) -> None:
+    """Heartbeat well inside the timeout so a lost worker is noticed and the batch retried."""
+    interval = max(0.5, timeout.total_seconds() / 3) if timeout else 10.0
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(interval)

@@ -1,0 +1,180 @@
+"""The automation workflow: one long-running workflow per user workflow.
+
+The dispatcher signals-with-start it with batches of execution ids. It runs them in batches
+(one activity per batch, not per execution: Temporal round trips are the bottleneck), keeps at
+most `concurrency_limit` executions in flight, schedules retries with durable timers, and
+continues-as-new before its history grows large. Idle for `idle_timeout_s`, it completes; the
+next signal-with-start begins a fresh run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from worker.contracts import (
+        ENQUEUE_SIGNAL,
+        RUN_BATCH_ACTIVITY,
+        WORKFLOW_NAME,
+        AutomationState,
+        BatchInput,
+        Enqueue,
+        Outcome,
+        Retry,
+    )
+
+_RECENT_KEPT = 2000
+_HISTORY_SOFT_LIMIT = 8000
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class AutomationWorkflow:
+    """Runs a user workflow's executions as they are signalled in."""
+
+    def __init__(self) -> None:
+        self._state = AutomationState(workflow_id="")
+        self._pending: deque[str] = deque()
+        self._retries: list[Retry] = []
+        self._inflight: set[str] = set()
+        self._recent: deque[str] = deque(maxlen=_RECENT_KEPT)
+        self._known: set[str] = set()
+        self._changes = 0  # bumped by every signal and finished batch; wakes the main loop
+
+    @workflow.signal(name=ENQUEUE_SIGNAL)
+    def enqueue(self, message: Enqueue) -> None:
+        """Accept executions; ids seen before (re-sent after a dispatcher crash) are ignored."""
+        self._state.concurrency_limit = max(1, message.concurrency_limit)
+        self._changes += 1
+        for execution_id in message.execution_ids:
+            if execution_id not in self._known:
+                self._known.add(execution_id)
+                self._pending.append(execution_id)
+
+    @workflow.run
+    async def run(self, state: AutomationState) -> None:
+        """Loop until idle or until history asks for a fresh run."""
+        self._restore(state)
+        idle_since = workflow.now().timestamp()
+        while True:
+            self._release_due_retries()
+            self._start_batches()
+            if self._busy():
+                idle_since = workflow.now().timestamp()
+            if self._should_continue_as_new():
+                await workflow.wait_condition(lambda: not self._inflight)
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(self._snapshot())
+            timeout = self._next_wake(idle_since)
+            if timeout is not None and timeout <= 0:
+                if not self._busy():
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    return
+                continue  # a retry is due now
+            seen = self._changes
+            try:
+                await workflow.wait_condition(lambda: self._changes != seen, timeout=timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def _restore(self, state: AutomationState) -> None:
+        # Signals may already have been handled before run() starts (signal-with-start).
+        early = list(self._pending)
+        self._state = state
+        self._pending = deque(state.pending)
+        self._retries = list(state.retries)
+        self._recent = deque(state.recent, maxlen=_RECENT_KEPT)
+        self._known = set(self._pending) | {r.execution_id for r in self._retries} | set(self._recent)
+        for execution_id in early:
+            if execution_id not in self._known:
+                self._known.add(execution_id)
+                self._pending.append(execution_id)
+
+    def _busy(self) -> bool:
+        return bool(self._pending or self._inflight or self._retries)
+
+    def _free_slots(self) -> int:
+        return self._state.concurrency_limit - len(self._inflight)
+
+    def _release_due_retries(self) -> None:
+        now = workflow.now().timestamp()
+        due = [r for r in self._retries if r.due <= now]
+        if due:
+            self._retries = [r for r in self._retries if r.due > now]
+            self._pending.extend(r.execution_id for r in due)
+
+    def _next_wake(self, idle_since: float) -> float | None:
+        now = workflow.now().timestamp()
+        if self._retries:
+            return max(0.0, min(r.due for r in self._retries) - now)
+        if self._pending or self._inflight:
+            return None  # woken by a batch finishing or a signal
+        return idle_since + self._state.idle_timeout_s - now
+
+    def _start_batches(self) -> None:
+        while self._pending and self._free_slots() > 0:
+            size = min(len(self._pending), self._free_slots(), self._state.max_batch)
+            batch = [self._pending.popleft() for _ in range(size)]
+            self._inflight.update(batch)
+            asyncio.ensure_future(self._run_batch(batch))
+
+    async def _run_batch(self, batch: list[str]) -> None:
+        try:
+            outcomes = await self._execute(batch)
+        except Exception:
+            # Only reachable if the activity is cancelled or the retry policy is exhausted;
+            # keep the executions and try them again later rather than dropping them.
+            workflow.logger.warning("batch of %d failed; retrying later", len(batch))
+            outcomes = [Outcome(execution_id, "retry", 30.0) for execution_id in batch]
+        self._apply(batch, outcomes)
+
+    async def _execute(self, batch: list[str]) -> list[Outcome]:
+        return await workflow.execute_activity(
+            RUN_BATCH_ACTIVITY,
+            BatchInput(self._state.workflow_id, batch),
+            result_type=list[Outcome],
+            start_to_close_timeout=timedelta(minutes=15),
+            heartbeat_timeout=timedelta(seconds=self._state.heartbeat_timeout_s),
+            # Infrastructure failures (database down, worker lost) retry forever; action
+            # failures are decided per execution inside the activity and come back as outcomes.
+            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+        )
+
+    def _apply(self, batch: list[str], outcomes: list[Outcome]) -> None:
+        self._changes += 1
+        now = workflow.now().timestamp()
+        for outcome in outcomes:
+            self._inflight.discard(outcome.execution_id)
+            if outcome.status == "retry":
+                self._retries.append(Retry(outcome.execution_id, now + (outcome.retry_in_s or 1.0)))
+            else:
+                self._finish(outcome.execution_id)
+        for execution_id in batch:  # anything the activity did not report is done with
+            if execution_id in self._inflight:
+                self._inflight.discard(execution_id)
+                self._finish(execution_id)
+
+    def _finish(self, execution_id: str) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            self._known.discard(self._recent[0])
+        self._recent.append(execution_id)
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > _HISTORY_SOFT_LIMIT
+
+    def _snapshot(self) -> AutomationState:
+        return AutomationState(
+            workflow_id=self._state.workflow_id,
+            concurrency_limit=self._state.concurrency_limit,
+            max_batch=self._state.max_batch,
+            idle_timeout_s=self._state.idle_timeout_s,
+            heartbeat_timeout_s=self._state.heartbeat_timeout_s,
+            pending=list(self._pending),
+            retries=list(self._retries),
+            recent=list(self._recent)[-500:],
+        )

@@ -1,0 +1,67 @@
+"""Inputs and outputs of the automation workflow and its activity: ids and numbers, never data.
+
+Trigger data, configs and secrets stay in PostgreSQL; Temporal history carries execution ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+WORKFLOW_NAME = "hookyard.automation"
+ENQUEUE_SIGNAL = "enqueue"
+RUN_BATCH_ACTIVITY = "hookyard.run_batch"
+
+
+def automation_id(workflow_id: str) -> str:
+    """Temporal workflow id of a user workflow's automation (no names or data in it)."""
+    return f"automation-{workflow_id}"
+
+
+@dataclass
+class Enqueue:
+    """Signal: run these executions. Carries the latest concurrency limit of the workflow."""
+
+    execution_ids: list[str]
+    concurrency_limit: int = 10
+
+
+@dataclass
+class Retry:
+    """An execution waiting for its next attempt."""
+
+    execution_id: str
+    due: float
+
+
+@dataclass
+class AutomationState:
+    """Workflow input; also what continue-as-new carries over."""
+
+    workflow_id: str
+    concurrency_limit: int = 10
+    max_batch: int = 100
+    idle_timeout_s: float = 300.0
+    heartbeat_timeout_s: float = 30.0
+    pending: list[str] = field(default_factory=list)
+    retries: list[Retry] = field(default_factory=list)
+    recent: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BatchInput:
+    """Activity input: attempt each of these executions once."""
+
+    workflow_id: str
+    execution_ids: list[str]
+
+
+@dataclass
+class Outcome:
+    """What happened to one execution in a batch.
+
+    status: succeeded | failed | cancelled | retry | skipped (already finished or unknown).
+    """
+
+    execution_id: str
+    status: str
+    retry_in_s: float | None = None

@@ -1,0 +1,235 @@
+"""The dispatcher: inbox events -> execution rows -> signals to automation workflows.
+
+Two steps, each its own transaction, both safe to run in any number of replicas:
+
+1. resolve: claim received events (SKIP LOCKED), match them against the cached routes,
+   insert one execution per matching workflow (unique per workflow and event) and mark each
+   event dispatched or unmatched, with the reason per candidate workflow.
+2. hand over: claim executions Temporal has not been given, signal-with-start each user
+   workflow's automation with all of its ids in one signal, and mark them signalled.
+
+A crash between signalling and marking re-sends ids on the next pass; the workflow ignores
+ids it has seen and the activity skips executions that have finished, so nothing runs twice.
+While Temporal is unreachable, step 1 continues and step 2 retries with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from contextlib import suppress
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from temporalio.client import Client
+
+from hookyard.settings import Settings
+from schemas import db
+from schemas.store import events as event_store
+from schemas.store import executions as execution_store
+from schemas.store.workflows import lock_active
+from triggers.base import InboxEvent
+from triggers.resolver import RoutingCache
+from worker.contracts import ENQUEUE_SIGNAL, WORKFLOW_NAME, AutomationState, Enqueue, automation_id
+from worker.temporal import connect
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Moves events from the inbox to Temporal."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, client: Client | None = None) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._client = client
+        self._routes = RoutingCache()
+        self._wake = asyncio.Event()
+        self._handover_backoff = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch until `stop` is set; woken at once by new events, else polls."""
+        listener = asyncio.create_task(self._listen(stop), name="dispatcher-listener")
+        try:
+            while not stop.is_set():
+                busy = await self._step()
+                if not busy:
+                    await self._sleep(stop)
+        finally:
+            listener.cancel()
+            with suppress(asyncio.CancelledError):
+                await listener
+
+    async def _step(self) -> bool:
+        """One pass of both steps; True if a step hit its batch limit (more work waits)."""
+        limit = self._settings.dispatch_batch_size
+        try:
+            resolved = await self.resolve_once()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("resolve failed: %s", type(exc).__name__)
+            return False
+        handed = 0
+        if self._handover_backoff <= 0:
+            try:
+                handed = await self.handover_once()
+                self._handover_backoff = 0.0
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("hand-over failed: %s", type(exc).__name__)
+            except TemporalUnavailable as exc:
+                self._handover_backoff = 1.0
+                log.warning("temporal unavailable, executions wait: %s", exc)
+        return resolved >= limit or handed >= limit
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        timeout = self._settings.dispatch_poll_interval_s
+        if self._handover_backoff > 0:
+            timeout = min(timeout, self._handover_backoff)
+        self._wake.clear()
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        if self._handover_backoff > 0:
+            self._handover_backoff = max(0.0, self._handover_backoff - timeout)
+
+    async def resolve_once(self) -> int:
+        """Resolve one batch of received events; returns how many were claimed."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._routes.sync(conn)
+            rows = await event_store.claim_received(conn, self._settings.dispatch_batch_size)
+            if not rows:
+                return 0
+            events = [_inbox_event(r) for r in rows]
+            plan = [await self._plan(conn, event) for event in events]
+            wanted = sorted({c["workflow_id"] for cands in plan for c in cands if c["matched"]})
+            active = await lock_active(conn, [UUID(w) for w in wanted]) if wanted else set()
+            created = await self._create_executions(conn, events, plan, active)
+            statuses, resolutions = [], []
+            for event, candidates in zip(events, plan, strict=True):
+                for cand in candidates:
+                    cand["execution_id"] = created.get((cand["workflow_id"], str(event.id)))
+                    if cand["matched"] and cand["execution_id"] is None:
+                        cand["reason"] = "workflow was deactivated before the event was dispatched"
+                statuses.append("dispatched" if any(c["execution_id"] for c in candidates) else "unmatched")
+                resolutions.append([{k: v for k, v in c.items() if k != "trigger_data"} for c in candidates])
+            await event_store.mark_resolved(conn, [e.id for e in events], statuses, resolutions)
+            return len(rows)
+
+    async def _plan(self, conn: asyncpg.Connection, event: InboxEvent) -> list[dict[str, Any]]:
+        candidates = await self._routes.candidates(conn, event)
+        data_by_trigger: dict[str, dict[str, Any]] = {}
+        plan = []
+        for trigger, spec in candidates:
+            if trigger.name not in data_by_trigger:
+                data_by_trigger[trigger.name] = trigger.trigger_data(event)
+            data = data_by_trigger[trigger.name]
+            outcome = trigger.match(spec.trigger_config, data)
+            plan.append({"workflow_id": str(spec.id), "trigger": trigger.name, "matched": outcome.matched,
+                         "reason": outcome.reason, "execution_id": None, "trigger_data": data})
+        return plan
+
+    async def _create_executions(
+        self,
+        conn: asyncpg.Connection,
+        events: list[InboxEvent],
+        plan: list[list[dict[str, Any]]],
+        active: set[UUID],
+    ) -> dict[tuple[str, str], str]:
+        owners, workflows, event_ids, data = [], [], [], []
+        for event, candidates in zip(events, plan, strict=True):
+            for cand in candidates:
+                if cand["matched"] and UUID(cand["workflow_id"]) in active:
+                    owners.append(event.owner_id)
+                    workflows.append(UUID(cand["workflow_id"]))
+                    event_ids.append(event.id)
+                    data.append(cand["trigger_data"])
+        if not owners:
+            return {}
+        created = await execution_store.insert_for_events(conn, owners, workflows, event_ids, data)
+        return {(str(w), str(e)): str(x) for (w, e), x in created.items()}
+
+    async def handover_once(self) -> int:
+        """Signal one batch of queued executions to their automations; returns how many were claimed."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await execution_store.claim_handover(conn, self._settings.dispatch_batch_size)
+            if not rows:
+                return 0
+            client = await self._ensure_client()
+            groups: dict[UUID, list[asyncpg.Record]] = defaultdict(list)
+            for row in rows:
+                groups[row["workflow_id"]].append(row)
+            results = await asyncio.gather(
+                *(self._signal(client, wf, group) for wf, group in groups.items()), return_exceptions=True
+            )
+            done = [r["id"] for (wf, group), res in zip(groups.items(), results, strict=True)
+                    if res is None for r in group]
+            if done:
+                await execution_store.mark_signalled(conn, done)
+            failures = [res for res in results if isinstance(res, BaseException)]
+        if failures:
+            raise TemporalUnavailable(f"{len(failures)} of {len(groups)} signals failed: {failures[0]!r}")
+        return len(rows)
+
+    async def _signal(self, client: Client, workflow_id: UUID, rows: list[asyncpg.Record]) -> None:
+        limit = rows[0]["concurrency_limit"]
+        ids = [str(r["id"]) for r in rows]
+        await client.start_workflow(
+            WORKFLOW_NAME,
+            AutomationState(
+                workflow_id=str(workflow_id),
+                concurrency_limit=limit,
+                max_batch=self._settings.automation_max_batch,
+                idle_timeout_s=self._settings.automation_idle_timeout_s,
+                heartbeat_timeout_s=self._settings.activity_heartbeat_timeout_s,
+            ),
+            id=automation_id(str(workflow_id)),
+            task_queue=self._settings.task_queue,
+            start_signal=ENQUEUE_SIGNAL,
+            start_signal_args=[Enqueue(ids, limit)],
+        )
+
+    async def _ensure_client(self) -> Client:
+        if self._client is None:
+            try:
+                self._client = await asyncio.wait_for(connect(self._settings), 5)
+            except Exception as exc:
+                raise TemporalUnavailable(f"cannot connect to {self._settings.temporal_address}") from exc
+        return self._client
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """Wake the loop on every commit to the inbox (NOTIFY); polling covers any gap."""
+        while not stop.is_set():
+            try:
+                conn = await db.connect(self._settings.database_url)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("dispatcher listener cannot connect: %s", type(exc).__name__)
+                await asyncio.sleep(2)
+                continue
+            try:
+                await conn.add_listener(event_store.EVENTS_CHANNEL, lambda *_: self._wake.set())
+                while True:
+                    await asyncio.sleep(5)
+                    await conn.execute("SELECT 1")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("dispatcher listener lost its connection: %s", type(exc).__name__)
+            finally:
+                with suppress(Exception):
+                    await conn.close()
+
+
+class TemporalUnavailable(RuntimeError):
+    """Temporal could not take the hand-over; executions stay queued and are retried."""
+
+
+def _inbox_event(row: asyncpg.Record) -> InboxEvent:
+    return InboxEvent(
+        id=row["id"],
+        owner_id=row["owner_id"],
+        source_type=row["source_type"],
+        source_id=row["source_id"],
+        headers=row["headers"],
+        body=row["body"],
+        received_at=row["received_at"].isoformat(),
+    )

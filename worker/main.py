@@ -1,0 +1,49 @@
+"""The worker process: runs automation workflows and their activities."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import httpx
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from hookyard.settings import Settings
+from oauth.crypto import Keyring
+from schemas import db
+from worker.activities import AutomationActivities
+from worker.automation import AutomationWorkflow
+from worker.temporal import connect_with_retry
+
+log = logging.getLogger(__name__)
+
+
+def build_worker(client: Client, settings: Settings, activities: AutomationActivities) -> Worker:
+    """The Temporal worker for hookyard's task queue."""
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[AutomationWorkflow],
+        activities=[activities.run_batch],
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
+        # Running activities get this long to finish on shutdown before being cancelled.
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
+    )
+
+
+async def run_worker(settings: Settings, keyring: Keyring, stop: asyncio.Event) -> None:
+    """Run until `stop` is set, then shut down gracefully."""
+    client = await connect_with_retry(settings, stop)
+    if client is None:
+        return
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
+        worker = build_worker(client, settings, AutomationActivities(pool, http, keyring))
+        async with worker:
+            log.info("worker polling task queue %r", settings.task_queue)
+            await stop.wait()
+            log.info("worker stopping")
+    await pool.close()
