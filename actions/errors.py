@@ -1,8 +1,8 @@
 """How an action attempt can fail; the worker maps these to retry decisions.
 
-    ActionError
-     ├── PermanentActionError   retrying cannot help (4xx, bad template, bad config)
-     └── RetryableActionError   try again later; `retry_after_s` when the target said when
+ActionError
+ ├── PermanentActionError   retrying cannot help (4xx, bad template, bad config)
+ └── RetryableActionError   try again later; `retry_after_s` when the target said when
 """
 
 from __future__ import annotations

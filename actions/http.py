@@ -23,13 +23,20 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "method": {"enum": ["GET", "POST", "PUT", "PATCH", "DELETE"], "default": "POST"},
-        "url": {"type": "string", "minLength": 1, "maxLength": 2048,
-                "description": "http(s) URL; may contain {{ trigger.… }} templates."},
+        "url": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 2048,
+            "description": "http(s) URL; may contain {{ trigger.… }} templates.",
+        },
         "headers": {"type": "object", "additionalProperties": {"type": "string"}, "default": {}},
         "body": {"description": "JSON sent as the body (templated); a string is sent as text."},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 120, "default": 10},
-        "sign": {"type": "boolean", "default": False,
-                 "description": "Sign with Standard Webhooks using the workflow's signing secret."},
+        "sign": {
+            "type": "boolean",
+            "default": False,
+            "description": "Sign with Standard Webhooks using the workflow's signing secret.",
+        },
     },
 }
 
@@ -94,7 +101,10 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
     try:
         response = await ctx.http.request(
-            config.get("method", "POST"), url, headers=headers, content=content,
+            config.get("method", "POST"),
+            url,
+            headers=headers,
+            content=content,
             timeout=float(config.get("timeout_s", 10)),
         )
     except httpx.TimeoutException as exc:

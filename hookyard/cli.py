@@ -18,7 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hookyard", description="Events in, durable automations out.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    dev = sub.add_parser("dev", help="run the whole stack locally (PostgreSQL, Redis, Temporal, api, dispatcher, worker)")
+    dev = sub.add_parser(
+        "dev", help="run the whole stack locally (PostgreSQL, Redis, Temporal, api, dispatcher, worker)"
+    )
     dev.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state lives here (default: %(default)s)")
     dev.add_argument("--port", type=int, default=8000, help="API port (default: %(default)s)")
     dev.add_argument("--postgres-port", type=int, default=55432)
@@ -87,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_dev(Path(args.data_dir), ports)
     if args.command == "owners":
         owner_id, key = asyncio.run(_create_owner(_database_url(args.data_dir), args.name))
-        print(f"owner {args.name!r} created\n  id:      {owner_id}\n  API key: {key}\n"
-              "The key is shown once; store it now. Use it as: Authorization: Bearer <key>")
+        print(
+            f"owner {args.name!r} created\n  id:      {owner_id}\n  API key: {key}\n"
+            "The key is shown once; store it now. Use it as: Authorization: Bearer <key>"
+        )
         return 0
     if args.command == "keys":
         from hookyard.processes import new_master_key_line

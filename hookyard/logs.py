@@ -33,8 +33,11 @@ def configure(level: str = "INFO", json: bool = False, process: str = "") -> Non
     """Configure the root logger once per process."""
     handler = logging.StreamHandler(sys.stderr)
     prefix = f"[{process}] " if process else ""
-    handler.setFormatter(JsonFormatter() if json else logging.Formatter(
-        f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(
+        JsonFormatter()
+        if json
+        else logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 def migration_files() -> list[tuple[str, str]]:
     """(version, sql) for every migration, in order."""
     folder = resources.files("schemas") / "migrations"
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
 
 

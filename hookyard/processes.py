@@ -39,8 +39,13 @@ def serve(settings: Settings) -> None:
 
     app = create_app(settings, keyring_from(settings))
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, lifespan="on", log_config=None,
-        timeout_graceful_shutdown=30, backlog=2048,
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        log_config=None,
+        timeout_graceful_shutdown=30,
+        backlog=2048,
     )
     uvicorn.Server(config).run()
 

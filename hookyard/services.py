@@ -5,6 +5,7 @@ Used by `hookyard dev` and by the test suite, so both run the same servers the s
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -54,10 +55,8 @@ class ManagedProcess:
         self.process.wait(5)
 
     def _signal(self, sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -93,7 +92,11 @@ def _spawn(name: str, argv: list[str], log_path: Path, user: str | None = None) 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     proc = subprocess.Popen(  # noqa: S603 - argv built from our own binaries
-        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
         **_as_user(user),
     )
     log.close()
@@ -138,8 +141,11 @@ def _pg_user(pgdata: Path) -> str | None:
     try:
         pwd.getpwnam(_PG_SYSTEM_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", _PG_SYSTEM_USER],  # noqa: S603, S607
-                       check=True, capture_output=True)
+        subprocess.run(  # noqa: S603
+            ["useradd", "--system", "--no-create-home", _PG_SYSTEM_USER],  # noqa: S607
+            check=True,
+            capture_output=True,
+        )
     # The server user must be able to reach its data dir and read the binaries.
     for parent in [*reversed(pgdata.parents), _pg_bin().parent]:
         mode = parent.stat().st_mode
@@ -171,8 +177,19 @@ def start_postgres(data_dir: Path, port: int, *, durable: bool = True) -> tuple[
             **_as_user(user),
         )
     (pgdata / "postmaster.pid").unlink(missing_ok=True) if not _pg_running(pgdata) else None
-    argv = [str(_pg_bin() / "postgres"), "-D", str(pgdata), "-p", str(port), "-h", "127.0.0.1",
-            "-k", str(pgdata), "-c", "max_connections=300"]
+    argv = [
+        str(_pg_bin() / "postgres"),
+        "-D",
+        str(pgdata),
+        "-p",
+        str(port),
+        "-h",
+        "127.0.0.1",
+        "-k",
+        str(pgdata),
+        "-c",
+        "max_connections=300",
+    ]
     if not durable:
         argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
     proc = _spawn("postgres", argv, data_dir / "logs" / "postgres.log", user=user)
@@ -217,8 +234,21 @@ def start_redis(data_dir: Path, port: int) -> tuple[ManagedProcess, str]:
     """Start Redis on 127.0.0.1:port with an append-only file in the data dir."""
     folder = data_dir / "redis"
     folder.mkdir(parents=True, exist_ok=True)
-    argv = [_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-            "--appendonly", "yes", "--save", "", "--protected-mode", "no"]
+    argv = [
+        _redis_server(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(folder),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+    ]
     proc = _spawn("redis", argv, data_dir / "logs" / "redis.log")
     wait_for_port("127.0.0.1", port, proc, timeout=30)
     return proc, f"redis://127.0.0.1:{port}/0"
@@ -233,9 +263,23 @@ def start_temporal(
     """Start the Temporal dev server (SQLite file in the data dir); UI on ui_port unless None."""
     folder = data_dir / "temporal"
     folder.mkdir(parents=True, exist_ok=True)
-    argv = [bin_path("temporal"), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port),
-            "--db-filename", str(folder / "temporal.db"), "--log-level", "warn",
-            "--http-port", str(free_port()), "--metrics-port", str(free_port())]
+    argv = [
+        bin_path("temporal"),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db-filename",
+        str(folder / "temporal.db"),
+        "--log-level",
+        "warn",
+        "--http-port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
+    ]
     if ui_port is None:
         argv.append("--headless")
     else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +59,7 @@ class Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
-_ENV = {
+_ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     # environment variable -> (field, cast)
     "DATABASE_URL": ("database_url", str),
     "REDIS_URL": ("redis_url", str),

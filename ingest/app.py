@@ -31,9 +31,7 @@ def create_app(settings: Settings, keyring: Keyring) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
-        pool = await db.create_pool(
-            settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
-        )
+        pool = await db.create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
         inbox = InboxWriter(pool)
         endpoints = EndpointCache(pool, keyring, settings.database_url)
         endpoints.start()
@@ -47,4 +45,4 @@ def create_app(settings: Settings, keyring: Keyring) -> Starlette:
             await redis_client.aclose()
             await pool.close()
 
-    return Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)  # type: ignore[arg-type]
+    return Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -1,13 +1,13 @@
 """HTTP errors, mapped once to JSON responses `{"error": {"code", "message", "field"?}}`.
 
-    ApiError
-     ├── BadRequest        400  malformed JSON, bad cursor or query parameter
-     ├── Unauthorized      401  missing/unknown API key, bad or stale webhook signature
-     ├── NotFound          404  unknown id, or one that belongs to another owner
-     ├── Conflict          409
-     ├── PayloadTooLarge   413
-     ├── Invalid           422  body does not satisfy the schema; `field` names the place
-     └── Unavailable       503  storage unreachable: the sender should retry
+ApiError
+ ├── BadRequest        400  malformed JSON, bad cursor or query parameter
+ ├── Unauthorized      401  missing/unknown API key, bad or stale webhook signature
+ ├── NotFound          404  unknown id, or one that belongs to another owner
+ ├── Conflict          409
+ ├── PayloadTooLarge   413
+ ├── Invalid           422  body does not satisfy the schema; `field` names the place
+ └── Unavailable       503  storage unreachable: the sender should retry
 """
 
 from __future__ import annotations

@@ -33,5 +33,6 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:
         checks["redis"] = f"unavailable: {type(exc).__name__}"
     ready = checks["postgres"] == "ok"
-    return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
+    )

@@ -16,11 +16,24 @@ from ingest.state import app_state
 from schemas.store.events import NewEvent
 
 # Not worth keeping, or not safe to keep, once the request is verified.
-_DROPPED_HEADERS = frozenset({
-    "authorization", "cookie", "proxy-authorization", "x-api-key", "host", "content-length",
-    "connection", "webhook-signature", "svix-signature", "x-hub-signature", "x-hub-signature-256",
-    "stripe-signature", "x-slack-signature", "x-shopify-hmac-sha256",
-})
+_DROPPED_HEADERS = frozenset(
+    {
+        "authorization",
+        "cookie",
+        "proxy-authorization",
+        "x-api-key",
+        "host",
+        "content-length",
+        "connection",
+        "webhook-signature",
+        "svix-signature",
+        "x-hub-signature",
+        "x-hub-signature-256",
+        "stripe-signature",
+        "x-slack-signature",
+        "x-shopify-hmac-sha256",
+    }
+)
 _MAX_HEADER_BYTES = 16 * 1024
 
 

@@ -191,8 +191,13 @@ class Receiver:
             await asyncio.sleep(self.delay_s)
         script = self._scripts.get(path)
         status, headers = script.pop(0) if script else (200, {})
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+            }
+        )
         await send({"type": "http.response.body", "body": b'{"ok": true}'})
 
 

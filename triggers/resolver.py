@@ -30,9 +30,7 @@ class RoutingCache:
             self._routes.clear()
             self._version = version
 
-    async def candidates(
-        self, conn: asyncpg.Connection, event: InboxEvent
-    ) -> list[tuple[TriggerType, WorkflowSpec]]:
+    async def candidates(self, conn: asyncpg.Connection, event: InboxEvent) -> list[tuple[TriggerType, WorkflowSpec]]:
         """Workflows whose trigger listens where this event came from (filters not yet applied)."""
         found: list[tuple[TriggerType, WorkflowSpec]] = []
         for trigger in for_source(event.source_type):

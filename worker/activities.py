@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import suppress
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -44,7 +45,7 @@ class AutomationActivities:
         try:
             async with self._pool.acquire() as conn:
                 rows = await store.claim_for_run(
-                    conn, [UUID(i) for i in batch.execution_ids], info.workflow_id, info.workflow_run_id
+                    conn, [UUID(i) for i in batch.execution_ids], info.workflow_id or "", info.workflow_run_id or ""
                 )
             records = await asyncio.gather(*(self._attempt(row) for row in rows))
             if records:
@@ -112,9 +113,9 @@ def _outcome(record: dict[str, Any]) -> Outcome:
     return Outcome(str(record["id"]), record["status"])
 
 
-async def _heartbeat(timeout: Any) -> None:
+async def _heartbeat(heartbeat_timeout: timedelta | None) -> None:
     """Heartbeat well inside the timeout so a lost worker is noticed and the batch retried."""
-    interval = max(0.5, timeout.total_seconds() / 3) if timeout else 10.0
+    interval = max(0.5, heartbeat_timeout.total_seconds() / 3) if heartbeat_timeout else 10.0
     while True:
         activity.heartbeat()
         await asyncio.sleep(interval)

@@ -10,7 +10,9 @@ next signal-with-start begins a fresh run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
+from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -43,6 +45,7 @@ class AutomationWorkflow:
         self._inflight: set[str] = set()
         self._recent: deque[str] = deque(maxlen=_RECENT_KEPT)
         self._known: set[str] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._changes = 0  # bumped by every signal and finished batch; wakes the main loop
 
     @workflow.signal(name=ENQUEUE_SIGNAL)
@@ -75,11 +78,11 @@ class AutomationWorkflow:
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     return
                 continue  # a retry is due now
-            seen = self._changes
-            try:
-                await workflow.wait_condition(lambda: self._changes != seen, timeout=timeout)
-            except asyncio.TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(self._changed_since(self._changes), timeout=timeout)
+
+    def _changed_since(self, seen: int) -> Callable[[], bool]:
+        return lambda: self._changes != seen
 
     def _restore(self, state: AutomationState) -> None:
         # Signals may already have been handled before run() starts (signal-with-start).
@@ -120,7 +123,9 @@ class AutomationWorkflow:
             size = min(len(self._pending), self._free_slots(), self._state.max_batch)
             batch = [self._pending.popleft() for _ in range(size)]
             self._inflight.update(batch)
-            asyncio.ensure_future(self._run_batch(batch))
+            task = asyncio.ensure_future(self._run_batch(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run_batch(self, batch: list[str]) -> None:
         try:
@@ -133,7 +138,7 @@ class AutomationWorkflow:
         self._apply(batch, outcomes)
 
     async def _execute(self, batch: list[str]) -> list[Outcome]:
-        return await workflow.execute_activity(
+        outcomes: list[Outcome] = await workflow.execute_activity(
             RUN_BATCH_ACTIVITY,
             BatchInput(self._state.workflow_id, batch),
             result_type=list[Outcome],
@@ -143,6 +148,7 @@ class AutomationWorkflow:
             # failures are decided per execution inside the activity and come back as outcomes.
             retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
         )
+        return outcomes
 
     def _apply(self, batch: list[str], outcomes: list[Outcome]) -> None:
         self._changes += 1

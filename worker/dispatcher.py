@@ -126,8 +126,16 @@ class Dispatcher:
                 data_by_trigger[trigger.name] = trigger.trigger_data(event)
             data = data_by_trigger[trigger.name]
             outcome = trigger.match(spec.trigger_config, data)
-            plan.append({"workflow_id": str(spec.id), "trigger": trigger.name, "matched": outcome.matched,
-                         "reason": outcome.reason, "execution_id": None, "trigger_data": data})
+            plan.append(
+                {
+                    "workflow_id": str(spec.id),
+                    "trigger": trigger.name,
+                    "matched": outcome.matched,
+                    "reason": outcome.reason,
+                    "execution_id": None,
+                    "trigger_data": data,
+                }
+            )
         return plan
 
     async def _create_executions(
@@ -163,8 +171,9 @@ class Dispatcher:
             results = await asyncio.gather(
                 *(self._signal(client, wf, group) for wf, group in groups.items()), return_exceptions=True
             )
-            done = [r["id"] for (wf, group), res in zip(groups.items(), results, strict=True)
-                    if res is None for r in group]
+            done = [
+                r["id"] for (wf, group), res in zip(groups.items(), results, strict=True) if res is None for r in group
+            ]
             if done:
                 await execution_store.mark_signalled(conn, done)
             failures = [res for res in results if isinstance(res, BaseException)]

@@ -34,16 +34,35 @@ def build_worker(client: Client, settings: Settings, activities: AutomationActiv
 
 
 async def run_worker(settings: Settings, keyring: Keyring, stop: asyncio.Event) -> None:
-    """Run until `stop` is set, then shut down gracefully."""
-    client = await connect_with_retry(settings, stop)
-    if client is None:
-        return
+    """Run until `stop` is set, then shut down gracefully; reconnect if Temporal goes away."""
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-    async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
-        worker = build_worker(client, settings, AutomationActivities(pool, http, keyring))
-        async with worker:
-            log.info("worker polling task queue %r", settings.task_queue)
-            await stop.wait()
-            log.info("worker stopping")
-    await pool.close()
+    try:
+        async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
+            activities = AutomationActivities(pool, http, keyring)
+            while not stop.is_set():
+                client = await connect_with_retry(settings, stop)
+                if client is None:
+                    break
+                await _run_until_stopped(build_worker(client, settings, activities), stop)
+    finally:
+        await pool.close()
+
+
+async def _run_until_stopped(worker: Worker, stop: asyncio.Event) -> None:
+    run = asyncio.create_task(worker.run())
+    stopping = asyncio.create_task(stop.wait())
+    log.info("worker polling task queue %r", worker.task_queue)
+    await asyncio.wait([run, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if run.done():
+        # A fatal poll error (e.g. the server vanished for long): start over with a new client.
+        log.warning("worker stopped unexpectedly (%r); restarting", run.exception())
+        await asyncio.sleep(1)
+        return
+    log.info(
+        "worker stopping; running activities get %.0fs to finish",
+        worker.config()["graceful_shutdown_timeout"].total_seconds(),
+    )
+    await worker.shutdown()
+    await run

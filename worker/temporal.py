@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from temporalio.client import Client
@@ -24,14 +25,16 @@ async def connect_with_retry(settings: Settings, stop: asyncio.Event | None = No
         try:
             return await connect(settings)
         except Exception as exc:  # the SDK raises RuntimeError for transport failures
-            log.warning("temporal at %s unreachable (%s); retrying in %.1fs", settings.temporal_address,
-                        type(exc).__name__, delay)
+            log.warning(
+                "temporal at %s unreachable (%s); retrying in %.1fs",
+                settings.temporal_address,
+                type(exc).__name__,
+                delay,
+            )
         if stop is None:
             await asyncio.sleep(delay)
         else:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
         delay = min(delay * 2, 10.0)
     return None

@@ -136,9 +136,7 @@ async def load_auth(conn: asyncpg.Connection, keyring: Keyring, endpoint_id: UUI
     if not rows:
         return None
     owner_id = rows[0]["owner_id"]
-    secrets = tuple(
-        keyring.decrypt(r["ciphertext"], _aad(owner_id, r["secret_id"])).decode() for r in rows
-    )
+    secrets = tuple(keyring.decrypt(r["ciphertext"], _aad(owner_id, r["secret_id"])).decode() for r in rows)
     return EndpointAuth(endpoint_id, owner_id, rows[0]["scheme"], secrets)
 
 

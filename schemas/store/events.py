@@ -66,9 +66,7 @@ async def insert_events(conn: asyncpg.Connection, events: Sequence[NewEvent]) ->
             [e.verification for e in events],
         )
         await conn.execute("SELECT pg_notify($1, '')", EVENTS_CHANNEL)
-    return {
-        (r["source_type"], r["source_id"], r["dedup_key"]): Stored(r["id"], r["duplicate"]) for r in rows
-    }
+    return {(r["source_type"], r["source_id"], r["dedup_key"]): Stored(r["id"], r["duplicate"]) for r in rows}
 
 
 async def claim_received(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:

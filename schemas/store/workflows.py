@@ -95,8 +95,7 @@ async def get_workflow(
     """One of the owner's live workflows (or deleted ones too, whose executions stay listable)."""
     lock = " FOR UPDATE" if for_update else ""
     row: asyncpg.Record | None = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM workflows WHERE id = $1 AND owner_id = $2 "
-        f"AND ($3 OR deleted_at IS NULL){lock}",
+        f"SELECT {_COLUMNS} FROM workflows WHERE id = $1 AND owner_id = $2 AND ($3 OR deleted_at IS NULL){lock}",
         workflow_id,
         owner_id,
         include_deleted,
@@ -169,9 +168,7 @@ async def routing_version(conn: asyncpg.Connection) -> int:
     return version
 
 
-async def active_for_route(
-    conn: asyncpg.Connection, trigger_type: str, routing_key: str
-) -> list[WorkflowSpec]:
+async def active_for_route(conn: asyncpg.Connection, trigger_type: str, routing_key: str) -> list[WorkflowSpec]:
     """Active workflows listening on one routing key (an index lookup)."""
     rows = await conn.fetch(
         "SELECT id, owner_id, trigger_type, trigger_config, concurrency_limit, retry_policy "
@@ -190,8 +187,7 @@ async def lock_active(conn: asyncpg.Connection, workflow_ids: list[UUID]) -> set
     our transaction, whose queued executions it then cancels. Nothing fires after a deactivate.
     """
     rows = await conn.fetch(
-        "SELECT id FROM workflows WHERE id = ANY($1::uuid[]) AND active AND deleted_at IS NULL "
-        "ORDER BY id FOR SHARE",
+        "SELECT id FROM workflows WHERE id = ANY($1::uuid[]) AND active AND deleted_at IS NULL ORDER BY id FOR SHARE",
         workflow_ids,
     )
     return {r["id"] for r in rows}

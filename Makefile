@@ -1,0 +1,34 @@
+# The README's first two commands: `make run` and `make test`. Both need only Python 3.11+.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: run test lint bench install clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)  ## start the whole stack (PostgreSQL, Redis, Temporal, api, dispatcher, worker)
+	$(BIN)/hookyard dev $(ARGS)
+
+test: $(STAMP)  ## run the test suite against real PostgreSQL, Redis and Temporal
+	$(BIN)/pytest $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.e2e
+
+clean:
+	rm -rf $(VENV) .hookyard build *.egg-info
