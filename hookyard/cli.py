@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="use the `hookyard dev` stack of this data dir")
 
+    sign = sub.add_parser("sign", help="print signature headers for a body (for trying endpoints with curl)")
+    sign.add_argument("--secret", required=True, help="the endpoint's secret")
+    sign.add_argument("--body", required=True, help="the exact body you will send")
+    sign.add_argument("--scheme", default="standard-webhooks")
+    sign.add_argument("--curl", action="store_true", help="print as curl -H arguments")
+
     keys = sub.add_parser("keys", help="master keys").add_subparsers(dest="keys_command", required=True)
     generate = keys.add_parser("generate", help="print a new master key entry for HOOKYARD_MASTER_KEYS")
     generate.add_argument("--id", default="k1", help="key id (default: %(default)s)")
@@ -78,6 +84,25 @@ async def _create_owner(url: str, name: str) -> tuple[str, str]:
     return str(owner_id), key
 
 
+def _sign(scheme_name: str, secret: str, body: str, curl: bool) -> int:
+    import time
+    import uuid
+
+    from ingest.signatures import get_scheme
+
+    try:
+        scheme = get_scheme(scheme_name)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    headers = scheme.sign(body.encode(), secret, now=time.time(), msg_id=f"msg_{uuid.uuid4().hex}")
+    headers["content-type"] = "application/json"
+    for name, value in headers.items():
+        print(f"-H {name}:{value.replace(' ', '')}" if curl else f"{name}: {value}", end=" " if curl else "\n")
+    if curl:
+        print()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one `hookyard` command."""
     args = _parser().parse_args(argv)
@@ -94,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             "The key is shown once; store it now. Use it as: Authorization: Bearer <key>"
         )
         return 0
+    if args.command == "sign":
+        return _sign(args.scheme, args.secret, args.body, args.curl)
     if args.command == "keys":
         from hookyard.processes import new_master_key_line
 
