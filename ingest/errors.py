@@ -98,6 +98,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 STORAGE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     TimeoutError,
+    asyncpg.PostgresConnectionError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,

@@ -20,9 +20,17 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 
 
+def _encode_other(value: Any) -> str:
+    # asyncpg returns its own UUID subclass, which orjson only serialises through this hook.
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} as JSON")
+
+
 def json_response(content: Any, status_code: int = 200) -> Response:
     """A JSON response; datetimes and UUIDs serialise as ISO 8601 and canonical strings."""
-    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+    body = orjson.dumps(content, default=_encode_other)
+    return Response(body, status_code=status_code, media_type="application/json")
 
 
 def no_content() -> Response:

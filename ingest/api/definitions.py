@@ -111,14 +111,17 @@ class Definition:
         return dataclasses.asdict(self)
 
 
+def _registry(kind: str) -> Mapping[str, Any]:
+    return TRIGGERS if kind == "trigger" else ACTIONS
+
+
 @cache
 def _config_validator(kind: str, type_name: str) -> Draft202012Validator:
-    registry: Mapping[str, Any] = TRIGGERS if kind == "trigger" else ACTIONS
-    return compile_schema(registry[type_name].config_schema)
+    return compile_schema(_registry(kind)[type_name].config_schema)
 
 
 def _checked_config(kind: str, part: Mapping[str, Any]) -> dict[str, Any]:
-    registry: Mapping[str, Any] = TRIGGERS if kind == "trigger" else ACTIONS
+    registry = _registry(kind)
     type_name = part["type"]
     if type_name not in registry:
         known = ", ".join(sorted(registry))
@@ -137,8 +140,7 @@ async def _checked_trigger(
         try:
             await trigger.check_config(conn, owner_id, config)
         except TriggerConfigError as exc:
-            message = str(exc).removeprefix(f"{exc.field}: ")
-            raise Invalid(f"{exc.field}: {message}", field=exc.field) from None
+            raise Invalid(str(exc), field=exc.field) from None
     return {
         "trigger_type": part["type"],
         "trigger_config": config,

@@ -116,10 +116,13 @@ async def delete_endpoint(request: Request) -> Response:
     """Delete an endpoint; deliveries to it are refused from now on, its events stay."""
     owner_id = await require_owner(request)
     endpoint_id = path_id(request, "endpoint")
-    async with app_state(request).pool.acquire() as conn:
+    state = app_state(request)
+    async with state.pool.acquire() as conn:
         deleted = await store.delete_endpoint(conn, owner_id, endpoint_id)
     if not deleted:
         raise NotFound("no such endpoint")
+    # Other processes hear of it by notification; this one need not wait for its own.
+    state.endpoints.invalidate(endpoint_id)
     return no_content()
 
 
@@ -139,6 +142,7 @@ async def rotate_secret(request: Request) -> Response:
         rotated = await store.rotate_secret(conn, state.keyring, owner_id, endpoint_id, secret, grace_s)
     if not rotated:
         raise NotFound("no such endpoint")
+    state.endpoints.invalidate(endpoint_id)
     # An upper bound: a secret already due to expire sooner keeps its earlier expiry.
     valid_until = datetime.now(UTC) + timedelta(seconds=grace_s)
     return json_response({"secret": secret, "previous_valid_until": valid_until.isoformat()})

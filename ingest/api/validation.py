@@ -47,7 +47,8 @@ def _offending_key(error: ValidationError) -> list[str]:
     if not isinstance(instance, dict):
         return []
     if error.validator == "required":
-        missing = [key for key in error.validator_value if key not in instance]
+        required: Any = error.validator_value
+        missing = [key for key in required if key not in instance]
         return missing[:1]
     if error.validator in ("additionalProperties", "unevaluatedProperties"):
         known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}

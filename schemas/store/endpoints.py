@@ -91,9 +91,12 @@ async def delete_endpoint(conn: asyncpg.Connection, owner_id: UUID, endpoint_id:
             endpoint_id,
             owner_id,
         )
+        # The secrets go only with an endpoint this owner actually had: the id alone is not proof.
+        if not status.endswith(" 1"):
+            return False
         await conn.execute("DELETE FROM endpoint_secrets WHERE endpoint_id = $1", endpoint_id)
         await notify_endpoint_changed(conn, endpoint_id)
-    return status.endswith(" 1")
+    return True
 
 
 async def rotate_secret(

@@ -168,3 +168,26 @@ async def _all(coro, n: int):  # type: ignore[no-untyped-def]
 
 async def _count(receiver: Receiver, target: str) -> int:
     return len(receiver.to(target))
+
+
+async def test_storage_outage_answers_503_so_the_sender_retries(stack: Stack, tmp_path: Path):
+    from ingest.app import create_app
+
+    pg, url = services.start_postgres(tmp_path, services.free_port(), durable=False)
+    try:
+        await migrate(url)
+        settings = make_settings(stack, database_url=url)
+        pool = await db.create_pool(url, min_size=1, max_size=2)
+        async with serve(create_app(settings, Keyring(settings.master_keys)), settings.port) as base_url:
+            owner = await new_owner(pool, base_url)
+            endpoint = await create_endpoint(owner.client)
+            async with httpx.AsyncClient(base_url=base_url) as http:
+                assert (await send(http, endpoint, b'{"n": 1}')).status_code == 202
+                await pool.close()
+                pg.stop()
+                response = await send(http, endpoint, b'{"n": 2}')
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "unavailable"
+            await owner.client.aclose()
+    finally:
+        pg.stop()

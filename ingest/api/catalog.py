@@ -1,0 +1,31 @@
+"""`/api/catalog`: the trigger and action types a workflow may use, with their config schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from actions.registry import ACTIONS
+from ingest.api.common import json_response
+from triggers.registry import TRIGGERS
+
+
+def catalog() -> dict[str, list[dict[str, Any]]]:
+    """Every registered trigger and action type, sorted by name."""
+    return {
+        "triggers": [
+            {"type": t.name, "description": t.description, "config_schema": t.config_schema}
+            for t in sorted(TRIGGERS.values(), key=lambda t: t.name)
+        ],
+        "actions": [
+            {"type": a.name, "description": a.description, "config_schema": a.config_schema}
+            for a in sorted(ACTIONS.values(), key=lambda a: a.name)
+        ],
+    }
+
+
+async def get_catalog(request: Request) -> Response:
+    """The catalog; public, since it describes the service rather than anyone's data."""
+    return json_response(catalog())

@@ -1,0 +1,79 @@
+"""Events: what arrived, and why it did or did not fire a workflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingest.api.auth import require_owner
+from ingest.api.common import json_response, page_query, page_response, path_id, query_choice, query_uuid
+from ingest.api.executions import execution_json
+from ingest.errors import NotFound
+from ingest.state import app_state
+from schemas.store import events as store
+from schemas.store.executions import list_for_event
+
+STATUSES = ("received", "dispatched", "unmatched")
+
+
+def event_json(row: Any) -> dict[str, Any]:
+    """The list view of an event: everything but the body."""
+    return {
+        "id": row["id"],
+        "source_type": row["source_type"],
+        "source_id": row["source_id"],
+        "received_at": row["received_at"],
+        "status": row["status"],
+        "verification": row["verification"],
+        "dedup": {
+            "key": row["dedup_key"],
+            "duplicate_count": row["duplicate_count"],
+            "last_duplicate_at": row["last_duplicate_at"],
+        },
+        # Written by the dispatcher; null until it has looked at the event.
+        "resolution": row["resolution"],
+        "dispatched_at": row["dispatched_at"],
+        "headers": row["headers"],
+        "body_size": row["body_size"],
+    }
+
+
+def parsed_body(body: bytes) -> Any:
+    """JSON when the body parses as JSON, else its text."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+
+
+async def list_events(request: Request) -> Response:
+    """A page of the caller's events, newest first, by status and endpoint."""
+    owner_id = await require_owner(request)
+    status = query_choice(request, "status", STATUSES)
+    endpoint_id = query_uuid(request, "endpoint_id")
+    query = page_query(request)
+    source_id = None if endpoint_id is None else str(endpoint_id)
+    async with app_state(request).pool.acquire() as conn:
+        rows = await store.list_events(
+            conn, owner_id, query.limit, query.after_seq, status=status, source_id=source_id
+        )
+    return page_response(rows, query, event_json)
+
+
+async def get_event(request: Request) -> Response:
+    """One event with its body and the executions it produced."""
+    owner_id = await require_owner(request)
+    event_id = path_id(request, "event")
+    async with app_state(request).pool.acquire() as conn:
+        row = await store.get_event(conn, owner_id, event_id)
+        if row is None:
+            raise NotFound("no such event")
+        executions = await list_for_event(conn, owner_id, event_id)
+    view = event_json(row) | {
+        "body": parsed_body(row["body"]),
+        "executions": [execution_json(x) for x in executions],
+    }
+    return json_response(view)

@@ -1,0 +1,76 @@
+"""Executions: what each workflow run did, and replaying one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingest.api.auth import require_owner
+from ingest.api.common import json_response, page_query, page_response, path_id, query_choice
+from ingest.errors import NotFound
+from ingest.state import app_state
+from schemas.store import executions as store
+from schemas.store.workflows import get_workflow
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def execution_json(row: Any) -> dict[str, Any]:
+    """The API view of an execution row."""
+    return {
+        "id": row["id"],
+        "workflow_id": row["workflow_id"],
+        "event_id": row["event_id"],
+        "replay_of": row["replay_of"],
+        "status": row["status"],
+        "trigger_data": row["trigger_data"],
+        "result": row["result"],
+        "error": row["error"],
+        "attempts": row["attempts"],
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "next_attempt_at": row["next_attempt_at"],
+        "temporal": {"workflow_id": row["temporal_workflow_id"], "run_id": row["temporal_run_id"]},
+    }
+
+
+async def list_for_workflow(request: Request) -> Response:
+    """A page of one workflow's executions, newest first, optionally by status."""
+    owner_id = await require_owner(request)
+    workflow_id = path_id(request, "workflow")
+    status = query_choice(request, "status", STATUSES)
+    query = page_query(request)
+    async with app_state(request).pool.acquire() as conn:
+        # A deleted workflow's history stays readable.
+        if await get_workflow(conn, owner_id, workflow_id, include_deleted=True) is None:
+            raise NotFound("no such workflow")
+        rows = await store.list_for_workflow(
+            conn, owner_id, workflow_id, query.limit, query.after_seq, status
+        )
+    return page_response(rows, query, execution_json)
+
+
+async def get_execution(request: Request) -> Response:
+    """One execution."""
+    owner_id = await require_owner(request)
+    execution_id = path_id(request, "execution")
+    async with app_state(request).pool.acquire() as conn:
+        row = await store.get_execution(conn, owner_id, execution_id)
+    if row is None:
+        raise NotFound("no such execution")
+    return json_response(execution_json(row))
+
+
+async def replay_execution(request: Request) -> Response:
+    """Queue a new run with the same event and trigger data; the original is left as it was."""
+    owner_id = await require_owner(request)
+    execution_id = path_id(request, "execution")
+    async with app_state(request).pool.acquire() as conn, conn.transaction():
+        new_id = await store.insert_replay(conn, owner_id, execution_id)
+        if new_id is None:
+            raise NotFound("no such execution, or its workflow was deleted")
+        row = await store.get_execution(conn, owner_id, new_id)
+    return json_response(execution_json(row), 202)

@@ -1,0 +1,156 @@
+"""Component schemas of the OpenAPI document: request bodies reuse the validators' schemas."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from actions.registry import ACTIONS
+from ingest.api import definitions, endpoints, events, executions
+from triggers.registry import TRIGGERS
+
+_STR = {"type": "string"}
+_UUID = {"type": "string", "format": "uuid"}
+_TIME = {"type": "string", "format": "date-time"}
+_ANY: dict[str, Any] = {}
+
+
+def ref(name: str) -> dict[str, str]:
+    """A reference to a component schema."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _obj(properties: dict[str, Any], required: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """An object schema; every property is required unless `required` says otherwise."""
+    names = list(properties) if required is None else list(required)
+    return {"type": "object", "properties": properties, "required": names}
+
+
+def _config_name(kind: str, type_name: str) -> str:
+    return f"{kind}.{type_name}.config"
+
+
+def _typed_part(kind: str, registry: Mapping[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """`{"type", "config"}` as one branch per registered type, each config by its own schema."""
+    branches = []
+    for name in sorted(registry):
+        part = copy.deepcopy(base)
+        part["properties"]["type"] = {"const": name}
+        part["properties"]["config"] = ref(_config_name(kind, name))
+        branches.append(part)
+    return {"oneOf": branches}
+
+
+def _workflow_body(schema: dict[str, Any]) -> dict[str, Any]:
+    body = copy.deepcopy(schema)
+    props = body["properties"]
+    props["trigger"] = _typed_part("trigger", TRIGGERS, props["trigger"])
+    props["action"] = _typed_part("action", ACTIONS, props["action"])
+    return body
+
+
+def _config_schemas() -> dict[str, Any]:
+    # Each config schema appears once in the document, so anchors inside them stay unique.
+    out = {_config_name("trigger", n): copy.deepcopy(t.config_schema) for n, t in TRIGGERS.items()}
+    out |= {_config_name("action", n): copy.deepcopy(a.config_schema) for n, a in ACTIONS.items()}
+    return out
+
+
+def _endpoint_schemas() -> dict[str, Any]:
+    endpoint = _obj(
+        {"id": _UUID, "name": _STR, "scheme": _STR, "ingest_url": _STR, "created_at": _TIME,
+         "active_secrets": {"type": "integer"}},
+        ("id", "name", "scheme", "ingest_url", "created_at"),
+    )
+    return {
+        "Endpoint": endpoint,
+        "EndpointCreate": endpoints.CREATE_SCHEMA,
+        "EndpointCreated": {"allOf": [ref("Endpoint"), _obj({"secret": _STR})]},
+        "SecretRotate": endpoints.ROTATE_SCHEMA,
+        "SecretRotated": _obj({"secret": _STR, "previous_valid_until": _TIME}),
+    }
+
+
+def _workflow_schemas() -> dict[str, Any]:
+    part = _obj({"type": _STR, "config": {"type": "object"}})
+    workflow = _obj({
+        "id": _UUID, "name": _STR, "trigger": part,
+        "action": _obj({"type": _STR, "config": {"type": "object"}, "credential_id": _nullable(_UUID)}),
+        "active": {"type": "boolean"}, "concurrency_limit": {"type": "integer"},
+        "retry_policy": definitions.RETRY_POLICY_SCHEMA, "signing": {"type": "boolean"},
+        "created_at": _TIME, "updated_at": _TIME,
+    })
+    shown_once = {
+        "signing_secret": {**_STR, "description": "Only when the secret is first created."},
+        "cancelled_executions": {"type": "integer", "description": "Only when `active` was given."},
+    }
+    return {
+        "Workflow": workflow,
+        "WorkflowCreate": _workflow_body(definitions.WORKFLOW_SCHEMA),
+        "WorkflowPatch": _workflow_body(definitions.PATCH_SCHEMA),
+        "WorkflowSaved": {"allOf": [ref("Workflow"), _obj(shown_once, ())]},
+        "WorkflowToggled": {
+            "allOf": [ref("Workflow"), _obj({"cancelled_executions": {"type": "integer"}})]
+        },
+    }
+
+
+def _execution_schema() -> dict[str, Any]:
+    return _obj({
+        "id": _UUID, "workflow_id": _UUID, "event_id": _nullable(_UUID),
+        "replay_of": _nullable(_UUID), "status": {"enum": list(executions.STATUSES)},
+        "trigger_data": {"type": "object"}, "result": _ANY, "error": _nullable(_STR),
+        "attempts": {"type": "integer"}, "created_at": _TIME, "started_at": _nullable(_TIME),
+        "finished_at": _nullable(_TIME), "next_attempt_at": _nullable(_TIME),
+        "temporal": _obj({"workflow_id": _nullable(_STR), "run_id": _nullable(_STR)}),
+    })
+
+
+def _event_schemas() -> dict[str, Any]:
+    resolution = {
+        "type": "array",
+        "items": _obj(
+            {"workflow_id": _UUID, "matched": {"type": "boolean"}, "reason": _STR,
+             "execution_id": _nullable(_UUID)},
+            ("workflow_id", "matched", "reason"),
+        ),
+    }
+    event = _obj({
+        "id": _UUID, "source_type": _STR, "source_id": _STR, "received_at": _TIME,
+        "status": {"enum": list(events.STATUSES)}, "verification": {"type": "object"},
+        "dedup": _obj({"key": _STR, "duplicate_count": {"type": "integer"},
+                       "last_duplicate_at": _nullable(_TIME)}),
+        "resolution": {**_nullable(resolution), "description": "Null while status is 'received'."},
+        "dispatched_at": _nullable(_TIME), "headers": {"type": "object"},
+        "body_size": {"type": "integer"},
+    })
+    detail = _obj({
+        "body": {"description": "Parsed JSON if the body is JSON, else its text."},
+        "executions": {"type": "array", "items": ref("Execution")},
+    })
+    return {"Event": event, "EventDetail": {"allOf": [ref("Event"), detail]}}
+
+
+def _catalog_schema() -> dict[str, Any]:
+    entry = _obj({"type": _STR, "description": _STR, "config_schema": {"type": "object"}})
+    entries = {"type": "array", "items": entry}
+    return _obj({"triggers": entries, "actions": entries})
+
+
+def component_schemas() -> dict[str, Any]:
+    """Every named schema the paths refer to."""
+    error = _obj({"error": _obj({"code": _STR, "message": _STR, "field": _STR}, ("code", "message"))})
+    return {
+        "Error": error,
+        **_endpoint_schemas(),
+        **_workflow_schemas(),
+        "Execution": _execution_schema(),
+        **_event_schemas(),
+        "Catalog": _catalog_schema(),
+        **_config_schemas(),
+    }

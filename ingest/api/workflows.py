@@ -1,0 +1,148 @@
+"""`/api/workflows`: an owner's trigger + action definitions."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid4
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingest.api import definitions
+from ingest.api.auth import require_owner
+from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
+from ingest.errors import NotFound
+from ingest.signatures import generate_secret
+from ingest.state import app_state
+from oauth.crypto import Keyring
+from schemas.store import workflows as store
+from schemas.store.signing import signing_aad
+
+
+def workflow_json(row: Any) -> dict[str, Any]:
+    """The API view of a workflow row (never its signing secret)."""
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "trigger": {"type": row["trigger_type"], "config": row["trigger_config"]},
+        "action": {
+            "type": row["action_type"],
+            "config": row["action_config"],
+            "credential_id": row["credential_id"],
+        },
+        "active": row["active"],
+        "concurrency_limit": row["concurrency_limit"],
+        "retry_policy": row["retry_policy"],
+        "signing": row["signing"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def _new_signing_secret(keyring: Keyring, owner_id: UUID, workflow_id: UUID) -> tuple[str, str]:
+    """A fresh secret and its ciphertext, bound to the workflow row."""
+    secret = generate_secret()
+    return secret, keyring.encrypt(secret.encode(), signing_aad(owner_id, workflow_id))
+
+
+def _shown(row: Any, secret: str | None, **extra: Any) -> dict[str, Any]:
+    view = workflow_json(row) | extra
+    if secret is not None:
+        view["signing_secret"] = secret
+    return view
+
+
+async def create_workflow(request: Request) -> Response:
+    """Create a workflow; a signing secret, if the action needs one, is shown only here."""
+    owner_id = await require_owner(request)
+    body = await read_json(request)
+    definitions.check_create(body)
+    state = app_state(request)
+    # The id is chosen before the insert because the secret's ciphertext is bound to it.
+    workflow_id = uuid4()
+    async with state.pool.acquire() as conn:
+        definition = await definitions.definition_for_create(conn, owner_id, body)
+        secret = token = None
+        if definition.wants_signing_secret:
+            secret, token = _new_signing_secret(state.keyring, owner_id, workflow_id)
+        values = definition.values() | {"id": workflow_id, "signing_secret": token}
+        row = await store.insert_workflow(conn, owner_id, values)
+    return json_response(_shown(row, secret), 201)
+
+
+async def list_workflows(request: Request) -> Response:
+    """A page of the caller's workflows, newest first."""
+    owner_id = await require_owner(request)
+    query = page_query(request)
+    async with app_state(request).pool.acquire() as conn:
+        rows = await store.list_workflows(conn, owner_id, query.limit, query.after_seq)
+    return page_response(rows, query, workflow_json)
+
+
+async def get_workflow(request: Request) -> Response:
+    """One workflow."""
+    owner_id = await require_owner(request)
+    workflow_id = path_id(request, "workflow")
+    async with app_state(request).pool.acquire() as conn:
+        row = await store.get_workflow(conn, owner_id, workflow_id)
+    if row is None:
+        raise NotFound("no such workflow")
+    return json_response(workflow_json(row))
+
+
+async def update_workflow(request: Request) -> Response:
+    """Change some fields; `active` changes cancel queued executions like /deactivate does."""
+    owner_id = await require_owner(request)
+    workflow_id = path_id(request, "workflow")
+    body = await read_json(request)
+    definitions.check_patch(body)
+    state = app_state(request)
+    async with state.pool.acquire() as conn, conn.transaction():
+        row = await store.get_workflow(conn, owner_id, workflow_id, for_update=True)
+        if row is None:
+            raise NotFound("no such workflow")
+        current = definitions.Definition.from_row(row)
+        updated = await definitions.definition_for_patch(conn, owner_id, current, body)
+        secret = token = None
+        if updated.wants_signing_secret and not row["signing"]:
+            secret, token = _new_signing_secret(state.keyring, owner_id, workflow_id)
+        row = await store.update_workflow(
+            conn, owner_id, workflow_id, updated.values() | {"signing_secret": token}
+        )
+        if "active" not in body:
+            return json_response(_shown(row, secret))
+        cancelled = 0
+        if body["active"] != current.active:
+            row, cancelled = await store.set_active(conn, owner_id, workflow_id, body["active"])
+    return json_response(_shown(row, secret, cancelled_executions=cancelled))
+
+
+async def delete_workflow(request: Request) -> Response:
+    """Delete a workflow; queued executions are cancelled, past ones stay readable."""
+    owner_id = await require_owner(request)
+    workflow_id = path_id(request, "workflow")
+    async with app_state(request).pool.acquire() as conn:
+        deleted = await store.delete_workflow(conn, owner_id, workflow_id)
+    if not deleted:
+        raise NotFound("no such workflow")
+    return no_content()
+
+
+async def _set_active(request: Request, active: bool) -> Response:
+    owner_id = await require_owner(request)
+    workflow_id = path_id(request, "workflow")
+    async with app_state(request).pool.acquire() as conn:
+        row, cancelled = await store.set_active(conn, owner_id, workflow_id, active)
+    if row is None:
+        raise NotFound("no such workflow")
+    return json_response(workflow_json(row) | {"cancelled_executions": cancelled})
+
+
+async def activate_workflow(request: Request) -> Response:
+    """Start matching events again."""
+    return await _set_active(request, True)
+
+
+async def deactivate_workflow(request: Request) -> Response:
+    """Stop matching events and cancel executions that have not started."""
+    return await _set_active(request, False)

@@ -1,0 +1,64 @@
+"""`/api/catalog` and `/api/openapi.json`: public descriptions of what the service offers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+from starlette.routing import Route
+
+from actions.registry import ACTIONS
+from ingest.app import ROUTES
+from triggers.registry import TRIGGERS
+
+pytestmark = pytest.mark.integration
+
+
+async def test_catalog_lists_every_trigger_and_action_with_its_schema(http: httpx.AsyncClient) -> None:
+    response = await http.get("/api/catalog")
+
+    assert response.status_code == 200
+    catalog = response.json()
+    assert {t["type"] for t in catalog["triggers"]} == set(TRIGGERS)
+    assert {a["type"] for a in catalog["actions"]} == set(ACTIONS)
+    webhook = next(t for t in catalog["triggers"] if t["type"] == "webhook.received")
+    assert webhook["description"]
+    assert webhook["config_schema"]["required"] == ["endpoint_id"]
+
+
+async def test_openapi_document_is_public_and_version_3_1(http: httpx.AsyncClient) -> None:
+    response = await http.get("/api/openapi.json")
+
+    assert response.status_code == 200
+    assert response.json()["openapi"].startswith("3.1")
+
+
+async def test_openapi_describes_every_route_and_method(http: httpx.AsyncClient) -> None:
+    paths = (await http.get("/api/openapi.json")).json()["paths"]
+
+    for route in ROUTES:
+        assert isinstance(route, Route)
+        for method in (route.methods or set()) - {"HEAD"}:
+            assert method.lower() in paths.get(route.path, {}), f"{method} {route.path} is undocumented"
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for item in node for ref in _refs(item)]
+    return []
+
+
+async def test_openapi_schemas_are_valid_and_every_reference_resolves(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/api/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+
+    for schema in schemas.values():
+        Draft202012Validator.check_schema(schema)
+    for ref in _refs(document):
+        if ref.startswith("#/components/schemas/"):
+            assert ref.removeprefix("#/components/schemas/") in schemas, ref
