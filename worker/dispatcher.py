@@ -54,6 +54,8 @@ class Dispatcher:
         listener = asyncio.create_task(self._listen(stop), name="dispatcher-listener")
         try:
             while not stop.is_set():
+                # Cleared before the pass, so a commit notified during it triggers another pass.
+                self._wake.clear()
                 busy = await self._step()
                 if not busy:
                     await self._sleep(stop)
@@ -86,7 +88,6 @@ class Dispatcher:
         timeout = self._settings.dispatch_poll_interval_s
         if self._handover_backoff > 0:
             timeout = min(timeout, self._handover_backoff)
-        self._wake.clear()
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
