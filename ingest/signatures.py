@@ -90,9 +90,7 @@ class Scheme(Protocol):
         """The sender's id for this delivery, to dedupe retries; None if it sends none."""
         ...
 
-    def sign(
-        self, body: bytes, secret: str, *, now: float, msg_id: str | None = None
-    ) -> dict[str, str]:
+    def sign(self, body: bytes, secret: str, *, now: float, msg_id: str | None = None) -> dict[str, str]:
         """The headers a correct sender would send with ``body``."""
         ...
 
@@ -130,9 +128,7 @@ def _check_fresh(timestamp: int, now: float, tolerance: int) -> None:
     skew = now - timestamp
     if abs(skew) > tolerance:
         where = "in the past" if skew > 0 else "in the future"
-        raise StaleTimestamp(
-            f"signed timestamp is {abs(skew):.0f}s {where}; tolerance {tolerance}s"
-        )
+        raise StaleTimestamp(f"signed timestamp is {abs(skew):.0f}s {where}; tolerance {tolerance}s")
 
 
 def _match(scheme: str, candidates: list[bytes], keys: list[bytes | None], content: bytes) -> int:
@@ -204,9 +200,7 @@ class _HmacScheme:
                 return headers[name]
         return _json_string(body, self.id_field) if self.id_field else None
 
-    def sign(
-        self, body: bytes, secret: str, *, now: float, msg_id: str | None = None
-    ) -> dict[str, str]:
+    def sign(self, body: bytes, secret: str, *, now: float, msg_id: str | None = None) -> dict[str, str]:
         msg_id = msg_id or str(uuid.uuid4())
         timestamp = str(math.floor(now))
         digest = _hmac(self._signing_key(secret), self._content(body, msg_id, timestamp))

@@ -105,9 +105,7 @@ def query_uuid(request: Request, name: str) -> UUID | None:
         raise BadRequest(f"{name} must be a UUID", field=name) from None
 
 
-def page_response(
-    rows: Sequence[Any], query: PageQuery, render: Callable[[Any], dict[str, Any]]
-) -> Response:
+def page_response(rows: Sequence[Any], query: PageQuery, render: Callable[[Any], dict[str, Any]]) -> Response:
     """`{"items": [...], "next_cursor": str | null}` from rows fetched with limit+1."""
     items, next_cursor = page(rows, query.limit)
     return json_response({"items": [render(row) for row in items], "next_cursor": next_cursor})

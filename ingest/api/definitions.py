@@ -55,9 +55,7 @@ WORKFLOW_SCHEMA: dict[str, Any] = {
     "properties": {
         "name": {"type": "string", "minLength": 1, "maxLength": 200},
         "trigger": _part("trigger", {}),
-        "action": _part(
-            "action", {"credential_id": {"type": ["string", "null"], "format": "uuid", "default": None}}
-        ),
+        "action": _part("action", {"credential_id": {"type": ["string", "null"], "format": "uuid", "default": None}}),
         "active": {"type": "boolean", "default": True},
         "concurrency_limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
         "retry_policy": RETRY_POLICY_SCHEMA,
@@ -131,9 +129,7 @@ def _checked_config(kind: str, part: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-async def _checked_trigger(
-    conn: asyncpg.Connection, owner_id: UUID, part: Mapping[str, Any]
-) -> dict[str, Any]:
+async def _checked_trigger(conn: asyncpg.Connection, owner_id: UUID, part: Mapping[str, Any]) -> dict[str, Any]:
     config = _checked_config("trigger", part)
     trigger = TRIGGERS[part["type"]]
     if trigger.check_config is not None:
@@ -183,9 +179,7 @@ def check_patch(body: Mapping[str, Any]) -> None:
     check(_PATCH, body)
 
 
-async def definition_for_create(
-    conn: asyncpg.Connection, owner_id: UUID, body: Mapping[str, Any]
-) -> Definition:
+async def definition_for_create(conn: asyncpg.Connection, owner_id: UUID, body: Mapping[str, Any]) -> Definition:
     """A full definition from a create body that passed `check_create`."""
     values = {**defaults(WORKFLOW_SCHEMA), "retry_policy": retry_policy(None)}
     values |= _scalars(body)

@@ -83,9 +83,7 @@ async def create_endpoint(request: Request) -> Response:
     secret = _chosen_secret(scheme, body)
     state = app_state(request)
     async with state.pool.acquire() as conn:
-        row = await store.create_endpoint(
-            conn, state.keyring, owner_id, body.get("name", "endpoint"), scheme, secret
-        )
+        row = await store.create_endpoint(conn, state.keyring, owner_id, body.get("name", "endpoint"), scheme, secret)
     view = store.endpoint_json(row, state.settings.base_url)
     return json_response({**view, "secret": secret}, 201)
 

@@ -57,9 +57,7 @@ async def list_events(request: Request) -> Response:
     query = page_query(request)
     source_id = None if endpoint_id is None else str(endpoint_id)
     async with app_state(request).pool.acquire() as conn:
-        rows = await store.list_events(
-            conn, owner_id, query.limit, query.after_seq, status=status, source_id=source_id
-        )
+        rows = await store.list_events(conn, owner_id, query.limit, query.after_seq, status=status, source_id=source_id)
     return page_response(rows, query, event_json)
 
 

@@ -82,40 +82,57 @@ _DELETED = {"204": {"description": "Deleted."}}
 def _service_paths() -> dict[str, Any]:
     hook_headers = "Signature headers of the endpoint's scheme (standard-webhooks, github, ...)."
     hook = _op(
-        "Deliver a webhook", "ingest",
-        {**_ok({"type": "object"}, "202", "Stored: `{event_id, duplicate: false}`."),
-         **_ok({"type": "object"}, "200", "Already stored: `{event_id, duplicate: true}`."),
-         "413": _json(ref("Error"), "Body larger than the configured limit.")},
-        params=[_id_param("endpoint_id")], errors=("401", "404"), public=True,
+        "Deliver a webhook",
+        "ingest",
+        {
+            **_ok({"type": "object"}, "202", "Stored: `{event_id, duplicate: false}`."),
+            **_ok({"type": "object"}, "200", "Already stored: `{event_id, duplicate: true}`."),
+            "413": _json(ref("Error"), "Body larger than the configured limit."),
+        },
+        params=[_id_param("endpoint_id")],
+        errors=("401", "404"),
+        public=True,
     )
     hook["description"] = hook_headers
     hook["requestBody"] = {"required": True, "content": {"*/*": {"schema": {}}}}
     return {
         "/hooks/{endpoint_id}": {"post": hook},
         "/healthz": {"get": _op("Liveness", "health", _ok({"type": "object"}), errors=(), public=True)},
-        "/readyz": {"get": _op("Readiness", "health", {
-            **_ok({"type": "object"}), "503": {"description": "PostgreSQL unreachable."}},
-            errors=(), public=True)},
-        "/api/catalog": {"get": _op("Trigger and action types", "catalog", _ok("Catalog"),
-                                    errors=(), public=True)},
-        "/api/openapi.json": {"get": _op("This document", "catalog", _ok({"type": "object"}),
-                                         errors=(), public=True)},
+        "/readyz": {
+            "get": _op(
+                "Readiness",
+                "health",
+                {**_ok({"type": "object"}), "503": {"description": "PostgreSQL unreachable."}},
+                errors=(),
+                public=True,
+            )
+        },
+        "/api/catalog": {"get": _op("Trigger and action types", "catalog", _ok("Catalog"), errors=(), public=True)},
+        "/api/openapi.json": {"get": _op("This document", "catalog", _ok({"type": "object"}), errors=(), public=True)},
     }
 
 
 def _endpoint_paths() -> dict[str, Any]:
     tag, one = "endpoints", [_id_param()]
-    rotate = _op("Rotate the secret; the previous one stays valid for a grace period", tag,
-                 _ok("SecretRotated"), body="SecretRotate", params=one,
-                 errors=("400", "401", "404", "422"))
+    rotate = _op(
+        "Rotate the secret; the previous one stays valid for a grace period",
+        tag,
+        _ok("SecretRotated"),
+        body="SecretRotate",
+        params=one,
+        errors=("400", "401", "404", "422"),
+    )
     rotate["requestBody"]["required"] = False  # no body: a secret is generated
     return {
         "/api/endpoints": {
-            "get": _op("List endpoints", tag, _ok(_page("Endpoint")), params=_PAGING,
-                       errors=("400", "401")),
-            "post": _op("Create an endpoint (the secret is shown once)", tag,
-                        _ok("EndpointCreated", "201", "Created."), body="EndpointCreate",
-                        errors=("400", "401", "422")),
+            "get": _op("List endpoints", tag, _ok(_page("Endpoint")), params=_PAGING, errors=("400", "401")),
+            "post": _op(
+                "Create an endpoint (the secret is shown once)",
+                tag,
+                _ok("EndpointCreated", "201", "Created."),
+                body="EndpointCreate",
+                errors=("400", "401", "422"),
+            ),
         },
         "/api/endpoints/{id}": {
             "get": _op("Get an endpoint", tag, _ok("Endpoint"), params=one, errors=("401", "404")),
@@ -131,27 +148,41 @@ def _workflow_paths() -> dict[str, Any]:
     toggled = _ok("WorkflowToggled")
     return {
         "/api/workflows": {
-            "get": _op("List workflows", tag, _ok(_page("Workflow")), params=_PAGING,
-                       errors=("400", "401")),
-            "post": _op("Create a workflow", tag, _ok("WorkflowSaved", "201", "Created."),
-                        body="WorkflowCreate", errors=("400", "401", "422")),
+            "get": _op("List workflows", tag, _ok(_page("Workflow")), params=_PAGING, errors=("400", "401")),
+            "post": _op(
+                "Create a workflow",
+                tag,
+                _ok("WorkflowSaved", "201", "Created."),
+                body="WorkflowCreate",
+                errors=("400", "401", "422"),
+            ),
         },
         "/api/workflows/{id}": {
             "get": _op("Get a workflow", tag, _ok("Workflow"), params=one, errors=("401", "404")),
-            "patch": _op("Change a workflow", tag, _ok("WorkflowSaved"), body="WorkflowPatch",
-                         params=one, errors=("400", "401", "404", "422")),
+            "patch": _op(
+                "Change a workflow",
+                tag,
+                _ok("WorkflowSaved"),
+                body="WorkflowPatch",
+                params=one,
+                errors=("400", "401", "404", "422"),
+            ),
             "delete": _op("Delete a workflow", tag, _DELETED, params=one, errors=("401", "404")),
         },
         "/api/workflows/{id}/activate": {
             "post": _op("Activate", tag, toggled, params=one, errors=("401", "404")),
         },
         "/api/workflows/{id}/deactivate": {
-            "post": _op("Deactivate and cancel queued executions", tag, toggled, params=one,
-                        errors=("401", "404")),
+            "post": _op("Deactivate and cancel queued executions", tag, toggled, params=one, errors=("401", "404")),
         },
         "/api/workflows/{id}/executions": {
-            "get": _op("List a workflow's executions", "executions", _ok(_page("Execution")),
-                       params=[*one, status, *_PAGING], errors=("400", "401", "404")),
+            "get": _op(
+                "List a workflow's executions",
+                "executions",
+                _ok(_page("Execution")),
+                params=[*one, status, *_PAGING],
+                errors=("400", "401", "404"),
+            ),
         },
     }
 
@@ -162,20 +193,34 @@ def _history_paths() -> dict[str, Any]:
     endpoint = _query("endpoint_id", {"type": "string", "format": "uuid"}, "Only this endpoint's.")
     return {
         "/api/executions/{id}": {
-            "get": _op("Get an execution", "executions", _ok("Execution"), params=one,
-                       errors=("401", "404")),
+            "get": _op("Get an execution", "executions", _ok("Execution"), params=one, errors=("401", "404")),
         },
         "/api/executions/{id}/replay": {
-            "post": _op("Replay an execution", "executions", _ok("Execution", "202", "Queued."),
-                        params=one, errors=("401", "404")),
+            "post": _op(
+                "Replay an execution",
+                "executions",
+                _ok("Execution", "202", "Queued."),
+                params=one,
+                errors=("401", "404"),
+            ),
         },
         "/api/events": {
-            "get": _op("List events (without bodies)", "events", _ok(_page("Event")),
-                       params=[status, endpoint, *_PAGING], errors=("400", "401")),
+            "get": _op(
+                "List events (without bodies)",
+                "events",
+                _ok(_page("Event")),
+                params=[status, endpoint, *_PAGING],
+                errors=("400", "401"),
+            ),
         },
         "/api/events/{id}": {
-            "get": _op("Get an event: verification, dedup, resolution and executions", "events",
-                       _ok("EventDetail"), params=one, errors=("401", "404")),
+            "get": _op(
+                "Get an event: verification, dedup, resolution and executions",
+                "events",
+                _ok("EventDetail"),
+                params=one,
+                errors=("401", "404"),
+            ),
         },
     }
 

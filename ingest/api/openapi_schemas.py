@@ -63,8 +63,14 @@ def _config_schemas() -> dict[str, Any]:
 
 def _endpoint_schemas() -> dict[str, Any]:
     endpoint = _obj(
-        {"id": _UUID, "name": _STR, "scheme": _STR, "ingest_url": _STR, "created_at": _TIME,
-         "active_secrets": {"type": "integer"}},
+        {
+            "id": _UUID,
+            "name": _STR,
+            "scheme": _STR,
+            "ingest_url": _STR,
+            "created_at": _TIME,
+            "active_secrets": {"type": "integer"},
+        },
         ("id", "name", "scheme", "ingest_url", "created_at"),
     )
     return {
@@ -78,13 +84,20 @@ def _endpoint_schemas() -> dict[str, Any]:
 
 def _workflow_schemas() -> dict[str, Any]:
     part = _obj({"type": _STR, "config": {"type": "object"}})
-    workflow = _obj({
-        "id": _UUID, "name": _STR, "trigger": part,
-        "action": _obj({"type": _STR, "config": {"type": "object"}, "credential_id": _nullable(_UUID)}),
-        "active": {"type": "boolean"}, "concurrency_limit": {"type": "integer"},
-        "retry_policy": definitions.RETRY_POLICY_SCHEMA, "signing": {"type": "boolean"},
-        "created_at": _TIME, "updated_at": _TIME,
-    })
+    workflow = _obj(
+        {
+            "id": _UUID,
+            "name": _STR,
+            "trigger": part,
+            "action": _obj({"type": _STR, "config": {"type": "object"}, "credential_id": _nullable(_UUID)}),
+            "active": {"type": "boolean"},
+            "concurrency_limit": {"type": "integer"},
+            "retry_policy": definitions.RETRY_POLICY_SCHEMA,
+            "signing": {"type": "boolean"},
+            "created_at": _TIME,
+            "updated_at": _TIME,
+        }
+    )
     shown_once = {
         "signing_secret": {**_STR, "description": "Only when the secret is first created."},
         "cancelled_executions": {"type": "integer", "description": "Only when `active` was given."},
@@ -94,45 +107,60 @@ def _workflow_schemas() -> dict[str, Any]:
         "WorkflowCreate": _workflow_body(definitions.WORKFLOW_SCHEMA),
         "WorkflowPatch": _workflow_body(definitions.PATCH_SCHEMA),
         "WorkflowSaved": {"allOf": [ref("Workflow"), _obj(shown_once, ())]},
-        "WorkflowToggled": {
-            "allOf": [ref("Workflow"), _obj({"cancelled_executions": {"type": "integer"}})]
-        },
+        "WorkflowToggled": {"allOf": [ref("Workflow"), _obj({"cancelled_executions": {"type": "integer"}})]},
     }
 
 
 def _execution_schema() -> dict[str, Any]:
-    return _obj({
-        "id": _UUID, "workflow_id": _UUID, "event_id": _nullable(_UUID),
-        "replay_of": _nullable(_UUID), "status": {"enum": list(executions.STATUSES)},
-        "trigger_data": {"type": "object"}, "result": _ANY, "error": _nullable(_STR),
-        "attempts": {"type": "integer"}, "created_at": _TIME, "started_at": _nullable(_TIME),
-        "finished_at": _nullable(_TIME), "next_attempt_at": _nullable(_TIME),
-        "temporal": _obj({"workflow_id": _nullable(_STR), "run_id": _nullable(_STR)}),
-    })
+    return _obj(
+        {
+            "id": _UUID,
+            "workflow_id": _UUID,
+            "event_id": _nullable(_UUID),
+            "replay_of": _nullable(_UUID),
+            "status": {"enum": list(executions.STATUSES)},
+            "trigger_data": {"type": "object"},
+            "result": _ANY,
+            "error": _nullable(_STR),
+            "attempts": {"type": "integer"},
+            "created_at": _TIME,
+            "started_at": _nullable(_TIME),
+            "finished_at": _nullable(_TIME),
+            "next_attempt_at": _nullable(_TIME),
+            "temporal": _obj({"workflow_id": _nullable(_STR), "run_id": _nullable(_STR)}),
+        }
+    )
 
 
 def _event_schemas() -> dict[str, Any]:
     resolution = {
         "type": "array",
         "items": _obj(
-            {"workflow_id": _UUID, "matched": {"type": "boolean"}, "reason": _STR,
-             "execution_id": _nullable(_UUID)},
+            {"workflow_id": _UUID, "matched": {"type": "boolean"}, "reason": _STR, "execution_id": _nullable(_UUID)},
             ("workflow_id", "matched", "reason"),
         ),
     }
-    event = _obj({
-        "id": _UUID, "source_type": _STR, "source_id": _STR, "received_at": _TIME,
-        "status": {"enum": list(events.STATUSES)}, "verification": {"type": "object"},
-        "dedup": _obj({"key": _STR, "duplicate_count": {"type": "integer"},
-                       "last_duplicate_at": _nullable(_TIME)}),
-        "resolution": {**_nullable(resolution), "description": "Null while status is 'received'."},
-        "dispatched_at": _nullable(_TIME), "headers": {"type": "object"},
-        "body_size": {"type": "integer"},
-    })
-    detail = _obj({
-        "body": {"description": "Parsed JSON if the body is JSON, else its text."},
-        "executions": {"type": "array", "items": ref("Execution")},
-    })
+    event = _obj(
+        {
+            "id": _UUID,
+            "source_type": _STR,
+            "source_id": _STR,
+            "received_at": _TIME,
+            "status": {"enum": list(events.STATUSES)},
+            "verification": {"type": "object"},
+            "dedup": _obj({"key": _STR, "duplicate_count": {"type": "integer"}, "last_duplicate_at": _nullable(_TIME)}),
+            "resolution": {**_nullable(resolution), "description": "Null while status is 'received'."},
+            "dispatched_at": _nullable(_TIME),
+            "headers": {"type": "object"},
+            "body_size": {"type": "integer"},
+        }
+    )
+    detail = _obj(
+        {
+            "body": {"description": "Parsed JSON if the body is JSON, else its text."},
+            "executions": {"type": "array", "items": ref("Execution")},
+        }
+    )
     return {"Event": event, "EventDetail": {"allOf": [ref("Event"), detail]}}
 
 

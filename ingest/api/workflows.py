@@ -106,9 +106,7 @@ async def update_workflow(request: Request) -> Response:
         secret = token = None
         if updated.wants_signing_secret and not row["signing"]:
             secret, token = _new_signing_secret(state.keyring, owner_id, workflow_id)
-        row = await store.update_workflow(
-            conn, owner_id, workflow_id, updated.values() | {"signing_secret": token}
-        )
+        row = await store.update_workflow(conn, owner_id, workflow_id, updated.values() | {"signing_secret": token})
         if "active" not in body:
             return json_response(_shown(row, secret))
         cancelled = 0

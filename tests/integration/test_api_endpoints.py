@@ -65,9 +65,7 @@ async def test_get_shows_the_count_of_valid_secrets(owner: Owner) -> None:
     ],
     ids=["no-prefix", "not-base64", "too-short", "too-long"],
 )
-async def test_standard_webhooks_secret_must_be_whsec_base64_of_24_to_64_bytes(
-    owner: Owner, secret: str
-) -> None:
+async def test_standard_webhooks_secret_must_be_whsec_base64_of_24_to_64_bytes(owner: Owner, secret: str) -> None:
     response = await owner.client.post("/api/endpoints", json={"secret": secret})
 
     assert response.status_code == 422
@@ -105,9 +103,7 @@ async def test_list_pages_newest_first_with_a_cursor(owner: Owner) -> None:
     assert second["next_cursor"] is None
 
 
-async def test_delete_removes_the_endpoint_and_refuses_its_deliveries(
-    owner: Owner, http: httpx.AsyncClient
-) -> None:
+async def test_delete_removes_the_endpoint_and_refuses_its_deliveries(owner: Owner, http: httpx.AsyncClient) -> None:
     endpoint = await create_endpoint(owner)
 
     deleted = await owner.client.delete(f"/api/endpoints/{endpoint['id']}")

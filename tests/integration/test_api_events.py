@@ -60,9 +60,7 @@ async def test_second_identical_delivery_is_a_counted_duplicate(owner: Owner, ht
     assert event["dedup"]["last_duplicate_at"] is not None
 
 
-async def test_tampered_delivery_is_rejected_and_nothing_is_stored(
-    owner: Owner, http: httpx.AsyncClient
-) -> None:
+async def test_tampered_delivery_is_rejected_and_nothing_is_stored(owner: Owner, http: httpx.AsyncClient) -> None:
     endpoint = await create_endpoint(owner)
     headers = signed_headers(BODY)
 

@@ -85,17 +85,13 @@ async def test_lists_never_show_another_owners_items(
     assert response.json() == {"items": [], "next_cursor": None}
 
 
-async def test_event_filter_by_another_owners_endpoint_is_empty(
-    owners_objects: Objects, other_owner: Owner
-) -> None:
+async def test_event_filter_by_another_owners_endpoint_is_empty(owners_objects: Objects, other_owner: Owner) -> None:
     response = await other_owner.client.get("/api/events", params={"endpoint_id": owners_objects.endpoint})
 
     assert response.json()["items"] == []
 
 
-async def test_workflow_cannot_listen_on_another_owners_endpoint(
-    owners_objects: Objects, other_owner: Owner
-) -> None:
+async def test_workflow_cannot_listen_on_another_owners_endpoint(owners_objects: Objects, other_owner: Owner) -> None:
     body = {
         "name": "eavesdrop",
         "trigger": {"type": "webhook.received", "config": {"endpoint_id": owners_objects.endpoint}},
@@ -106,7 +102,6 @@ async def test_workflow_cannot_listen_on_another_owners_endpoint(
 
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "trigger.config.endpoint_id"
-
 
 
 async def test_another_owners_delete_keeps_the_endpoints_secrets(

@@ -36,9 +36,7 @@ async def test_create_fills_defaults_and_returns_the_workflow(owner: Owner) -> N
     assert workflow["action"]["credential_id"] is None
     assert workflow["active"] is True
     assert workflow["concurrency_limit"] == 10
-    assert workflow["retry_policy"] == {
-        "max_attempts": 5, "initial_interval_s": 1, "backoff": 2, "max_interval_s": 300
-    }
+    assert workflow["retry_policy"] == {"max_attempts": 5, "initial_interval_s": 1, "backoff": 2, "max_interval_s": 300}
     assert workflow["signing"] is False
     assert "signing_secret" not in workflow
 
@@ -109,14 +107,17 @@ async def test_patch_merges_top_level_fields_and_keeps_the_rest(owner: Owner) ->
 async def test_patch_replaces_the_action_whole(owner: Owner) -> None:
     endpoint = await create_endpoint(owner)
     workflow = await create_workflow(
-        owner, endpoint["id"],
+        owner,
+        endpoint["id"],
         action={"type": "http.request", "config": {"url": "https://a.example", "method": "PUT"}},
     )
 
-    patched = (await owner.client.patch(
-        f"/api/workflows/{workflow['id']}",
-        json={"action": {"type": "http.request", "config": {"url": "https://b.example"}}},
-    )).json()
+    patched = (
+        await owner.client.patch(
+            f"/api/workflows/{workflow['id']}",
+            json={"action": {"type": "http.request", "config": {"url": "https://b.example"}}},
+        )
+    ).json()
 
     assert patched["action"]["config"] == {"url": "https://b.example"}
 
@@ -134,9 +135,7 @@ async def test_patch_validates_a_replaced_trigger(owner: Owner) -> None:
     assert response.json()["error"]["field"] == "trigger.config.endpoint_id"
 
 
-async def test_deactivate_cancels_queued_executions(
-    owner: Owner, http: httpx.AsyncClient, pool: asyncpg.Pool
-) -> None:
+async def test_deactivate_cancels_queued_executions(owner: Owner, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
     endpoint = await create_endpoint(owner)
     workflow = await create_workflow(owner, endpoint["id"])
     execution_id = await queued_execution(pool, owner, workflow["id"], await stored_event(http, endpoint["id"]))
@@ -191,9 +190,7 @@ async def test_delete_hides_the_workflow_but_keeps_its_executions(
     assert history["items"][0]["status"] == "cancelled"
 
 
-async def test_executions_list_filters_by_status(
-    owner: Owner, http: httpx.AsyncClient, pool: asyncpg.Pool
-) -> None:
+async def test_executions_list_filters_by_status(owner: Owner, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
     endpoint = await create_endpoint(owner)
     workflow = await create_workflow(owner, endpoint["id"])
     execution_id = await queued_execution(pool, owner, workflow["id"], await stored_event(http, endpoint["id"]))

@@ -23,8 +23,13 @@ def ctx(client: httpx.AsyncClient, secret: str | None = None) -> ActionContext:
 async def test_templated_body_and_url_are_sent() -> None:
     route = respx.post("https://t.example/orders/7").respond(200, json={"ok": True})
     async with httpx.AsyncClient() as client:
-        result = await run(ctx(client), {"url": "https://t.example/orders/{{ trigger.body.order.id }}",
-                                         "body": {"id": "{{ trigger.body.order.id }}"}})
+        result = await run(
+            ctx(client),
+            {
+                "url": "https://t.example/orders/{{ trigger.body.order.id }}",
+                "body": {"id": "{{ trigger.body.order.id }}"},
+            },
+        )
     assert route.calls.last.request.content == b'{"id":7}'
     assert result["status_code"] == 200
 
@@ -69,7 +74,7 @@ async def test_signed_request_verifies_with_the_official_library() -> None:
 
 async def test_missing_template_path_is_permanent() -> None:
     async with httpx.AsyncClient() as client:
-        with pytest.raises(PermanentActionError, match="trigger.body.nope"):
+        with pytest.raises(PermanentActionError, match=r"trigger\.body\.nope"):
             await run(ctx(client), {"url": "https://t.example/{{ trigger.body.nope }}"})
 
 
