@@ -44,6 +44,7 @@ class Settings:
     activity_heartbeat_timeout_s: float = 30.0
     automation_idle_timeout_s: float = 300.0
     automation_max_batch: int = 100
+    automation_history_limit: int = 8000
     worker_max_concurrent_activities: int = 100
     worker_graceful_shutdown_s: float = 30.0
     log_level: str = "INFO"
@@ -79,6 +80,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_ACTIVITY_HEARTBEAT_TIMEOUT_S": ("activity_heartbeat_timeout_s", float),
     "HOOKYARD_AUTOMATION_IDLE_TIMEOUT_S": ("automation_idle_timeout_s", float),
     "HOOKYARD_AUTOMATION_MAX_BATCH": ("automation_max_batch", int),
+    "HOOKYARD_AUTOMATION_HISTORY_LIMIT": ("automation_history_limit", int),
     "HOOKYARD_WORKER_MAX_CONCURRENT_ACTIVITIES": ("worker_max_concurrent_activities", int),
     "HOOKYARD_WORKER_GRACEFUL_SHUTDOWN_S": ("worker_graceful_shutdown_s", float),
     "HOOKYARD_LOG_LEVEL": ("log_level", str),

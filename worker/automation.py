@@ -31,7 +31,6 @@ with workflow.unsafe.imports_passed_through():
     )
 
 _RECENT_KEPT = 2000
-_HISTORY_SOFT_LIMIT = 8000
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -171,7 +170,7 @@ class AutomationWorkflow:
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > _HISTORY_SOFT_LIMIT
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > self._state.history_limit
 
     def _snapshot(self) -> AutomationState:
         return AutomationState(
@@ -180,6 +179,7 @@ class AutomationWorkflow:
             max_batch=self._state.max_batch,
             idle_timeout_s=self._state.idle_timeout_s,
             heartbeat_timeout_s=self._state.heartbeat_timeout_s,
+            history_limit=self._state.history_limit,
             pending=list(self._pending),
             retries=list(self._retries),
             recent=list(self._recent)[-500:],

@@ -42,6 +42,8 @@ class AutomationState:
     max_batch: int = 100
     idle_timeout_s: float = 300.0
     heartbeat_timeout_s: float = 30.0
+    # Continue-as-new past this many history events (Temporal's hard limit is 51,200).
+    history_limit: int = 8000
     pending: list[str] = field(default_factory=list)
     retries: list[Retry] = field(default_factory=list)
     recent: list[str] = field(default_factory=list)

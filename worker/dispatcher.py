@@ -193,6 +193,7 @@ class Dispatcher:
                 max_batch=self._settings.automation_max_batch,
                 idle_timeout_s=self._settings.automation_idle_timeout_s,
                 heartbeat_timeout_s=self._settings.activity_heartbeat_timeout_s,
+                history_limit=self._settings.automation_history_limit,
             ),
             id=automation_id(str(workflow_id)),
             task_queue=self._settings.task_queue,

@@ -72,7 +72,9 @@ class Isolated:
 
 
 @contextlib.asynccontextmanager
-async def isolated(stack: Stack, *, worker_in_process: bool) -> AsyncIterator[tuple[Isolated, str, asyncpg.Pool]]:
+async def isolated(
+    stack: Stack, *, worker_in_process: bool, **overrides: object
+) -> AsyncIterator[tuple[Isolated, str, asyncpg.Pool]]:
     from ingest.app import create_app
     from worker.dispatcher import Dispatcher
     from worker.main import run_worker
@@ -84,7 +86,9 @@ async def isolated(stack: Stack, *, worker_in_process: bool) -> AsyncIterator[tu
     url = stack.database_url.rsplit("/", 1)[0] + f"/{name}"
     await migrate(url)
     port = services.free_port()
-    settings = make_settings(stack, database_url=url, temporal_address=f"127.0.0.1:{port}", task_queue=name)
+    settings = make_settings(
+        stack, database_url=url, temporal_address=f"127.0.0.1:{port}", task_queue=name, **overrides
+    )
     iso = Isolated(stack, settings, Path(tempfile.mkdtemp(prefix="hookyard-iso-")), port)
     iso.start_temporal()
     pool = await db.create_pool(url, min_size=1, max_size=4)
@@ -191,3 +195,23 @@ async def test_storage_outage_answers_503_so_the_sender_retries(stack: Stack, tm
             await owner.client.aclose()
     finally:
         pg.stop()
+
+
+async def test_automation_continues_as_new_and_loses_nothing(stack: Stack, receiver: Receiver):
+    from temporalio.client import Client
+
+    target = f"/can/{uuid.uuid4().hex}"
+    async with isolated(stack, worker_in_process=True, automation_history_limit=60) as (iso, base_url, pool):
+        owner = await _owner(pool, base_url)
+        endpoint = await create_endpoint(owner.client)
+        workflow = await create_workflow(owner.client, endpoint["id"], receiver.url + target, concurrency_limit=2)
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            for n in range(40):
+                assert (await send(http, endpoint, f'{{"n": {n}}}'.encode())).status_code == 202
+        done = await wait_for(lambda: _all(executions(owner.client, workflow["id"], "succeeded"), 40), timeout=90)
+        assert len(done) == 40
+        assert len(receiver.to(target)) == 40
+        client = await Client.connect(iso.settings.temporal_address)
+        runs = [r async for r in client.list_workflows(f"WorkflowId = 'automation-{workflow['id']}'")]
+        assert any(r.status and r.status.name == "CONTINUED_AS_NEW" for r in runs)
+        await owner.client.aclose()
