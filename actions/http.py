@@ -75,8 +75,9 @@ def _build(ctx: ActionContext, config: Mapping[str, Any]) -> tuple[str, dict[str
         body = None if body_template is None else render(body_template, ctx.template_context, field="body")
     except TemplateError as exc:
         raise PermanentActionError(f"template error: {exc}") from exc
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise PermanentActionError(f"url must be an http(s) URL after templating, got {str(url)[:100]!r}")
+    # The URL is not echoed: after templating it may hold tokens.
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        raise PermanentActionError("url must be an http(s) URL after templating")
     out_headers = {str(k): str(v) for k, v in dict(headers).items()}  # type: ignore[call-overload]
     content: bytes | None = None
     if isinstance(body, str):

@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ingest.inbox import InboxClosed
+
 log = logging.getLogger(__name__)
 
 
@@ -104,11 +106,23 @@ STORAGE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
+    # Transient conflicts and a server shutting down: the sender's retry will succeed.
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    InboxClosed,
 )
+
+
+async def _unstorable(request: Request, exc: Exception) -> Response:
+    # Values PostgreSQL refuses (NUL characters, numbers out of range): the input's fault.
+    log.info("unstorable input on %s: %s", request.url.path, type(exc).__name__)
+    return error_response(422, "invalid", "the request holds a value that cannot be stored")
+
 
 EXCEPTION_HANDLERS = {
     ApiError: _api_error,
     HTTPException: _http_error,
     **{exc: _storage_down for exc in STORAGE_ERRORS},
+    asyncpg.DataError: _unstorable,
     Exception: _unexpected,
 }

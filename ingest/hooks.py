@@ -52,6 +52,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def storable_id(delivery_id: str | None) -> str | None:
+    """A delivery id as stored: ids taken from bodies may be huge or hold NUL, so those are hashed."""
+    if delivery_id is None or (len(delivery_id) <= 200 and "\x00" not in delivery_id):
+        return delivery_id
+    return "sha256:" + hashlib.sha256(delivery_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def kept_headers(headers: dict[str, str]) -> dict[str, str]:
     """Headers stored with the event (for filters and inspection), secrets and signatures dropped."""
     kept: dict[str, str] = {}
@@ -83,7 +90,7 @@ async def receive_webhook(request: Request) -> Response:
         verified = scheme.verify(body, headers, auth.secrets, time.time(), state.settings.signature_tolerance_s)
     except SignatureError as exc:
         raise Unauthorized(str(exc), code=f"signature_{exc.reason}") from None
-    delivery_id = scheme.delivery_id(body, headers)
+    delivery_id = storable_id(scheme.delivery_id(body, headers))
     dedup_key = f"id:{delivery_id}" if delivery_id else f"sha256:{hashlib.sha256(body).hexdigest()}"
     if auth.scheme == "slack" and (challenge := _slack_challenge(body)) is not None:
         return JSONResponse({"challenge": challenge})

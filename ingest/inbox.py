@@ -67,22 +67,49 @@ class InboxWriter:
         unique: dict[tuple[str, str, str], NewEvent] = {}
         for event, _ in batch:
             unique.setdefault(event.key, event)
+        # Key order keeps two concurrent flushers from locking the same rows in opposite orders.
+        events = [unique[key] for key in sorted(unique)]
+        stored: dict[tuple[str, str, str], Stored | BaseException]
         try:
-            stored = await self._insert(list(unique.values()))
+            stored = dict(await self._insert(events))
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, asyncpg.PostgresConnectionError) or len(events) == 1:
+                self._fail(batch, exc)
+                return
+            # One unstorable event must not fail everyone else's request: store them one by one.
+            log.warning("inbox batch of %d failed (%s); storing one by one", len(events), type(exc).__name__)
+            stored = await self._insert_each(events)
         except Exception as exc:  # every waiting request must hear about it
-            log.warning("inbox write failed for %d events: %s", len(batch), type(exc).__name__)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            self._fail(batch, exc)
             return
         first_seen: set[tuple[str, str, str]] = set()
         for event, future in batch:
-            result = stored[event.key]
+            result = stored.get(event.key)
+            if isinstance(result, BaseException) or result is None:
+                if not future.done():
+                    future.set_exception(result or RuntimeError("event was not stored"))
+                continue
             if event.key in first_seen:
                 result = Stored(result.event_id, True)
             first_seen.add(event.key)
             if not future.done():
                 future.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[tuple[NewEvent, asyncio.Future[Stored]]], exc: BaseException) -> None:
+        log.warning("inbox write failed for %d events: %s", len(batch), type(exc).__name__)
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(exc)
+
+    async def _insert_each(self, events: list[NewEvent]) -> dict[tuple[str, str, str], Stored | BaseException]:
+        results: dict[tuple[str, str, str], Stored | BaseException] = {}
+        for event in events:
+            try:
+                results.update(await self._insert([event]))
+            except asyncpg.PostgresError as exc:
+                results[event.key] = exc
+        return results
 
     async def _insert(self, events: list[NewEvent]) -> dict[tuple[str, str, str], Stored]:
         async with self._pool.acquire(timeout=10) as conn:

@@ -170,6 +170,7 @@ class Receiver:
         self._scripts: dict[str, list[tuple[int, dict[str, str]]]] = {}
         self.url = ""
         self.delay_s = 0.0
+        self.bodies: dict[str, bytes] = {}
 
     def script(self, path: str, *responses: int | tuple[int, dict[str, str]]) -> None:
         """Answer the next requests to `path` with these statuses (then 200)."""
@@ -198,7 +199,7 @@ class Receiver:
                 "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
             }
         )
-        await send({"type": "http.response.body", "body": b'{"ok": true}'})
+        await send({"type": "http.response.body", "body": self.bodies.get(path, b'{"ok": true}')})
 
 
 @pytest.fixture(scope="session")

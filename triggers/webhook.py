@@ -72,7 +72,8 @@ TRIGGER = TriggerType(
     source_type="webhook",
     description="A signed request arrived at a webhook endpoint; optionally filtered.",
     config_schema=CONFIG_SCHEMA,
-    routing_key=lambda config: str(config["endpoint_id"]),
+    # Normalised: events carry the canonical lower-case form of the endpoint id.
+    routing_key=lambda config: str(UUID(str(config["endpoint_id"]))),
     trigger_data=_trigger_data,
     match=_match,
     check_config=_check,

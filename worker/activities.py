@@ -21,6 +21,7 @@ from actions.base import ActionContext
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.registry import UnknownAction, get_action
 from oauth.crypto import Keyring
+from schemas.sanitize import strip_nul
 from schemas.store import executions as store
 from schemas.store.signing import load_signing_secret
 from worker.contracts import RUN_BATCH_ACTIVITY, BatchInput, Outcome
@@ -47,16 +48,23 @@ class AutomationActivities:
                 rows = await store.claim_for_run(
                     conn, [UUID(i) for i in batch.execution_ids], info.workflow_id or "", info.workflow_run_id or ""
                 )
-            records = await asyncio.gather(*(self._attempt(row) for row in rows))
-            if records:
-                async with self._pool.acquire() as conn:
-                    await store.record_outcomes(conn, list(records))
+            # Each outcome is written the moment its attempt ends, so a batch retried after a
+            # crash re-runs only the attempts that had not finished.
+            records = await asyncio.gather(*(self._attempt_and_record(row) for row in rows))
         finally:
             beat.cancel()
             with suppress(asyncio.CancelledError):
                 await beat
         outcomes = {r["id"]: _outcome(r) for r in records}
         return [outcomes.get(UUID(i), Outcome(i, "skipped")) for i in batch.execution_ids]
+
+    async def _attempt_and_record(self, row: asyncpg.Record) -> dict[str, Any]:
+        record = await self._attempt(row)
+        record["result"] = strip_nul(record["result"])
+        record["error"] = strip_nul(record["error"])
+        async with self._pool.acquire() as conn:
+            await store.record_outcomes(conn, [record])
+        return record
 
     async def _attempt(self, row: asyncpg.Record) -> dict[str, Any]:
         execution_id = row["id"]

@@ -27,6 +27,7 @@ from temporalio.client import Client
 
 from hookyard.settings import Settings
 from schemas import db
+from schemas.sanitize import strip_nul
 from schemas.store import events as event_store
 from schemas.store import executions as execution_store
 from schemas.store.workflows import lock_active
@@ -47,7 +48,8 @@ class Dispatcher:
         self._client = client
         self._routes = RoutingCache()
         self._wake = asyncio.Event()
-        self._handover_backoff = 0.0
+        self._handover_delay = 0.0
+        self._handover_retry_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; woken at once by new events, else polls."""
@@ -67,33 +69,34 @@ class Dispatcher:
     async def _step(self) -> bool:
         """One pass of both steps; True if a step hit its batch limit (more work waits)."""
         limit = self._settings.dispatch_batch_size
+        resolved = handed = 0
         try:
             resolved = await self.resolve_once()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("resolve failed: %s", type(exc).__name__)
-            return False
-        handed = 0
-        if self._handover_backoff <= 0:
+        loop = asyncio.get_running_loop()
+        # A deadline, not a countdown: under sustained load the loop never sleeps.
+        if loop.time() >= self._handover_retry_at:
             try:
                 handed = await self.handover_once()
-                self._handover_backoff = 0.0
+                self._handover_delay = 0.0
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("hand-over failed: %s", type(exc).__name__)
             except TemporalUnavailable as exc:
-                self._handover_backoff = 1.0
-                log.warning("temporal unavailable, executions wait: %s", exc)
+                self._handover_delay = min(max(self._handover_delay * 2, 0.5), 5.0)
+                self._handover_retry_at = loop.time() + self._handover_delay
+                log.warning("temporal unavailable, executions wait %.1fs: %s", self._handover_delay, exc)
         return resolved >= limit or handed >= limit
 
     async def _sleep(self, stop: asyncio.Event) -> None:
         timeout = self._settings.dispatch_poll_interval_s
-        if self._handover_backoff > 0:
-            timeout = min(timeout, self._handover_backoff)
+        wait_handover = self._handover_retry_at - asyncio.get_running_loop().time()
+        if wait_handover > 0:
+            timeout = min(timeout, wait_handover)
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             waiter.cancel()
-        if self._handover_backoff > 0:
-            self._handover_backoff = max(0.0, self._handover_backoff - timeout)
 
     async def resolve_once(self) -> int:
         """Resolve one batch of received events; returns how many were claimed."""
@@ -124,7 +127,8 @@ class Dispatcher:
         plan = []
         for trigger, spec in candidates:
             if trigger.name not in data_by_trigger:
-                data_by_trigger[trigger.name] = trigger.trigger_data(event)
+                # Bodies may carry NUL, which jsonb refuses; one such event must not stall dispatch.
+                data_by_trigger[trigger.name] = strip_nul(trigger.trigger_data(event))
             data = data_by_trigger[trigger.name]
             outcome = trigger.match(spec.trigger_config, data)
             plan.append(

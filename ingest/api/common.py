@@ -14,6 +14,7 @@ from starlette.responses import Response
 from ingest.errors import BadRequest, Invalid, NotFound
 from ingest.hooks import read_body
 from ingest.state import app_state
+from schemas.sanitize import has_nul
 from schemas.store.pagination import BadCursor, decode_cursor, page
 
 DEFAULT_LIMIT = 50
@@ -52,6 +53,8 @@ async def read_json(request: Request, *, optional: bool = False) -> dict[str, An
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise Invalid("request body must be a JSON object")
+    if has_nul(data):
+        raise Invalid("strings must not contain NUL (\\u0000) characters")
     return data
 
 

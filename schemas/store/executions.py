@@ -87,6 +87,7 @@ async def claim_for_run(
             "started_at = coalesce(x.started_at, now()), next_attempt_at = NULL, "
             "temporal_workflow_id = $2, temporal_run_id = $3 FROM workflows w "
             "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
+            "AND w.active AND w.deleted_at IS NULL "
             "RETURNING x.id, x.owner_id, x.workflow_id, x.event_id, x.trigger_data, x.attempts, "
             "w.name AS workflow_name, w.action_type, w.action_config, w.credential_id, w.retry_policy",
             ids,

@@ -22,9 +22,10 @@ def decode_cursor(cursor: str | None) -> int | None:
         return None
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("s"):
+        digits = text[1:]
+        if not text.startswith("s") or not digits.isdigit() or len(digits) > 18:
             raise ValueError(text)
-        return int(text[1:])
+        return int(digits)
     except ValueError as exc:
         raise BadCursor("cursor is not valid") from exc
 

@@ -156,7 +156,8 @@ async def cancel_pending(conn: asyncpg.Connection, workflow_id: UUID) -> int:
     status: str = await conn.execute(
         "UPDATE executions SET status = 'cancelled', finished_at = now(), "
         "error = 'workflow was deactivated before this execution started' "
-        "WHERE workflow_id = $1 AND status = 'queued'",
+        # Executions waiting for a retry have not started their next attempt either.
+        "WHERE workflow_id = $1 AND (status = 'queued' OR (status = 'running' AND next_attempt_at IS NOT NULL))",
         workflow_id,
     )
     return int(status.rsplit(" ", 1)[1])

@@ -182,3 +182,16 @@ async def test_patch_with_an_invalid_field_changes_nothing(owner: Owner) -> None
 
     assert response.status_code == 422
     assert (await owner.client.get(f"/api/workflows/{created['id']}")).json()["name"] == "notify"
+
+
+async def test_nul_character_in_a_name_is_rejected_with_422(owner) -> None:
+    response = await owner.client.post("/api/endpoints", json={"name": "bad\u0000name"})
+    assert response.status_code == 422
+
+
+async def test_out_of_range_cursor_is_rejected_with_400(owner) -> None:
+    import base64
+
+    cursor = base64.urlsafe_b64encode(b"s99999999999999999999999").decode().rstrip("=")
+    response = await owner.client.get("/api/endpoints", params={"cursor": cursor})
+    assert response.status_code == 400

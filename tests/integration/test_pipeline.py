@@ -210,3 +210,38 @@ async def _has(coro, n: int):  # type: ignore[no-untyped-def]
 
 async def _count(receiver: Receiver, target: str) -> int:
     return len(receiver.to(target))
+
+
+async def test_nul_characters_in_a_body_neither_stall_dispatch_nor_fail_the_execution(
+    owner: Owner, http, receiver: Receiver
+):
+    target = path()
+    receiver.bodies[target] = b'{"reply": "nul\\u0000here"}\x00'
+    endpoint = await create_endpoint(owner.client)
+    workflow = await create_workflow(
+        owner.client, endpoint["id"], receiver.url + target, action={"body": {"t": "{{ trigger.body.text }}"}}
+    )
+    assert (await send(http, endpoint, b'{"text": "a\\u0000b"}')).status_code == 202
+    [execution] = await wait_for(lambda: executions(owner.client, workflow["id"], "succeeded"))
+    assert execution["trigger_data"]["body"]["text"] == "a\ufffdb"
+    assert execution["attempts"] == 1
+
+
+async def test_workflow_naming_its_endpoint_in_upper_case_still_fires(owner: Owner, http, receiver: Receiver):
+    target = path()
+    endpoint = await create_endpoint(owner.client)
+    workflow = await create_workflow(owner.client, endpoint["id"].upper(), receiver.url + target)
+    await send(http, endpoint, b"{}")
+    await wait_for(lambda: executions(owner.client, workflow["id"], "succeeded"))
+
+
+async def test_stripe_event_id_with_nul_is_stored_and_deduplicated(owner: Owner, http):
+    endpoint = await create_endpoint(owner.client, "stripe", secret="whsec_stripe_provided_secret")
+    body = b'{"id": "evt_\\u0000x"}'
+    first = await http.post(
+        f"/hooks/{endpoint['id']}", content=body, headers=signed("stripe", endpoint["secret"], body)
+    )
+    again = await http.post(
+        f"/hooks/{endpoint['id']}", content=body, headers=signed("stripe", endpoint["secret"], body)
+    )
+    assert (first.status_code, again.status_code) == (202, 200)

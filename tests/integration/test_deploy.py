@@ -1,0 +1,225 @@
+"""The deployment artefacts in deploy/ render and validate offline.
+
+Kubernetes: every overlay is rendered with `kubectl kustomize`, each document is validated against
+the Kubernetes schemas (kubernetes-validate, strict: unknown fields fail), and the workloads are
+checked for what the image relies on (non-root, read-only root with /tmp writable, limits).
+Compose: `docker-compose config` accepts the compose file with the committed example environment.
+No cluster and no Docker engine are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hookyard.settings import _ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+OVERLAYS = sorted(p.name for p in (DEPLOY / "k8s" / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+
+# The oldest Kubernetes the manifests must be valid for; the newest schemas shipped are checked too.
+OLDEST_KUBERNETES = "1.30.0"
+SECRET_NAME = "hookyard-secrets"
+SECRET_KEYS = {"DATABASE_URL", "REDIS_URL", "HOOKYARD_MASTER_KEYS"}
+# Pods of each process an overlay runs at least (the autoscaler's minimum, else the replica count).
+MIN_PODS = {
+    "dev": {"hookyard-api": 1, "hookyard-dispatcher": 1, "hookyard-worker": 1},
+    "prod": {"hookyard-api": 3, "hookyard-dispatcher": 2, "hookyard-worker": 3},
+}
+APP_SERVICES = {"migrate", "api", "dispatcher", "worker"}
+
+Doc = dict[str, Any]
+
+
+def _name(doc: Doc) -> str:
+    return f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+def _of_kind(docs: list[Doc], kind: str) -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[Doc]]:
+    """(overlay name, its rendered documents)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: cannot render the kustomize overlays")
+    path = DEPLOY / "k8s" / "overlays" / request.param
+    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"kubectl kustomize {path} failed:\n{out.stderr}"
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert docs, f"{path} renders nothing"
+    return request.param, docs
+
+
+def test_every_document_is_valid_kubernetes(overlay: tuple[str, list[Doc]]) -> None:
+    kv = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is not installed (pip install kubernetes-validate)"
+    )
+    _, docs = overlay
+    problems = []
+    for version in sorted({OLDEST_KUBERNETES, kv.latest_version()}):
+        for doc in docs:
+            try:
+                kv.validate(doc, version, strict=True)
+            except kv.ValidationError as exc:
+                where = "/".join(str(p) for p in exc.absolute_path)
+                problems.append(f"{_name(doc)} on {version}: {exc.message} at {where}")
+            except kv.SchemaNotFoundError as exc:
+                problems.append(f"{_name(doc)} on {version}: unknown to Kubernetes ({exc})")
+    assert not problems, "\n".join(problems)
+
+
+def _workloads(docs: list[Doc]) -> dict[str, Doc]:
+    """Pod specs of the Deployments and Jobs, by workload name."""
+    pods = {}
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "Job"}:
+            pods[_name(doc)] = doc["spec"]["template"]["spec"]
+    return pods
+
+
+def test_workloads_run_non_root_read_only_and_limited(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    workloads = _workloads(docs)
+    assert {"Deployment/hookyard-api", "Deployment/hookyard-dispatcher", "Deployment/hookyard-worker"} <= set(workloads)
+    assert "Job/hookyard-migrate" in workloads
+    problems = []
+    for name, pod in workloads.items():
+        pod_sc = pod.get("securityContext") or {}
+        tmp_volumes = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+        for container in pod["containers"]:
+            where = f"{name} container {container['name']}"
+            sc = container.get("securityContext") or {}
+            if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+                problems.append(f"{where}: runAsNonRoot is not true")
+            if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+                problems.append(f"{where}: runs as uid 0")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{where}: root filesystem is writable")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: privilege escalation is allowed")
+            if "ALL" not in (sc.get("capabilities") or {}).get("drop", []):
+                problems.append(f"{where}: capabilities are not all dropped")
+            resources = container.get("resources") or {}
+            for kind in ("requests", "limits"):
+                missing = {"cpu", "memory"} - set(resources.get(kind) or {})
+                if missing:
+                    problems.append(f"{where}: no {kind} for {sorted(missing)}")
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            if mounts.get("/tmp") not in tmp_volumes:
+                problems.append(f"{where}: /tmp is not a writable emptyDir")
+    assert not problems, "\n".join(problems)
+
+
+def test_secret_is_referenced_by_name_never_rendered(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    assert not [_name(d) for d in docs if d["kind"] == "Secret"], "secrets must not be committed"
+    referenced = set()
+    for name, pod in _workloads(docs).items():
+        for container in pod["containers"]:
+            for env in container.get("env", []):
+                ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] == SECRET_NAME, f"{name}: {env['name']} from unknown secret {ref['name']}"
+                    referenced.add(ref["key"])
+            assert all("secretRef" not in src for src in container.get("envFrom", [])), name
+    assert referenced == SECRET_KEYS
+    for config in _of_kind(docs, "ConfigMap").values():
+        assert not SECRET_KEYS & set(config.get("data", {})), f"secret in ConfigMap {config['metadata']['name']}"
+
+
+def test_probes_and_graceful_shutdown(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    deployments = _of_kind(docs, "Deployment")
+    api = deployments["hookyard-api"]["spec"]["template"]["spec"]["containers"][0]
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for name in ("hookyard-dispatcher", "hookyard-worker"):
+        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        probes = {"livenessProbe", "readinessProbe", "startupProbe"} & set(container)
+        assert not probes, f"{name} serves no HTTP but has {sorted(probes)}"
+
+    (config,) = _of_kind(docs, "ConfigMap").values()
+    graceful_s = float(config["data"].get("HOOKYARD_WORKER_GRACEFUL_SHUTDOWN_S", 30))
+    worker_grace = deployments["hookyard-worker"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert worker_grace > graceful_s, "the worker would be killed before its running actions finish"
+
+
+def test_overlay_runs_its_pod_counts(overlay: tuple[str, list[Doc]]) -> None:
+    name, docs = overlay
+    if name not in MIN_PODS:
+        pytest.skip(f"no expected pod counts for overlay {name!r}")
+    autoscaled = {
+        hpa["spec"]["scaleTargetRef"]["name"]: hpa["spec"]["minReplicas"]
+        for hpa in _of_kind(docs, "HorizontalPodAutoscaler").values()
+    }
+    for deployment, doc in _of_kind(docs, "Deployment").items():
+        if deployment in autoscaled:
+            assert "replicas" not in doc["spec"], f"{deployment}: an apply would reset the autoscaler's count"
+    counts = {
+        deployment: autoscaled.get(deployment, doc["spec"].get("replicas", 1))
+        for deployment, doc in _of_kind(docs, "Deployment").items()
+    }
+    assert counts == MIN_PODS[name]
+
+
+def _compose(*args: str) -> subprocess.CompletedProcess[str]:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    # Only the env file given decides; nothing from this shell leaks into the interpolation.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOOKYARD_", "POSTGRES_"))}
+    return subprocess.run(
+        [compose, *args, "-f", str(DEPLOY / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def test_compose_file_is_valid_with_the_example_env() -> None:
+    out = _compose("--env-file", str(DEPLOY / ".env.example"))
+    assert out.returncode == 0, out.stderr
+    services = yaml.safe_load(out.stdout)["services"]
+    assert {"postgres", "redis", "temporal", "temporal-ui", *APP_SERVICES} <= set(services)
+
+    images = {services[s]["image"] for s in APP_SERVICES}
+    assert len(images) == 1, f"app services use different images: {images}"
+    for service in APP_SERVICES:
+        assert Path(services[service]["build"]["context"]) == ROOT
+        assert services[service]["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert services[service]["read_only"] is True
+
+    assert services["migrate"]["restart"] == "no"
+    for service in ("api", "dispatcher", "worker"):
+        assert services[service]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert {s for s in services if "HOOKYARD_MASTER_KEYS" in (services[s].get("environment") or {})} == {
+        "api",
+        "worker",
+    }
+    grace = re.fullmatch(r"(\d+)s", services["worker"]["stop_grace_period"])
+    assert grace and int(grace.group(1)) > 30, "the worker would be killed before its running actions finish"
+
+    # Every setting hookyard reads can be set (HOST and PORT are fixed by the image).
+    settable = set(services["api"]["environment"]) | {"HOOKYARD_HOST", "HOOKYARD_PORT"}
+    assert set(_ENV) <= settable, f"not passed to the containers: {sorted(set(_ENV) - settable)}"
+
+
+def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    out = _compose("--env-file", str(empty))
+    assert out.returncode != 0
+    assert "deploy/.env" in out.stderr
