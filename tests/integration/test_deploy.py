@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,15 @@ def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
     out = _compose("--env-file", str(empty))
     assert out.returncode != 0
     assert "deploy/.env" in out.stderr
+
+
+def test_image_copies_every_package() -> None:
+    """The Dockerfile copies the packages one by one: a new package must be added there too."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\w+)/ \1/$", dockerfile, re.MULTILINE))
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    assert {f"!{p}/" for p in packages} <= set(ignore), "a package is left out of the build context"
+    assert {"!pyproject.toml", "!README.md"} <= set(ignore)
