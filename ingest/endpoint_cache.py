@@ -63,30 +63,12 @@ class EndpointCache:
         else:
             self._entries.pop(endpoint_id, None)
 
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, payload: str) -> None:
         try:
             self.invalidate(UUID(payload))
         except ValueError:
             self.invalidate()
 
     async def _listen(self) -> None:
-        while True:
-            try:
-                conn = await db.connect(self._url)
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("endpoint cache listener cannot connect: %s", type(exc).__name__)
-                await asyncio.sleep(2)
-                continue
-            try:
-                await conn.add_listener(ENDPOINTS_CHANNEL, self._on_notify)
-                self.invalidate()  # anything may have changed while we were not listening
-                # asyncpg notices a dead server only on I/O, so probe now and then.
-                while True:
-                    await asyncio.sleep(5)
-                    await conn.execute("SELECT 1")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("endpoint cache listener lost its connection: %s", type(exc).__name__)
-            finally:
-                with suppress(Exception):
-                    await conn.close()
-            self.invalidate()
+        # On every (re)connection: anything may have changed while we were not listening.
+        await db.listen(self._url, ENDPOINTS_CHANNEL, self._on_notify, on_connected=self.invalidate)

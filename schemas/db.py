@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import asyncpg
 import orjson
+
+log = logging.getLogger(__name__)
 
 
 def _dumps(value: Any) -> str:
@@ -30,3 +36,35 @@ async def connect(url: str) -> asyncpg.Connection:
     conn: asyncpg.Connection = await asyncpg.connect(url)
     await _init_connection(conn)
     return conn
+
+
+async def listen(
+    url: str,
+    channel: str,
+    on_notify: Callable[[str], None],
+    on_connected: Callable[[], None] = lambda: None,
+) -> None:
+    """LISTEN on a channel forever (until cancelled), reconnecting after any connection loss.
+
+    `on_connected` runs after each (re)connection: notifications sent while disconnected are
+    lost, so callers use it to resynchronise.
+    """
+    while True:
+        try:
+            conn = await connect(url)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("listener for %s cannot connect: %s", channel, type(exc).__name__)
+            await asyncio.sleep(2)
+            continue
+        try:
+            await conn.add_listener(channel, lambda _c, _pid, _ch, payload: on_notify(payload))
+            on_connected()
+            # asyncpg notices a dead server only on I/O, so probe now and then.
+            while True:
+                await asyncio.sleep(5)
+                await conn.execute("SELECT 1")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("listener for %s lost its connection: %s", channel, type(exc).__name__)
+        finally:
+            with suppress(Exception):
+                await conn.close()

@@ -143,7 +143,7 @@ def _missing_reason(node: object, segments: tuple[Segment, ...], depth: int) -> 
             return f"{_where(segments, depth)} is a list, so {segment!r} is not an index"
         count = len(node)
         return f"no index {segment}; the list has {count} item{'' if count == 1 else 's'}"
-    what = f"{_where(segments, depth)} is {_json_type(node)}"
+    what = f"{_where(segments, depth)} is {json_type(node)}"
     return f"{what}, so it has no {'index' if isinstance(segment, int) else 'key'} {segment!r}"
 
 
@@ -159,7 +159,8 @@ def _display(segments: tuple[Segment, ...]) -> str:
         return repr(segments)
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """How a value reads in an error message: "a string", "an object", "null"..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -168,6 +169,10 @@ def _json_type(value: object) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
     return f"a {type(value).__name__}"
 
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.paths import PATH_PATTERN, PathError, PathNotFound, parse_path, resolve
+from schemas.paths import PATH_PATTERN, PathError, PathNotFound, json_type, parse_path, resolve
 
 MAX_DEPTH = 8
 MAX_CONDITIONS = 100
@@ -157,7 +157,7 @@ def _check_node(node: object, where: str, depth: int, budget: _Budget) -> None:
     if depth > MAX_DEPTH:
         raise FilterError(f"{where}: filters may nest at most {MAX_DEPTH} levels deep")
     if not isinstance(node, Mapping):
-        raise FilterError(f"{where}: expected an object, got {_json_type(node)}")
+        raise FilterError(f"{where}: expected an object, got {json_type(node)}")
     groups = [key for key in GROUP_KEYS if key in node]
     if len(groups) > 1:
         raise FilterError(f"{where}: has both {groups[0]!r} and {groups[1]!r}; use one per node")
@@ -176,7 +176,7 @@ def _check_group(node: Mapping[Any, Any], key: str, where: str, depth: int, budg
         return
     children = node[key]
     if not isinstance(children, list):
-        raise FilterError(f"{where}.{key}: expected a list, got {_json_type(children)}")
+        raise FilterError(f"{where}.{key}: expected a list, got {json_type(children)}")
     if not children:
         raise FilterError(f"{where}.{key}: must contain at least one condition")
     for index, child in enumerate(children):
@@ -206,7 +206,7 @@ def _check_keys(node: Mapping[Any, Any], allowed: set[str], where: str) -> None:
 
 def _check_path(path: object, where: str) -> None:
     if not isinstance(path, str):
-        raise FilterError(f"{where}: expected a string, got {_json_type(path)}")
+        raise FilterError(f"{where}: expected a string, got {json_type(path)}")
     try:
         parse_path(path)
     except PathError as exc:
@@ -222,11 +222,11 @@ def _check_value(node: Mapping[Any, Any], op: str, where: str) -> None:
         raise FilterError(f"{where}: op {op!r} needs a 'value'")
     value = node["value"]
     if op in LIST_OPS and not isinstance(value, list):
-        raise FilterError(f"{where}.value: op {op!r} needs a list, got {_json_type(value)}")
+        raise FilterError(f"{where}.value: op {op!r} needs a list, got {json_type(value)}")
     if op in STRING_OPS and not isinstance(value, str):
-        raise FilterError(f"{where}.value: op {op!r} needs a string, got {_json_type(value)}")
+        raise FilterError(f"{where}.value: op {op!r} needs a string, got {json_type(value)}")
     if op in NUMERIC_OPS and _filter_number(value) is None:
-        raise FilterError(f"{where}.value: op {op!r} needs a number, got {_json_type(value)}")
+        raise FilterError(f"{where}.value: op {op!r} needs a number, got {json_type(value)}")
 
 
 # --- evaluation -------------------------------------------------------------------------
@@ -438,19 +438,3 @@ def _short(value: object) -> str:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return f"a {type(value).__name__}"

@@ -53,7 +53,7 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; woken at once by new events, else polls."""
-        listener = asyncio.create_task(self._listen(stop), name="dispatcher-listener")
+        listener = asyncio.create_task(self._listen(), name="dispatcher-listener")
         try:
             while not stop.is_set():
                 # Cleared before the pass, so a commit notified during it triggers another pass.
@@ -213,25 +213,9 @@ class Dispatcher:
                 raise TemporalUnavailable(f"cannot connect to {self._settings.temporal_address}") from exc
         return self._client
 
-    async def _listen(self, stop: asyncio.Event) -> None:
+    async def _listen(self) -> None:
         """Wake the loop on every commit to the inbox (NOTIFY); polling covers any gap."""
-        while not stop.is_set():
-            try:
-                conn = await db.connect(self._settings.database_url)
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("dispatcher listener cannot connect: %s", type(exc).__name__)
-                await asyncio.sleep(2)
-                continue
-            try:
-                await conn.add_listener(event_store.EVENTS_CHANNEL, lambda *_: self._wake.set())
-                while True:
-                    await asyncio.sleep(5)
-                    await conn.execute("SELECT 1")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("dispatcher listener lost its connection: %s", type(exc).__name__)
-            finally:
-                with suppress(Exception):
-                    await conn.close()
+        await db.listen(self._settings.database_url, event_store.EVENTS_CHANNEL, lambda _: self._wake.set())
 
 
 class TemporalUnavailable(RuntimeError):
