@@ -210,7 +210,8 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield r
 
 
-@pytest.fixture(scope="session")
+# Module scope: tests elsewhere insert rows directly and must never race a live dispatcher.
+@pytest.fixture(scope="module")
 async def pipeline(settings: Settings, keyring: Keyring, base_url: str) -> AsyncIterator[None]:
     """Dispatcher and worker running in this process against the session stack."""
     from worker.dispatcher import Dispatcher

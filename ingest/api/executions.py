@@ -9,10 +9,10 @@ from starlette.responses import Response
 
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, page_query, page_response, path_id, query_choice
-from ingest.errors import NotFound
+from ingest.errors import Conflict, NotFound
 from ingest.state import app_state
 from schemas.store import executions as store
-from schemas.store.workflows import get_workflow
+from schemas.store.workflows import get_workflow, lock_active
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -67,6 +67,13 @@ async def replay_execution(request: Request) -> Response:
     owner_id = await require_owner(request)
     execution_id = path_id(request, "execution")
     async with app_state(request).pool.acquire() as conn, conn.transaction():
+        original = await store.get_execution(conn, owner_id, execution_id)
+        if original is None:
+            raise NotFound("no such execution")
+        # Share-locks the workflow row, so a concurrent deactivation cannot slip in between.
+        active = await lock_active(conn, [original["workflow_id"]])
+        if not active:
+            raise Conflict("the workflow is inactive or deleted; activate it to replay its executions")
         new_id = await store.insert_replay(conn, owner_id, execution_id)
         if new_id is None:
             raise NotFound("no such execution, or its workflow was deleted")

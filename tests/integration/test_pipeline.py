@@ -245,3 +245,15 @@ async def test_stripe_event_id_with_nul_is_stored_and_deduplicated(owner: Owner,
         f"/hooks/{endpoint['id']}", content=body, headers=signed("stripe", endpoint["secret"], body)
     )
     assert (first.status_code, again.status_code) == (202, 200)
+
+
+async def test_replaying_an_execution_of_an_inactive_workflow_is_refused(owner: Owner, http, receiver: Receiver):
+    endpoint = await create_endpoint(owner.client)
+    workflow = await create_workflow(owner.client, endpoint["id"], receiver.url + path())
+    await send(http, endpoint, b"{}")
+    [execution] = await wait_for(lambda: executions(owner.client, workflow["id"], "succeeded"))
+    await owner.client.post(f"/api/workflows/{workflow['id']}/deactivate")
+    response = await owner.client.post(f"/api/executions/{execution['id']}/replay")
+    assert response.status_code == 409
+    assert "inactive" in response.json()["error"]["message"]
+    assert len(await executions(owner.client, workflow["id"])) == 1
