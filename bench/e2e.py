@@ -1,0 +1,292 @@
+"""End to end: signed webhook in, action request out, with real PostgreSQL, Redis and Temporal.
+
+One run, one Temporal dev server (SQLite file), one receiver process:
+  (a) hookyard throughput: `hookyard serve`, `dispatch` and `worker`; N signed webhooks spread
+      over K endpoints with one http.request workflow each; events/s from the first POST until
+      all N executions are `succeeded` in PostgreSQL;
+  (c) hookyard idle latency: webhooks one at a time; POST written -> action request received;
+  (b) the seed design: one Temporal workflow per event running one activity that POSTs to the
+      receiver (bench/baseline.py); completed workflows/s for the same N.
+CPU used by each process during (a) and (b) is reported too (in cores; 2.0 = both busy).
+
+Run: `python -m bench.e2e [--events N] [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+from temporalio.client import Client
+
+from bench import baseline
+from bench.common import (
+    Processes,
+    Route,
+    cpu_share,
+    create_routes,
+    disturbance_note,
+    event_body,
+    exit_on_sigterm,
+    hookyard_argv,
+    master_key,
+    percentile,
+    post_all,
+    print_table,
+    python_module,
+    read_status,
+    signed_requests,
+    wait_http,
+    wait_until,
+    write_results,
+)
+from hookyard import services
+from hookyard.migrate import migrate
+from oauth.crypto import Keyring
+from schemas import db
+
+TARGET_RATIO = 10.0
+TARGET_P50_MS = 150.0
+SEED_QUEUE = "bench-seed"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=2000, help="events per throughput run (default 2000)")
+    parser.add_argument("--workflows", type=int, default=10, help="endpoints, one workflow each (default 10)")
+    parser.add_argument("--concurrency-limit", type=int, default=10, help="of each workflow (API default 10)")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests or starts in flight (default 32)")
+    parser.add_argument("--samples", type=int, default=30, help="idle latency samples (default 30)")
+    parser.add_argument("--gap", type=float, default=0.3, help="pause between latency samples, s")
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up on a phase after this many s")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 200 events, 10 latency samples")
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.samples = min(args.events, 200), 10
+    return args
+
+
+async def executions_done(database_url: str) -> tuple[int, int]:
+    """(succeeded, failed or cancelled) executions."""
+    conn = await db.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE status = 'succeeded') AS ok, "
+            "count(*) FILTER (WHERE status IN ('failed', 'cancelled')) AS bad FROM executions"
+        )
+    finally:
+        await conn.close()
+    return row["ok"], row["bad"]
+
+
+async def hookyard_throughput(
+    args: argparse.Namespace, procs: Processes, port: int, database_url: str, routes: list[Route], receiver: str
+) -> dict[str, Any]:
+    async def all_succeeded(expected: int) -> bool:
+        ok, bad = await executions_done(database_url)
+        if bad:
+            raise RuntimeError(f"{bad} executions failed; see the worker log")
+        return bool(ok >= expected)
+
+    warm = len(routes)  # one event per workflow: endpoint caches filled, automations started
+    await post_all(port, signed_requests(routes, [f"warm-{n}" for n in range(warm)]), args.concurrency)
+    await wait_until(lambda: all_succeeded(warm), 120)
+    requests = signed_requests(routes, [f"tp-{n}" for n in range(args.events)])
+    cpu_before, start = procs.cpu_seconds(), time.monotonic()
+    statuses = await post_all(port, requests, args.concurrency)
+    posted = time.monotonic()
+    done = await wait_until(lambda: all_succeeded(warm + args.events), args.timeout, interval=0.05)
+    cpu = cpu_share(cpu_before, procs.cpu_seconds(), done - start)
+    async with httpx.AsyncClient(timeout=30) as http:
+        received = (await http.get(f"{receiver}/stats")).json()
+    return {
+        "events": args.events,
+        "http_statuses": statuses,
+        "ingest_s": posted - start,
+        "total_s": done - start,
+        "events_per_s": args.events / (done - start),
+        "ingest_events_per_s": args.events / (posted - start),
+        "receiver_requests": received["count"],
+        "receiver_distinct_ids": received["distinct"],
+        "cpu_cores": cpu,
+    }
+
+
+async def idle_latency(args: argparse.Namespace, port: int, route: Route, receiver: str) -> dict[str, Any]:
+    """Webhooks one at a time on one keep-alive connection; POST written -> receiver arrival."""
+    latencies: list[float] = []
+    await asyncio.sleep(2.0)  # let the throughput run's tail settle: the stack is idle
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            for n in range(args.samples):
+                event_id = f"lat-{n:04d}"
+                request = signed_requests([route], [event_id])[0]
+                sent = time.time()
+                writer.write(request)
+                status, answer = await read_status(reader)
+                if status != 202:
+                    raise RuntimeError(f"latency sample {n}: HTTP {status} {answer!r}")
+                arrived_at = None
+                deadline = time.monotonic() + 30
+                while arrived_at is None and time.monotonic() < deadline:
+                    found = (await http.get(f"{receiver}/arrivals", params={"prefix": event_id})).json()
+                    arrived_at = found.get(event_id)
+                    if arrived_at is None:
+                        await asyncio.sleep(0.01)
+                if arrived_at is None:
+                    raise TimeoutError(f"latency sample {n} never reached the receiver")
+                latencies.append((arrived_at - sent) * 1000)
+                await asyncio.sleep(args.gap)
+    finally:
+        writer.close()
+    return {
+        "samples": len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "max_ms": max(latencies),
+        "latencies_ms": [round(v, 1) for v in latencies],
+    }
+
+
+async def seed_throughput(
+    args: argparse.Namespace, procs: Processes, temporal_address: str, receiver: str
+) -> dict[str, Any]:
+    client = await Client.connect(temporal_address)
+
+    async def start(event_id: str, n: int) -> None:
+        event = baseline.SeedEvent(f"{receiver}/r", event_id, json.loads(event_body(event_id, n)))
+        await client.start_workflow(baseline.WORKFLOW_NAME, event, id=f"seed-{event_id}", task_queue=SEED_QUEUE)
+
+    async def completed(expected: int) -> bool:
+        query = f"WorkflowType = '{baseline.WORKFLOW_NAME}' AND ExecutionStatus = 'Completed'"
+        return (await client.count_workflows(query)).count >= expected
+
+    warm = 5
+    await asyncio.gather(*(start(f"warm-{n}", n) for n in range(warm)))
+    await wait_until(lambda: completed(warm), 120, interval=0.2)
+    pending = iter(range(args.events))
+
+    async def starter() -> None:
+        for n in pending:
+            await start(f"tp-{n}", n)
+
+    cpu_before, begin = procs.cpu_seconds(), time.monotonic()
+    await asyncio.gather(*(starter() for _ in range(args.concurrency)))
+    started = time.monotonic()
+    done = await wait_until(lambda: completed(warm + args.events), args.timeout, interval=0.25)
+    return {
+        "events": args.events,
+        "start_s": started - begin,
+        "total_s": done - begin,
+        "events_per_s": args.events / (done - begin),
+        "starts_per_s": args.events / (started - begin),
+        "cpu_cores": cpu_share(cpu_before, procs.cpu_seconds(), done - begin),
+    }
+
+
+def report(args: argparse.Namespace, hy: dict[str, Any], seed: dict[str, Any], lat: dict[str, Any]) -> None:
+    ratio = hy["events_per_s"] / seed["events_per_s"]
+    p50 = lat["p50_ms"]
+    print()
+    print_table(
+        ["measure", "value", "target", "verdict"],
+        [
+            ["(a) hookyard end-to-end events/s", hy["events_per_s"], "", ""],
+            ["    hookyard ingest events/s (client)", hy["ingest_events_per_s"], "", ""],
+            ["(b) seed design completed workflows/s", seed["events_per_s"], "", ""],
+            ["    seed design starts/s", seed["starts_per_s"], "", ""],
+            ["    ratio (a) / (b)", ratio, f">= {TARGET_RATIO:g}x", "meets" if ratio >= TARGET_RATIO else "misses"],
+            ["(c) idle latency p50 ms", p50, f"< {TARGET_P50_MS:g}", "meets" if p50 < TARGET_P50_MS else "misses"],
+            ["    idle latency p95 ms", lat["p95_ms"], "", ""],
+        ],
+    )
+    print()
+    last = ("(client)", "(other)", "(host busy)")
+    names = [n for n in {**hy["cpu_cores"], **seed["cpu_cores"]} if n not in last] + list(last)
+    phases = (("(a) hookyard", hy), ("(b) seed design", seed))
+    print_table(["CPU, cores", *names], [[label, *(r["cpu_cores"].get(n, 0.0) for n in names)] for label, r in phases])
+    note = disturbance_note([hy["cpu_cores"], seed["cpu_cores"]])
+    if note:
+        print(note)
+    print(f"\nhookyard HTTP answers: {hy['http_statuses']}; receiver got {hy['receiver_requests']} requests")
+    path = write_results(
+        "e2e",
+        {
+            "config": vars(args),
+            "hookyard": hy,
+            "seed_design": seed,
+            "ratio": ratio,
+            "idle_latency": lat,
+            "targets": {"ratio": TARGET_RATIO, "idle_p50_ms": TARGET_P50_MS},
+        },
+    )
+    print(f"results: {path}")
+
+
+def main() -> int:
+    args = parse_args()
+    exit_on_sigterm()
+    work = Path(tempfile.mkdtemp(prefix="hookyard-bench-e2e-"))
+    procs = Processes(work / "logs")
+    try:
+        print("starting PostgreSQL (fsync on), Redis, Temporal dev server (SQLite file) ...", flush=True)
+        database_url = procs.add_service(*services.start_postgres(work, services.free_port(), durable=True))
+        redis_url = procs.add_service(*services.start_redis(work, services.free_port()))
+        temporal_address = procs.add_service(*services.start_temporal(work, services.free_port()))
+        asyncio.run(migrate(database_url))
+        receiver_port = services.free_port()
+        receiver = f"http://127.0.0.1:{receiver_port}"
+        argv = python_module("bench.receiver", "--port", str(receiver_port))
+        wait_http(f"{receiver}/stats", procs.spawn("receiver", argv))
+        kid, key, keys_env = master_key()
+        keyring = Keyring([(kid, key)])
+        fixture = create_routes(database_url, keyring, args.workflows, f"{receiver}/r", args.concurrency_limit)
+        _, routes = asyncio.run(fixture)
+
+        port = services.free_port()
+        env = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "TEMPORAL_ADDRESS": temporal_address,
+            "HOOKYARD_PORT": str(port),
+            "HOOKYARD_MASTER_KEYS": keys_env,
+            "HOOKYARD_TASK_QUEUE": "hookyard-bench",
+            "HOOKYARD_LOG_LEVEL": "WARNING",
+            "HOOKYARD_WORKER_GRACEFUL_SHUTDOWN_S": "5",
+        }
+        apps = [procs.spawn(name, hookyard_argv(name), env) for name in ("serve", "dispatch", "worker")]
+        wait_http(f"http://127.0.0.1:{port}/readyz", apps[0])
+
+        print(f"(a) hookyard: {args.events} events over {args.workflows} workflows ...", flush=True)
+        hy = asyncio.run(hookyard_throughput(args, procs, port, database_url, routes, receiver))
+        print(f"(c) hookyard idle latency: {args.samples} webhooks one at a time ...", flush=True)
+        lat = asyncio.run(idle_latency(args, port, routes[0], receiver))
+        for proc in apps:  # the seed design gets the machine to itself
+            procs.stop(proc)
+
+        print(f"(b) seed design: {args.events} workflows, one activity each ...", flush=True)
+        argv = python_module("bench.baseline", "--address", temporal_address, "--task-queue", SEED_QUEUE)
+        seed_worker = procs.spawn("seed-worker", argv)
+        seed = asyncio.run(seed_throughput(args, procs, temporal_address, receiver))
+        procs.stop(seed_worker)
+        report(args, hy, seed, lat)
+        return 0
+    finally:
+        procs.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
