@@ -237,7 +237,7 @@ def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float)
     return share
 
 
-DISTURBED_CORES = 0.3
+DISTURBED_CORES = 0.4
 
 
 def disturbance_note(shares: Iterable[dict[str, float]]) -> str | None:

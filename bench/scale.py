@@ -1,7 +1,7 @@
 """Index check at scale: hookyard's hot queries against a million events and a million executions.
 
-A throwaway PostgreSQL is migrated and bulk-loaded with set-based SQL; each hot query's SQL, captured
-by calling the store function itself, runs 5 times under EXPLAIN (ANALYZE, BUFFERS) in rolled-back
+A throwaway PostgreSQL is migrated and bulk-loaded with set-based SQL; each hot query's SQL, captured by calling
+the store function itself, runs 5 times (after a warm-up) under EXPLAIN (ANALYZE, BUFFERS) in rolled-back
 transactions. Flags a sequential scan on a big table or a median over 10 ms. Run: `python -m bench.scale`.
 """
 
@@ -212,7 +212,7 @@ async def measure(conn: asyncpg.Connection, statements: list[tuple[str, tuple[An
     for i, (sql, args) in enumerate(statements):
         types = (await conn.prepare(sql)).get_parameters()
         literals = [
-            await conn.fetchval(f'SELECT quote_nullable($1::{t.schema}.{t.name})', a)
+            await conn.fetchval(f"SELECT quote_nullable($1::{t.schema}.{t.name})", a)
             for t, a in zip(types, args, strict=True)
         ]
         await conn.execute(f"PREPARE scale_{i} AS {sql}")
@@ -220,14 +220,14 @@ async def measure(conn: asyncpg.Connection, statements: list[tuple[str, tuple[An
 
     async def explain(stmts: list[tuple[str, tuple[Any, ...]]], setup: str) -> list[dict[str, Any]]:
         runs: list[list[dict[str, Any]]] = [[] for _ in stmts]
-        for _ in range(RUNS):
+        for run in range(RUNS + 1):  # run 0 only warms the cache
             tx = conn.transaction()
             await tx.start()
             try:
                 await conn.execute(setup)
                 for i, (sql, args) in enumerate(stmts):
                     out = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
-                    runs[i].append(out[0])
+                    runs[i] += [out[0]] if run else []
             finally:
                 await tx.rollback()
         return [summary(r) for r in runs]

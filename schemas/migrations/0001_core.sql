@@ -131,4 +131,6 @@ CREATE UNIQUE INDEX executions_once_idx ON executions (workflow_id, event_id)
 CREATE INDEX executions_workflow_idx ON executions (workflow_id, seq DESC);
 CREATE INDEX executions_workflow_status_idx ON executions (workflow_id, status, seq DESC);
 CREATE INDEX executions_event_idx ON executions (event_id);
+-- Without it, deleting an execution scans the table to clear replay_of references.
+CREATE INDEX executions_replay_of_idx ON executions (replay_of) WHERE replay_of IS NOT NULL;
 CREATE INDEX executions_handover_idx ON executions (seq) WHERE signalled_at IS NULL AND status = 'queued';
