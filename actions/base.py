@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from uuid import UUID
 
+import asyncpg
 import httpx
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A decrypted credential, loaded inside the activity by id; never logged or returned."""
+
+    id: str
+    provider: str
+    secret: Mapping[str, str] = field(repr=False)
+    account: str | None = None
+
+
+class CredentialSource(Protocol):
+    """Loads the owner's credentials by id (refreshing OAuth2 tokens when they are due).
+
+    Raises `PermanentActionError` when the id is unknown, belongs to another owner, is for a
+    provider not in `providers`, or needs the owner to reconnect it.
+    """
+
+    async def load(self, credential_id: str, providers: Collection[str]) -> Credential: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,9 +40,32 @@ class ActionContext:
     attempt: int
     template_context: Mapping[str, Any]
     signing_secret: str | None = None
+    owner_id: str = ""
+    # The workflow's own credential (`action.credential_id`); configs may name further ones.
+    credential_id: str | None = None
+    credentials: CredentialSource | None = None
+    # Shared per-provider rate limiting; None means unlimited.
+    limiter: RateLimiter | None = None
+
+
+class RateLimiter(Protocol):
+    """Waits until a request to `provider` (for one credential) fits the shared limit."""
+
+    async def acquire(self, provider: str, key: str) -> None: ...
 
 
 ActionRun = Callable[[ActionContext, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+# Checks a config against the owner's data (e.g. that named credentials are theirs);
+# raise `ActionConfigError` to answer 422.
+ActionConfigCheck = Callable[[asyncpg.Connection, UUID, Mapping[str, Any], UUID | None], Awaitable[None]]
+
+
+class ActionConfigError(ValueError):
+    """An action config is schema-valid but refers to something unusable."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,3 +77,6 @@ class ActionType:
     config_schema: dict[str, Any]
     run: ActionRun
     wants_signing_secret: Callable[[Mapping[str, Any]], bool] = lambda config: False
+    # Providers whose credential may be given as the workflow's `action.credential_id`.
+    credential_providers: tuple[str, ...] = ()
+    check_config: ActionConfigCheck | None = None

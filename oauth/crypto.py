@@ -21,7 +21,9 @@ import os
 from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 _VERSION = "v1"
 
@@ -60,11 +62,24 @@ class Keyring:
             raise CryptoError("the keyring needs at least one master key")
         self.primary_id = ordered[0][0]
         self._keys = {kid: AESGCM(key) for kid, key in ordered}
+        self._raw = dict(ordered)
 
     @property
     def key_ids(self) -> list[str]:
         """Every key id held, primary first."""
         return list(self._keys)
+
+    def derive(self, purpose: str, kid: str | None = None) -> bytes:
+        """A 256-bit sub-key of one master key (the primary by default) for one purpose.
+
+        A master key wraps data keys; anything else (signing links, Temporal payloads) uses a
+        derived key, so no key serves two purposes.
+        """
+        key_id = self.primary_id if kid is None else kid
+        if key_id not in self._raw:
+            raise UnknownKey(f"master key {key_id!r} is not in the keyring")
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"hookyard|{purpose}".encode())
+        return hkdf.derive(self._raw[key_id])
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> str:
         """Encrypt under a fresh data key wrapped by the primary master key."""

@@ -1,0 +1,182 @@
+"""`/api/credentials` and `/api/connect-links`: an owner's provider credentials.
+
+No response ever carries a secret: API keys go in once and OAuth2 tokens arrive through the
+callback; both are stored encrypted and only the worker decrypts them.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingest.api.auth import require_owner
+from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
+from ingest.api.validation import check, compile_schema
+from ingest.errors import Invalid, NotFound, Unavailable
+from ingest.state import app_state
+from oauth.google import DEFAULT_SCOPES, OAuthFlowError, ProviderUnavailable
+from oauth.links import link_token
+from oauth.providers import API_KEY_PROVIDERS, OAUTH_PROVIDERS, PROVIDERS
+from schemas.store import credentials as store
+
+log = logging.getLogger(__name__)
+
+CREATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["provider", "secret"],
+    "additionalProperties": False,
+    "properties": {
+        "provider": {"enum": API_KEY_PROVIDERS, "description": "OAuth2 providers connect through a connect link."},
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "secret": {
+            "type": "object",
+            "description": "The provider's secret fields, e.g. {'api_key': '...'} for Resend.",
+            "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 4096},
+            "minProperties": 1,
+        },
+    },
+}
+LINK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["provider"],
+    "additionalProperties": False,
+    "properties": {
+        "provider": {"enum": OAUTH_PROVIDERS},
+        "scopes": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": 300, "pattern": "^[!#-\\[\\]-~]+$"},
+            "maxItems": 30,
+        },
+        "redirect_after": {"type": "string", "format": "uri", "maxLength": 2000},
+    },
+}
+_CREATE = compile_schema(CREATE_SCHEMA)
+_LINK = compile_schema(LINK_SCHEMA)
+# Google needs these to tell us which account was connected.
+_IDENTITY_SCOPES = ("openid", "email")
+
+
+def credential_json(row: Any) -> dict[str, Any]:
+    """The API view of a credential: what it is and whether it works, never the secret."""
+    return {
+        "id": row["id"],
+        "provider": row["provider"],
+        "kind": row["kind"],
+        "name": row["name"],
+        "account_email": row["account_email"],
+        "scopes": list(row["scopes"]),
+        "status": row["status"],
+        "status_reason": row["status_reason"],
+        "expires_at": row["expires_at"],
+        "last_refreshed_at": row["last_refreshed_at"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+async def create_credential(request: Request) -> Response:
+    """Store an API-key credential (Resend, Postmark, Slack bot token, Novu)."""
+    owner_id = await require_owner(request)
+    body = await read_json(request)
+    check(_CREATE, body)
+    provider = PROVIDERS[body["provider"]]
+    secret: dict[str, str] = body["secret"]
+    expected = set(provider.secret_fields)
+    if set(secret) != expected:
+        fields = ", ".join(sorted(expected))
+        raise Invalid(f"secret must have exactly these fields for {provider.name}: {fields}", field="secret")
+    state = app_state(request)
+    async with state.pool.acquire() as conn:
+        row = await store.insert_api_key(
+            conn, state.keyring, owner_id, provider.name, body.get("name", provider.name), secret
+        )
+    return json_response(credential_json(row), 201)
+
+
+async def list_credentials(request: Request) -> Response:
+    """A page of the caller's credentials, newest first."""
+    owner_id = await require_owner(request)
+    query = page_query(request)
+    async with app_state(request).pool.acquire() as conn:
+        rows = await store.list_credentials(conn, owner_id, query.after_seq, query.limit)
+    return page_response(rows, query, credential_json)
+
+
+async def get_credential(request: Request) -> Response:
+    """One credential: provider, account, scopes, status and expiry."""
+    owner_id = await require_owner(request)
+    credential_id = path_id(request, "credential")
+    async with app_state(request).pool.acquire() as conn:
+        row = await store.get_credential(conn, owner_id, credential_id)
+    if row is None:
+        raise NotFound("no such credential")
+    return json_response(credential_json(row))
+
+
+async def delete_credential(request: Request) -> Response:
+    """Revoke the credential at its provider (OAuth2), then delete it.
+
+    If the provider cannot be reached the credential is kept and the answer is 503, so the
+    owner can retry rather than believe access was withdrawn when it was not.
+    """
+    owner_id = await require_owner(request)
+    credential_id = path_id(request, "credential")
+    state = app_state(request)
+    async with state.pool.acquire() as conn:
+        found = await store.load_secret(conn, state.keyring, owner_id, credential_id)
+        if found is None:
+            raise NotFound("no such credential")
+        row, secret = found
+        if row["kind"] == "oauth2" and row["status"] != "revoked":
+            token = secret.get("refresh_token") or secret.get("access_token")
+            if token and state.google is not None and state.http is not None:
+                try:
+                    await state.google.revoke(state.http, str(token))
+                except ProviderUnavailable as exc:
+                    raise Unavailable(f"could not revoke at {row['provider']}: {exc}; try again") from None
+                except OAuthFlowError as exc:  # pragma: no cover - revoke maps errors to ProviderUnavailable
+                    log.warning("revocation of credential %s failed: %s", credential_id, exc)
+        await store.delete_credential(conn, owner_id, credential_id)
+    return no_content()
+
+
+def _check_redirect(url: str) -> None:
+    parts = urlsplit(url)
+    local = parts.hostname in {"localhost", "127.0.0.1", "::1"}
+    if parts.scheme != "https" and not (parts.scheme == "http" and local):
+        raise Invalid("redirect_after must be an https URL (http only for localhost)", field="redirect_after")
+
+
+async def create_connect_link(request: Request) -> Response:
+    """A signed, expiring, single-use URL that connects an account to the caller."""
+    owner_id = await require_owner(request)
+    body = await read_json(request)
+    check(_LINK, body)
+    state = app_state(request)
+    if state.google is None:
+        raise Invalid("Google OAuth is not configured on this server (HOOKYARD_GOOGLE_CLIENT_ID)", field="provider")
+    redirect_after = body.get("redirect_after")
+    if redirect_after is not None:
+        _check_redirect(redirect_after)
+    requested = body.get("scopes") or list(DEFAULT_SCOPES)
+    scopes = sorted(set(requested) | set(_IDENTITY_SCOPES))
+    expires_at = datetime.now(UTC) + timedelta(seconds=state.settings.connect_link_ttl_s)
+    async with state.pool.acquire() as conn:
+        link = await store.insert_connect_link(conn, owner_id, body["provider"], scopes, redirect_after, expires_at)
+    url = f"{state.settings.base_url}/oauth/connect/{link_token(state.keyring, link['id'])}"
+    return json_response(
+        {
+            "id": link["id"],
+            "provider": link["provider"],
+            "scopes": scopes,
+            "url": url,
+            "expires_at": link["expires_at"],
+            "redirect_after": redirect_after,
+        },
+        201,
+    )

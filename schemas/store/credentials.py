@@ -1,0 +1,257 @@
+"""Credentials (OAuth2 tokens, provider API keys) and connect links.
+
+The secret fields of a credential are one JSON object, envelope-encrypted and bound to the
+row (owner, credential id, column), so a ciphertext moved to another row fails to decrypt.
+Nothing here returns a secret except `load_secret`, which the worker and OAuth flows use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import orjson
+
+from oauth.crypto import Keyring, record_aad
+
+# Every column but the secret: what the API may show.
+PUBLIC_COLUMNS = (
+    "id, seq, owner_id, provider, kind, name, account_email, scopes, status, status_reason, "
+    "expires_at, last_refreshed_at, created_at, updated_at"
+)
+
+
+def secret_aad(owner_id: UUID, credential_id: UUID) -> bytes:
+    """Associated data binding a credential's secret to its row."""
+    return record_aad("credentials", str(owner_id), str(credential_id), "secret")
+
+
+def seal(keyring: Keyring, owner_id: UUID, credential_id: UUID, secret: Mapping[str, Any]) -> str:
+    """Encrypt a credential's secret fields for its row."""
+    return keyring.encrypt(orjson.dumps(dict(secret)), secret_aad(owner_id, credential_id))
+
+
+def unseal(keyring: Keyring, owner_id: UUID, credential_id: UUID, token: str) -> dict[str, Any]:
+    """Decrypt a credential's secret fields."""
+    value: dict[str, Any] = orjson.loads(keyring.decrypt(token, secret_aad(owner_id, credential_id)))
+    return value
+
+
+async def insert_api_key(
+    conn: asyncpg.Connection,
+    keyring: Keyring,
+    owner_id: UUID,
+    provider: str,
+    name: str,
+    secret: Mapping[str, str],
+) -> asyncpg.Record:
+    """Store a provider API-key credential; returns its public columns."""
+    credential_id = uuid4()
+    row: asyncpg.Record = await conn.fetchrow(
+        f"INSERT INTO credentials (id, owner_id, provider, kind, name, secret) "
+        f"VALUES ($1, $2, $3, 'api_key', $4, $5) RETURNING {PUBLIC_COLUMNS}",
+        credential_id,
+        owner_id,
+        provider,
+        name,
+        seal(keyring, owner_id, credential_id, secret),
+    )
+    return row
+
+
+async def upsert_oauth(
+    conn: asyncpg.Connection,
+    keyring: Keyring,
+    owner_id: UUID,
+    provider: str,
+    account_email: str,
+    scopes: list[str],
+    tokens: Mapping[str, Any],
+    expires_at: datetime | None,
+) -> tuple[asyncpg.Record, bool]:
+    """Store tokens for an account; reconnecting updates the same credential.
+
+    Returns (public row, created). A reconnect without a new refresh token keeps the old one
+    (Google issues one only on the first consent).
+    """
+    async with conn.transaction():
+        existing = await conn.fetchrow(
+            "SELECT id, secret FROM credentials WHERE owner_id = $1 AND provider = $2 "
+            "AND lower(account_email) = lower($3) AND kind = 'oauth2' FOR UPDATE",
+            owner_id,
+            provider,
+            account_email,
+        )
+        if existing is None:
+            credential_id = uuid4()
+            row = await conn.fetchrow(
+                f"INSERT INTO credentials (id, owner_id, provider, kind, name, account_email, scopes, secret, "
+                f"expires_at, last_refreshed_at) VALUES ($1, $2, $3, 'oauth2', $4, $4, $5, $6, $7, now()) "
+                f"RETURNING {PUBLIC_COLUMNS}",
+                credential_id,
+                owner_id,
+                provider,
+                account_email,
+                sorted(set(scopes)),
+                seal(keyring, owner_id, credential_id, tokens),
+                expires_at,
+            )
+            return row, True
+        credential_id = existing["id"]
+        merged = dict(tokens)
+        if not merged.get("refresh_token"):
+            old = unseal(keyring, owner_id, credential_id, existing["secret"])
+            if old.get("refresh_token"):
+                merged["refresh_token"] = old["refresh_token"]
+        row = await conn.fetchrow(
+            f"UPDATE credentials SET scopes = $3, secret = $4, expires_at = $5, status = 'active', "
+            f"status_reason = NULL, last_refreshed_at = now(), updated_at = now() "
+            f"WHERE id = $1 AND owner_id = $2 RETURNING {PUBLIC_COLUMNS}",
+            credential_id,
+            owner_id,
+            sorted(set(scopes)),
+            seal(keyring, owner_id, credential_id, merged),
+            expires_at,
+        )
+        return row, False
+
+
+async def list_credentials(
+    conn: asyncpg.Connection, owner_id: UUID, after_seq: int | None, limit: int
+) -> list[asyncpg.Record]:
+    """One page of an owner's credentials, newest first (fetches limit+1 to detect more)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {PUBLIC_COLUMNS} FROM credentials WHERE owner_id = $1 AND ($2::bigint IS NULL OR seq < $2) "
+        f"ORDER BY seq DESC LIMIT $3",
+        owner_id,
+        after_seq,
+        limit + 1,
+    )
+    return rows
+
+
+async def get_credential(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> asyncpg.Record | None:
+    """An owner's credential, public columns only."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {PUBLIC_COLUMNS} FROM credentials WHERE id = $1 AND owner_id = $2", credential_id, owner_id
+    )
+    return row
+
+
+async def load_secret(
+    conn: asyncpg.Connection, keyring: Keyring, owner_id: UUID, credential_id: UUID, *, for_update: bool = False
+) -> tuple[asyncpg.Record, dict[str, Any]] | None:
+    """An owner's credential with its decrypted secret; `for_update` row-locks it (refresh)."""
+    lock = " FOR UPDATE" if for_update else ""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {PUBLIC_COLUMNS}, secret FROM credentials WHERE id = $1 AND owner_id = $2{lock}",
+        credential_id,
+        owner_id,
+    )
+    if row is None:
+        return None
+    return row, unseal(keyring, owner_id, credential_id, row["secret"])
+
+
+async def store_refreshed(
+    conn: asyncpg.Connection,
+    keyring: Keyring,
+    owner_id: UUID,
+    credential_id: UUID,
+    secret: Mapping[str, Any],
+    expires_at: datetime | None,
+) -> None:
+    """Replace a credential's tokens after a refresh."""
+    await conn.execute(
+        "UPDATE credentials SET secret = $3, expires_at = $4, last_refreshed_at = now(), updated_at = now() "
+        "WHERE id = $1 AND owner_id = $2",
+        credential_id,
+        owner_id,
+        seal(keyring, owner_id, credential_id, secret),
+        expires_at,
+    )
+
+
+async def mark_needs_reconnect(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID, reason: str) -> int:
+    """Flag a credential whose grant is gone and pause the Gmail triggers reading its mailbox.
+
+    Returns how many workflows were paused.
+    """
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE credentials SET status = 'needs_reconnect', status_reason = $3, updated_at = now() "
+            "WHERE id = $1 AND owner_id = $2",
+            credential_id,
+            owner_id,
+            reason,
+        )
+        paused: str = await conn.execute(
+            "UPDATE workflows SET active = false, updated_at = now() "
+            "WHERE owner_id = $1 AND active AND deleted_at IS NULL AND trigger_type LIKE 'gmail.%' "
+            "AND trigger_config->>'mailbox' = $2",
+            owner_id,
+            str(credential_id),
+        )
+    return int(paused.split()[-1])
+
+
+async def delete_credential(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> bool:
+    """Delete an owner's credential; False if there was none."""
+    done: str = await conn.execute("DELETE FROM credentials WHERE id = $1 AND owner_id = $2", credential_id, owner_id)
+    return done != "DELETE 0"
+
+
+async def credential_provider(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> str | None:
+    """The provider of an owner's credential (to check action and trigger configs), or None."""
+    provider: str | None = await conn.fetchval(
+        "SELECT provider FROM credentials WHERE id = $1 AND owner_id = $2", credential_id, owner_id
+    )
+    return provider
+
+
+# Connect links ---------------------------------------------------------------------------
+
+
+async def insert_connect_link(
+    conn: asyncpg.Connection,
+    owner_id: UUID,
+    provider: str,
+    scopes: list[str],
+    redirect_after: str | None,
+    expires_at: datetime,
+) -> asyncpg.Record:
+    """Record a new connect link."""
+    row: asyncpg.Record = await conn.fetchrow(
+        "INSERT INTO connect_links (owner_id, provider, scopes, redirect_after, expires_at) "
+        "VALUES ($1, $2, $3, $4, $5) RETURNING id, owner_id, provider, scopes, redirect_after, expires_at",
+        owner_id,
+        provider,
+        scopes,
+        redirect_after,
+        expires_at,
+    )
+    return row
+
+
+async def get_connect_link(conn: asyncpg.Connection, link_id: UUID) -> asyncpg.Record | None:
+    """A connect link by id (the caller has checked the link's signature)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT id, owner_id, provider, scopes, redirect_after, expires_at, used_at, "
+        "expires_at <= now() AS expired FROM connect_links WHERE id = $1",
+        link_id,
+    )
+    return row
+
+
+async def use_connect_link(conn: asyncpg.Connection, link_id: UUID, credential_id: UUID) -> bool:
+    """Mark a link used by a completed connection; False if it was used or expired meanwhile."""
+    done: str = await conn.execute(
+        "UPDATE connect_links SET used_at = now(), credential_id = $2 "
+        "WHERE id = $1 AND used_at IS NULL AND expires_at > now()",
+        link_id,
+        credential_id,
+    )
+    return done != "UPDATE 0"
