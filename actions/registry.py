@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from actions import http
+from actions import email, http, novu, slack
 from actions.base import ActionType
 
-ACTIONS: Mapping[str, ActionType] = {a.name: a for a in (http.ACTION,)}
+ACTIONS: Mapping[str, ActionType] = {
+    a.name: a
+    for a in (
+        http.ACTION,
+        email.ACTION,
+        slack.ACTION,
+        novu.ACTION,
+    )
+}
 
 
 class UnknownAction(LookupError):

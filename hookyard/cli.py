@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hookyard import logs
 from hookyard.settings import Settings, SettingsError, load_settings
+from oauth.crypto import Keyring
 
 DEFAULT_DATA_DIR = ".hookyard"
 
@@ -47,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="master keys").add_subparsers(dest="keys_command", required=True)
     generate = keys.add_parser("generate", help="print a new master key entry for HOOKYARD_MASTER_KEYS")
     generate.add_argument("--id", default="k1", help="key id (default: %(default)s)")
+    for name, text in (
+        ("rotate", "re-encrypt every stored secret under the primary (first) master key; resumable"),
+        ("status", "how many stored secrets each master key protects"),
+    ):
+        cmd = keys.add_parser(name, help=text)
+        cmd.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="use the `hookyard dev` stack of this data dir")
     return parser
 
 
@@ -103,6 +110,49 @@ def _sign(scheme_name: str, secret: str, body: str, curl: bool) -> int:
     return 0
 
 
+def _keyring_for(data_dir: str) -> Keyring:
+    from hookyard.dev import master_keys_file
+    from hookyard.processes import keyring_from
+    from hookyard.settings import parse_master_keys
+
+    settings = _settings()
+    if not settings.master_keys and (Path(data_dir) / "master.keys").exists():
+        settings = settings.replace(master_keys=parse_master_keys(master_keys_file(Path(data_dir)).read_text()))
+    return keyring_from(settings)
+
+
+async def _keys(command: str, data_dir: str) -> int:
+    from hookyard import keys
+    from schemas import db
+
+    keyring = _keyring_for(data_dir)
+    conn = await db.connect(_database_url(data_dir))
+    try:
+        if command == "rotate":
+            print(f"re-wrapping secrets under primary key {keyring.primary_id!r}")
+            done = await keys.rotate(
+                conn,
+                keyring,
+                progress=lambda label, n: print(f"  {label}: {n}", flush=True),
+                on_error=lambda label, row_id, exc: print(f"  {label}: cannot re-wrap {row_id}: {exc}", flush=True),
+            )
+            print(f"done: {sum(done.values())} secret(s) re-wrapped")
+        status = await keys.key_status(conn)
+    finally:
+        await conn.close()
+    print("secrets per master key:")
+    for label, counts in status.items():
+        shown = ", ".join(f"{kid}={n}" for kid, n in counts.items()) or "none"
+        print(f"  {label}: {shown}")
+    retired = sorted({kid for counts in status.values() for kid in counts} - set(keyring.key_ids))
+    if retired:
+        print(f"warning: secrets under keys missing from the keyring: {', '.join(retired)}")
+    old = [kid for kid in keyring.key_ids[1:] if not any(kid in counts for counts in status.values())]
+    if old:
+        print(f"no secret uses {', '.join(old)} any more; it can be removed from the keyring")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one `hookyard` command."""
     args = _parser().parse_args(argv)
@@ -121,11 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "sign":
         return _sign(args.scheme, args.secret, args.body, args.curl)
-    if args.command == "keys":
+    if args.command == "keys" and args.keys_command == "generate":
         from hookyard.processes import new_master_key_line
 
         print(new_master_key_line(args.id))
         return 0
+    if args.command == "keys":
+        return asyncio.run(_keys(args.keys_command, args.data_dir))
     settings = _settings()
     logs.configure(settings.log_level, settings.log_json, args.command)
     if args.command == "migrate":

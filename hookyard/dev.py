@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from urllib.parse import quote
 
 from hookyard import services
 from hookyard.processes import new_master_key_line
@@ -48,6 +50,17 @@ def master_keys_file(data_dir: Path) -> Path:
     return path
 
 
+def codec_token_file(data_dir: Path) -> Path:
+    """The dev codec server's token, generated once and kept (mode 0600)."""
+    path = data_dir / "codec.token"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
 def read_stack(data_dir: Path) -> dict[str, str] | None:
     """URLs of the `hookyard dev` stack running on this data dir, if any."""
     path = data_dir / STACK_FILE
@@ -67,6 +80,8 @@ class Supervisor:
         self.apps: dict[str, services.ManagedProcess] = {}
         self.env: dict[str, str] = {}
         self._stopping = False
+        self.codec_token_path = codec_token_file(self.data_dir)
+        self.codec_token = self.codec_token_path.read_text().strip()
 
     def start_infra(self) -> dict[str, str]:
         """Start each server not replaced by an environment variable; returns the URLs."""
@@ -88,8 +103,10 @@ class Supervisor:
             urls["temporal_address"] = env["TEMPORAL_ADDRESS"]
         else:
             _say(f"starting Temporal dev server on port {self.ports.temporal}")
+            # The Temporal UI cannot send a codec token header, so its endpoint carries the token.
+            codec = f"http://127.0.0.1:{self.ports.api}/codec/ui/{quote(self.codec_token, safe='')}"
             proc, urls["temporal_address"] = services.start_temporal(
-                self.data_dir, self.ports.temporal, self.ports.temporal_ui
+                self.data_dir, self.ports.temporal, self.ports.temporal_ui, codec_endpoint=codec
             )
             self.infra.append(proc)
             urls["temporal_ui"] = f"http://127.0.0.1:{self.ports.temporal_ui}"
@@ -97,6 +114,7 @@ class Supervisor:
 
     def start_apps(self, urls: dict[str, str]) -> None:
         """Start api, dispatcher and worker with the stack's settings in their environment."""
+        ui = self.ports.temporal_ui
         self.env = {
             **os.environ,
             "DATABASE_URL": urls["database_url"],
@@ -104,6 +122,8 @@ class Supervisor:
             "TEMPORAL_ADDRESS": urls["temporal_address"],
             "HOOKYARD_PORT": str(self.ports.api),
             "HOOKYARD_MASTER_KEYS_FILE": str(master_keys_file(self.data_dir)),
+            "HOOKYARD_CODEC_AUTH_TOKEN": self.codec_token,
+            "HOOKYARD_CODEC_CORS_ORIGINS": f"http://127.0.0.1:{ui},http://localhost:{ui}",
         }
         for name in _APP_PROCESSES:
             self.apps[name] = self._spawn_app(name)
@@ -159,7 +179,7 @@ def run_dev(data_dir: Path, ports: DevPorts) -> int:
         _say(f"migrations applied: {', '.join(applied) or 'none pending'}")
         sup.start_apps(urls)
         api = f"http://127.0.0.1:{ports.api}"
-        stack = {**urls, "api": api, "data_dir": str(sup.data_dir)}
+        stack = {**urls, "api": api, "data_dir": str(sup.data_dir), "codec_token_file": str(sup.codec_token_path)}
         (sup.data_dir / STACK_FILE).write_text(json.dumps(stack, indent=2))
         _banner(stack)
         sup.watch()
@@ -182,8 +202,13 @@ def _banner(stack: dict[str, str]) -> None:
         f"  PostgreSQL     {stack['database_url']}",
         f"  Redis          {stack['redis_url']}",
         f"  data dir       {stack['data_dir']}",
+        f"  codec server   {stack['api']}/codec   (the Temporal UI decodes payloads through it)",
+        f"  codec token    {stack['codec_token_file']}",
         "",
         f"  create an owner:  hookyard owners create NAME --data-dir {stack['data_dir']}",
+        f"  decrypted history: temporal workflow show -w ID --address {stack['temporal_address']} \\",
+        f"                       --codec-endpoint {stack['api']}/codec \\",
+        f'                       --codec-auth "Bearer $(cat {stack["codec_token_file"]})"',
         "  stop:             Ctrl-C",
         "",
     ]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 import uvicorn
 
+from hookyard.metrics import Metrics, install_temporal_runtime, serve_metrics
 from hookyard.settings import Settings
+from hookyard.tracing import Tracing, setup_tracing
 from oauth.crypto import Keyring, generate_key
 
 log = logging.getLogger(__name__)
@@ -33,11 +36,34 @@ def stop_event() -> asyncio.Event:
     return stop
 
 
+def telemetry(settings: Settings, process: str) -> tuple[Metrics, Tracing, Callable[[], None]]:
+    """This process's metrics and tracing, and a function that stops them (flushing spans).
+
+    The api serves its metrics at `/metrics`; dispatcher and worker on HOOKYARD_METRICS_PORT, and
+    the Temporal SDK's own on HOOKYARD_TEMPORAL_METRICS_PORT (both 0 = off).
+    """
+    metrics = Metrics(process_collectors=True)
+    tracing = setup_tracing(settings.otel_endpoint, f"hookyard-{process}")
+    stop_listener = None
+    if process != "api":
+        stop_listener = serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
+        # Before any Temporal client exists: clients take the default runtime when created.
+        install_temporal_runtime(settings.metrics_host, settings.temporal_metrics_port)
+
+    def close() -> None:
+        if stop_listener is not None:
+            stop_listener()
+        tracing.shutdown()
+
+    return metrics, tracing, close
+
+
 def serve(settings: Settings) -> None:
     """The API and ingest server; uvicorn drains in-flight requests on SIGTERM."""
     from ingest.app import create_app
 
-    app = create_app(settings, keyring_from(settings))
+    metrics, tracing, close_telemetry = telemetry(settings, "api")
+    app = create_app(settings, keyring_from(settings), metrics, tracing)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -47,7 +73,10 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=30,
         backlog=2048,
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        close_telemetry()
 
 
 def dispatch(settings: Settings) -> None:
@@ -55,16 +84,21 @@ def dispatch(settings: Settings) -> None:
     from schemas import db
     from worker.dispatcher import Dispatcher
 
+    metrics, tracing, close_telemetry = telemetry(settings, "dispatcher")
+
     async def main() -> None:
         stop = stop_event()
         pool = await db.create_pool(settings.database_url, min_size=1, max_size=4)
         try:
             log.info("dispatcher running")
-            await Dispatcher(pool, settings).run(stop)
+            await Dispatcher(pool, settings, metrics=metrics, tracing=tracing).run(stop)
         finally:
             await pool.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        close_telemetry()
 
 
 def worker(settings: Settings) -> None:
@@ -72,11 +106,15 @@ def worker(settings: Settings) -> None:
     from worker.main import run_worker
 
     keyring = keyring_from(settings)
+    metrics, tracing, close_telemetry = telemetry(settings, "worker")
 
     async def main() -> None:
-        await run_worker(settings, keyring, stop_event())
+        await run_worker(settings, keyring, stop_event(), metrics, tracing)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        close_telemetry()
 
 
 def new_master_key_line(key_id: str) -> str:

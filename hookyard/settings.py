@@ -26,6 +26,16 @@ class Settings:
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     task_queue: str = "hookyard-automations"
+    # Temporal connection security (docs/temporal.md). tls None: on when an API key is set.
+    temporal_api_key: str = field(default="", repr=False)
+    temporal_tls: bool | None = None
+    temporal_tls_ca_file: str = ""
+    temporal_tls_cert_file: str = ""
+    temporal_tls_key_file: str = ""
+    temporal_tls_server_name: str = ""
+    # The codec server (decrypts payloads for operators); off while no token is set.
+    codec_auth_token: str = field(default="", repr=False)
+    codec_cors_origins: tuple[str, ...] = ()
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -36,6 +46,29 @@ class Settings:
     secret_rotation_grace_s: int = 24 * 3600
 
     master_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+
+    # OAuth2 (docs: README "Connecting accounts"). The redirect URI must match the one
+    # registered with Google exactly; empty means `<public url>/oauth/callback`.
+    google_client_id: str = ""
+    google_client_secret: str = field(default="", repr=False)
+    oauth_redirect_uri: str = ""
+    google_authorize_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
+    google_revoke_url: str = "https://oauth2.googleapis.com/revoke"
+    connect_link_ttl_s: int = 72 * 3600
+    oauth_state_ttl_s: int = 600
+
+    # Gmail push (README "Gmail"). Pub/Sub pushes carry a Google-signed OIDC token for this
+    # audience (empty: the push URL) from this service account; verification is turned off
+    # only for the local Pub/Sub emulator, which sends no token.
+    pubsub_audience: str = ""
+    pubsub_service_account: str = ""
+    pubsub_verify: bool = True
+    gmail_topic: str = ""
+    gmail_api_base: str = "https://gmail.googleapis.com/"
+    gmail_sweep_interval_s: float = 900.0
+    gmail_watch_renew_s: float = 24 * 3600.0
+    gmail_full_sync_max: int = 100
 
     db_pool_min: int = 2
     db_pool_max: int = 10
@@ -49,6 +82,13 @@ class Settings:
     worker_graceful_shutdown_s: float = 30.0
     log_level: str = "INFO"
     log_json: bool = False
+    # Observability: Prometheus listeners of dispatch/worker (0 = off) and OTLP traces (empty = off).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    temporal_metrics_port: int = 0
+    otel_endpoint: str = ""
+    # Per-provider request rates over the defaults in actions/ratelimit.py: (provider, per second).
+    rate_limits: tuple[tuple[str, float], ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -60,6 +100,20 @@ class Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+def _flag(value: str) -> bool:
+    """A strict boolean: a typo must not silently turn a security setting off."""
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(value)
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
 _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     # environment variable -> (field, cast)
     "DATABASE_URL": ("database_url", str),
@@ -67,6 +121,30 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "TEMPORAL_ADDRESS": ("temporal_address", str),
     "HOOKYARD_TEMPORAL_NAMESPACE": ("temporal_namespace", str),
     "HOOKYARD_TASK_QUEUE": ("task_queue", str),
+    "HOOKYARD_TEMPORAL_API_KEY": ("temporal_api_key", str),
+    "HOOKYARD_TEMPORAL_TLS": ("temporal_tls", _flag),
+    "HOOKYARD_TEMPORAL_TLS_CA_FILE": ("temporal_tls_ca_file", str),
+    "HOOKYARD_TEMPORAL_TLS_CERT_FILE": ("temporal_tls_cert_file", str),
+    "HOOKYARD_TEMPORAL_TLS_KEY_FILE": ("temporal_tls_key_file", str),
+    "HOOKYARD_TEMPORAL_TLS_SERVER_NAME": ("temporal_tls_server_name", str),
+    "HOOKYARD_CODEC_AUTH_TOKEN": ("codec_auth_token", str),
+    "HOOKYARD_CODEC_CORS_ORIGINS": ("codec_cors_origins", _csv),
+    "HOOKYARD_GOOGLE_CLIENT_ID": ("google_client_id", str),
+    "HOOKYARD_GOOGLE_CLIENT_SECRET": ("google_client_secret", str),
+    "HOOKYARD_OAUTH_REDIRECT_URI": ("oauth_redirect_uri", str),
+    "HOOKYARD_GOOGLE_AUTHORIZE_URL": ("google_authorize_url", str),
+    "HOOKYARD_GOOGLE_TOKEN_URL": ("google_token_url", str),
+    "HOOKYARD_GOOGLE_REVOKE_URL": ("google_revoke_url", str),
+    "HOOKYARD_CONNECT_LINK_TTL_S": ("connect_link_ttl_s", int),
+    "HOOKYARD_OAUTH_STATE_TTL_S": ("oauth_state_ttl_s", int),
+    "HOOKYARD_PUBSUB_AUDIENCE": ("pubsub_audience", str),
+    "HOOKYARD_PUBSUB_SERVICE_ACCOUNT": ("pubsub_service_account", str),
+    "HOOKYARD_PUBSUB_VERIFY": ("pubsub_verify", _flag),
+    "HOOKYARD_GMAIL_TOPIC": ("gmail_topic", str),
+    "HOOKYARD_GMAIL_API_BASE": ("gmail_api_base", str),
+    "HOOKYARD_GMAIL_SWEEP_INTERVAL_S": ("gmail_sweep_interval_s", float),
+    "HOOKYARD_GMAIL_WATCH_RENEW_S": ("gmail_watch_renew_s", float),
+    "HOOKYARD_GMAIL_FULL_SYNC_MAX": ("gmail_full_sync_max", int),
     "HOOKYARD_HOST": ("host", str),
     "HOOKYARD_PORT": ("port", int),
     "HOOKYARD_PUBLIC_URL": ("public_url", str),
@@ -85,6 +163,11 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_WORKER_GRACEFUL_SHUTDOWN_S": ("worker_graceful_shutdown_s", float),
     "HOOKYARD_LOG_LEVEL": ("log_level", str),
     "HOOKYARD_LOG_JSON": ("log_json", lambda v: v.lower() in {"1", "true", "yes", "on"}),
+    "HOOKYARD_METRICS_HOST": ("metrics_host", str),
+    "HOOKYARD_METRICS_PORT": ("metrics_port", int),
+    "HOOKYARD_TEMPORAL_METRICS_PORT": ("temporal_metrics_port", int),
+    "HOOKYARD_OTEL_ENDPOINT": ("otel_endpoint", str),
+    "HOOKYARD_RATE_LIMITS": ("rate_limits", lambda v: parse_rate_limits(v)),
 }
 
 
@@ -103,6 +186,23 @@ def parse_master_keys(value: str) -> tuple[tuple[str, bytes], ...]:
             raise SettingsError(f"HOOKYARD_MASTER_KEYS: key {kid!r} must be 32 bytes (AES-256)")
         keys.append((kid, key))
     return tuple(keys)
+
+
+def parse_rate_limits(value: str) -> tuple[tuple[str, float], ...]:
+    """Parse `provider=N/s[,provider=N/m...]` into (provider, requests per second); 0 is unlimited."""
+    rates: list[tuple[str, float]] = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        provider, sep, rate = (s.strip() for s in item.partition("="))
+        amount, _, unit = rate.partition("/")
+        per = {"s": 1.0, "": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}.get(unit.strip())
+        try:
+            count = float(amount)
+        except ValueError:
+            count = -1.0
+        if not sep or not provider or per is None or not count >= 0:
+            raise SettingsError(f"HOOKYARD_RATE_LIMITS: {item!r} is not 'provider=N/s' (or N/m, N/h)")
+        rates.append((provider, count / per))
+    return tuple(rates)
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -5,29 +5,41 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 import redis.asyncio as redis
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from hookyard.metrics import Metrics
 from hookyard.settings import Settings
-from ingest import api, health, hooks
+from hookyard.tracing import NOOP, Tracing
+from ingest import api, codec_server, connect, health, hooks, metrics_route, ticks
 from ingest.endpoint_cache import EndpointCache
 from ingest.errors import EXCEPTION_HANDLERS
 from ingest.inbox import InboxWriter
+from ingest.oidc import OidcVerifier
 from ingest.state import AppState
 from oauth.crypto import Keyring
+from oauth.google import google_from_settings
 from schemas import db
 
 ROUTES = [
     Route("/hooks/{endpoint_id}", hooks.receive_webhook, methods=["POST"]),
+    Route("/ingest/ticks/{trigger_id}", ticks.receive_tick, methods=["POST"]),
+    Route("/oauth/connect/{token}", connect.start_connect, methods=["GET"]),
+    Route("/oauth/callback", connect.oauth_callback, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/metrics", metrics_route.metrics, methods=["GET"]),
     *api.ROUTES,
 ]
 
 
-def create_app(settings: Settings, keyring: Keyring) -> Starlette:
-    """Build the app; connections open in the lifespan, not here."""
+def create_app(
+    settings: Settings, keyring: Keyring, metrics: Metrics | None = None, tracing: Tracing = NOOP
+) -> Starlette:
+    """Build the app; connections open in the lifespan, not here. Without `metrics`, a private registry."""
+    metrics = Metrics() if metrics is None else metrics
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
@@ -36,13 +48,19 @@ def create_app(settings: Settings, keyring: Keyring) -> Starlette:
         endpoints = EndpointCache(pool, keyring, settings.database_url)
         endpoints.start()
         redis_client = redis.from_url(settings.redis_url)
+        http = httpx.AsyncClient(timeout=15.0, follow_redirects=False)
+        state = AppState(settings, pool, keyring, inbox, endpoints, redis_client, http, google_from_settings(settings))
+        state.metrics, state.tracing = metrics, tracing
+        state.oidc = OidcVerifier(http)
         try:
-            yield {"app": AppState(settings, pool, keyring, inbox, endpoints, redis_client)}
+            yield {"app": state}
         finally:
+            await http.aclose()
             # In-flight requests are done by now (uvicorn drains them first); flush the inbox last.
             await inbox.close()
             await endpoints.close()
             await redis_client.aclose()
             await pool.close()
 
-    return Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    routes = [*ROUTES, *codec_server.routes(settings)]  # codec routes exist only with a token
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from ingest.errors import NotFound, PayloadTooLarge, Unauthorized
 from ingest.signatures import SignatureError, get_scheme
-from ingest.state import app_state
+from ingest.state import AppState, app_state
 from schemas.store.events import NewEvent
 
 # Not worth keeping, or not safe to keep, once the request is verified.
@@ -74,8 +74,22 @@ def kept_headers(headers: dict[str, str]) -> dict[str, str]:
 
 
 async def receive_webhook(request: Request) -> Response:
-    """Accept one signed webhook delivery."""
+    """Accept one signed webhook delivery, traced, and counted as rejected if refused."""
     state = app_state(request)
+    with state.tracing.server_span("POST /hooks/{endpoint_id}", request.headers) as span:
+        try:
+            response = await _receive_webhook(request)
+        except Exception as exc:
+            state.metrics.webhook.rejected.inc()
+            span.set_status_code(getattr(exc, "status", 500))
+            raise
+        span.set_status_code(response.status_code)
+        return response
+
+
+async def _receive_webhook(request: Request) -> Response:
+    state = app_state(request)
+    started = time.perf_counter()
     try:
         endpoint_id = UUID(request.path_params["endpoint_id"])
     except ValueError:
@@ -89,6 +103,7 @@ async def receive_webhook(request: Request) -> Response:
     try:
         verified = scheme.verify(body, headers, auth.secrets, time.time(), state.settings.signature_tolerance_s)
     except SignatureError as exc:
+        state.metrics.webhook.verification_failed(exc.reason)
         raise Unauthorized(str(exc), code=f"signature_{exc.reason}") from None
     delivery_id = storable_id(scheme.delivery_id(body, headers))
     dedup_key = f"id:{delivery_id}" if delivery_id else f"sha256:{hashlib.sha256(body).hexdigest()}"
@@ -108,13 +123,23 @@ async def receive_webhook(request: Request) -> Response:
                 "secret": "current" if verified.secret_index == 0 else "previous",
                 "signed_at": verified.timestamp,
                 "delivery_id": delivery_id,
+                **_trace_context(state),
             },
         )
     )
+    meter = state.metrics.webhook
+    (meter.duplicate if stored.duplicate else meter.accepted).inc()
+    meter.latency.observe(time.perf_counter() - started)
     return JSONResponse(
         {"event_id": str(stored.event_id), "duplicate": stored.duplicate},
         status_code=200 if stored.duplicate else 202,
     )
+
+
+def _trace_context(state: AppState) -> dict[str, str]:
+    """The request span's context, stored so the dispatcher continues this trace."""
+    traceparent = state.tracing.traceparent()
+    return {"traceparent": traceparent} if traceparent else {}
 
 
 def _slack_challenge(body: bytes) -> str | None:

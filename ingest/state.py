@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
+import httpx
 import redis.asyncio as redis
 from starlette.requests import Request
 
+from hookyard.metrics import Metrics
 from hookyard.settings import Settings
+from hookyard.tracing import NOOP, Tracing
 from ingest.endpoint_cache import EndpointCache
 from ingest.inbox import InboxWriter
+from ingest.oidc import OidcVerifier
+from ingest.oidc import OidcVerifier
 from oauth.crypto import Keyring
+from oauth.google import GoogleOAuth
 
 
 @dataclass
@@ -24,6 +30,16 @@ class AppState:
     inbox: InboxWriter
     endpoints: EndpointCache
     redis: redis.Redis
+    # Outbound calls made while answering (OAuth token exchange, revocation).
+    http: httpx.AsyncClient | None = None
+    google: GoogleOAuth | None = None
+    # Checks the Google-signed tokens on Pub/Sub pushes (and other Google-initiated calls).
+    oidc: OidcVerifier | None = None
+    # Observability; defaults record into a private registry and trace nothing.
+    metrics: Metrics = field(default_factory=Metrics)
+    tracing: Tracing = NOOP
+    # Checks Google-signed OIDC tokens (ticks from Cloud Scheduler); shares one key cache.
+    oidc: OidcVerifier | None = None
 
 
 def app_state(request: Request) -> AppState:

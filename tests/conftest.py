@@ -23,6 +23,7 @@ from hookyard.settings import Settings, load_settings
 from oauth.crypto import Keyring, generate_key
 from schemas import db
 from schemas.store.owners import create_owner
+from tests import fake_google
 
 
 @dataclass
@@ -54,6 +55,9 @@ def stack() -> Iterator[Stack]:
 
 
 MASTER_KEY = generate_key()
+# The fake Google OAuth server (tests/fake_google.py) listens here once `fake_google` is used.
+FAKE_GOOGLE_PORT = services.free_port()
+FAKE_GOOGLE = f"http://127.0.0.1:{FAKE_GOOGLE_PORT}"
 
 
 def make_settings(stack: Stack, **overrides: object) -> Settings:
@@ -68,6 +72,11 @@ def make_settings(stack: Stack, **overrides: object) -> Settings:
         "activity_heartbeat_timeout_s": 4.0,
         "automation_idle_timeout_s": 60.0,
         "secret_rotation_grace_s": 3600,
+        "google_client_id": fake_google.CLIENT_ID,
+        "google_client_secret": fake_google.CLIENT_SECRET,
+        "google_authorize_url": f"{FAKE_GOOGLE}/auth",
+        "google_token_url": f"{FAKE_GOOGLE}/token",
+        "google_revoke_url": f"{FAKE_GOOGLE}/revoke",
     }
     values.update(overrides)
     return load_settings({}, **values)
@@ -114,6 +123,20 @@ async def base_url(settings: Settings, keyring: Keyring) -> AsyncIterator[str]:
 
     async with serve(create_app(settings, keyring), settings.port) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+async def _fake_google_server() -> AsyncIterator[fake_google.FakeGoogle]:
+    fake = fake_google.FakeGoogle()
+    async with serve(fake.app(), FAKE_GOOGLE_PORT):
+        yield fake
+
+
+@pytest.fixture
+def fake_google_server(_fake_google_server: fake_google.FakeGoogle) -> fake_google.FakeGoogle:
+    """Google's OAuth endpoints, stood in locally; reset for each test."""
+    _fake_google_server.reset()
+    return _fake_google_server
 
 
 @pytest.fixture

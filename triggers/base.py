@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
 
 from triggers.filters import FilterOutcome
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from hookyard.settings import Settings
+
+WORKFLOW_ROUTE = "@workflow"
+"""A routing key meaning "the workflow's own id": for triggers whose events name the workflow
+they are for (schedule ticks). The database substitutes the id when the row is written."""
 
 
 class TriggerConfigError(ValueError):
@@ -36,6 +45,40 @@ class InboxEvent:
 ConfigCheck = Callable[[asyncpg.Connection, UUID, Mapping[str, Any]], Awaitable[None]]
 
 
+class TriggerSyncError(RuntimeError):
+    """A sync hook could not converge; the message is shown to the owner, so no secrets in it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerSyncContext:
+    """What a sync hook may use to converge outside state."""
+
+    temporal: Client
+    settings: Settings
+    pool: asyncpg.Pool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSyncState:
+    """The workflow as a sync hook must make the outside world reflect it.
+
+    `deleted` means the workflow is gone or no longer uses this trigger type: remove whatever
+    the hook set up. `previous_config` is the config last synced for this trigger type (None
+    if nothing was), so a hook can undo what an earlier definition set up.
+    """
+
+    id: UUID
+    owner_id: UUID
+    trigger_type: str
+    trigger_config: Mapping[str, Any]
+    active: bool
+    deleted: bool
+    previous_config: Mapping[str, Any] | None = None
+
+
+SyncHook = Callable[[TriggerSyncContext, WorkflowSyncState], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True)
 class TriggerType:
     """A kind of trigger. Register an instance in `triggers.registry.TRIGGERS`.
@@ -52,3 +95,7 @@ class TriggerType:
     trigger_data: Callable[[InboxEvent], dict[str, Any]]
     match: Callable[[Mapping[str, Any], Mapping[str, Any]], FilterOutcome]
     check_config: ConfigCheck | None = None
+    # Keeps outside state (a Temporal Schedule, a mailbox watch) in step with the workflow row.
+    # Called by the dispatcher's sync loop after every change of trigger, config, active or
+    # deletion, and retried until it succeeds; it must be idempotent.
+    sync: SyncHook | None = None

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from triggers import webhook
+from triggers import schedule, tick, webhook
 from triggers.base import TriggerType
 
-TRIGGERS: Mapping[str, TriggerType] = {t.name: t for t in (webhook.TRIGGER,)}
+TRIGGERS: Mapping[str, TriggerType] = {
+    t.name: t
+    for t in (
+        webhook.TRIGGER,
+        schedule.TRIGGER,
+        tick.TRIGGER,
+    )
+}
 
 
 class UnknownTrigger(LookupError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
@@ -17,14 +18,19 @@ import asyncpg
 import httpx
 from temporalio import activity
 
-from actions.base import ActionContext
+from actions.base import ActionContext, RateLimiter
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.registry import UnknownAction, get_action
+from hookyard.logs import log_context
+from hookyard.metrics import Metrics
+from hookyard.tracing import NOOP, Tracing
 from oauth.crypto import Keyring
+from oauth.vault import Vault
 from schemas.sanitize import strip_nul
 from schemas.store import executions as store
 from schemas.store.signing import load_signing_secret
 from worker.contracts import RUN_BATCH_ACTIVITY, BatchInput, Outcome
+from worker.credentials import OwnerCredentials
 from worker.retry import next_delay
 
 log = logging.getLogger(__name__)
@@ -33,10 +39,23 @@ log = logging.getLogger(__name__)
 class AutomationActivities:
     """Holds the clients the activity uses; one instance per worker process."""
 
-    def __init__(self, pool: asyncpg.Pool, http: httpx.AsyncClient, keyring: Keyring) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        http: httpx.AsyncClient,
+        keyring: Keyring,
+        vault: Vault | None = None,
+        limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
+        tracing: Tracing = NOOP,
+    ) -> None:
         self._pool = pool
+        self.metrics = Metrics() if metrics is None else metrics
+        self._tracing = tracing
         self._http = http
         self._keyring = keyring
+        self._vault = vault or Vault(pool, keyring, http)
+        self._limiter = limiter
 
     @activity.defn(name=RUN_BATCH_ACTIVITY)
     async def run_batch(self, batch: BatchInput) -> list[Outcome]:
@@ -59,11 +78,17 @@ class AutomationActivities:
         return [outcomes.get(UUID(i), Outcome(i, "skipped")) for i in batch.execution_ids]
 
     async def _attempt_and_record(self, row: asyncpg.Record) -> dict[str, Any]:
-        record = await self._attempt(row)
-        record["result"] = strip_nul(record["result"])
-        record["error"] = strip_nul(record["error"])
-        async with self._pool.acquire() as conn:
-            await store.record_outcomes(conn, [record])
+        ids = {"execution_id": row["id"], "workflow_id": row["workflow_id"], "event_id": row["event_id"]}
+        attributes = {"hookyard.action": row["action_type"], "hookyard.execution_id": str(row["id"])}
+        with log_context(**ids), self._tracing.span("hookyard.action", attributes):
+            started = time.perf_counter()
+            record = await self._attempt(row)
+            duration = time.perf_counter() - started
+            record["result"] = strip_nul(record["result"])
+            record["error"] = strip_nul(record["error"])
+            async with self._pool.acquire() as conn:
+                await store.record_outcomes(conn, [record])
+        self.metrics.record_attempt(row["action_type"], record["status"], duration)
         return record
 
     async def _attempt(self, row: asyncpg.Record) -> dict[str, Any]:
@@ -80,6 +105,10 @@ class AutomationActivities:
                 attempt=row["attempts"],
                 template_context=_template_context(row),
                 signing_secret=secret,
+                owner_id=str(row["owner_id"]),
+                credential_id=None if row["credential_id"] is None else str(row["credential_id"]),
+                credentials=OwnerCredentials(self._vault, row["owner_id"]),
+                limiter=self._limiter,
             )
             result = await action.run(ctx, row["action_config"])
         except (PermanentActionError, UnknownAction) as exc:

@@ -25,11 +25,14 @@ from uuid import UUID
 import asyncpg
 from temporalio.client import Client
 
+from hookyard.metrics import Metrics
 from hookyard.settings import Settings
+from hookyard.tracing import NOOP, Tracing
 from schemas import db
 from schemas.sanitize import strip_nul
 from schemas.store import events as event_store
 from schemas.store import executions as execution_store
+from schemas.store import telemetry
 from schemas.store.workflows import lock_active
 from triggers.base import InboxEvent
 from triggers.resolver import RoutingCache
@@ -38,14 +41,27 @@ from worker.temporal import connect
 
 log = logging.getLogger(__name__)
 
+INBOX_GAUGE_INTERVAL_S = 5.0  # how often the backlog gauges are refreshed; one indexed query each time
+
 
 class Dispatcher:
     """Moves events from the inbox to Temporal."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, client: Client | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        client: Client | None = None,
+        metrics: Metrics | None = None,
+        tracing: Tracing = NOOP,
+    ) -> None:
         self._pool = pool
         self._settings = settings
-        self._client = client
+        self._tracing = tracing
+        self._client = tracing.instrument_client(client) if client is not None else None
+        # Without metrics the counters go to a private registry and the inbox is never measured.
+        self._metrics = Metrics() if metrics is None else metrics
+        self._inbox_gauges_at = 0.0 if metrics is not None else float("inf")
         self._routes = RoutingCache()
         self._wake = asyncio.Event()
         self._handover_delay = 0.0
@@ -70,6 +86,7 @@ class Dispatcher:
         """One pass of both steps; True if a step hit its batch limit (more work waits)."""
         limit = self._settings.dispatch_batch_size
         resolved = handed = 0
+        await self._observe_inbox()
         try:
             resolved = await self.resolve_once()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -83,10 +100,23 @@ class Dispatcher:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("hand-over failed: %s", type(exc).__name__)
             except TemporalUnavailable as exc:
+                self._metrics.handover_failures.inc()
                 self._handover_delay = min(max(self._handover_delay * 2, 0.5), 5.0)
                 self._handover_retry_at = loop.time() + self._handover_delay
                 log.warning("temporal unavailable, executions wait %.1fs: %s", self._handover_delay, exc)
         return resolved >= limit or handed >= limit
+
+    async def _observe_inbox(self) -> None:
+        """Refresh the backlog and lag gauges, at most every INBOX_GAUGE_INTERVAL_S."""
+        now = asyncio.get_running_loop().time()
+        if now < self._inbox_gauges_at:
+            return
+        self._inbox_gauges_at = now + INBOX_GAUGE_INTERVAL_S
+        try:
+            async with self._pool.acquire() as conn:
+                self._metrics.set_inbox(*await telemetry.inbox_depth(conn))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("inbox gauges not refreshed: %s", type(exc).__name__)
 
     async def _sleep(self, stop: asyncio.Event) -> None:
         timeout = self._settings.dispatch_poll_interval_s
@@ -119,7 +149,9 @@ class Dispatcher:
                 statuses.append("dispatched" if any(c["execution_id"] for c in candidates) else "unmatched")
                 resolutions.append([{k: v for k, v in c.items() if k != "trigger_data"} for c in candidates])
             await event_store.mark_resolved(conn, [e.id for e in events], statuses, resolutions)
-            return len(rows)
+        for status in statuses:
+            self._metrics.dispatched_events.labels(status).inc()
+        return len(rows)
 
     async def _plan(self, conn: asyncpg.Connection, event: InboxEvent) -> list[dict[str, Any]]:
         candidates = await self._routes.candidates(conn, event)
@@ -173,22 +205,39 @@ class Dispatcher:
             groups: dict[UUID, list[asyncpg.Record]] = defaultdict(list)
             for row in rows:
                 groups[row["workflow_id"]].append(row)
+            traces = (
+                await telemetry.traceparents_for_executions(conn, [r["id"] for r in rows])
+                if self._tracing.enabled
+                else {}
+            )
             results = await asyncio.gather(
-                *(self._signal(client, wf, group) for wf, group in groups.items()), return_exceptions=True
+                *(self._signal(client, wf, group, traces) for wf, group in groups.items()), return_exceptions=True
             )
             done = [
                 r["id"] for (wf, group), res in zip(groups.items(), results, strict=True) if res is None for r in group
             ]
             if done:
                 await execution_store.mark_signalled(conn, done)
+                self._metrics.handover_executions.inc(len(done))
             failures = [res for res in results if isinstance(res, BaseException)]
         if failures:
             raise TemporalUnavailable(f"{len(failures)} of {len(groups)} signals failed: {failures[0]!r}")
         return len(rows)
 
-    async def _signal(self, client: Client, workflow_id: UUID, rows: list[asyncpg.Record]) -> None:
+    async def _signal(
+        self, client: Client, workflow_id: UUID, rows: list[asyncpg.Record], traces: dict[UUID, str]
+    ) -> None:
         limit = rows[0]["concurrency_limit"]
         ids = [str(r["id"]) for r in rows]
+        # Continues the first event's trace (links the rest); Temporal's interceptor carries it on.
+        with self._tracing.continued_span(
+            "hookyard.handover",
+            [traces.get(r["id"]) for r in rows],
+            {"hookyard.workflow_id": str(workflow_id), "hookyard.executions": len(ids)},
+        ):
+            await self._start_or_signal(client, workflow_id, ids, limit)
+
+    async def _start_or_signal(self, client: Client, workflow_id: UUID, ids: list[str], limit: int) -> None:
         await client.start_workflow(
             WORKFLOW_NAME,
             AutomationState(
@@ -208,7 +257,7 @@ class Dispatcher:
     async def _ensure_client(self) -> Client:
         if self._client is None:
             try:
-                self._client = await asyncio.wait_for(connect(self._settings), 5)
+                self._client = self._tracing.instrument_client(await asyncio.wait_for(connect(self._settings), 5))
             except Exception as exc:
                 raise TemporalUnavailable(f"cannot connect to {self._settings.temporal_address}") from exc
         return self._client

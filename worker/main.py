@@ -10,41 +10,58 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from hookyard.metrics import Metrics
 from hookyard.settings import Settings
+from hookyard.tracing import NOOP, Tracing
 from oauth.crypto import Keyring
+from oauth.google import google_from_settings
+from oauth.vault import Vault
 from schemas import db
 from worker.activities import AutomationActivities
 from worker.automation import AutomationWorkflow
 from worker.temporal import connect_with_retry
+from worker.ticks import TickActivities, TickWorkflow
 
 log = logging.getLogger(__name__)
 
 
-def build_worker(client: Client, settings: Settings, activities: AutomationActivities) -> Worker:
-    """The Temporal worker for hookyard's task queue."""
+def build_worker(
+    client: Client, settings: Settings, activities: AutomationActivities, ticks: TickActivities | None = None
+) -> Worker:
+    """The Temporal worker for hookyard's task queue (with `ticks`, also schedule ticks)."""
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[AutomationWorkflow],
-        activities=[activities.run_batch],
+        workflows=[AutomationWorkflow, *([TickWorkflow] if ticks else [])],
+        activities=[activities.run_batch, *([ticks.record_tick] if ticks else [])],
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         # Running activities get this long to finish on shutdown before being cancelled.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
     )
 
 
-async def run_worker(settings: Settings, keyring: Keyring, stop: asyncio.Event) -> None:
+async def run_worker(
+    settings: Settings,
+    keyring: Keyring,
+    stop: asyncio.Event,
+    metrics: Metrics | None = None,
+    tracing: Tracing = NOOP,
+) -> None:
     """Run until `stop` is set, then shut down gracefully; reconnect if Temporal goes away."""
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     try:
         async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
-            activities = AutomationActivities(pool, http, keyring)
+            vault = Vault(pool, keyring, http, google_from_settings(settings))
+            activities = AutomationActivities(pool, http, keyring, vault, metrics=metrics, tracing=tracing)
+            ticks = TickActivities(pool)
             while not stop.is_set():
                 client = await connect_with_retry(settings, stop)
                 if client is None:
                     break
-                await _run_until_stopped(build_worker(client, settings, activities), stop)
+                # Traced workflows and activities come with the client's interceptor.
+                client = tracing.instrument_client(client)
+                await _run_until_stopped(build_worker(client, settings, activities, ticks), stop)
     finally:
         await pool.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from ingest.api import catalog, endpoints, events, executions, openapi, workflows
+from ingest.api import catalog, credentials, endpoints, events, executions, openapi, runs, workflows
 
 ROUTES: list[BaseRoute] = [
     Route("/api/catalog", catalog.get_catalog, methods=["GET"]),
@@ -22,8 +22,14 @@ ROUTES: list[BaseRoute] = [
     Route("/api/workflows/{id}/activate", workflows.activate_workflow, methods=["POST"]),
     Route("/api/workflows/{id}/deactivate", workflows.deactivate_workflow, methods=["POST"]),
     Route("/api/workflows/{id}/executions", executions.list_for_workflow, methods=["GET"]),
+    Route("/api/workflows/{id}/run", runs.run_workflow, methods=["POST"]),
     Route("/api/executions/{id}", executions.get_execution, methods=["GET"]),
     Route("/api/executions/{id}/replay", executions.replay_execution, methods=["POST"]),
+    Route("/api/credentials", credentials.list_credentials, methods=["GET"]),
+    Route("/api/credentials", credentials.create_credential, methods=["POST"]),
+    Route("/api/credentials/{id}", credentials.get_credential, methods=["GET"]),
+    Route("/api/credentials/{id}", credentials.delete_credential, methods=["DELETE"]),
+    Route("/api/connect-links", credentials.create_connect_link, methods=["POST"]),
     Route("/api/events", events.list_events, methods=["GET"]),
     Route("/api/events/{id}", events.get_event, methods=["GET"]),
 ]

@@ -34,9 +34,17 @@ def workflow_json(row: Any) -> dict[str, Any]:
         "concurrency_limit": row["concurrency_limit"],
         "retry_policy": row["retry_policy"],
         "signing": row["signing"],
+        "trigger_sync": trigger_sync_json(row),
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }
+
+
+def trigger_sync_json(row: Any) -> dict[str, Any]:
+    """Whether outside state the trigger keeps (e.g. a Temporal Schedule) reflects the row yet."""
+    error = row["sync_error"]
+    state = "error" if error is not None else "pending" if row["sync_pending"] else "synced"
+    return {"state": state, "error": error}
 
 
 def _new_signing_secret(keyring: Keyring, owner_id: UUID, workflow_id: UUID) -> tuple[str, str]:

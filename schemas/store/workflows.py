@@ -24,7 +24,7 @@ class WorkflowSpec:
 _COLUMNS = (
     "id, seq, owner_id, name, trigger_type, trigger_config, routing_key, action_type, action_config, "
     "credential_id, active, concurrency_limit, retry_policy, created_at, updated_at, "
-    "(signing_secret IS NOT NULL) AS signing"
+    "(signing_secret IS NOT NULL) AS signing, (sync_version > synced_version) AS sync_pending, sync_error"
 )
 
 
