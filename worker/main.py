@@ -7,9 +7,11 @@ import logging
 from datetime import timedelta
 
 import httpx
+import redis.asyncio as redis
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from actions.ratelimit import RedisRateLimiter, rates_with_overrides
 from hookyard.metrics import Metrics
 from hookyard.settings import Settings
 from hookyard.tracing import NOOP, Tracing
@@ -50,10 +52,16 @@ async def run_worker(
     """Run until `stop` is set, then shut down gracefully; reconnect if Temporal goes away."""
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    # Provider rate limits shared with every other worker; short timeouts, as a Redis outage
+    # only turns limiting off (actions/ratelimit.py).
+    redis_client = redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    limiter = RedisRateLimiter(redis_client, rates_with_overrides(settings.rate_limits))
     try:
         async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
             vault = Vault(pool, keyring, http, google_from_settings(settings))
-            activities = AutomationActivities(pool, http, keyring, vault, metrics=metrics, tracing=tracing)
+            activities = AutomationActivities(
+                pool, http, keyring, vault, limiter=limiter, metrics=metrics, tracing=tracing
+            )
             ticks = TickActivities(pool)
             while not stop.is_set():
                 client = await connect_with_retry(settings, stop)
@@ -64,6 +72,7 @@ async def run_worker(
                 await _run_until_stopped(build_worker(client, settings, activities, ticks), stop)
     finally:
         await pool.close()
+        await redis_client.aclose()
 
 
 async def _run_until_stopped(worker: Worker, stop: asyncio.Event) -> None:

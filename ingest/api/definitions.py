@@ -17,9 +17,11 @@ from uuid import UUID
 import asyncpg
 from jsonschema import Draft202012Validator
 
+from actions.base import ActionConfigError
 from actions.registry import ACTIONS
 from ingest.api.validation import check, compile_schema
 from ingest.errors import Invalid
+from schemas.store.credentials import credential_provider
 from triggers.base import TriggerConfigError
 from triggers.registry import TRIGGERS
 
@@ -144,14 +146,23 @@ async def _checked_trigger(conn: asyncpg.Connection, owner_id: UUID, part: Mappi
     }
 
 
-def _checked_action(part: Mapping[str, Any]) -> dict[str, Any]:
+async def _checked_action(conn: asyncpg.Connection, owner_id: UUID, part: Mapping[str, Any]) -> dict[str, Any]:
     config = _checked_config("action", part)
-    credential = part.get("credential_id")
-    return {
-        "action_type": part["type"],
-        "action_config": config,
-        "credential_id": UUID(credential) if credential else None,
-    }
+    action = ACTIONS[part["type"]]
+    credential = UUID(part["credential_id"]) if part.get("credential_id") else None
+    if credential is not None:
+        provider = await credential_provider(conn, owner_id, credential)
+        if provider is None:
+            raise Invalid("no such credential", field="action.credential_id")
+        if action.credential_providers and provider not in action.credential_providers:
+            wanted = " or ".join(action.credential_providers)
+            raise Invalid(f"credential is for {provider}; this action needs {wanted}", field="action.credential_id")
+    if action.check_config is not None:
+        try:
+            await action.check_config(conn, owner_id, config, credential)
+        except ActionConfigError as exc:
+            raise Invalid(str(exc), field=exc.field) from None
+    return {"action_type": part["type"], "action_config": config, "credential_id": credential}
 
 
 def _scalars(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -184,7 +195,7 @@ async def definition_for_create(conn: asyncpg.Connection, owner_id: UUID, body: 
     values = {**defaults(WORKFLOW_SCHEMA), "retry_policy": retry_policy(None)}
     values |= _scalars(body)
     values |= await _checked_trigger(conn, owner_id, body["trigger"])
-    values |= _checked_action(body["action"])
+    values |= await _checked_action(conn, owner_id, body["action"])
     return Definition(**values)
 
 
@@ -200,5 +211,5 @@ async def definition_for_patch(
     if "trigger" in body:
         values |= await _checked_trigger(conn, owner_id, body["trigger"])
     if "action" in body:
-        values |= _checked_action(body["action"])
+        values |= await _checked_action(conn, owner_id, body["action"])
     return dataclasses.replace(current, **values)

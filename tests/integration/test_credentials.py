@@ -5,6 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 import asyncpg
+import httpx
 import pytest
 
 from hookyard import keys
@@ -106,3 +107,44 @@ async def test_rotation_rewraps_every_secret_and_the_old_key_can_be_retired(owne
     assert sum(again.values()) == 0, "a second run finds nothing left to do"
     assert all(set(counts) <= {"rotated"} for counts in status.values())
     assert found is not None and found[1] == {"api_key": "re_live_SECRET_123"}
+
+
+async def _novu_workflow(owner: Owner, credential_id: str) -> httpx.Response:
+    endpoint = (await owner.client.post("/api/endpoints", json={"name": "in"})).json()
+    return await owner.client.post(
+        "/api/workflows",
+        json={
+            "name": "notify",
+            "trigger": {"type": "webhook.received", "config": {"endpoint_id": endpoint["id"]}},
+            "action": {
+                "type": "novu.trigger",
+                "config": {"workflow_id": "welcome", "to": "{{ trigger.body.user }}"},
+                "credential_id": credential_id,
+            },
+        },
+    )
+
+
+async def test_a_workflow_may_use_its_owners_credential_for_the_right_provider(owner: Owner) -> None:
+    novu = (await owner.client.post("/api/credentials", json={"provider": "novu", "secret": {"api_key": "k"}})).json()
+    assert (await _novu_workflow(owner, novu["id"])).status_code == 201
+
+
+async def test_a_workflow_cannot_use_another_owners_credential(owner: Owner, other_owner: Owner) -> None:
+    theirs = (
+        await other_owner.client.post("/api/credentials", json={"provider": "novu", "secret": {"api_key": "k"}})
+    ).json()
+    response = await _novu_workflow(owner, theirs["id"])
+    assert response.status_code == 422
+    assert response.json()["error"] == {
+        "code": "invalid",
+        "message": "no such credential",
+        "field": "action.credential_id",
+    }
+
+
+async def test_a_workflow_cannot_use_a_credential_of_another_provider(owner: Owner) -> None:
+    resend = (await owner.client.post("/api/credentials", json=RESEND)).json()
+    response = await _novu_workflow(owner, resend["id"])
+    assert response.status_code == 422
+    assert "credential is for resend; this action needs novu" in response.json()["error"]["message"]
