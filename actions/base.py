@@ -46,6 +46,8 @@ class ActionContext:
     credentials: CredentialSource | None = None
     # Shared per-provider rate limiting; None means unlimited.
     limiter: RateLimiter | None = None
+    # Counts a failover between providers (the worker's metrics); a no-op by default.
+    record_failover: Callable[[str, str], None] = lambda from_provider, to_provider: None
 
 
 class RateLimiter(Protocol):

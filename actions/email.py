@@ -38,7 +38,6 @@ from actions.errors import PermanentActionError, RetryableActionError
 from actions.http import parse_retry_after
 from actions.ratelimit import acquire
 from actions.templating import TemplateError, render
-from hookyard.metrics import record_failover
 from schemas.store.credentials import credential_provider
 
 RESEND_URL = "https://api.resend.com/emails"
@@ -411,8 +410,7 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
         idempotency_key=ctx.execution_id,
         limiter=ctx.limiter,
         timeout_s=float(config.get("timeout_s", 10)),
-        # The worker hands actions its metrics as `ctx.metrics` where it has them.
-        on_failover=lambda a, b: record_failover(getattr(ctx, "metrics", None), a, b),
+        on_failover=ctx.record_failover,
     )
     return delivery.as_result()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from actions import email, http, novu, slack
+from actions import email, gmail, http, novu, slack
 from actions.base import ActionType
 
 ACTIONS: Mapping[str, ActionType] = {
@@ -14,6 +14,7 @@ ACTIONS: Mapping[str, ActionType] = {
         email.ACTION,
         slack.ACTION,
         novu.ACTION,
+        gmail.ACTION,
     )
 }
 

@@ -54,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     ):
         cmd = keys.add_parser(name, help=text)
         cmd.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="use the `hookyard dev` stack of this data dir")
+
+    gmail = sub.add_parser("gmail", help="Gmail push").add_subparsers(dest="gmail_command", required=True)
+    setup = gmail.add_parser("setup", help="create the Pub/Sub topic, Gmail's publish right and the push subscription")
+    setup.add_argument("--project", required=True, help="Google Cloud project id")
+    setup.add_argument("--topic", required=True, help="topic id, e.g. gmail-push")
+    setup.add_argument("--push-endpoint", required=True, help="https://<hookyard>/ingest/pubsub/gmail")
+    setup.add_argument("--service-account", required=True, help="service account whose OIDC token signs pushes")
+    setup.add_argument("--subscription", default="", help="subscription id (default: <topic>-hookyard-push)")
+    setup.add_argument("--audience", default="", help="token audience (default: the push endpoint)")
     return parser
 
 
@@ -178,6 +187,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "keys":
         return asyncio.run(_keys(args.keys_command, args.data_dir))
+    if args.command == "gmail":
+        from hookyard.gmail_setup import GmailSetup, SetupError, run_setup
+
+        try:
+            run_setup(
+                GmailSetup(
+                    args.project,
+                    args.topic,
+                    args.push_endpoint,
+                    args.service_account,
+                    args.subscription,
+                    args.audience,
+                )
+            )
+        except SetupError as exc:
+            raise SystemExit(f"gmail setup failed: {exc}") from None
+        return 0
     settings = _settings()
     logs.configure(settings.log_level, settings.log_json, args.command)
     if args.command == "migrate":

@@ -38,7 +38,7 @@ def redact(value: Any, depth: int = 0) -> Any:
         return {
             k: REDACTED if isinstance(k, str) and _is_sensitive(k) else redact(v, depth + 1) for k, v in value.items()
         }
-    if isinstance(value, list | tuple):
+    if type(value) in (list, tuple):  # exact types: a named tuple cannot be rebuilt from an iterable
         return type(value)(redact(v, depth + 1) for v in value)
     return value
 

@@ -6,8 +6,11 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from functools import partial
+from types import FrameType
 
 import uvicorn
+from prometheus_client import disable_created_metrics
 
 from hookyard.metrics import Metrics, install_temporal_runtime, serve_metrics
 from hookyard.settings import Settings
@@ -42,6 +45,8 @@ def telemetry(settings: Settings, process: str) -> tuple[Metrics, Tracing, Calla
     The api serves its metrics at `/metrics`; dispatcher and worker on HOOKYARD_METRICS_PORT, and
     the Temporal SDK's own on HOOKYARD_TEMPORAL_METRICS_PORT (both 0 = off).
     """
+    # `*_created` samples would double the series count and no panel or alert reads them.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics = Metrics(process_collectors=True)
     tracing = setup_tracing(settings.otel_endpoint, f"hookyard-{process}")
     stop_listener = None
@@ -73,10 +78,20 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=30,
         backlog=2048,
     )
+    server = uvicorn.Server(config)
+    # After draining, uvicorn restores the previous SIGTERM handler and raises the signal again;
+    # the default handler would then kill the process (exit -15) before telemetry is flushed.
+    # So a drained SIGTERM ends normally (exit 0), and one before serving began stops at once.
+    signal.signal(signal.SIGTERM, partial(_after_drain, server))
     try:
-        uvicorn.Server(config).run()
+        server.run()
     finally:
         close_telemetry()
+
+
+def _after_drain(server: uvicorn.Server, signum: int, frame: FrameType | None) -> None:
+    if not server.should_exit:
+        raise SystemExit(0)
 
 
 def dispatch(settings: Settings) -> None:
@@ -84,6 +99,9 @@ def dispatch(settings: Settings) -> None:
     from schemas import db
     from worker.dispatcher import Dispatcher
 
+    # Signals to Temporal are encrypted with keys derived from the master keys: fail at start,
+    # not on every hand-over.
+    keyring_from(settings)
     metrics, tracing, close_telemetry = telemetry(settings, "dispatcher")
 
     async def main() -> None:

@@ -79,6 +79,9 @@ class Tracing:
         """The Temporal client to use: with the tracing interceptor when enabled."""
         return client
 
+    def flush(self) -> None:
+        """Export what has been recorded so far (before a process may be ended by a signal)."""
+
     def shutdown(self) -> None:
         """Flush and stop exporting."""
 
@@ -172,6 +175,9 @@ class OtelTracing(Tracing):
         # Same connection and settings; only the interceptor chain differs. Workers built on
         # this client pick the interceptor up for workflows and activities as well.
         return Client(**config)
+
+    def flush(self) -> None:
+        self._provider.force_flush(timeout_millis=5000)
 
     def shutdown(self) -> None:
         self._provider.shutdown()

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from hookyard.metrics import Metrics
 from hookyard.settings import Settings
 from hookyard.tracing import NOOP, Tracing
-from ingest import api, codec_server, connect, health, hooks, metrics_route, ticks
+from ingest import api, codec_server, connect, health, hooks, metrics_route, pubsub, ticks
 from ingest.endpoint_cache import EndpointCache
 from ingest.errors import EXCEPTION_HANDLERS
 from ingest.inbox import InboxWriter
@@ -25,6 +25,7 @@ from schemas import db
 
 ROUTES = [
     Route("/hooks/{endpoint_id}", hooks.receive_webhook, methods=["POST"]),
+    Route(pubsub.PUSH_PATH, pubsub.receive_gmail_push, methods=["POST"]),
     Route("/ingest/ticks/{trigger_id}", ticks.receive_tick, methods=["POST"]),
     Route("/oauth/connect/{token}", connect.start_connect, methods=["GET"]),
     Route("/oauth/callback", connect.oauth_callback, methods=["GET"]),
@@ -52,6 +53,7 @@ def create_app(
         state = AppState(settings, pool, keyring, inbox, endpoints, redis_client, http, google_from_settings(settings))
         state.metrics, state.tracing = metrics, tracing
         state.oidc = OidcVerifier(http)
+        pubsub.announce(settings)
         try:
             yield {"app": state}
         finally:
@@ -61,6 +63,7 @@ def create_app(
             await endpoints.close()
             await redis_client.aclose()
             await pool.close()
+            tracing.flush()
 
     routes = [*ROUTES, *codec_server.routes(settings)]  # codec routes exist only with a token
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -58,7 +58,7 @@ class CodecServer:
             raise SettingsError("HOOKYARD_MASTER_KEYS is not set; the codec server decrypts with it")
         self._token = token.encode()
         self._namespace = settings.temporal_namespace
-        self._origins = frozenset(settings.codec_cors_origins)
+        self._origins = frozenset(origin.rstrip("/") for origin in settings.codec_cors_origins)
         self._codec = EncryptionCodec(settings.master_keys)
 
     def routes(self) -> list[BaseRoute]:

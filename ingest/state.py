@@ -15,7 +15,6 @@ from hookyard.tracing import NOOP, Tracing
 from ingest.endpoint_cache import EndpointCache
 from ingest.inbox import InboxWriter
 from ingest.oidc import OidcVerifier
-from ingest.oidc import OidcVerifier
 from oauth.crypto import Keyring
 from oauth.google import GoogleOAuth
 
@@ -33,12 +32,10 @@ class AppState:
     # Outbound calls made while answering (OAuth token exchange, revocation).
     http: httpx.AsyncClient | None = None
     google: GoogleOAuth | None = None
-    # Checks the Google-signed tokens on Pub/Sub pushes (and other Google-initiated calls).
-    oidc: OidcVerifier | None = None
     # Observability; defaults record into a private registry and trace nothing.
     metrics: Metrics = field(default_factory=Metrics)
     tracing: Tracing = NOOP
-    # Checks Google-signed OIDC tokens (ticks from Cloud Scheduler); shares one key cache.
+    # Checks Google-signed OIDC tokens (Pub/Sub pushes, Cloud Scheduler ticks); one key cache.
     oidc: OidcVerifier | None = None
 
 

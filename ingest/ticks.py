@@ -79,7 +79,9 @@ async def _verify_hmac(
     auth = await state.endpoints.get(UUID(config["endpoint_id"]))
     # The endpoint was the owner's when the workflow was saved; it may have been deleted since.
     if auth is None or auth.owner_id != owner_id:
-        raise Unauthorized("the endpoint whose secret verifies these ticks no longer exists", code="signature_no_secret")
+        raise Unauthorized(
+            "the endpoint whose secret verifies these ticks no longer exists", code="signature_no_secret"
+        )
     scheme = get_scheme(auth.scheme)
     try:
         verified = scheme.verify(body, headers, auth.secrets, time.time(), state.settings.signature_tolerance_s)

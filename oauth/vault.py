@@ -14,7 +14,7 @@ triggers reading its mailbox; the owner sees that status in the API.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,6 +67,8 @@ class Vault:
     keyring: Keyring
     http: httpx.AsyncClient
     google: GoogleOAuth | None = None
+    # Told the provider of every failed refresh (the worker counts them in its metrics).
+    on_refresh_failure: Callable[[str], None] | None = None
 
     async def load(self, owner_id: UUID, credential_id: UUID, providers: Collection[str] = ()) -> Loaded:
         """The owner's credential, with a fresh access token for OAuth2 ones."""
@@ -97,10 +99,12 @@ class Vault:
                     raise InvalidGrant("no refresh token was granted: reconnect the account")
                 tokens = await client.refresh(self.http, str(refresh_token))
             except InvalidGrant as exc:
+                self._refresh_failed(row["provider"])
                 dead = str(exc)
                 paused = await store.mark_needs_reconnect(conn, owner_id, credential_id, dead)
                 log.warning("credential %s needs reconnecting; paused %d workflow(s)", credential_id, paused)
             except OAuthFlowError as exc:
+                self._refresh_failed(row["provider"])
                 raise RefreshUnavailable(f"could not refresh credential {credential_id}: {exc}") from None
             else:
                 merged = secret | tokens.secret()
@@ -108,6 +112,10 @@ class Vault:
                 return Loaded(row["id"], row["provider"], row["account_email"], merged)
         # Raised after the commit, so the needs_reconnect mark is kept.
         raise CredentialUnusable(f"credential {credential_id} needs to be reconnected: {dead}")
+
+    def _refresh_failed(self, provider: str) -> None:
+        if self.on_refresh_failure is not None:
+            self.on_refresh_failure(provider)
 
     def _client_for(self, provider: str) -> GoogleOAuth:
         if provider == "google" and self.google is not None:

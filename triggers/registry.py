@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from triggers import schedule, tick, webhook
+from triggers import gmail, schedule, tick, webhook
 from triggers.base import TriggerType
 
 TRIGGERS: Mapping[str, TriggerType] = {
@@ -13,6 +13,7 @@ TRIGGERS: Mapping[str, TriggerType] = {
         webhook.TRIGGER,
         schedule.TRIGGER,
         tick.TRIGGER,
+        gmail.TRIGGER,
     )
 }
 

@@ -74,8 +74,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "minLength": 1,
             "maxLength": 200,
             "description": "Five fields: minute hour day-of-month month day-of-week (numbers, `*`, "
-            "ranges `a-b`, steps `/n`, lists `a,b`, JAN-DEC, SUN-SAT), or @hourly, @daily, @weekly, "
-            "@monthly, @yearly. When both day fields are restricted, a time must match both.",
+            "ranges `a-b`, steps `/n`, lists `a,b`, JAN-DEC, SUN-SAT; 0 and 7 are Sunday), or @hourly, "
+            "@daily, @weekly, @monthly, @yearly. When both day fields are restricted, a time must match both.",
         },
         "interval_s": {
             "type": "integer",
@@ -155,7 +155,7 @@ _FIELDS = (
     _Field("hour", 0, 23),
     _Field("day of month", 1, 31),
     _Field("month", 1, 12, _MONTHS, 1),
-    _Field("day of week", 0, 6, _DAYS, 0),
+    _Field("day of week", 0, 7, _DAYS, 0),  # 0 and 7 are both Sunday
 )
 _NUMBER = re.compile(r"[0-9]{1,2}")
 _WORD = re.compile(r"[A-Za-z]{3}")
@@ -176,9 +176,7 @@ def validate_cron(expression: str) -> None:
         raise CronError("give the time zone in `timezone`, not in the expression")
     parts = text.split()
     if len(parts) != len(_FIELDS):
-        raise CronError(
-            f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}"
-        )
+        raise CronError(f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}")
     for part, spec in zip(parts, _FIELDS, strict=True):
         for item in part.split(","):
             _check_item(item, spec)
@@ -187,9 +185,8 @@ def validate_cron(expression: str) -> None:
 def _check_item(item: str, spec: _Field) -> None:
     where = f"{spec.name} field"
     base, slash, step = item.partition("/")
-    if slash:
-        if not _NUMBER.fullmatch(step) or int(step) == 0:
-            raise CronError(f"{where}: step must be a number from 1 to 99")
+    if slash and (not _NUMBER.fullmatch(step) or int(step) == 0):
+        raise CronError(f"{where}: step must be a number from 1 to 99")
     if base == "*":
         return
     low_text, dash, high_text = base.partition("-")

@@ -11,6 +11,7 @@ import logging
 import time
 from contextlib import suppress
 from datetime import timedelta
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -22,7 +23,7 @@ from actions.base import ActionContext, RateLimiter
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.registry import UnknownAction, get_action
 from hookyard.logs import log_context
-from hookyard.metrics import Metrics
+from hookyard.metrics import Metrics, record_failover
 from hookyard.tracing import NOOP, Tracing
 from oauth.crypto import Keyring
 from oauth.vault import Vault
@@ -109,6 +110,7 @@ class AutomationActivities:
                 credential_id=None if row["credential_id"] is None else str(row["credential_id"]),
                 credentials=OwnerCredentials(self._vault, row["owner_id"]),
                 limiter=self._limiter,
+                record_failover=partial(record_failover, self.metrics),
             )
             result = await action.run(ctx, row["action_config"])
         except (PermanentActionError, UnknownAction) as exc:

@@ -11,6 +11,9 @@ Two steps, each its own transaction, both safe to run in any number of replicas:
 A crash between signalling and marking re-sends ids on the next pass; the workflow ignores
 ids it has seen and the activity skips executions that have finished, so nothing runs twice.
 While Temporal is unreachable, step 1 continues and step 2 retries with backoff.
+
+Beside them runs the trigger sync loop (worker/trigger_sync.py), which keeps the outside
+state some triggers keep (Temporal Schedules) in step with the workflow rows.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from schemas.store.workflows import lock_active
 from triggers.base import InboxEvent
 from triggers.resolver import RoutingCache
 from worker.contracts import ENQUEUE_SIGNAL, WORKFLOW_NAME, AutomationState, Enqueue, automation_id
+from worker.forwarding import ForwardFailed, accept_forwarded, build_forwarders, handover_forwarded
 from worker.temporal import connect
+from worker.trigger_sync import TriggerSyncer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,8 @@ class Dispatcher:
         self._metrics = Metrics() if metrics is None else metrics
         self._inbox_gauges_at = 0.0 if metrics is not None else float("inf")
         self._routes = RoutingCache()
+        # Internal sources (Gmail pushes) feed hookyard's own workflows, not owners' (worker/forwarding.py).
+        self._forwarders = build_forwarders(settings)
         self._wake = asyncio.Event()
         self._handover_delay = 0.0
         self._handover_retry_at = 0.0
@@ -70,6 +77,10 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; woken at once by new events, else polls."""
         listener = asyncio.create_task(self._listen(), name="dispatcher-listener")
+        # Its own task: a slow or unreachable Temporal must not hold up resolution.
+        syncer = asyncio.create_task(
+            TriggerSyncer(self._pool, self._settings, self._client).run(stop), name="trigger-sync"
+        )
         try:
             while not stop.is_set():
                 # Cleared before the pass, so a commit notified during it triggers another pass.
@@ -78,9 +89,11 @@ class Dispatcher:
                 if not busy:
                     await self._sleep(stop)
         finally:
-            listener.cancel()
-            with suppress(asyncio.CancelledError):
-                await listener
+            await asyncio.wait({syncer}, timeout=5)  # `stop` ends it after the hook in flight
+            for task in (listener, syncer):
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
 
     async def _step(self) -> bool:
         """One pass of both steps; True if a step hit its batch limit (more work waits)."""
@@ -95,7 +108,7 @@ class Dispatcher:
         # A deadline, not a countdown: under sustained load the loop never sleeps.
         if loop.time() >= self._handover_retry_at:
             try:
-                handed = await self.handover_once()
+                handed = await self.handover_once() + await self.forward_once()
                 self._handover_delay = 0.0
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("hand-over failed: %s", type(exc).__name__)
@@ -136,6 +149,8 @@ class Dispatcher:
             if not rows:
                 return 0
             events = [_inbox_event(r) for r in rows]
+            forwarded = await accept_forwarded(conn, self._forwarders, events)
+            events = [e for e in events if e.id not in forwarded]
             plan = [await self._plan(conn, event) for event in events]
             wanted = sorted({c["workflow_id"] for cands in plan for c in cands if c["matched"]})
             active = await lock_active(conn, [UUID(w) for w in wanted]) if wanted else set()
@@ -194,6 +209,15 @@ class Dispatcher:
             return {}
         created = await execution_store.insert_for_events(conn, owners, workflows, event_ids, data)
         return {(str(w), str(e)): str(x) for (w, e), x in created.items()}
+
+    async def forward_once(self) -> int:
+        """Signal hookyard's own workflows what internal sources have pending for them."""
+        try:
+            return await handover_forwarded(
+                self._pool, self._ensure_client, self._forwarders, self._settings.dispatch_batch_size
+            )
+        except ForwardFailed as exc:
+            raise TemporalUnavailable(str(exc)) from exc
 
     async def handover_once(self) -> int:
         """Signal one batch of queued executions to their automations; returns how many were claimed."""

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
+from functools import partial
 
 import httpx
 import redis.asyncio as redis
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from actions import gmail as gmail_action
 from actions.ratelimit import RedisRateLimiter, rates_with_overrides
-from hookyard.metrics import Metrics
+from hookyard.metrics import Metrics, record_credential_refresh_failure
 from hookyard.settings import Settings
 from hookyard.tracing import NOOP, Tracing
 from oauth.crypto import Keyring
@@ -21,6 +23,8 @@ from oauth.vault import Vault
 from schemas import db
 from worker.activities import AutomationActivities
 from worker.automation import AutomationWorkflow
+from worker.gmail.activities import GmailActivities
+from worker.gmail.workflow import MailboxWorkflow
 from worker.temporal import connect_with_retry
 from worker.ticks import TickActivities, TickWorkflow
 
@@ -28,14 +32,23 @@ log = logging.getLogger(__name__)
 
 
 def build_worker(
-    client: Client, settings: Settings, activities: AutomationActivities, ticks: TickActivities | None = None
+    client: Client,
+    settings: Settings,
+    activities: AutomationActivities,
+    ticks: TickActivities | None = None,
+    gmail: GmailActivities | None = None,
 ) -> Worker:
-    """The Temporal worker for hookyard's task queue (with `ticks`, also schedule ticks)."""
+    """The Temporal worker for hookyard's task queue (with `ticks`, also schedule ticks; with
+    `gmail`, also the Gmail mailbox workflows)."""
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[AutomationWorkflow, *([TickWorkflow] if ticks else [])],
-        activities=[activities.run_batch, *([ticks.record_tick] if ticks else [])],
+        workflows=[AutomationWorkflow, *([TickWorkflow] if ticks else []), *([MailboxWorkflow] if gmail else [])],
+        activities=[
+            activities.run_batch,
+            *([ticks.record_tick] if ticks else []),
+            *([gmail.reconcile_watch, gmail.sync] if gmail else []),
+        ],
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         # Running activities get this long to finish on shutdown before being cancelled.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
@@ -58,18 +71,26 @@ async def run_worker(
     limiter = RedisRateLimiter(redis_client, rates_with_overrides(settings.rate_limits))
     try:
         async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
-            vault = Vault(pool, keyring, http, google_from_settings(settings))
+            vault = Vault(
+                pool,
+                keyring,
+                http,
+                google_from_settings(settings),
+                on_refresh_failure=partial(record_credential_refresh_failure, metrics),
+            )
             activities = AutomationActivities(
                 pool, http, keyring, vault, limiter=limiter, metrics=metrics, tracing=tracing
             )
             ticks = TickActivities(pool)
+            gmail = GmailActivities(pool, http, vault, settings)
+            gmail_action.use_api_base(settings.gmail_api_base)
             while not stop.is_set():
                 client = await connect_with_retry(settings, stop)
                 if client is None:
                     break
                 # Traced workflows and activities come with the client's interceptor.
                 client = tracing.instrument_client(client)
-                await _run_until_stopped(build_worker(client, settings, activities, ticks), stop)
+                await _run_until_stopped(build_worker(client, settings, activities, ticks, gmail), stop)
     finally:
         await pool.close()
         await redis_client.aclose()

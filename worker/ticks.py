@@ -103,4 +103,3 @@ class TickActivities:
             )
             await insert_events(conn, [event])
         return True
-

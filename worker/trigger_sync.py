@@ -11,7 +11,8 @@ the current row, so a retry, a duplicate, or a change made while a hook ran is h
 row simply lags again and is synced once more. A workflow that moves to another trigger type
 first has the old type's hook undo its state (called as deleted).
 
-Woken by NOTIFY on every change (migration 0005), else polls.
+Woken by NOTIFY on every change (migration 0005), else polls at the dispatcher's interval, or
+sooner when a retry or an expired lease falls due.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from worker.temporal import connect
 log = logging.getLogger(__name__)
 
 BATCH = 100
-POLL_S = 5.0
 HOOK_TIMEOUT_S = 30.0
 # Longer than any hook may take, so two loops never work on one workflow at once.
 LEASE_S = 4 * HOOK_TIMEOUT_S
@@ -191,7 +191,7 @@ class TriggerSyncer:
         return self._client
 
     async def _sleep(self, stop: asyncio.Event) -> None:
-        timeout = POLL_S
+        timeout = self._settings.dispatch_poll_interval_s
         with suppress(*_STORAGE_ERRORS):
             async with self._pool.acquire() as conn:
                 due = await store.next_due_in(conn)

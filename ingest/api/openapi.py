@@ -17,6 +17,7 @@ _ERRORS = {
     "400": "Malformed JSON, or a bad query parameter or cursor.",
     "401": "Missing or unknown API key.",
     "404": "No such object, or it belongs to another owner.",
+    "409": "The workflow is inactive.",
     "422": "The body does not satisfy the schema; `field` names the place.",
 }
 
@@ -77,6 +78,34 @@ def _ok(schema: str | dict[str, Any], status: str = "200", description: str = "O
 
 
 _DELETED = {"204": {"description": "Deleted."}}
+_METRICS = {
+    "200": {
+        "description": "Prometheus text format, or OpenMetrics when the Accept header asks for it.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def _tick_op() -> dict[str, Any]:
+    tick = _op(
+        "Tick a schedule.tick workflow (from Cloud Scheduler, a CronJob, ...)",
+        "ingest",
+        {
+            **_ok({"type": "object"}, "202", "Stored: `{event_id, duplicate: false}`."),
+            **_ok({"type": "object"}, "200", "This scheduled time was already stored."),
+            "400": _json(ref("Error"), "The scheduled time given cannot be read."),
+            "413": _json(ref("Error"), "Body larger than the configured limit."),
+        },
+        params=[_id_param("trigger_id")],
+        errors=("401", "404"),
+        public=True,
+    )
+    tick["description"] = (
+        "Signed like a webhook of the configured endpoint, or `Authorization: Bearer <Google OIDC token>`. "
+        "Deduplicated on `X-Scheduled-Time` / `X-CloudScheduler-ScheduleTime` or body `scheduled_time`."
+    )
+    tick["requestBody"] = {"required": False, "content": {"*/*": {"schema": {}}}}
+    return tick
 
 
 def _service_paths() -> dict[str, Any]:
@@ -97,6 +126,7 @@ def _service_paths() -> dict[str, Any]:
     hook["requestBody"] = {"required": True, "content": {"*/*": {"schema": {}}}}
     return {
         "/hooks/{endpoint_id}": {"post": hook},
+        "/ingest/ticks/{trigger_id}": {"post": _tick_op()},
         "/healthz": {"get": _op("Liveness", "health", _ok({"type": "object"}), errors=(), public=True)},
         "/readyz": {
             "get": _op(
@@ -107,6 +137,7 @@ def _service_paths() -> dict[str, Any]:
                 public=True,
             )
         },
+        "/metrics": {"get": _op("Prometheus metrics of this process", "health", _METRICS, errors=(), public=True)},
         "/api/catalog": {"get": _op("Trigger and action types", "catalog", _ok("Catalog"), errors=(), public=True)},
         "/api/openapi.json": {"get": _op("This document", "catalog", _ok({"type": "object"}), errors=(), public=True)},
     }
@@ -142,6 +173,13 @@ def _endpoint_paths() -> dict[str, Any]:
     }
 
 
+_RUN_QUEUED = {
+    "type": "object",
+    "required": ["execution_id", "status"],
+    "properties": {"execution_id": {"type": "string", "format": "uuid"}, "status": {"const": "queued"}},
+}
+
+
 def _workflow_paths() -> dict[str, Any]:
     tag, one = "workflows", [_id_param()]
     status = _query("status", {"enum": list(EXECUTION_STATUSES)}, "Only executions in this status.")
@@ -174,6 +212,18 @@ def _workflow_paths() -> dict[str, Any]:
         },
         "/api/workflows/{id}/deactivate": {
             "post": _op("Deactivate and cancel queued executions", tag, toggled, params=one, errors=("401", "404")),
+        },
+        "/api/workflows/{id}/run": {
+            "post": {
+                **_op(
+                    "Run now with the body as trigger data (the filter is skipped)",
+                    tag,
+                    _ok(_RUN_QUEUED, "202", "Queued."),
+                    params=one,
+                    errors=("400", "401", "404", "409", "422"),
+                ),
+                "requestBody": {"required": False, **_json({"type": "object"}, "Trigger data.")},
+            },
         },
         "/api/workflows/{id}/executions": {
             "get": _op(

@@ -94,6 +94,10 @@ def _workflow_schemas() -> dict[str, Any]:
             "concurrency_limit": {"type": "integer"},
             "retry_policy": definitions.RETRY_POLICY_SCHEMA,
             "signing": {"type": "boolean"},
+            "trigger_sync": _obj(
+                {"state": {"enum": ["pending", "synced", "error"]}, "error": _nullable(_STR)},
+                ("state", "error"),
+            ),
             "created_at": _TIME,
             "updated_at": _TIME,
         }

@@ -89,7 +89,9 @@ async def record_synced(
     )
 
 
-async def record_failed(conn: asyncpg.Connection, workflow_id: UUID, version: int, error: str, retry_in_s: float) -> None:
+async def record_failed(
+    conn: asyncpg.Connection, workflow_id: UUID, version: int, error: str, retry_in_s: float
+) -> None:
     """Syncing `version` failed: show why and retry later (at once if the row changed meanwhile)."""
     await conn.execute(
         "UPDATE workflows SET sync_lease_until = NULL, "
@@ -116,8 +118,7 @@ async def next_due_in(conn: asyncpg.Connection) -> float | None:
 async def trigger_of(conn: asyncpg.Connection, workflow_id: UUID) -> asyncpg.Record | None:
     """A live workflow's owner and trigger, looked up by id alone (for ingest paths named by it)."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT id, owner_id, trigger_type, trigger_config, active FROM workflows "
-        "WHERE id = $1 AND deleted_at IS NULL",
+        "SELECT id, owner_id, trigger_type, trigger_config, active FROM workflows WHERE id = $1 AND deleted_at IS NULL",
         workflow_id,
     )
     return row

@@ -9,6 +9,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -352,3 +353,36 @@ async def test_the_temporal_cli_shows_decrypted_history_through_the_codec_server
     )
     assert text.encode() not in without_codec
     assert f'"echo {text}"'.encode() in with_codec
+
+
+# --- `hookyard dev` wires the Temporal UI to the codec server -------------------------------
+
+
+def test_dev_stack_points_the_temporal_ui_at_the_codec_server(tmp_path: Path):
+    from tests.integration.test_dev_stack import _start, _stop, _wait_ready
+
+    names = ("port", "postgres-port", "redis-port", "temporal-port", "temporal-ui-port")
+    ports = {name: services.free_port() for name in names}
+    api, ui = f"http://127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['temporal-ui-port']}"
+    proc = _start(tmp_path, ports)
+    try:
+        _wait_ready(api, proc)
+        token_file = tmp_path / "codec.token"
+        token = token_file.read_text().strip()
+        assert token_file.stat().st_mode & 0o077 == 0
+        endpoint = httpx.get(f"{ui}/api/v1/settings", timeout=10).json()["Codec"]["Endpoint"]
+        assert endpoint == f"{api}/codec/ui/{token}"
+        # What the UI's browser code does: a preflight, then POST {endpoint}/decode from its origin.
+        preflight = httpx.options(
+            f"{endpoint}/decode", headers={"origin": ui, "access-control-request-method": "POST"}, timeout=10
+        )
+        assert preflight.headers["access-control-allow-origin"] == ui
+        decoded = httpx.post(
+            f"{endpoint}/decode", json={"payloads": []}, headers={"origin": ui, "x-namespace": "default"}, timeout=10
+        )
+        assert decoded.status_code == 200
+        assert decoded.headers["access-control-allow-origin"] == ui
+    finally:
+        out = _stop(proc)
+    assert str(token_file) in out
+    assert token not in out  # the banner says where the token is, never the token itself

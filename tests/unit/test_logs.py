@@ -134,3 +134,11 @@ def test_redaction_applies_to_the_human_readable_format_too() -> None:
         logger.warning("headers %s", {"authorization": "Bearer abc"})
     assert "abc" not in stream.getvalue()
     assert REDACTED in stream.getvalue()
+
+
+def test_named_tuples_and_other_values_pass_through_unchanged() -> None:
+    from collections import namedtuple
+
+    Point = namedtuple("Point", "x y")
+    [line] = _emitted(lambda log: log.info("at %s with %s", Point(1, 2), [{"token": "t"}]))
+    assert line["message"] == f"at Point(x=1, y=2) with [{{'token': '{REDACTED}'}}]"

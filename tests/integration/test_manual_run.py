@@ -1,0 +1,115 @@
+"""`POST /api/workflows/{id}/run`: run a workflow now with the request body as trigger data."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.conftest import Owner, Receiver, wait_for
+from tests.factories import create_endpoint, create_workflow, executions
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("pipeline")]
+
+NEVER = {"path": "body.kind", "op": "equals", "value": "impossible"}
+
+
+async def workflow_to(owner: Owner, url: str, **extra: Any) -> dict[str, Any]:
+    endpoint = await create_endpoint(owner.client)
+    return await create_workflow(owner.client, endpoint["id"], url, **extra)
+
+
+async def test_a_manual_run_returns_an_execution_that_succeeds_with_the_body_as_trigger_data(
+    owner: Owner, receiver: Receiver
+) -> None:
+    target = f"/run/{uuid.uuid4().hex}"
+    workflow = await workflow_to(owner, receiver.url + target, action={"body": {"order": "{{ trigger.order.id }}"}})
+
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json={"order": {"id": 42}})
+
+    assert response.status_code == 202, response.text
+    execution_id = response.json()["execution_id"]
+    [execution] = await wait_for(lambda: executions(owner.client, workflow["id"], "succeeded"))
+    assert execution["id"] == execution_id
+    assert execution["trigger_data"] == {"order": {"id": 42}}
+    assert execution["event_id"] is None and execution["replay_of"] is None
+    assert json.loads(receiver.to(target)[0].body) == {"order": 42}
+
+
+async def test_a_manual_run_skips_the_trigger_filter(owner: Owner, receiver: Receiver) -> None:
+    target = f"/run/{uuid.uuid4().hex}"
+    workflow = await workflow_to(owner, receiver.url + target, filter=NEVER)
+
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json={"kind": "test"})
+
+    assert response.status_code == 202
+    await wait_for(lambda: executions(owner.client, workflow["id"], "succeeded"))
+    assert len(receiver.to(target)) == 1
+
+
+async def test_an_empty_body_runs_with_empty_trigger_data(owner: Owner, receiver: Receiver) -> None:
+    workflow = await workflow_to(owner, receiver.url + f"/run/{uuid.uuid4().hex}")
+
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run")
+
+    assert response.status_code == 202
+    [execution] = await wait_for(lambda: executions(owner.client, workflow["id"], "succeeded"))
+    assert execution["trigger_data"] == {}
+
+
+async def test_a_schedule_workflow_can_be_run_by_hand(owner: Owner, receiver: Receiver) -> None:
+    target = f"/run/{uuid.uuid4().hex}"
+    body = {
+        "name": "yearly",
+        "trigger": {"type": "schedule.cron", "config": {"cron": "0 0 1 1 *"}},
+        "action": {"type": "http.request", "config": {"url": receiver.url + target}},
+    }
+    workflow = (await owner.client.post("/api/workflows", json=body)).json()
+
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json={"payload": {"dry": True}})
+
+    assert response.status_code == 202
+    await wait_for(lambda: executions(owner.client, workflow["id"], "succeeded"))
+    assert len(receiver.to(target)) == 1
+
+
+async def test_running_another_owners_workflow_is_404(owner: Owner, other_owner: Owner) -> None:
+    theirs = await workflow_to(other_owner, "http://127.0.0.1:9/x")
+
+    response = await owner.client.post(f"/api/workflows/{theirs['id']}/run", json={})
+    unknown = await owner.client.post(f"/api/workflows/{uuid.uuid4()}/run", json={})
+
+    assert (response.status_code, unknown.status_code) == (404, 404)
+    assert await executions(other_owner.client, theirs["id"]) == []
+
+
+async def test_running_an_inactive_workflow_is_409_and_creates_nothing(owner: Owner) -> None:
+    workflow = await workflow_to(owner, "http://127.0.0.1:9/x", active=False)
+
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json={})
+
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "conflict"
+    assert await executions(owner.client, workflow["id"]) == []
+
+
+async def test_running_a_deleted_workflow_is_404(owner: Owner) -> None:
+    workflow = await workflow_to(owner, "http://127.0.0.1:9/x")
+    await owner.client.delete(f"/api/workflows/{workflow['id']}")
+
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json={})
+
+    assert response.status_code == 404
+
+
+async def test_trigger_data_must_be_a_json_object(owner: Owner) -> None:
+    workflow = await workflow_to(owner, "http://127.0.0.1:9/x")
+    url = f"/api/workflows/{workflow['id']}/run"
+
+    not_json = await owner.client.post(url, content=b"{not json")
+    a_list = await owner.client.post(url, json=[1, 2])
+
+    assert (not_json.status_code, a_list.status_code) == (400, 422)
+    assert await executions(owner.client, workflow["id"]) == []

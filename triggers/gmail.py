@@ -1,0 +1,402 @@
+"""`gmail.receive-email`: a new message arrived in a connected Gmail mailbox.
+
+Each connected Google account read by some workflow has one mailbox row and one long-running
+mailbox workflow (`gmail-mailbox-<credential id>`, worker/gmail/). Pub/Sub pushes wake it;
+it reads `users.history` from its stored cursor and stores one inbox event per new message
+(source type `gmail`, source id = the credential id, deduplicated on the Gmail message id),
+whose body is this trigger's data. From there events are routed, filtered, listed and
+replayable like any other. The sync hook keeps the mailbox watched while an active workflow
+reads it and lets the mailbox workflow stop the watch when none does.
+
+This module also holds the contract with that workflow (names, inputs, signals), because
+triggers must not import the worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import Message
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from schemas.store.credentials import get_credential
+from schemas.store.gmail import MailboxRef, activate_mailbox, get_mailbox
+from triggers.base import (
+    InboxEvent,
+    TriggerConfigError,
+    TriggerSyncContext,
+    TriggerSyncError,
+    TriggerType,
+    WorkflowSyncState,
+)
+from triggers.filters import FilterOutcome, evaluate, filter_schema, validate_filter
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from hookyard.settings import Settings
+
+NAME = "gmail.receive-email"
+SOURCE_TYPE = "gmail"
+PUSH_SOURCE_TYPE = "gmail.push"
+
+MAILBOX_WORKFLOW = "hookyard.gmail_mailbox"
+NOTIFY_SIGNAL = "notify"
+RECONCILE_SIGNAL = "reconcile"
+RECONCILE_ACTIVITY = "hookyard.gmail_reconcile_watch"
+SYNC_ACTIVITY = "hookyard.gmail_sync"
+
+# The header the send action puts on every message it sends; the sync skips such messages so
+# a workflow that mails its own mailbox cannot trigger itself forever.
+EXECUTION_HEADER = "X-Hookyard-Execution"
+
+GMAIL = "https://www.googleapis.com/auth/"
+# Reading full messages needs one of these (gmail.metadata cannot fetch bodies).
+READ_SCOPES = frozenset({"https://mail.google.com/", GMAIL + "gmail.modify", GMAIL + "gmail.readonly"})
+
+_BODY_CHARS = 200_000
+_HEADER_CHARS = 16_384
+_MAX_PARTS = 200
+
+_LABEL = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[^\s,]+$"}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 500}
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["mailbox"],
+    "additionalProperties": False,
+    "properties": {
+        "mailbox": {
+            "type": "string",
+            "format": "uuid",
+            "description": "Id of the connected Google credential whose mailbox is read.",
+        },
+        "label_ids": {
+            "type": "array",
+            "items": _LABEL,
+            "minItems": 1,
+            "maxItems": 20,
+            "uniqueItems": True,
+            "default": ["INBOX"],
+            "description": "Fire for messages carrying any of these Gmail label ids (INBOX, UNREAD, Label_123...).",
+        },
+        "from": {**_TEXT, "description": "Only messages whose From header contains this (any case)."},
+        "to": {**_TEXT, "description": "Only messages whose To or Cc header contains this (any case)."},
+        "subject": {**_TEXT, "description": "Only messages whose subject contains this (any case)."},
+        "text": {**_TEXT, "description": "Only messages whose snippet or text body contains this (any case)."},
+        "has_attachment": {"type": "boolean", "description": "Only messages with (true) or without (false) files."},
+        "filter": {**filter_schema(), "description": "Optional condition over the trigger data."},
+    },
+}
+
+
+# --- the contract with the mailbox workflow ---------------------------------------------
+
+
+def mailbox_workflow_id(credential_id: UUID | str) -> str:
+    """Temporal id of a mailbox's workflow: the credential id only, never the address."""
+    return f"gmail-mailbox-{credential_id}"
+
+
+@dataclass
+class MailboxInput:
+    """Mailbox workflow input; also what continue-as-new carries over."""
+
+    owner_id: str
+    credential_id: str
+    sweep_interval_s: float = 900.0
+    watch_renew_s: float = 24 * 3600.0
+    # Continue-as-new past this many history events.
+    history_limit: int = 4000
+    notified_history_id: int = 0
+    cursor: int = 0
+    reconcile: bool = True
+    watch_due: float = 0.0
+    sweep_due: float = 0.0
+
+
+@dataclass
+class Notify:
+    """Signal: a push announced this history id (any order, possibly twice)."""
+
+    history_id: int
+
+
+@dataclass
+class MailboxJob:
+    """Activity input: which mailbox (ids only)."""
+
+    owner_id: str
+    credential_id: str
+
+
+@dataclass
+class WatchResult:
+    """What reconciling the watch did: `active` False means the watch is stopped for good."""
+
+    active: bool
+    history_id: int = 0
+
+
+@dataclass
+class SyncResult:
+    """Where the cursor stands after a sync, and how many messages were stored."""
+
+    cursor: int
+    stored: int
+    full_sync: bool = False
+
+
+async def signal_mailbox(client: Client, settings: Settings, ref: MailboxRef, *, history_id: int | None = None) -> None:
+    """Signal-with-start the mailbox workflow: a push (`history_id`) or a reconcile of its watch."""
+    start = MailboxInput(
+        owner_id=str(ref.owner_id),
+        credential_id=str(ref.credential_id),
+        sweep_interval_s=settings.gmail_sweep_interval_s,
+        watch_renew_s=settings.gmail_watch_renew_s,
+    )
+    signal, args = (RECONCILE_SIGNAL, []) if history_id is None else (NOTIFY_SIGNAL, [Notify(history_id)])
+    await client.start_workflow(
+        MAILBOX_WORKFLOW,
+        start,
+        id=mailbox_workflow_id(ref.credential_id),
+        task_queue=settings.task_queue,
+        start_signal=signal,
+        start_signal_args=args,
+    )
+
+
+# --- messages -> trigger data -----------------------------------------------------------
+
+
+def message_data(message: Mapping[str, Any], *, mailbox: str, account: str | None) -> dict[str, Any]:
+    """The trigger data of one Gmail message (`users.messages.get`, format full).
+
+    Attachments are described, never downloaded; bodies are cut at 200,000 characters.
+    """
+    payload = _object(message.get("payload"))
+    headers = _headers(payload)
+    text, html, attachments = _bodies(payload)
+    internal = message.get("internalDate")
+    received_at = None
+    if isinstance(internal, str) and internal.isdigit():
+        received_at = datetime.fromtimestamp(int(internal) / 1000, UTC).isoformat()
+    labels = message.get("labelIds")
+    data: dict[str, Any] = {
+        "id": message.get("id"),
+        "thread_id": message.get("threadId"),
+        "history_id": message.get("historyId"),
+        "mailbox": mailbox,
+        "account": account,
+        "from": headers.get("from", ""),
+        "to": headers.get("to", ""),
+        "cc": headers.get("cc", ""),
+        "reply_to": headers.get("reply-to", ""),
+        "subject": headers.get("subject", ""),
+        "date": headers.get("date", ""),
+        "received_at": received_at,
+        "message_id": headers.get("message-id", ""),
+        "in_reply_to": headers.get("in-reply-to", ""),
+        "references": headers.get("references", ""),
+        "snippet": message.get("snippet") or "",
+        "text": (text or "")[:_BODY_CHARS],
+        "html": (html or "")[:_BODY_CHARS],
+        "truncated": len(text or "") > _BODY_CHARS or len(html or "") > _BODY_CHARS,
+        "labels": [str(label) for label in labels] if isinstance(labels, list) else [],
+        "attachments": attachments,
+        "has_attachment": bool(attachments),
+        "headers": _bounded(headers),
+    }
+    return data
+
+
+def sent_by_hookyard(message: Mapping[str, Any]) -> bool:
+    """Whether the send action wrote this message (it carries the execution header)."""
+    return EXECUTION_HEADER.lower() in _headers(_object(message.get("payload")))
+
+
+def _object(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _headers(payload: Mapping[str, Any]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    raw = payload.get("headers")
+    for header in raw if isinstance(raw, list) else []:
+        if isinstance(header, dict) and isinstance(header.get("name"), str) and isinstance(header.get("value"), str):
+            found.setdefault(header["name"].lower(), header["value"])
+    return found
+
+
+def _bounded(headers: dict[str, str]) -> dict[str, str]:
+    kept: dict[str, str] = {}
+    size = 0
+    for name, value in headers.items():
+        size += len(name) + len(value)
+        if size > _HEADER_CHARS:
+            break
+        kept[name] = value
+    return kept
+
+
+def _parts(payload: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every MIME part, depth first, bounded (a hostile message may nest without end)."""
+    stack = [payload]
+    seen = 0
+    while stack and seen < _MAX_PARTS:
+        part = stack.pop()
+        seen += 1
+        yield part
+        children = part.get("parts")
+        if isinstance(children, list):
+            stack.extend(reversed([c for c in children if isinstance(c, dict)]))
+
+
+def _bodies(payload: Mapping[str, Any]) -> tuple[str | None, str | None, list[dict[str, Any]]]:
+    text = html = None
+    attachments: list[dict[str, Any]] = []
+    for part in _parts(payload):
+        mime = str(part.get("mimeType") or "").lower()
+        body = _object(part.get("body"))
+        headers = _headers(part)
+        filename = part.get("filename") or ""
+        disposition = headers.get("content-disposition", "").lower()
+        if filename or (body.get("attachmentId") and disposition.startswith("attachment")):
+            attachments.append(
+                {
+                    "filename": str(filename),
+                    "mime_type": mime,
+                    "size": body.get("size") if isinstance(body.get("size"), int) else None,
+                    "attachment_id": body.get("attachmentId"),
+                    "part_id": part.get("partId"),
+                }
+            )
+        elif mime == "text/plain" and text is None:
+            text = _decode(body.get("data"), headers.get("content-type", ""))
+        elif mime == "text/html" and html is None:
+            html = _decode(body.get("data"), headers.get("content-type", ""))
+    return text, html, attachments
+
+
+def _decode(data: object, content_type: str) -> str | None:
+    if not isinstance(data, str):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    message = Message()
+    message["content-type"] = content_type or "text/plain"
+    charset = message.get_content_charset() or "utf-8"
+    try:
+        return raw.decode(charset, "replace")
+    except LookupError:
+        return raw.decode("utf-8", "replace")
+
+
+# --- the trigger ------------------------------------------------------------------------
+
+
+def _trigger_data(event: InboxEvent) -> dict[str, Any]:
+    try:
+        data = orjson.loads(event.body)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        data = {"body": event.body.decode("utf-8", "replace")}
+    return {**data, "event_id": str(event.id), "mailbox": event.source_id}
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def _contains(haystack: object, needle: str) -> bool:
+    return isinstance(haystack, str) and needle.casefold() in _SPACES.sub(" ", haystack).casefold()
+
+
+def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
+    wanted = list(config.get("label_ids") or ["INBOX"])
+    given = data.get("labels")
+    labels: list[Any] = given if isinstance(given, list) else []
+    if not set(wanted) & set(labels):
+        return FilterOutcome(False, f"labels {sorted(labels)[:10]} include none of {wanted}"[:200])
+    checks = {
+        "from": [data.get("from")],
+        "to": [data.get("to"), data.get("cc")],
+        "subject": [data.get("subject")],
+        "text": [data.get("snippet"), data.get("text")],
+    }
+    for field, haystacks in checks.items():
+        needle = config.get(field)
+        if needle and not any(_contains(h, needle) for h in haystacks):
+            return FilterOutcome(False, f"{field} does not contain {needle!r}"[:200])
+    if "has_attachment" in config and bool(data.get("attachments")) != config["has_attachment"]:
+        return FilterOutcome(False, "has attachments" if config["has_attachment"] is False else "has no attachments")
+    return evaluate(config.get("filter"), data)
+
+
+async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any]) -> None:
+    if config.get("filter") is not None:
+        try:
+            validate_filter(config["filter"])
+        except ValueError as exc:
+            raise TriggerConfigError("trigger.config.filter", str(exc)) from exc
+    field = "trigger.config.mailbox"
+    row = await get_credential(conn, owner_id, UUID(str(config["mailbox"])))
+    if row is None:
+        raise TriggerConfigError(field, "no such credential")
+    if row["provider"] != "google" or row["kind"] != "oauth2":
+        raise TriggerConfigError(field, f"credential is for {row['provider']}, not a connected Google account")
+    if not READ_SCOPES & set(row["scopes"]):
+        raise TriggerConfigError(field, "the Google account was connected without Gmail read access; reconnect it")
+    if row["status"] != "active":
+        raise TriggerConfigError(field, f"the Google account is {row['status']}; reconnect it")
+
+
+async def sync_mailbox(ctx: TriggerSyncContext, state: WorkflowSyncState) -> None:
+    """Make sure the mailbox this workflow reads (and the one it read before) reconcile their watch."""
+    current = None if state.deleted else _mailbox_of(state.trigger_config)
+    previous = _mailbox_of(state.previous_config) if state.previous_config else None
+    to_signal: list[MailboxRef] = []
+    async with ctx.pool.acquire() as conn:
+        for mailbox in dict.fromkeys(m for m in (current, previous) if m is not None):
+            ref = MailboxRef(state.owner_id, mailbox)
+            if state.active and mailbox == current:
+                if not await activate_mailbox(conn, ref):
+                    raise TriggerSyncError(f"credential {mailbox} is not a connected Google account")
+            else:
+                row = await get_mailbox(conn, ref)
+                if row is None or row["status"] == "stopped":
+                    continue  # nothing is watched there
+            to_signal.append(ref)
+    for ref in to_signal:
+        await signal_mailbox(ctx.temporal, ctx.settings, ref)
+
+
+def _mailbox_of(config: Mapping[str, Any] | None) -> UUID | None:
+    try:
+        return UUID(str((config or {})["mailbox"]))
+    except (KeyError, ValueError):
+        return None
+
+
+TRIGGER = TriggerType(
+    name=NAME,
+    source_type=SOURCE_TYPE,
+    description="A new message arrived in a connected Gmail mailbox (by label, sender, subject, text); "
+    "optionally filtered.",
+    config_schema=CONFIG_SCHEMA,
+    # Normalised: events carry the canonical lower-case form of the credential id.
+    routing_key=lambda config: str(UUID(str(config["mailbox"]))),
+    trigger_data=_trigger_data,
+    match=_match,
+    check_config=_check,
+    sync=sync_mailbox,
+)

@@ -1,0 +1,155 @@
+"""The few Gmail REST calls the mailbox sync makes, over the worker's shared httpx client.
+
+The base URL is a setting (`HOOKYARD_GMAIL_API_BASE`), so tests and stand-ins can serve it.
+Errors are sorted once:
+
+    GmailError
+     ├── HistoryGone        404 on history.list: the start id is too old, do a full sync
+     ├── GmailRefused       401/403/400 and other 4xx: retrying the same call will not help
+     └── GmailUnavailable   429, 5xx, timeouts, network: try again later
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from actions.http import parse_retry_after
+
+_TIMEOUT_S = 30.0
+
+
+class GmailError(Exception):
+    """A Gmail call failed; the message names the call and status, never the token."""
+
+
+class HistoryGone(GmailError):
+    """The stored history id is no longer valid."""
+
+
+class GmailRefused(GmailError):
+    """Gmail refused the request (bad credential, missing scope, bad argument)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class GmailUnavailable(GmailError):
+    """Gmail could not answer now."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class GmailClient:
+    """One mailbox's API, authorised with an access token (`userId` is always `me`)."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, access_token: str) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/") + "/gmail/v1/users/me"
+        self._headers = {"authorization": f"Bearer {access_token}", "accept": "application/json"}
+
+    async def history(
+        self, start_history_id: int, *, label_id: str | None = None, page_token: str | None = None
+    ) -> dict[str, Any]:
+        """One page of messageAdded history records after `start_history_id`."""
+        params: dict[str, str | int] = {
+            "startHistoryId": start_history_id,
+            "historyTypes": "messageAdded",
+            "maxResults": 500,
+        }
+        if label_id:
+            params["labelId"] = label_id
+        if page_token:
+            params["pageToken"] = page_token
+        try:
+            return await self._call("GET", "/history", "history.list", params=params)
+        except GmailRefused as exc:
+            if exc.status == 404:
+                raise HistoryGone(f"history id {start_history_id} is no longer available") from None
+            raise
+
+    async def message(self, message_id: str) -> dict[str, Any] | None:
+        """A full message, or None if it was deleted meanwhile."""
+        try:
+            return await self._call("GET", f"/messages/{message_id}", "messages.get", params={"format": "full"})
+        except GmailRefused as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_messages(
+        self, *, label_ids: Sequence[str] = (), query: str | None = None, max_results: int = 100
+    ) -> list[str]:
+        """Ids of the newest messages (at most `max_results`), newest first."""
+        ids: list[str] = []
+        page_token: str | None = None
+        while len(ids) < max_results:
+            params: list[tuple[str, str | int]] = [("maxResults", min(500, max_results - len(ids)))]
+            params += [("labelIds", label) for label in label_ids]
+            if query:
+                params.append(("q", query))
+            if page_token:
+                params.append(("pageToken", page_token))
+            page = await self._call("GET", "/messages", "messages.list", params=params)
+            ids += [m["id"] for m in page.get("messages", []) if isinstance(m, dict) and isinstance(m.get("id"), str)]
+            page_token = page.get("nextPageToken")
+            if not page_token:
+                break
+        return ids[:max_results]
+
+    async def profile(self) -> dict[str, Any]:
+        """The mailbox's address and current history id."""
+        return await self._call("GET", "/profile", "getProfile")
+
+    async def watch(self, topic: str, label_ids: Sequence[str]) -> dict[str, Any]:
+        """Create or renew the push watch; returns `historyId` and `expiration` (epoch ms)."""
+        body = {"topicName": topic, "labelIds": list(label_ids), "labelFilterBehavior": "include"}
+        return await self._call("POST", "/watch", "watch", json=body)
+
+    async def stop(self) -> None:
+        """End push notifications for the mailbox."""
+        await self._call("POST", "/stop", "stop")
+
+    async def _call(self, method: str, path: str, name: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = await self._http.request(
+                method, self._base + path, headers=self._headers, timeout=_TIMEOUT_S, **kwargs
+            )
+        except httpx.TimeoutException:
+            raise GmailUnavailable(f"Gmail {name} timed out") from None
+        except httpx.HTTPError as exc:
+            raise GmailUnavailable(f"Gmail {name} unreachable: {type(exc).__name__}") from None
+        status = response.status_code
+        if status == 204 or (200 <= status < 300 and not response.content):
+            return {}
+        if 200 <= status < 300:
+            try:
+                value = response.json()
+            except ValueError:
+                raise GmailUnavailable(f"Gmail {name} answered with a body that is not JSON") from None
+            return value if isinstance(value, dict) else {}
+        reason = _reason(response)
+        if status == 429 or status >= 500 or (status == 403 and "rateLimitExceeded" in reason):
+            raise GmailUnavailable(
+                f"Gmail {name} answered {status}{reason}", parse_retry_after(response.headers.get("retry-after"))
+            )
+        raise GmailRefused(f"Gmail {name} answered {status}{reason}", status)
+
+
+def _reason(response: httpx.Response) -> str:
+    """Google's error reason and message, shortened: enough for the owner to act on."""
+    try:
+        error = response.json().get("error", {})
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(error, dict):
+        return ""
+    message = str(error.get("message", ""))[:200]
+    reasons = [str(e.get("reason")) for e in error.get("errors", []) if isinstance(e, dict) and e.get("reason")]
+    parts = [p for p in (", ".join(reasons), message) if p]
+    return f" ({'; '.join(parts)})" if parts else ""
