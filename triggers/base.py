@@ -9,7 +9,8 @@ from uuid import UUID
 
 import asyncpg
 
-from triggers.filters import FilterOutcome
+from schemas.store.endpoints import get_endpoint
+from triggers.filters import FilterOutcome, validate_filter
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -99,3 +100,18 @@ class TriggerType:
     # Called by the dispatcher's sync loop after every change of trigger, config, active or
     # deletion, and retried until it succeeds; it must be idempotent.
     sync: SyncHook | None = None
+
+
+def check_filter(config: Mapping[str, Any]) -> None:
+    """A trigger config's optional `filter` must be a valid condition."""
+    if config.get("filter") is not None:
+        try:
+            validate_filter(config["filter"])
+        except ValueError as exc:
+            raise TriggerConfigError("trigger.config.filter", str(exc)) from None
+
+
+async def check_endpoint(conn: asyncpg.Connection, owner_id: UUID, endpoint_id: str) -> None:
+    """The config's `endpoint_id` must name one of the owner's live endpoints."""
+    if await get_endpoint(conn, owner_id, UUID(str(endpoint_id))) is None:
+        raise TriggerConfigError("trigger.config.endpoint_id", "no such endpoint")

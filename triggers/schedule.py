@@ -46,8 +46,9 @@ from triggers.base import (
     TriggerSyncError,
     TriggerType,
     WorkflowSyncState,
+    check_filter,
 )
-from triggers.filters import FilterOutcome, evaluate, filter_schema, validate_filter
+from triggers.filters import FilterOutcome, evaluate, filter_schema
 
 NAME = "schedule.cron"
 SOURCE_TYPE = "schedule"
@@ -237,11 +238,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
         validate_timezone(config.get("timezone", "UTC"))
     except ValueError as exc:
         raise TriggerConfigError("trigger.config.timezone", str(exc)) from None
-    if config.get("filter") is not None:
-        try:
-            validate_filter(config["filter"])
-        except ValueError as exc:
-            raise TriggerConfigError("trigger.config.filter", str(exc)) from None
+    check_filter(config)
 
 
 async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any]) -> None:

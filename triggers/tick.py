@@ -27,8 +27,8 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from triggers.base import WORKFLOW_ROUTE, InboxEvent, TriggerConfigError, TriggerType
-from triggers.filters import FilterOutcome, evaluate, filter_schema, validate_filter
+from triggers.base import WORKFLOW_ROUTE, InboxEvent, TriggerConfigError, TriggerType, check_endpoint, check_filter
+from triggers.filters import FilterOutcome, evaluate, filter_schema
 from triggers.webhook import parse_body
 
 NAME = "schedule.tick"
@@ -153,23 +153,13 @@ def validate_config(config: Mapping[str, Any]) -> None:
             for field in fields:
                 if field in config:
                     raise TriggerConfigError(f"trigger.config.{field}", f"is only for auth {mode!r}")
-    if config.get("filter") is not None:
-        try:
-            validate_filter(config["filter"])
-        except ValueError as exc:
-            raise TriggerConfigError("trigger.config.filter", str(exc)) from None
+    check_filter(config)
 
 
 async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any]) -> None:
     validate_config(config)
     if config["auth"] == "hmac":
-        found = await conn.fetchval(
-            "SELECT 1 FROM endpoints WHERE id = $1::uuid AND owner_id = $2 AND deleted_at IS NULL",
-            config["endpoint_id"],
-            owner_id,
-        )
-        if not found:
-            raise TriggerConfigError("trigger.config.endpoint_id", "no such endpoint")
+        await check_endpoint(conn, owner_id, config["endpoint_id"])
 
 
 TRIGGER = TriggerType(

@@ -10,8 +10,8 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from triggers.base import InboxEvent, TriggerConfigError, TriggerType
-from triggers.filters import FilterOutcome, evaluate, filter_schema, validate_filter
+from triggers.base import InboxEvent, TriggerType, check_endpoint, check_filter
+from triggers.filters import FilterOutcome, evaluate, filter_schema
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -53,18 +53,8 @@ def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
 
 
 async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any]) -> None:
-    if config.get("filter") is not None:
-        try:
-            validate_filter(config["filter"])
-        except ValueError as exc:
-            raise TriggerConfigError("trigger.config.filter", str(exc)) from exc
-    found = await conn.fetchval(
-        "SELECT 1 FROM endpoints WHERE id = $1::uuid AND owner_id = $2 AND deleted_at IS NULL",
-        config["endpoint_id"],
-        owner_id,
-    )
-    if not found:
-        raise TriggerConfigError("trigger.config.endpoint_id", "no such endpoint")
+    check_filter(config)
+    await check_endpoint(conn, owner_id, config["endpoint_id"])
 
 
 TRIGGER = TriggerType(
