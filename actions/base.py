@@ -46,6 +46,8 @@ class ActionContext:
     credentials: CredentialSource | None = None
     # Shared per-provider rate limiting; None means unlimited.
     limiter: RateLimiter | None = None
+    # Provider API base URLs that differ from the public ones (regional endpoints, stand-ins).
+    api_bases: Mapping[str, str] = field(default_factory=dict)
     # Counts a failover between providers (the worker's metrics); a no-op by default.
     record_failover: Callable[[str, str], None] = lambda from_provider, to_provider: None
 

@@ -75,15 +75,6 @@ CONFIG_SCHEMA: dict[str, Any] = {
     },
 }
 
-# Where the Gmail API is; replaced once at worker start by `use_api_base` (stand-ins, tests).
-_api_base = DEFAULT_API_BASE
-
-
-def use_api_base(url: str) -> None:
-    """Send through this Gmail API base URL (the `HOOKYARD_GMAIL_API_BASE` setting)."""
-    global _api_base
-    _api_base = url or DEFAULT_API_BASE
-
 
 async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     """Send the templated message; returns Gmail's message id and thread id."""
@@ -103,7 +94,8 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     if thread_id:
         body["threadId"] = thread_id
     await acquire(ctx.limiter, "google", credential.id)
-    sent = await asyncio.to_thread(_send, _api_base, token, body, message_id if ctx.attempt > 1 else None)
+    api_base = ctx.api_bases.get("gmail") or DEFAULT_API_BASE
+    sent = await asyncio.to_thread(_send, api_base, token, body, message_id if ctx.attempt > 1 else None)
     return {"message_id": sent.get("id"), "thread_id": sent.get("threadId"), "rfc822_message_id": message_id}
 
 

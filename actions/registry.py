@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from actions import email, gmail, http, novu, slack
+from actions import email, gmail, http, newsletter, novu, slack
 from actions.base import ActionType
 
 ACTIONS: Mapping[str, ActionType] = {
@@ -12,6 +12,7 @@ ACTIONS: Mapping[str, ActionType] = {
     for a in (
         http.ACTION,
         email.ACTION,
+        newsletter.ACTION,
         slack.ACTION,
         novu.ACTION,
         gmail.ACTION,

@@ -79,10 +79,12 @@ def serve(settings: Settings) -> None:
         backlog=2048,
     )
     server = uvicorn.Server(config)
-    # After draining, uvicorn restores the previous SIGTERM handler and raises the signal again;
-    # the default handler would then kill the process (exit -15) before telemetry is flushed.
-    # So a drained SIGTERM ends normally (exit 0), and one before serving began stops at once.
-    signal.signal(signal.SIGTERM, partial(_after_drain, server))
+    # After draining, uvicorn restores the previous handlers and raises the signal again; the
+    # defaults would then kill the process (exit -15) or raise KeyboardInterrupt before telemetry
+    # is flushed. So, like dispatch and worker, a drained stop exits 0; one before serving began
+    # stops at once.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, partial(_after_drain, server))
     try:
         server.run()
     finally:
@@ -90,6 +92,7 @@ def serve(settings: Settings) -> None:
 
 
 def _after_drain(server: uvicorn.Server, signum: int, frame: FrameType | None) -> None:
+    """Outside uvicorn's own handlers: a stop signal after the drain is done with, before it exits."""
     if not server.should_exit:
         raise SystemExit(0)
 

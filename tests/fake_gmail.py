@@ -278,10 +278,12 @@ class FakeGmail:
         message_id = f"{next(_ids):x}"
         thread = body.get("threadId") or message_id
         box.history_id += 3
+        # Mail to oneself lands in one's inbox too, as in Gmail.
+        labels = ["SENT", "INBOX"] if box.email in str(parsed.get("To", "")) else ["SENT"]
         box.messages[message_id] = {
             "id": message_id,
             "threadId": thread,
-            "labelIds": ["SENT"],
+            "labelIds": labels,
             "snippet": "",
             "historyId": str(box.history_id),
             "internalDate": str(int(time.time() * 1000)),
@@ -294,10 +296,10 @@ class FakeGmail:
         box.history.append(
             {
                 "id": str(box.history_id),
-                "messagesAdded": [{"message": {"id": message_id, "threadId": thread, "labelIds": ["SENT"]}}],
+                "messagesAdded": [{"message": {"id": message_id, "threadId": thread, "labelIds": labels}}],
             }
         )
-        return JSONResponse({"id": message_id, "threadId": thread, "labelIds": ["SENT"]})
+        return JSONResponse({"id": message_id, "threadId": thread, "labelIds": labels})
 
 
 def _header(message: dict[str, Any], name: str) -> str | None:

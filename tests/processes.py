@@ -12,6 +12,7 @@ import base64
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,7 +150,7 @@ class Deployment:
                 return False
 
         for proc in procs:
-            await wait_for(lambda p=proc: ready(p), timeout=timeout, interval=0.2)  # type: ignore[misc]
+            await wait_for(lambda p=proc: ready(p), timeout=timeout, interval=0.2)
 
     async def start(self, kind: str, count: int = 1) -> list[AppProcess]:
         """Spawn `count` processes of a kind and wait until they run."""
@@ -185,6 +186,7 @@ async def deployment(stack: Stack, **env: str) -> AsyncIterator[Deployment]:
     finally:
         deploy.stop_all()
         await pool.close()
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 async def owner_client(deploy: Deployment, api: AppProcess) -> httpx.AsyncClient:
@@ -269,7 +271,7 @@ async def settled(pool: asyncpg.Pool, event_ids: Iterable[str], workflows: int, 
                 "AND status IN ('succeeded', 'failed', 'cancelled')",
                 ids,
             )
-        return waiting == 0 and finished >= len(ids) * workflows
+        return bool(waiting == 0 and finished >= len(ids) * workflows)
 
     await wait_for(done, timeout=timeout, interval=0.25)
 
@@ -285,7 +287,7 @@ async def assert_ran_exactly_once(
     ids = sorted({uuid.UUID(e) for e in event_ids})
     async with pool.acquire() as conn:
         stored = await conn.fetchval("SELECT count(*) FROM events WHERE id = ANY($1::uuid[])", ids)
-        rows = await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             "SELECT id, workflow_id, event_id, status, attempts, error FROM executions "
             "WHERE event_id = ANY($1::uuid[])",
             ids,

@@ -36,8 +36,9 @@ from triggers.base import (
     TriggerSyncError,
     TriggerType,
     WorkflowSyncState,
+    check_filter,
 )
-from triggers.filters import FilterOutcome, evaluate, filter_schema, validate_filter
+from triggers.filters import FilterOutcome, evaluate, filter_schema
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -190,9 +191,9 @@ def message_data(message: Mapping[str, Any], *, mailbox: str, account: str | Non
         received_at = datetime.fromtimestamp(int(internal) / 1000, UTC).isoformat()
     labels = message.get("labelIds")
     data: dict[str, Any] = {
-        "id": message.get("id"),
-        "thread_id": message.get("threadId"),
-        "history_id": message.get("historyId"),
+        "id": _text(message.get("id")),
+        "thread_id": _text(message.get("threadId")),
+        "history_id": _text(message.get("historyId")),
         "mailbox": mailbox,
         "account": account,
         "from": headers.get("from", ""),
@@ -205,7 +206,7 @@ def message_data(message: Mapping[str, Any], *, mailbox: str, account: str | Non
         "message_id": headers.get("message-id", ""),
         "in_reply_to": headers.get("in-reply-to", ""),
         "references": headers.get("references", ""),
-        "snippet": message.get("snippet") or "",
+        "snippet": _text(message.get("snippet")) or "",
         "text": (text or "")[:_BODY_CHARS],
         "html": (html or "")[:_BODY_CHARS],
         "truncated": len(text or "") > _BODY_CHARS or len(html or "") > _BODY_CHARS,
@@ -220,6 +221,13 @@ def message_data(message: Mapping[str, Any], *, mailbox: str, account: str | Non
 def sent_by_hookyard(message: Mapping[str, Any]) -> bool:
     """Whether the send action wrote this message (it carries the execution header)."""
     return EXECUTION_HEADER.lower() in _headers(_object(message.get("payload")))
+
+
+def _text(value: object) -> str | None:
+    """Ids come as strings; anything else (never sent by Gmail) is shown as text or dropped."""
+    if isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _object(value: object) -> Mapping[str, Any]:
@@ -273,9 +281,11 @@ def _bodies(payload: Mapping[str, Any]) -> tuple[str | None, str | None, list[di
                 {
                     "filename": str(filename),
                     "mime_type": mime,
-                    "size": body.get("size") if isinstance(body.get("size"), int) else None,
-                    "attachment_id": body.get("attachmentId"),
-                    "part_id": part.get("partId"),
+                    "size": body.get("size")
+                    if isinstance(body.get("size"), int) and 0 <= body["size"] < 2**53
+                    else None,
+                    "attachment_id": _text(body.get("attachmentId")),
+                    "part_id": _text(part.get("partId")),
                 }
             )
         elif mime == "text/plain" and text is None:
@@ -324,9 +334,9 @@ def _contains(haystack: object, needle: str) -> bool:
 def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
     wanted = list(config.get("label_ids") or ["INBOX"])
     given = data.get("labels")
-    labels: list[Any] = given if isinstance(given, list) else []
+    labels = sorted({str(label) for label in given if isinstance(label, str)}) if isinstance(given, list) else []
     if not set(wanted) & set(labels):
-        return FilterOutcome(False, f"labels {sorted(labels)[:10]} include none of {wanted}"[:200])
+        return FilterOutcome(False, f"labels {labels[:10]} include none of {wanted}"[:200])
     checks = {
         "from": [data.get("from")],
         "to": [data.get("to"), data.get("cc")],
@@ -343,11 +353,7 @@ def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
 
 
 async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any]) -> None:
-    if config.get("filter") is not None:
-        try:
-            validate_filter(config["filter"])
-        except ValueError as exc:
-            raise TriggerConfigError("trigger.config.filter", str(exc)) from exc
+    check_filter(config)
     field = "trigger.config.mailbox"
     row = await get_credential(conn, owner_id, UUID(str(config["mailbox"])))
     if row is None:
@@ -362,13 +368,14 @@ async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, 
 
 async def sync_mailbox(ctx: TriggerSyncContext, state: WorkflowSyncState) -> None:
     """Make sure the mailbox this workflow reads (and the one it read before) reconcile their watch."""
-    current = None if state.deleted else _mailbox_of(state.trigger_config)
+    current = _mailbox_of(state.trigger_config)
     previous = _mailbox_of(state.previous_config) if state.previous_config else None
+    wanted = current if state.active and not state.deleted else None
     to_signal: list[MailboxRef] = []
     async with ctx.pool.acquire() as conn:
         for mailbox in dict.fromkeys(m for m in (current, previous) if m is not None):
             ref = MailboxRef(state.owner_id, mailbox)
-            if state.active and mailbox == current:
+            if mailbox == wanted:
                 if not await activate_mailbox(conn, ref):
                     raise TriggerSyncError(f"credential {mailbox} is not a connected Google account")
             else:

@@ -2,6 +2,8 @@
 
 Maps action errors to decisions once: permanent -> failed; retryable -> retried by the
 workflow after a delay from the workflow's retry policy, until its attempts are used up.
+Action types with a hand-over (newsletters) are not run here: the hand-over starts a workflow
+of their own, which records the outcome; the execution stays `running` until then.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from datetime import timedelta
 from functools import partial
@@ -26,15 +29,18 @@ from hookyard.logs import log_context
 from hookyard.metrics import Metrics, record_failover
 from hookyard.tracing import NOOP, Tracing
 from oauth.crypto import Keyring
-from oauth.vault import Vault
 from schemas.sanitize import strip_nul
 from schemas.store import executions as store
 from schemas.store.signing import load_signing_secret
 from worker.contracts import RUN_BATCH_ACTIVITY, BatchInput, Outcome
 from worker.credentials import OwnerCredentials
 from worker.retry import next_delay
+from worker.vault import Vault
 
 log = logging.getLogger(__name__)
+
+# Takes a claimed execution row elsewhere and returns the execution's result meanwhile.
+HandOff = Callable[[asyncpg.Record], Awaitable[dict[str, Any]]]
 
 
 class AutomationActivities:
@@ -49,8 +55,12 @@ class AutomationActivities:
         limiter: RateLimiter | None = None,
         metrics: Metrics | None = None,
         tracing: Tracing = NOOP,
+        handoffs: Mapping[str, HandOff] | None = None,
+        api_bases: Mapping[str, str] | None = None,
     ) -> None:
         self._pool = pool
+        self._api_bases = dict(api_bases or {})
+        self._handoffs = dict(handoffs or {})
         self.metrics = Metrics() if metrics is None else metrics
         self._tracing = tracing
         self._http = http
@@ -89,12 +99,16 @@ class AutomationActivities:
             record["error"] = strip_nul(record["error"])
             async with self._pool.acquire() as conn:
                 await store.record_outcomes(conn, [record])
-        self.metrics.record_attempt(row["action_type"], record["status"], duration)
+        if not record.get("handed_off"):
+            self.metrics.record_attempt(row["action_type"], record["status"], duration)
         return record
 
     async def _attempt(self, row: asyncpg.Record) -> dict[str, Any]:
         execution_id = row["id"]
         try:
+            hand_off = self._handoffs.get(row["action_type"])
+            if hand_off is not None:
+                return {**_record(execution_id, "running", None, await hand_off(row)), "handed_off": True}
             action = get_action(row["action_type"])
             secret = None
             if action.wants_signing_secret(row["action_config"]):
@@ -111,6 +125,7 @@ class AutomationActivities:
                 credentials=OwnerCredentials(self._vault, row["owner_id"]),
                 limiter=self._limiter,
                 record_failover=partial(record_failover, self.metrics),
+                api_bases=self._api_bases,
             )
             result = await action.run(ctx, row["action_config"])
         except (PermanentActionError, UnknownAction) as exc:
@@ -147,6 +162,8 @@ def _record(execution_id: UUID, status: str, error: str | None, result: Any) -> 
 
 
 def _outcome(record: dict[str, Any]) -> Outcome:
+    if record.get("handed_off"):
+        return Outcome(str(record["id"]), "handed_off")
     if record["status"] == "running":
         return Outcome(str(record["id"]), "retry", record["retry_in_s"])
     return Outcome(str(record["id"]), record["status"])

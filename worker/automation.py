@@ -156,7 +156,7 @@ class AutomationWorkflow:
             self._inflight.discard(outcome.execution_id)
             if outcome.status == "retry":
                 self._retries.append(Retry(outcome.execution_id, now + (outcome.retry_in_s or 1.0)))
-            else:
+            else:  # finished, skipped, or handed off to a workflow that records the outcome itself
                 self._finish(outcome.execution_id)
         for execution_id in batch:  # anything the activity did not report is done with
             if execution_id in self._inflight:

@@ -61,7 +61,9 @@ class BatchInput:
 class Outcome:
     """What happened to one execution in a batch.
 
-    status: succeeded | failed | cancelled | retry | skipped (already finished or unknown).
+    status: succeeded | failed | cancelled | retry | skipped (already finished or unknown) |
+    handed_off (a workflow of its own, e.g. a newsletter's, now runs it and records its outcome;
+    the automation is done with it).
     """
 
     execution_id: str

@@ -12,21 +12,22 @@ import redis.asyncio as redis
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from actions import gmail as gmail_action
+from actions import newsletter as newsletter_action
 from actions.ratelimit import RedisRateLimiter, rates_with_overrides
 from hookyard.metrics import Metrics, record_credential_refresh_failure
 from hookyard.settings import Settings
 from hookyard.tracing import NOOP, Tracing
 from oauth.crypto import Keyring
 from oauth.google import google_from_settings
-from oauth.vault import Vault
 from schemas import db
 from worker.activities import AutomationActivities
 from worker.automation import AutomationWorkflow
 from worker.gmail.activities import GmailActivities
 from worker.gmail.workflow import MailboxWorkflow
+from worker.newsletter import NewsletterActivities, NewsletterWorkflow
 from worker.temporal import connect_with_retry
 from worker.ticks import TickActivities, TickWorkflow
+from worker.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,24 @@ def build_worker(
     activities: AutomationActivities,
     ticks: TickActivities | None = None,
     gmail: GmailActivities | None = None,
+    newsletter: NewsletterActivities | None = None,
 ) -> Worker:
     """The Temporal worker for hookyard's task queue (with `ticks`, also schedule ticks; with
-    `gmail`, also the Gmail mailbox workflows)."""
+    `gmail`, also the Gmail mailbox workflows; with `newsletter`, also newsletter sends)."""
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[AutomationWorkflow, *([TickWorkflow] if ticks else []), *([MailboxWorkflow] if gmail else [])],
+        workflows=[
+            AutomationWorkflow,
+            *([TickWorkflow] if ticks else []),
+            *([MailboxWorkflow] if gmail else []),
+            *([NewsletterWorkflow] if newsletter else []),
+        ],
         activities=[
             activities.run_batch,
             *([ticks.record_tick] if ticks else []),
             *([gmail.reconcile_watch, gmail.sync] if gmail else []),
+            *([newsletter.send_batch] if newsletter else []),
         ],
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         # Running activities get this long to finish on shutdown before being cancelled.
@@ -78,19 +86,30 @@ async def run_worker(
                 google_from_settings(settings),
                 on_refresh_failure=partial(record_credential_refresh_failure, metrics),
             )
+            newsletter = NewsletterActivities(
+                pool, http, vault, limiter, metrics, history_limit=settings.automation_history_limit
+            )
             activities = AutomationActivities(
-                pool, http, keyring, vault, limiter=limiter, metrics=metrics, tracing=tracing
+                pool,
+                http,
+                keyring,
+                vault,
+                limiter=limiter,
+                metrics=metrics,
+                tracing=tracing,
+                handoffs={newsletter_action.NAME: newsletter.hand_off},
+                api_bases={"gmail": settings.gmail_api_base},
             )
             ticks = TickActivities(pool)
             gmail = GmailActivities(pool, http, vault, settings)
-            gmail_action.use_api_base(settings.gmail_api_base)
             while not stop.is_set():
                 client = await connect_with_retry(settings, stop)
                 if client is None:
                     break
                 # Traced workflows and activities come with the client's interceptor.
                 client = tracing.instrument_client(client)
-                await _run_until_stopped(build_worker(client, settings, activities, ticks, gmail), stop)
+                worker = build_worker(client, settings, activities, ticks, gmail, newsletter)
+                await _run_until_stopped(worker, stop)
     finally:
         await pool.close()
         await redis_client.aclose()

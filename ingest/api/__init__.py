@@ -25,6 +25,7 @@ ROUTES: list[BaseRoute] = [
     Route("/api/workflows/{id}/run", runs.run_workflow, methods=["POST"]),
     Route("/api/executions/{id}", executions.get_execution, methods=["GET"]),
     Route("/api/executions/{id}/replay", executions.replay_execution, methods=["POST"]),
+    Route("/api/executions/{id}/cancel", executions.cancel_execution, methods=["POST"]),
     Route("/api/credentials", credentials.list_credentials, methods=["GET"]),
     Route("/api/credentials", credentials.create_credential, methods=["POST"]),
     Route("/api/credentials/{id}", credentials.get_credential, methods=["GET"]),

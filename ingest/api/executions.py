@@ -1,4 +1,4 @@
-"""Executions: what each workflow run did, and replaying one."""
+"""Executions: what each workflow run did, replaying one, and cancelling one."""
 
 from __future__ import annotations
 
@@ -7,19 +7,22 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from actions import newsletter
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, page_query, page_response, path_id, query_choice
 from ingest.errors import Conflict, NotFound
 from ingest.state import app_state
 from schemas.store import executions as store
+from schemas.store import newsletter as newsletter_store
 from schemas.store.workflows import get_workflow, lock_active
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+CANCELLED_BY_OWNER = "cancelled by the owner"
 
 
-def execution_json(row: Any) -> dict[str, Any]:
-    """The API view of an execution row."""
-    return {
+def execution_json(row: Any, progress: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The API view of an execution row; a newsletter's also shows its `progress`."""
+    body = {
         "id": row["id"],
         "workflow_id": row["workflow_id"],
         "event_id": row["event_id"],
@@ -35,6 +38,9 @@ def execution_json(row: Any) -> dict[str, Any]:
         "next_attempt_at": row["next_attempt_at"],
         "temporal": {"workflow_id": row["temporal_workflow_id"], "run_id": row["temporal_run_id"]},
     }
+    if progress is not None:
+        body["progress"] = progress
+    return body
 
 
 async def list_for_workflow(request: Request) -> Response:
@@ -57,9 +63,10 @@ async def get_execution(request: Request) -> Response:
     execution_id = path_id(request, "execution")
     async with app_state(request).pool.acquire() as conn:
         row = await store.get_execution(conn, owner_id, execution_id)
-    if row is None:
-        raise NotFound("no such execution")
-    return json_response(execution_json(row))
+        if row is None:
+            raise NotFound("no such execution")
+        progress = await newsletter_store.progress(conn, execution_id)
+    return json_response(execution_json(row, progress))
 
 
 async def replay_execution(request: Request) -> Response:
@@ -79,3 +86,36 @@ async def replay_execution(request: Request) -> Response:
             raise NotFound("no such execution, or its workflow was deleted")
         row = await store.get_execution(conn, owner_id, new_id)
     return json_response(execution_json(row), 202)
+
+
+async def cancel_execution(request: Request) -> Response:
+    """Stop an execution: 202 with the execution as it now stands, 409 if it cannot be stopped.
+
+    Queued executions, and running ones waiting for a retry, are cancelled at once. A newsletter
+    stops between batches (its workflow reads the request from the database), or at once if it
+    has not started sending. An attempt of another action already in flight cannot be recalled.
+    """
+    owner_id = await require_owner(request)
+    execution_id = path_id(request, "execution")
+    async with app_state(request).pool.acquire() as conn, conn.transaction():
+        row = await store.lock_for_cancel(conn, owner_id, execution_id)
+        if row is None:
+            raise NotFound("no such execution")
+        if row["status"] in store.TERMINAL:
+            raise Conflict(f"the execution has already finished ({row['status']})")
+        if row["status"] == "queued":
+            await store.mark_cancelled(conn, execution_id, CANCELLED_BY_OWNER)
+        elif row["action_type"] == newsletter.NAME:
+            await store.request_cancel(conn, execution_id)
+            # Not sending yet (waiting for send_at, or not handed over): nothing to wait for.
+            # Without a stored newsletter there is nothing to summarise either.
+            not_started = not await newsletter_store.started(conn, execution_id)
+            if not_started and await newsletter.finalise(conn, execution_id, cancel=True) is None:
+                await store.mark_cancelled(conn, execution_id, CANCELLED_BY_OWNER)
+        elif row["next_attempt_at"] is not None:
+            await store.mark_cancelled(conn, execution_id, CANCELLED_BY_OWNER)
+        else:
+            raise Conflict("an attempt of this execution is in flight and cannot be recalled; it finishes on its own")
+        updated = await store.get_execution(conn, owner_id, execution_id)
+        progress = await newsletter_store.progress(conn, execution_id)
+    return json_response(execution_json(updated, progress), 202)

@@ -108,6 +108,26 @@ def _tick_op() -> dict[str, Any]:
     return tick
 
 
+def _gmail_push_op() -> dict[str, Any]:
+    push = _op(
+        "Gmail change notification, pushed by Google Pub/Sub",
+        "ingest",
+        {
+            "204": {"description": "Acknowledged: stored once per watched mailbox, or nothing to do."},
+            "400": _json(ref("Error"), "Not a wrapped Pub/Sub push carrying a Gmail notification."),
+            "503": _json(ref("Error"), "Storage unavailable; Pub/Sub redelivers."),
+        },
+        errors=("401",),
+        public=True,
+    )
+    push["description"] = (
+        "`Authorization: Bearer <Google OIDC token>` of the configured push service account and audience. "
+        "Deduplicated on the Pub/Sub message id."
+    )
+    push["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+    return push
+
+
 def _service_paths() -> dict[str, Any]:
     hook_headers = "Signature headers of the endpoint's scheme (standard-webhooks, github, ...)."
     hook = _op(
@@ -127,6 +147,7 @@ def _service_paths() -> dict[str, Any]:
     return {
         "/hooks/{endpoint_id}": {"post": hook},
         "/ingest/ticks/{trigger_id}": {"post": _tick_op()},
+        "/ingest/pubsub/gmail": {"post": _gmail_push_op()},
         "/healthz": {"get": _op("Liveness", "health", _ok({"type": "object"}), errors=(), public=True)},
         "/readyz": {
             "get": _op(
@@ -172,6 +193,77 @@ def _endpoint_paths() -> dict[str, Any]:
         "/api/endpoints/{id}/rotate-secret": {"post": rotate},
     }
 
+
+def _credential_paths() -> dict[str, Any]:
+    tag, one = "credentials", [_id_param()]
+    html = {"content": {"text/html": {"schema": _STR_SCHEMA}}}
+    connect = _op(
+        "Open a connect link: redirects to the provider's consent screen",
+        "oauth",
+        {
+            "302": {"description": "To the provider's consent screen (sets a cookie binding the sign-in)."},
+            "400": {"description": "The link is not valid.", **html},
+            "404": {"description": "No such link.", **html},
+            "410": {"description": "The link was used or has expired.", **html},
+        },
+        params=[{"name": "token", "in": "path", "required": True, "schema": _STR_SCHEMA}],
+        errors=(),
+        public=True,
+    )
+    callback = _op(
+        "OAuth2 callback: stores the tokens encrypted, or explains why not",
+        "oauth",
+        {
+            "200": {"description": "Connected.", **html},
+            "303": {"description": "Connected; to `redirect_after` with `credential_id` and `status`."},
+            "400": {"description": "Denied, expired or reused sign-in, another browser, or a refused code.", **html},
+            "410": {"description": "The link was used or expired meanwhile.", **html},
+        },
+        errors=(),
+        public=True,
+    )
+    return {
+        "/api/credentials": {
+            "get": _op("List credentials (never secrets)", tag, _ok(_page("Credential")), params=_PAGING),
+            "post": _op(
+                "Store an API-key credential (Resend, Postmark, Slack, Novu)",
+                tag,
+                _ok("Credential", "201", "Created; the secret is never shown again."),
+                body="CredentialCreate",
+                errors=("400", "401", "422"),
+            ),
+        },
+        "/api/credentials/{id}": {
+            "get": _op(
+                "Get a credential: provider, account, scopes, status, expiry",
+                tag,
+                _ok("Credential"),
+                params=one,
+                errors=("401", "404"),
+            ),
+            "delete": _op(
+                "Revoke at the provider, then delete",
+                tag,
+                {**_DELETED, "503": _json(ref("Error"), "The provider could not be reached; nothing deleted.")},
+                params=one,
+                errors=("401", "404"),
+            ),
+        },
+        "/api/connect-links": {
+            "post": _op(
+                "Create a connect link for an OAuth2 provider",
+                tag,
+                _ok("ConnectLink", "201", "Created."),
+                body="ConnectLinkCreate",
+                errors=("400", "401", "422"),
+            )
+        },
+        "/oauth/connect/{token}": {"get": connect},
+        "/oauth/callback": {"get": callback},
+    }
+
+
+_STR_SCHEMA: dict[str, Any] = {"type": "string"}
 
 _RUN_QUEUED = {
     "type": "object",
@@ -254,6 +346,18 @@ def _history_paths() -> dict[str, Any]:
                 errors=("401", "404"),
             ),
         },
+        "/api/executions/{id}/cancel": {
+            "post": {
+                **_op(
+                    "Cancel an execution (a newsletter stops between batches)",
+                    "executions",
+                    _ok("Execution", "202", "Cancelled, or asked to stop."),
+                    params=one,
+                    errors=("401", "404"),
+                ),
+                "description": "409 if it has finished, or if an attempt of a non-newsletter action is in flight.",
+            },
+        },
         "/api/events": {
             "get": _op(
                 "List events (without bodies)",
@@ -287,7 +391,13 @@ def openapi_document() -> dict[str, Any]:
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "security": [{"apiKey": []}],
-        "paths": {**_service_paths(), **_endpoint_paths(), **_workflow_paths(), **_history_paths()},
+        "paths": {
+            **_service_paths(),
+            **_endpoint_paths(),
+            **_credential_paths(),
+            **_workflow_paths(),
+            **_history_paths(),
+        },
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
             "schemas": component_schemas(),

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from actions.registry import ACTIONS
-from ingest.api import definitions, endpoints, events, executions
+from ingest.api import credentials, definitions, endpoints, events, executions
 from triggers.registry import TRIGGERS
 
 _STR = {"type": "string"}
@@ -116,24 +116,27 @@ def _workflow_schemas() -> dict[str, Any]:
 
 
 def _execution_schema() -> dict[str, Any]:
-    return _obj(
-        {
-            "id": _UUID,
-            "workflow_id": _UUID,
-            "event_id": _nullable(_UUID),
-            "replay_of": _nullable(_UUID),
-            "status": {"enum": list(executions.STATUSES)},
-            "trigger_data": {"type": "object"},
-            "result": _ANY,
-            "error": _nullable(_STR),
-            "attempts": {"type": "integer"},
-            "created_at": _TIME,
-            "started_at": _nullable(_TIME),
-            "finished_at": _nullable(_TIME),
-            "next_attempt_at": _nullable(_TIME),
-            "temporal": _obj({"workflow_id": _nullable(_STR), "run_id": _nullable(_STR)}),
-        }
-    )
+    progress = {
+        "type": "object",
+        "description": "Newsletters only (email.send-newsletter): recipients per state, while it runs and after.",
+    }
+    properties = {
+        "id": _UUID,
+        "workflow_id": _UUID,
+        "event_id": _nullable(_UUID),
+        "replay_of": _nullable(_UUID),
+        "status": {"enum": list(executions.STATUSES)},
+        "trigger_data": {"type": "object"},
+        "result": _ANY,
+        "error": _nullable(_STR),
+        "attempts": {"type": "integer"},
+        "created_at": _TIME,
+        "started_at": _nullable(_TIME),
+        "finished_at": _nullable(_TIME),
+        "next_attempt_at": _nullable(_TIME),
+        "temporal": _obj({"workflow_id": _nullable(_STR), "run_id": _nullable(_STR)}),
+    }
+    return _obj({**properties, "progress": progress}, tuple(properties))
 
 
 def _event_schemas() -> dict[str, Any]:
@@ -174,12 +177,48 @@ def _catalog_schema() -> dict[str, Any]:
     return _obj({"triggers": entries, "actions": entries})
 
 
+def _credential_schemas() -> dict[str, Any]:
+    credential = _obj(
+        {
+            "id": _UUID,
+            "provider": _STR,
+            "kind": {"enum": ["oauth2", "api_key"]},
+            "name": _STR,
+            "account_email": _nullable(_STR),
+            "scopes": {"type": "array", "items": _STR},
+            "status": {"enum": ["active", "needs_reconnect", "revoked"]},
+            "status_reason": _nullable(_STR),
+            "expires_at": _nullable(_TIME),
+            "last_refreshed_at": _nullable(_TIME),
+            "created_at": _TIME,
+            "updated_at": _TIME,
+        }
+    )
+    link = _obj(
+        {
+            "id": _UUID,
+            "provider": _STR,
+            "scopes": {"type": "array", "items": _STR},
+            "url": {**_STR, "description": "Signed, expiring, single use; open it in a browser."},
+            "expires_at": _TIME,
+            "redirect_after": _nullable(_STR),
+        }
+    )
+    return {
+        "Credential": credential,
+        "CredentialCreate": credentials.CREATE_SCHEMA,
+        "ConnectLinkCreate": credentials.LINK_SCHEMA,
+        "ConnectLink": link,
+    }
+
+
 def component_schemas() -> dict[str, Any]:
     """Every named schema the paths refer to."""
     error = _obj({"error": _obj({"code": _STR, "message": _STR, "field": _STR}, ("code", "message"))})
     return {
         "Error": error,
         **_endpoint_schemas(),
+        **_credential_schemas(),
         **_workflow_schemas(),
         "Execution": _execution_schema(),
         **_event_schemas(),

@@ -159,3 +159,33 @@ async def get_execution(conn: asyncpg.Connection, owner_id: UUID, execution_id: 
         f"SELECT {_COLUMNS} FROM executions WHERE id = $1 AND owner_id = $2", execution_id, owner_id
     )
     return row
+
+
+async def lock_for_cancel(conn: asyncpg.Connection, owner_id: UUID, execution_id: UUID) -> asyncpg.Record | None:
+    """One of the owner's executions with its workflow's action type, row-locked (in a transaction)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT x.id, x.status, x.next_attempt_at, x.cancel_requested_at, w.action_type FROM executions x "
+        "JOIN workflows w ON w.id = x.workflow_id WHERE x.id = $1 AND x.owner_id = $2 FOR UPDATE OF x",
+        execution_id,
+        owner_id,
+    )
+    return row
+
+
+async def mark_cancelled(conn: asyncpg.Connection, execution_id: UUID, reason: str) -> None:
+    """Cancel an execution that has no attempt in flight (queued, or waiting for a retry)."""
+    await conn.execute(
+        "UPDATE executions SET status = 'cancelled', finished_at = now(), next_attempt_at = NULL, error = $2, "
+        "cancel_requested_at = coalesce(cancel_requested_at, now()) "
+        "WHERE id = $1 AND status IN ('queued', 'running')",
+        execution_id,
+        reason,
+    )
+
+
+async def request_cancel(conn: asyncpg.Connection, execution_id: UUID) -> None:
+    """Ask a running execution to stop at its next checkpoint (newsletters: between batches)."""
+    await conn.execute(
+        "UPDATE executions SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE id = $1",
+        execution_id,
+    )

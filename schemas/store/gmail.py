@@ -1,7 +1,8 @@
 """Gmail mailboxes: the sync cursor, the Pub/Sub watch, and pushes waiting for the sync.
 
-A mailbox row exists per Google credential that a gmail.* workflow reads. Its status is
-derived from those workflows (`wanted_mailboxes`); the mailbox workflow reconciles the watch.
+A mailbox row exists per Google credential that a gmail.* workflow reads. Whether it is
+wanted, and which labels, follows from those workflows (`wanted_labels`); the mailbox
+workflow reconciles the watch with them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from uuid import UUID
 
 import asyncpg
 
-GMAIL_TRIGGER_PREFIX = "gmail."
 DEFAULT_LABELS = ("INBOX",)
 
 _COLUMNS = (
@@ -81,36 +81,6 @@ async def wanted_labels(conn: asyncpg.Connection, ref: MailboxRef) -> list[str] 
     return sorted(labels)
 
 
-async def wanted_mailboxes(conn: asyncpg.Connection) -> dict[MailboxRef, list[str]]:
-    """Every mailbox some active gmail.* workflow reads, with the labels wanted of it."""
-    rows = await conn.fetch(
-        "SELECT owner_id, routing_key, trigger_config->'label_ids' AS labels FROM workflows "
-        "WHERE active AND deleted_at IS NULL AND trigger_type LIKE 'gmail.%'"
-    )
-    wanted: dict[MailboxRef, set[str]] = {}
-    for row in rows:
-        try:
-            ref = MailboxRef(row["owner_id"], UUID(row["routing_key"]))
-        except ValueError:
-            continue
-        given = row["labels"]
-        wanted.setdefault(ref, set()).update(given if isinstance(given, list) and given else DEFAULT_LABELS)
-    return {ref: sorted(labels) for ref, labels in wanted.items()}
-
-
-async def mailbox_states(conn: asyncpg.Connection) -> dict[MailboxRef, tuple[str, list[str], bool]]:
-    """(status, label ids, has a watch) of every mailbox row, to compare with what is wanted."""
-    rows = await conn.fetch("SELECT owner_id, credential_id, status, label_ids, watch_expiration FROM gmail_mailboxes")
-    return {
-        MailboxRef(r["owner_id"], r["credential_id"]): (
-            r["status"],
-            list(r["label_ids"]),
-            r["watch_expiration"] is not None,
-        )
-        for r in rows
-    }
-
-
 async def note_pushes(
     conn: asyncpg.Connection, refs: Sequence[MailboxRef], history_ids: Sequence[int]
 ) -> set[MailboxRef]:
@@ -154,9 +124,10 @@ async def mark_signalled(conn: asyncpg.Connection, credential_ids: Sequence[UUID
 
 
 async def record_watch(
-    conn: asyncpg.Connection, ref: MailboxRef, history_id: int, expiration: datetime, label_ids: Sequence[str]
+    conn: asyncpg.Connection, ref: MailboxRef, history_id: int, expiration: datetime | None, label_ids: Sequence[str]
 ) -> None:
-    """A watch was made or renewed; the cursor starts at its history id only if there was none."""
+    """A watch was made or renewed (`expiration` None: polled, no push); the cursor starts at
+    its history id only if there was none."""
     await conn.execute(
         "UPDATE gmail_mailboxes SET status = 'active', history_id = coalesce(history_id, $3), "
         "watch_expiration = $4, watch_renewed_at = now(), label_ids = $5, last_error = NULL, updated_at = now() "

@@ -2,7 +2,8 @@
 
 Kubernetes: every overlay is rendered with `kubectl kustomize`, each document is validated against
 the Kubernetes schemas (kubernetes-validate, strict: unknown fields fail), and the workloads are
-checked for what the image relies on (non-root, read-only root with /tmp writable, limits).
+checked for what the image relies on (non-root, read-only root with /tmp writable, limits), for
+which process gets which secret, for what the Ingress exposes and for metrics scraping.
 Compose: `docker-compose config` accepts the compose file with the committed example environment.
 No cluster and no Docker engine are needed.
 """
@@ -29,7 +30,15 @@ OVERLAYS = sorted(p.name for p in (DEPLOY / "k8s" / "overlays").iterdir() if (p 
 # The oldest Kubernetes the manifests must be valid for; the newest schemas shipped are checked too.
 OLDEST_KUBERNETES = "1.30.0"
 SECRET_NAME = "hookyard-secrets"
-SECRET_KEYS = {"DATABASE_URL", "REDIS_URL", "HOOKYARD_MASTER_KEYS"}
+# Keys every deployment puts in the Secret, and keys a feature needs only when it is used.
+REQUIRED_SECRET_KEYS = {"DATABASE_URL", "REDIS_URL", "HOOKYARD_MASTER_KEYS"}
+OPTIONAL_SECRET_KEYS = {"HOOKYARD_GOOGLE_CLIENT_SECRET", "HOOKYARD_CODEC_AUTH_TOKEN", "HOOKYARD_TEMPORAL_API_KEY"}
+SECRET_KEYS = REQUIRED_SECRET_KEYS | OPTIONAL_SECRET_KEYS
+# The processes that hold the master keys: stored secrets (api, worker) and the payload codec
+# (dispatcher and worker encrypt Temporal payloads; the api's codec server decrypts them).
+MASTER_KEY_PROCESSES = {"api", "dispatcher", "worker"}
+# What the public Ingress may route; /metrics, /healthz and /readyz must stay inside the cluster.
+PUBLIC_PREFIXES = {"/hooks", "/ingest", "/api", "/oauth", "/codec"}
 # Pods of each process an overlay runs at least (the autoscaler's minimum, else the replica count).
 MIN_PODS = {
     "dev": {"hookyard-api": 1, "hookyard-dispatcher": 1, "hookyard-worker": 1},
@@ -122,21 +131,103 @@ def test_workloads_run_non_root_read_only_and_limited(overlay: tuple[str, list[D
     assert not problems, "\n".join(problems)
 
 
+def _secret_refs(container: Doc) -> dict[str, Doc]:
+    """The container's variables taken from a Secret key: variable -> secretKeyRef."""
+    refs = {}
+    for env in container.get("env", []):
+        ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            refs[env["name"]] = ref
+    return refs
+
+
 def test_secret_is_referenced_by_name_never_rendered(overlay: tuple[str, list[Doc]]) -> None:
     _, docs = overlay
     assert not [_name(d) for d in docs if d["kind"] == "Secret"], "secrets must not be committed"
     referenced = set()
     for name, pod in _workloads(docs).items():
         for container in pod["containers"]:
-            for env in container.get("env", []):
-                ref = (env.get("valueFrom") or {}).get("secretKeyRef")
-                if ref:
-                    assert ref["name"] == SECRET_NAME, f"{name}: {env['name']} from unknown secret {ref['name']}"
-                    referenced.add(ref["key"])
+            for variable, ref in _secret_refs(container).items():
+                assert ref["name"] == SECRET_NAME, f"{name}: {variable} from unknown secret {ref['name']}"
+                assert ref["key"] == variable, f"{name}: {variable} read from key {ref['key']}"
+                # A missing required key must stop the pod; a missing optional one only turns a feature off.
+                assert ref.get("optional", False) is (ref["key"] in OPTIONAL_SECRET_KEYS), f"{name}: {variable}"
+                referenced.add(ref["key"])
             assert all("secretRef" not in src for src in container.get("envFrom", [])), name
     assert referenced == SECRET_KEYS
     for config in _of_kind(docs, "ConfigMap").values():
         assert not SECRET_KEYS & set(config.get("data", {})), f"secret in ConfigMap {config['metadata']['name']}"
+
+
+def test_master_keys_reach_every_process_that_encrypts(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    holders = {
+        container["name"]
+        for pod in _workloads(docs).values()
+        for container in pod["containers"]
+        if "HOOKYARD_MASTER_KEYS" in _secret_refs(container)
+    }
+    assert holders == MASTER_KEY_PROCESSES
+
+
+def test_ingress_routes_only_the_public_surface(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    routed = {
+        path["path"]
+        for ingress in _of_kind(docs, "Ingress").values()
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    assert {"/hooks", "/ingest", "/api", "/oauth"} <= routed
+    assert routed <= PUBLIC_PREFIXES, f"routed beyond the public surface: {sorted(routed - PUBLIC_PREFIXES)}"
+
+
+def _allows_ingress(policies: list[Doc], labels: dict[str, str], port: int) -> bool:
+    """Whether some policy selecting pods with `labels` admits TCP traffic to `port` from anywhere it names."""
+    for policy in policies:
+        selector = policy["spec"]["podSelector"]
+        if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+            continue
+        if any(
+            (labels.get(e["key"]) in e["values"]) != (e["operator"] == "In")
+            for e in selector.get("matchExpressions") or []
+        ):
+            continue
+        for rule in policy["spec"].get("ingress") or []:
+            if rule.get("from") and any(p.get("port") == port for p in rule.get("ports") or []):
+                return True
+    return False
+
+
+def test_every_process_can_be_scraped_by_prometheus(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    (config,) = _of_kind(docs, "ConfigMap").values()
+    settings = config["data"]
+    assert settings.get("HOOKYARD_METRICS_HOST") == "0.0.0.0", "a listener on loopback cannot be scraped"
+    listeners = {
+        "api": {"http": int(settings.get("HOOKYARD_PORT", 8000))},
+        "dispatcher": {},
+        "worker": {},
+    }
+    for process in ("dispatcher", "worker"):
+        listeners[process] = {
+            "metrics": int(settings["HOOKYARD_METRICS_PORT"]),
+            "temporal-metrics": int(settings["HOOKYARD_TEMPORAL_METRICS_PORT"]),
+        }
+    policies = list(_of_kind(docs, "NetworkPolicy").values())
+    for process, wanted in listeners.items():
+        deployment = _of_kind(docs, "Deployment")[f"hookyard-{process}"]
+        template = deployment["spec"]["template"]
+        annotations = template["metadata"].get("annotations") or {}
+        assert annotations.get("prometheus.io/scrape") == "true", process
+        assert annotations.get("prometheus.io/path") == "/metrics", process
+        (container,) = template["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        assert {name: ports.get(name) for name in wanted} == wanted, f"{process}: container ports {ports}"
+        assert int(annotations.get("prometheus.io/port", 0)) == next(iter(wanted.values())), process
+        labels = template["metadata"]["labels"]
+        for port in wanted.values():
+            assert _allows_ingress(policies, labels, port), f"{process}: port {port} is closed to Prometheus"
 
 
 def test_probes_and_graceful_shutdown(overlay: tuple[str, list[Doc]]) -> None:
@@ -206,16 +297,24 @@ def test_compose_file_is_valid_with_the_example_env() -> None:
     assert services["migrate"]["restart"] == "no"
     for service in ("api", "dispatcher", "worker"):
         assert services[service]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    assert {s for s in services if "HOOKYARD_MASTER_KEYS" in (services[s].get("environment") or {})} == {
-        "api",
-        "worker",
-    }
+    assert {s for s in services if "HOOKYARD_MASTER_KEYS" in (services[s].get("environment") or {})} == (
+        MASTER_KEY_PROCESSES
+    )
+    for service in ("dispatcher", "worker"):
+        environment = services[service]["environment"]
+        assert environment["HOOKYARD_METRICS_HOST"] == "0.0.0.0", f"{service}: metrics only on loopback"
+        assert int(environment["HOOKYARD_METRICS_PORT"]) > 0, f"{service}: no metrics listener"
+        assert int(environment["HOOKYARD_TEMPORAL_METRICS_PORT"]) > 0, f"{service}: no Temporal SDK metrics"
     grace = re.fullmatch(r"(\d+)s", services["worker"]["stop_grace_period"])
     assert grace and int(grace.group(1)) > 30, "the worker would be killed before its running actions finish"
 
-    # Every setting hookyard reads can be set (HOST and PORT are fixed by the image).
-    settable = set(services["api"]["environment"]) | {"HOOKYARD_HOST", "HOOKYARD_PORT"}
+    # Every setting hookyard reads reaches the processes that use it (HOST and PORT are fixed by
+    # the image); secrets go only to some, so the union is what counts.
+    settable = {"HOOKYARD_HOST", "HOOKYARD_PORT"}
+    for service in APP_SERVICES:
+        settable |= set(services[service].get("environment") or {})
     assert set(_ENV) <= settable, f"not passed to the containers: {sorted(set(_ENV) - settable)}"
+    assert not OPTIONAL_SECRET_KEYS & set(services["migrate"]["environment"]), "migrate needs no secrets"
 
 
 def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
@@ -236,3 +335,21 @@ def test_image_copies_every_package() -> None:
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
     assert {f"!{p}/" for p in packages} <= set(ignore), "a package is left out of the build context"
     assert {"!pyproject.toml", "!README.md"} <= set(ignore)
+
+
+def test_image_installs_the_tracing_extra() -> None:
+    """HOOKYARD_OTEL_ENDPOINT works in the image only if the `otel` extra is installed."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"pip install \S*\.\[otel\]", dockerfile), "the image does not install hookyard[otel]"
+
+
+def test_every_setting_is_documented_and_listed_for_kubernetes() -> None:
+    """docs/operations.md describes every setting; config.env lists every non-secret one."""
+    settings = {*_ENV, "HOOKYARD_MASTER_KEYS", "HOOKYARD_MASTER_KEYS_FILE"}
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", (ROOT / "docs" / "operations.md").read_text()))
+    assert settings <= documented, f"not in docs/operations.md: {sorted(settings - documented)}"
+    config = (DEPLOY / "k8s" / "base" / "config.env").read_text()
+    listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", config, re.MULTILINE))
+    from_secrets = SECRET_KEYS | {"HOOKYARD_MASTER_KEYS_FILE"}
+    missing = set(_ENV) - from_secrets - listed
+    assert not missing, f"not listed in k8s/base/config.env: {sorted(missing)}"

@@ -80,7 +80,9 @@ class Reader:
     path: str
 
 
-async def reading_workflow(env: Env, pool: asyncpg.Pool, keyring: Keyring, receiver: Receiver, **trigger: Any) -> Reader:
+async def reading_workflow(
+    env: Env, pool: asyncpg.Pool, keyring: Keyring, receiver: Receiver, **trigger: Any
+) -> Reader:
     """An owner with a connected mailbox and an active gmail.receive-email workflow posting to the receiver."""
     owner = await new_owner(pool, env.url)
     email, token = unique_email(), f"tok-{uuid.uuid4().hex}"
@@ -147,6 +149,35 @@ async def test_duplicate_and_out_of_order_pushes_sync_nothing_twice(env, pool, k
     assert [e["subject"] for e in await gmail_events(pool, reader.credential_id)] == ["one", "two"]
 
 
+async def test_a_workflow_replying_to_its_own_mailbox_does_not_trigger_itself(env, pool, keyring, receiver) -> None:
+    reader = await reading_workflow(env, pool, keyring, receiver)
+    response = await reader.owner.client.patch(
+        f"/api/workflows/{reader.workflow['id']}",
+        json={
+            "action": {
+                "type": "gmail.send-email",
+                "credential_id": reader.credential_id,
+                "config": {
+                    "to": "{{ trigger.account }}",
+                    "subject": "Re: {{ trigger.subject }}",
+                    "text": "auto-reply",
+                    "reply_in_thread": True,
+                },
+            }
+        },
+    )
+    assert response.status_code == 200, response.text
+    reader.box.deliver(subject="ping")
+    await push(env, reader, reader.box.history_id)
+    await wait_for(lambda: _true(reader.box.sent), timeout=30)
+    # Gmail announces the reply too (it landed in the inbox, as mail to oneself does).
+    await push(env, reader, reader.box.history_id)
+    await asyncio.sleep(2.0)
+    assert len(reader.box.sent) == 1
+    assert reader.box.sent[0]["In-Reply-To"] is not None
+    assert [e["subject"] for e in await gmail_events(pool, reader.credential_id)] == ["ping"]
+
+
 async def test_the_trigger_filters_decide_which_messages_fire(env, pool, keyring, receiver) -> None:
     reader = await reading_workflow(env, pool, keyring, receiver, subject="invoice", has_attachment=True)
     reader.box.deliver(subject="Invoice March", attachments=[("march.pdf", "application/pdf", 100)])
@@ -164,15 +195,6 @@ async def test_deactivating_the_last_workflow_stops_the_watch_and_the_mailbox_wo
     reader = await reading_workflow(env, pool, keyring, receiver)
     response = await reader.owner.client.post(f"/api/workflows/{reader.workflow['id']}/deactivate")
     assert response.status_code == 200
-    await asyncio.sleep(5)
-    async with pool.acquire() as conn:
-        print("DBG", dict(await conn.fetchrow("SELECT active, sync_version, synced_version, sync_error, synced_trigger_config FROM workflows WHERE id = $1::uuid", reader.workflow["id"])))
-    print("DBG", dict(await mailbox_row(pool, reader.credential_id)))
-    print("DBG", reader.box.calls)
-    h = env.temporal.get_workflow_handle(mailbox_workflow_id(reader.credential_id))
-    hist = await h.fetch_history()
-    for e in hist.events:
-        print("DBG EV", e.event_type, e.event_time.ToDatetime().time())
     await wait_for(lambda: _true(reader.box.stops), timeout=30)
     assert (await mailbox_row(pool, reader.credential_id))["status"] == "stopped"
     handle = env.temporal.get_workflow_handle(mailbox_workflow_id(reader.credential_id))

@@ -17,7 +17,6 @@ from temporalio.testing import ActivityEnvironment
 from hookyard import services
 from hookyard.settings import Settings
 from oauth.crypto import Keyring
-from oauth.vault import Vault
 from schemas.store.gmail import MailboxRef, record_watch
 from schemas.store.owners import create_owner
 from tests.conftest import Stack, make_settings, serve
@@ -25,6 +24,7 @@ from tests.fake_gmail import FakeGmail, FakeMailbox
 from tests.gmail_support import connect_google, gmail_events, mailbox_row, unique_email
 from triggers.gmail import MailboxJob
 from worker.gmail.activities import GmailActivities
+from worker.vault import Vault
 
 pytestmark = pytest.mark.integration
 
@@ -123,9 +123,7 @@ async def test_a_sync_cut_off_mid_way_resumes_without_duplicates(activities, poo
     assert len(await gmail_events(pool, mailbox.credential_id)) == 2  # the first page is kept
     mailbox.box.failures.clear()
     await sync(activities, mailbox)
-    assert [e["subject"] for e in await gmail_events(pool, mailbox.credential_id)] == [
-        f"message {n}" for n in range(5)
-    ]
+    assert [e["subject"] for e in await gmail_events(pool, mailbox.credential_id)] == [f"message {n}" for n in range(5)]
 
 
 async def test_an_expired_history_id_falls_back_to_a_full_sync_of_recent_mail(activities, pool, keyring, fake) -> None:
@@ -212,7 +210,11 @@ async def test_the_watch_covers_the_labels_of_every_active_workflow(activities, 
     await add_workflow(pool, mailbox, ["Label_9"], active=False)
     result = await ActivityEnvironment().run(activities.reconcile_watch, mailbox.job)
     assert result.active
-    assert mailbox.box.watches[-1] == {"topicName": TOPIC, "labelIds": ["INBOX", "Label_1"], "labelFilterBehavior": "include"}
+    assert mailbox.box.watches[-1] == {
+        "topicName": TOPIC,
+        "labelIds": ["INBOX", "Label_1"],
+        "labelFilterBehavior": "include",
+    }
     row = await mailbox_row(pool, mailbox.credential_id)
     assert list(row["label_ids"]) == ["INBOX", "Label_1"] and row["watch_expiration"] > datetime.now(UTC)
 
@@ -249,3 +251,15 @@ async def test_gmail_refusing_the_token_is_final_and_recorded(activities, pool, 
     assert failed.value.non_retryable
     assert "403" in (await mailbox_row(pool, mailbox.credential_id))["last_error"]
     assert mailbox.box.token not in str(failed.value)
+
+
+async def test_without_a_topic_the_mailbox_is_polled_and_says_so(pool, keyring, fake, gmail_settings) -> None:
+    mailbox = await watched_mailbox(pool, keyring, fake)
+    await add_workflow(pool, mailbox, ["Label_5"])
+    async with httpx.AsyncClient() as http:
+        unwatched = GmailActivities(pool, http, Vault(pool, keyring, http), gmail_settings.replace(gmail_topic=""))
+        result = await ActivityEnvironment().run(unwatched.reconcile_watch, mailbox.job)
+    assert result.active and mailbox.box.watches == []
+    row = await mailbox_row(pool, mailbox.credential_id)
+    assert list(row["label_ids"]) == ["Label_5"] and row["watch_expiration"] is None
+    assert "HOOKYARD_GMAIL_TOPIC is not set" in row["last_error"]

@@ -199,7 +199,10 @@ async def test_storage_down_answers_503_so_pubsub_redelivers(stack, keyring, goo
         email = unique_email("outage")
         await connect_google(pool, keyring, await new_owner_id(pool), email, "tok-o")
         await pool.close()
-        async with serve(create_app(settings, keyring), settings.port) as base, httpx.AsyncClient(base_url=base) as http:
+        async with (
+            serve(create_app(settings, keyring), settings.port) as base,
+            httpx.AsyncClient(base_url=base) as http,
+        ):
             assert (await http.post(PATH, json=push_body(email, 1), headers=bearer())).status_code == 204
             pg.stop()
             response = await http.post(PATH, json=push_body(email, 2), headers=bearer())

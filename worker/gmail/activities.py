@@ -28,7 +28,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from hookyard.settings import Settings
-from oauth.vault import CredentialNotFound, CredentialUnusable, RefreshUnavailable, Vault
 from schemas.store import gmail as store
 from schemas.store.events import NewEvent, insert_events
 from schemas.store.gmail import MailboxRef
@@ -43,6 +42,7 @@ from triggers.gmail import (
     sent_by_hookyard,
 )
 from worker.gmail.client import GmailClient, GmailRefused, GmailUnavailable, HistoryGone
+from worker.vault import CredentialNotFound, CredentialUnusable, RefreshUnavailable, Vault
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +109,20 @@ class GmailActivities:
             await store.activate_mailbox(conn, ref)
         topic = self._settings.gmail_topic
         if not topic:
-            await self._record_error(ref, "HOOKYARD_GMAIL_TOPIC is not set: no push, the mailbox is polled")
+            # No push without a topic: the mailbox is read on the sweep timer only.
+            history_id = _history_id(await _gmail(client.profile()))
             async with self._pool.acquire() as conn:
-                row = await store.get_mailbox(conn, ref)
-            if row is not None and row["history_id"] is None:
-                await self._start_cursor(client, ref)
-            return WatchResult(active=True)
+                await store.record_watch(conn, ref, history_id, None, labels)
+            await self._record_error(ref, "HOOKYARD_GMAIL_TOPIC is not set: no push, the mailbox is polled")
+            return WatchResult(active=True, history_id=history_id)
         answer = await _gmail(client.watch(topic, labels))
         try:
             history_id = int(answer["historyId"])
             expiration = datetime.fromtimestamp(int(answer["expiration"]) / 1000, UTC)
         except (KeyError, TypeError, ValueError):
-            raise ApplicationError("Gmail watch answered without historyId/expiration", type="GmailRefused") from None
+            raise ApplicationError(
+                "Gmail watch answered without historyId/expiration", type="GmailRefused", non_retryable=True
+            ) from None
         async with self._pool.acquire() as conn:
             await store.record_watch(conn, ref, history_id, expiration, labels)
         log.info("mailbox %s watched (labels %s) until %s", ref.credential_id, labels, expiration.isoformat())

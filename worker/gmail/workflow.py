@@ -76,6 +76,8 @@ class MailboxWorkflow:
         sync_failures = watch_failures = 0
         sync_retry_at = 0.0
         while True:
+            # Signals that arrive while an activity runs must wake the wait below, not be missed.
+            seen = self._changes
             now = workflow.now().timestamp()
             if self._reconcile or now >= watch_due:
                 self._reconcile = False
@@ -131,7 +133,7 @@ class MailboxWorkflow:
             timeout = max(0.0, min(due) - workflow.now().timestamp())
             if timeout > 0:
                 with contextlib.suppress(TimeoutError):
-                    await workflow.wait_condition(self._changed_since(self._changes), timeout=timeout)
+                    await workflow.wait_condition(self._changed_since(seen), timeout=timeout)
 
     def _changed_since(self, seen: int) -> Callable[[], bool]:
         return lambda: self._changes != seen
