@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--redis-port", type=int, default=56379)
     dev.add_argument("--temporal-port", type=int, default=7233)
     dev.add_argument("--temporal-ui-port", type=int, default=8233)
+    dev.add_argument("--dispatcher-metrics-port", type=int, default=9100)
+    dev.add_argument("--worker-metrics-port", type=int, default=9101)
 
     sub.add_parser("serve", help="run the API and ingest server")
     sub.add_parser("dispatch", help="run the dispatcher")
@@ -169,7 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         from hookyard.dev import DevPorts, run_dev
 
         logs.configure("WARNING")
-        ports = DevPorts(args.port, args.postgres_port, args.redis_port, args.temporal_port, args.temporal_ui_port)
+        ports = DevPorts(
+            args.port,
+            args.postgres_port,
+            args.redis_port,
+            args.temporal_port,
+            args.temporal_ui_port,
+            args.dispatcher_metrics_port,
+            args.worker_metrics_port,
+        )
         return run_dev(Path(args.data_dir), ports)
     if args.command == "owners":
         owner_id, key = asyncio.run(_create_owner(_database_url(args.data_dir), args.name))

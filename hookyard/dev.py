@@ -33,6 +33,9 @@ class DevPorts:
     redis: int = 56379
     temporal: int = 7233
     temporal_ui: int = 8233
+    # Prometheus metrics of the dispatcher and the worker (the api serves its own at /metrics).
+    dispatcher_metrics: int = 9100
+    worker_metrics: int = 9101
 
 
 STACK_FILE = "stack.json"
@@ -130,7 +133,11 @@ class Supervisor:
 
     def _spawn_app(self, name: str) -> services.ManagedProcess:
         argv = [sys.executable, "-m", "hookyard.cli", name]
-        proc = subprocess.Popen(argv, env=self.env, start_new_session=True)  # noqa: S603
+        env = dict(self.env)
+        metrics_port = {"dispatch": self.ports.dispatcher_metrics, "worker": self.ports.worker_metrics}.get(name)
+        if metrics_port is not None:
+            env["HOOKYARD_METRICS_PORT"] = str(metrics_port)
+        proc = subprocess.Popen(argv, env=env, start_new_session=True)  # noqa: S603
         return services.ManagedProcess(name, proc, Path("-"))
 
     def watch(self) -> None:
@@ -156,7 +163,7 @@ class Supervisor:
         self._stopping = True
         for proc in self.apps.values():
             if proc.alive():
-                proc._signal(signal.SIGTERM)
+                proc.terminate()
         for proc in self.apps.values():
             proc.stop(timeout=40)
         for proc in reversed(self.infra):
@@ -179,7 +186,14 @@ def run_dev(data_dir: Path, ports: DevPorts) -> int:
         _say(f"migrations applied: {', '.join(applied) or 'none pending'}")
         sup.start_apps(urls)
         api = f"http://127.0.0.1:{ports.api}"
-        stack = {**urls, "api": api, "data_dir": str(sup.data_dir), "codec_token_file": str(sup.codec_token_path)}
+        stack = {
+            **urls,
+            "metrics": f"{api}/metrics, http://127.0.0.1:{ports.dispatcher_metrics}/metrics (dispatcher), "
+            f"http://127.0.0.1:{ports.worker_metrics}/metrics (worker)",
+            "api": api,
+            "data_dir": str(sup.data_dir),
+            "codec_token_file": str(sup.codec_token_path),
+        }
         (sup.data_dir / STACK_FILE).write_text(json.dumps(stack, indent=2))
         _banner(stack)
         sup.watch()
@@ -201,6 +215,7 @@ def _banner(stack: dict[str, str]) -> None:
         f"  Temporal       {stack['temporal_address']}",
         f"  PostgreSQL     {stack['database_url']}",
         f"  Redis          {stack['redis_url']}",
+        f"  metrics        {stack['metrics']}",
         f"  data dir       {stack['data_dir']}",
         f"  codec server   {stack['api']}/codec   (the Temporal UI decodes payloads through it)",
         f"  codec token    {stack['codec_token_file']}",

@@ -49,6 +49,10 @@ class ManagedProcess:
             self._signal(signal.SIGKILL)
             self.process.wait(5)
 
+    def terminate(self) -> None:
+        """SIGTERM the whole group without waiting (to stop several processes in parallel)."""
+        self._signal(signal.SIGTERM)
+
     def kill(self) -> None:
         """SIGKILL the whole group at once (a crash, for tests)."""
         self._signal(signal.SIGKILL)

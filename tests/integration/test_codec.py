@@ -362,6 +362,7 @@ def test_dev_stack_points_the_temporal_ui_at_the_codec_server(tmp_path: Path):
     from tests.integration.test_dev_stack import _start, _stop, _wait_ready
 
     names = ("port", "postgres-port", "redis-port", "temporal-port", "temporal-ui-port")
+    names += ("dispatcher-metrics-port", "worker-metrics-port")
     ports = {name: services.free_port() for name in names}
     api, ui = f"http://127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['temporal-ui-port']}"
     proc = _start(tmp_path, ports)

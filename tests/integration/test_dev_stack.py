@@ -48,7 +48,15 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 def ports() -> dict[str, int]:
     return {
         name: services.free_port()
-        for name in ("port", "postgres-port", "redis-port", "temporal-port", "temporal-ui-port")
+        for name in (
+            "port",
+            "postgres-port",
+            "redis-port",
+            "temporal-port",
+            "temporal-ui-port",
+            "dispatcher-metrics-port",
+            "worker-metrics-port",
+        )
     }
 
 
@@ -66,6 +74,10 @@ def test_dev_stack_starts_prints_urls_stops_cleanly_and_keeps_state(tmp_path: Pa
         )
         key = created.stdout.split("API key: ")[1].split()[0]
         assert httpx.get(f"{api}/api/endpoints", headers={"authorization": f"Bearer {key}"}).status_code == 200
+        worker_metrics = httpx.get(f"http://127.0.0.1:{ports['worker-metrics-port']}/metrics").text
+        assert "# TYPE hookyard_executions_finished_total counter" in worker_metrics
+        dispatcher_metrics = httpx.get(f"http://127.0.0.1:{ports['dispatcher-metrics-port']}/metrics").text
+        assert "hookyard_inbox_backlog" in dispatcher_metrics
     finally:
         out = _stop(proc)
     assert proc.returncode == 0, out
