@@ -105,3 +105,7 @@ def configure(level: str = "INFO", json: bool = False, process: str = "") -> Non
     root.setLevel(level.upper())
     # Per-request access lines would drown everything else at webhook rates.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # httpx logs every request URL at INFO; outbound URLs can carry secrets (Slack incoming
+    # webhooks, tokens in query strings), so only its warnings get through.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

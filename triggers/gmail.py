@@ -307,7 +307,8 @@ def _decode(data: object, content_type: str) -> str | None:
     charset = message.get_content_charset() or "utf-8"
     try:
         return raw.decode(charset, "replace")
-    except LookupError:
+    except (LookupError, UnicodeError, ValueError):
+        # An unknown charset, or one (idna, ...) that fails even in "replace" mode.
         return raw.decode("utf-8", "replace")
 
 

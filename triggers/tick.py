@@ -98,20 +98,24 @@ def _parse_time(value: object, where: str) -> str:
             moment = datetime.fromtimestamp(int(text), UTC)
         else:
             moment = datetime.fromisoformat(text)
-    except (ValueError, OverflowError, OSError):
+        if moment.tzinfo is None:
+            raise BadScheduledTime(f"{where} needs a UTC offset (e.g. 2026-01-31T09:00:00Z)")
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError) as exc:
+        if isinstance(exc, BadScheduledTime):
+            raise
         raise BadScheduledTime(f"{where} must be an RFC 3339 timestamp or Unix seconds") from None
-    if moment.tzinfo is None:
-        raise BadScheduledTime(f"{where} needs a UTC offset (e.g. 2026-01-31T09:00:00Z)")
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def scheduled_time(headers: Mapping[str, str], body: bytes) -> str | None:
+def scheduled_time(headers: Mapping[str, str], body: bytes, *, trust_headers: bool = True) -> str | None:
     """The scheduled time a tick names (canonical UTC, e.g. `2026-01-31T09:00:00Z`), or None.
 
-    Headers (lower-case names) win over the body field. Raises `BadScheduledTime` if one is
-    given but unreadable.
+    Headers (lower-case names) win over the body field, unless `trust_headers` is off: an HMAC
+    signature covers the body but not these headers, and a time in an unsigned header would let
+    a captured tick be replayed as a new one. Raises `BadScheduledTime` if one is given but
+    unreadable.
     """
-    for name in SCHEDULED_TIME_HEADERS:
+    for name in SCHEDULED_TIME_HEADERS if trust_headers else ():
         if headers.get(name):
             return _parse_time(headers[name], f"header {name}")
     if b'"' + SCHEDULED_TIME_FIELD.encode() + b'"' not in body:

@@ -102,7 +102,8 @@ def _tick_op() -> dict[str, Any]:
     )
     tick["description"] = (
         "Signed like a webhook of the configured endpoint, or `Authorization: Bearer <Google OIDC token>`. "
-        "Deduplicated on `X-Scheduled-Time` / `X-CloudScheduler-ScheduleTime` or body `scheduled_time`."
+        "Deduplicated on body `scheduled_time` (HMAC and OIDC) or, with OIDC only, `X-Scheduled-Time` / "
+        "`X-CloudScheduler-ScheduleTime`."
     )
     tick["requestBody"] = {"required": False, "content": {"*/*": {"schema": {}}}}
     return tick

@@ -105,9 +105,16 @@ async def claim_batch(conn: asyncpg.Connection, execution_id: UUID, limit: int) 
             return "finished", []
         if execution["cancel_requested_at"] is not None:
             return "cancel", []
-        await conn.execute(
-            "UPDATE newsletters SET started_at = coalesce(started_at, now()) WHERE execution_id = $1", execution_id
+        first = await conn.fetchval(
+            "UPDATE newsletters SET started_at = now() WHERE execution_id = $1 AND started_at IS NULL RETURNING true",
+            execution_id,
         )
+        if first:  # a scheduled newsletter is now sending
+            await conn.execute(
+                "UPDATE executions SET result = coalesce(result, '{}'::jsonb) || '{\"status\": \"sending\"}'::jsonb "
+                "WHERE id = $1",
+                execution_id,
+            )
         rows: list[asyncpg.Record] = await conn.fetch(
             "SELECT idx, address, vars, state, provider FROM newsletter_recipients "
             "WHERE execution_id = $1 AND state IN ('pending', 'sending') ORDER BY idx LIMIT $2",

@@ -552,3 +552,88 @@ async def test_worker_killed_mid_send_through_postmark_never_sends_anyone_a_seco
     for error in result["errors"]:
         assert error["state"] == "unknown"
         assert "not sent again" in error["error"]
+
+
+# --- one recipient's delivery decisions (the real vault, providers stood in) -----------------
+
+
+async def owner_credentials(pool: asyncpg.Pool, keyring: Keyring, owner: Owner, http: httpx.AsyncClient) -> Any:
+    from worker.credentials import OwnerCredentials
+    from worker.vault import Vault
+
+    return OwnerCredentials(Vault(pool, keyring, http), uuid.UUID(owner.id))
+
+
+async def test_a_recipient_is_tried_again_while_resend_is_down_always_with_the_same_key(
+    owner: Owner, pool: asyncpg.Pool, keyring: Keyring
+) -> None:
+    from actions import newsletter
+    from actions.email import EmailMessage, EmailRoute
+
+    resend = await credential(owner, "resend", {"api_key": "re_retry_key"})
+    message = EmailMessage(sender="news@acme.test", to=("ada@example.test",), subject="s", text="t")
+    unsafe: list[str] = []
+
+    async def before_unsafe(provider: str) -> None:
+        unsafe.append(provider)
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        route = mock.post(RESEND_URL)
+        route.side_effect = [httpx.Response(503), httpx.Response(503), httpx.Response(200, json={"id": "re-ok"})]
+        async with httpx.AsyncClient() as http:
+            outcome = await newsletter.deliver(
+                http,
+                await owner_credentials(pool, keyring, owner, http),
+                [EmailRoute("resend", resend)],
+                message,
+                idempotency_key="x:4",
+                limiter=None,
+                timeout_s=5,
+                max_attempts=2,
+                before_unsafe_request=before_unsafe,
+                sleep=no_wait,
+            )
+
+    assert outcome == newsletter.RecipientOutcome("sent", "resend", "re-ok")
+    assert [c.request.headers["idempotency-key"] for c in route.calls] == ["x:4:resend"] * 3
+    assert unsafe == []
+
+
+async def test_a_postmark_5xx_leaves_the_recipient_unknown_and_it_is_not_tried_again(
+    owner: Owner, pool: asyncpg.Pool, keyring: Keyring
+) -> None:
+    from actions import newsletter
+    from actions.email import EmailMessage, EmailRoute
+
+    postmark = await credential(owner, "postmark", {"server_token": "pm_unknown_token"})
+    message = EmailMessage(sender="news@acme.test", to=("ada@example.test",), subject="s", text="t")
+    unsafe: list[str] = []
+
+    async def before_unsafe(provider: str) -> None:
+        unsafe.append(provider)
+
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        route = mock.post(POSTMARK_URL).respond(500, json={"ErrorCode": 0, "Message": "oops"})
+        async with httpx.AsyncClient() as http:
+            outcome = await newsletter.deliver(
+                http,
+                await owner_credentials(pool, keyring, owner, http),
+                [EmailRoute("postmark", postmark)],
+                message,
+                idempotency_key="x:5",
+                limiter=None,
+                timeout_s=5,
+                max_attempts=3,
+                before_unsafe_request=before_unsafe,
+            )
+
+    assert outcome.state == "unknown"
+    assert outcome.provider == "postmark"
+    assert "cannot recognise a repeat" in (outcome.error or "")
+    assert route.call_count == 1
+    assert unsafe == ["postmark"]

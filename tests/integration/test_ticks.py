@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import respx
 
@@ -59,9 +60,9 @@ async def send_tick(
     scheduled: str | None = None,
     msg_id: str | None = None,
 ) -> httpx.Response:
+    if scheduled is not None:  # HMAC ticks name their time in the signed body
+        body = orjson.dumps({**(orjson.loads(body) if body else {}), "scheduled_time": scheduled})
     headers = signed("standard-webhooks", secret, body, msg_id)
-    if scheduled is not None:
-        headers["x-scheduled-time"] = scheduled
     return await http.post(f"/ingest/ticks/{workflow_id}", content=body, headers=headers)
 
 
@@ -87,7 +88,7 @@ async def test_a_signed_tick_is_stored_and_runs_the_action(owner: Owner, http, r
     [execution] = await wait_for(lambda: executions(owner.client, workflow["id"], "succeeded"))
     assert execution["event_id"] == response.json()["event_id"]
     assert execution["trigger_data"]["scheduled_at"] == "2026-01-31T09:00:00Z"
-    assert execution["trigger_data"]["body"] == {"job": "nightly"}
+    assert execution["trigger_data"]["body"]["job"] == "nightly"
     assert len(receiver.to(target)) == 1
     [event] = await stored(owner, workflow["id"])
     assert event["source_type"] == "tick"
@@ -190,8 +191,20 @@ async def test_an_unreadable_scheduled_time_is_400_and_nothing_is_stored(owner: 
     response = await send_tick(http, workflow["id"], endpoint["secret"], scheduled="tomorrow-ish")
 
     assert response.status_code == 400
-    assert "x-scheduled-time" in response.json()["error"]["message"]
+    assert "scheduled_time" in response.json()["error"]["message"]
     assert await stored(owner, workflow["id"]) == []
+
+
+async def test_an_unsigned_scheduled_time_header_cannot_turn_a_replay_into_a_new_tick(owner: Owner, http) -> None:
+    endpoint, workflow = await hmac_tick_workflow(owner)
+    headers = signed("standard-webhooks", endpoint["secret"], b"", "msg_replayed")
+    path = f"/ingest/ticks/{workflow['id']}"
+
+    first = await http.post(path, content=b"", headers={**headers, "x-scheduled-time": "2030-01-01T00:00:00Z"})
+    replay = await http.post(path, content=b"", headers={**headers, "x-scheduled-time": "2030-01-01T00:01:00Z"})
+
+    assert (first.status_code, replay.status_code) == (202, 200)
+    assert len(await stored(owner, workflow["id"])) == 1
 
 
 async def test_hmac_ticks_need_an_endpoint_of_the_owner(owner: Owner, other_owner: Owner) -> None:

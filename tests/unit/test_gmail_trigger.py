@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.pubsub import PushFormatError, parse_notification, parse_push
+from schemas.sanitize import strip_nul
 from triggers.base import InboxEvent
 from triggers.gmail import TRIGGER, message_data, sent_by_hookyard
 
@@ -177,3 +178,19 @@ def test_push_bodies_in_either_spelling_decode_to_the_notification() -> None:
 def test_push_parsing_raises_nothing_but_push_format_error(body: bytes) -> None:
     with contextlib.suppress(PushFormatError):
         parse_notification(parse_push(body).data)
+
+
+@pytest.mark.parametrize(("charset", "body"), [("idna", "x" * 70), ("undefined", "hi"), ("utf-7", "+2AA-")])
+def test_a_hostile_charset_still_gives_storable_trigger_data(charset: str, body: str) -> None:
+    part = {
+        "mimeType": "text/plain",
+        "headers": [{"name": "Content-Type", "value": f"text/plain; charset={charset}"}],
+        "body": {"data": b64url(body)},
+    }
+    message = {**MESSAGE, "payload": {**MESSAGE["payload"], "parts": [part]}}
+    data = strip_nul(message_data(message, mailbox="cred", account=None))
+    assert isinstance(orjson.dumps(data), bytes)
+
+
+def test_lone_surrogates_and_nul_become_replacement_characters() -> None:
+    assert strip_nul({"a\x00": ["x\ud800y"]}) == {"a\ufffd": ["x\ufffdy"]}

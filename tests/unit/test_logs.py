@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import orjson
+import pytest
 
-from hookyard.logs import REDACTED, JsonFormatter, RedactingFilter, log_context, redact
+from hookyard.logs import REDACTED, JsonFormatter, RedactingFilter, configure, log_context, redact
 
 
 @contextmanager
@@ -142,3 +143,18 @@ def test_named_tuples_and_other_values_pass_through_unchanged() -> None:
     Point = namedtuple("Point", "x y")
     [line] = _emitted(lambda log: log.info("at %s with %s", Point(1, 2), [{"token": "t"}]))
     assert line["message"] == f"at Point(x=1, y=2) with [{{'token': '{REDACTED}'}}]"
+
+
+def test_outbound_request_urls_are_not_logged(capsys: pytest.CaptureFixture[str]) -> None:
+    import httpx
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure("INFO")
+    secret_url = "https://hooks.slack.com/services/T0001/B0001/SUPERSECRETTOKEN"
+    transport = httpx.MockTransport(lambda request: httpx.Response(200))
+    with httpx.Client(transport=transport) as client:
+        client.post(secret_url, json={"text": "hi"})
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    assert "SUPERSECRETTOKEN" not in capsys.readouterr().err

@@ -28,6 +28,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from hookyard.settings import Settings
+from schemas.sanitize import strip_nul
 from schemas.store import gmail as store
 from schemas.store.events import NewEvent, insert_events
 from schemas.store.gmail import MailboxRef
@@ -219,7 +220,20 @@ class GmailActivities:
             labels = sorted({*labels_at_add, *(message.get("labelIds") or [])})
             if not _wanted(message, labels, wanted):
                 continue
-            data = message_data({**message, "labelIds": labels}, mailbox=str(ref.credential_id), account=account)
+            try:
+                # Mail is written by strangers: whatever it holds must not stop the mailbox.
+                data = strip_nul(
+                    message_data({**message, "labelIds": labels}, mailbox=str(ref.credential_id), account=account)
+                )
+                body = orjson.dumps(data)
+            except Exception as exc:
+                log.warning(
+                    "mailbox %s: message %s cannot be read (%s); skipped",
+                    ref.credential_id,
+                    message_id,
+                    type(exc).__name__,
+                )
+                continue
             events.append(
                 NewEvent(
                     owner_id=ref.owner_id,
@@ -227,7 +241,7 @@ class GmailActivities:
                     source_id=str(ref.credential_id),
                     dedup_key=message_id,
                     headers={},
-                    body=orjson.dumps(data),
+                    body=body,
                     verification={"verified": True, "source": "gmail-api", "history_id": message.get("historyId")},
                 )
             )
