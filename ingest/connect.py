@@ -129,7 +129,7 @@ async def _finish(app: AppState, request: Request) -> Response:
             400, "Sign-in expired", "This sign-in has expired or was already completed. Open the link again."
         )
     cookie = request.cookies.get(_COOKIE, "")
-    if not hmac.compare_digest(cookie, digest):
+    if not hmac.compare_digest(cookie.encode(), digest.encode()):
         raise ConnectFailed(400, "Different browser", "Finish the sign-in in the browser that started it.")
     record = orjson.loads(raw)
     link_id = UUID(record["link_id"])

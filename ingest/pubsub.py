@@ -96,6 +96,9 @@ def parse_push(body: bytes) -> PushMessage:
     if not isinstance(data, str):
         raise PushFormatError("message has no base64 'data'")
     subscription = envelope.get("subscription")
+    for name, value in (("messageId", message_id), ("publishTime", publish_time), ("subscription", subscription)):
+        if isinstance(value, str) and (len(value) > 500 or "\x00" in value):
+            raise PushFormatError(f"{name} is not a valid Pub/Sub value")
     return PushMessage(
         message_id=message_id,
         publish_time=publish_time if isinstance(publish_time, str) else None,

@@ -159,7 +159,9 @@ def _id_token_email(id_token: object) -> str | None:
         claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except ValueError:
         return None
-    email = claims.get("email") if isinstance(claims, dict) else None
+    if not isinstance(claims, dict) or claims.get("email_verified") is not True:
+        return None  # an unverified address must not name a mailbox (pushes are routed by it)
+    email = claims.get("email")
     return email if isinstance(email, str) else None
 
 

@@ -43,6 +43,7 @@ def verify_link_token(keyring: Keyring, token: str) -> UUID:
         expected = _sign(keyring, kid, link_id)
     except (ValueError, CryptoError):
         raise BadLink("the connect link is not valid") from None
-    if not hmac.compare_digest(expected, signature):
+    # Bytes: compare_digest refuses non-ASCII str, and a link is whatever a browser sends.
+    if not hmac.compare_digest(expected.encode(), signature.encode()):
         raise BadLink("the connect link is not valid")
     return link_id

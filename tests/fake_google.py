@@ -29,10 +29,10 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def id_token(email: str) -> str:
+def id_token(email: str, verified: bool = True) -> str:
     """An (unsigned) ID token; hookyard reads its claims from the token endpoint's answer."""
     header = _b64(orjson.dumps({"alg": "RS256", "kid": "test"}))
-    claims = _b64(orjson.dumps({"iss": "https://accounts.google.com", "email": email, "email_verified": True}))
+    claims = _b64(orjson.dumps({"iss": "https://accounts.google.com", "email": email, "email_verified": verified}))
     return f"{header}.{claims}.{_b64(b'sig')}"
 
 
@@ -41,6 +41,7 @@ class FakeGoogle:
     """State of the fake: issued codes and tokens, and what was asked of it."""
 
     email: str = "boss@example.com"
+    email_verified: bool = True
     deny: bool = False
     expires_in: int = 3600
     issue_refresh_token: bool = True
@@ -54,6 +55,7 @@ class FakeGoogle:
     def reset(self) -> None:
         """Back to defaults between tests."""
         self.email, self.deny, self.expires_in, self.issue_refresh_token = "boss@example.com", False, 3600, True
+        self.email_verified = True
         for collection in (self.codes, self.refresh_calls, self.revoked, self.token_errors):
             collection.clear()
         self.dead_refresh_tokens.clear()
@@ -115,7 +117,7 @@ class FakeGoogle:
             "access_token": f"ya29.access-{n}-{secrets.token_hex(8)}",
             "expires_in": self.expires_in,
             "token_type": "Bearer",
-            "id_token": id_token(self.email),
+            "id_token": id_token(self.email, self.email_verified),
         }
         if scope:
             body["scope"] = scope

@@ -113,6 +113,7 @@ class TriggerSyncer:
         self._client = client
         self._wake = asyncio.Event()
         self._hooked = hooked_types()
+        self._more = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sync until `stop` is set; woken at once by workflow changes, else polls."""
@@ -122,7 +123,8 @@ class TriggerSyncer:
                 self._wake.clear()
                 busy = False
                 try:
-                    busy = await self.sync_once() >= BATCH
+                    await self.sync_once()
+                    busy = self._more
                 except _STORAGE_ERRORS as exc:
                     log.warning("trigger sync pass failed: %s", type(exc).__name__)
                 if not busy:
@@ -135,7 +137,8 @@ class TriggerSyncer:
     async def sync_once(self) -> int:
         """One batch: settle or sync lagging workflows; returns how many were taken."""
         async with self._pool.acquire() as conn:
-            settled, rows = await store.claim(conn, self._hooked, BATCH, LEASE_S)
+            # Claims are capped at what runs at once, so a row never waits out its lease.
+            settled, rows, self._more = await store.claim(conn, self._hooked, BATCH, LEASE_S, max_hooked=PARALLEL)
         if not rows:
             return settled
         try:

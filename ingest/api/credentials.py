@@ -132,7 +132,10 @@ async def delete_credential(request: Request) -> Response:
         if found is None:
             raise NotFound("no such credential")
         row, secret = found
-        if row["kind"] == "oauth2" and row["status"] != "revoked":
+        # Google revokes the whole grant of an account for this client, so a token is revoked
+        # only when no other credential (another owner's, say) uses the same account.
+        shared = row["kind"] == "oauth2" and await store.account_shared(conn, credential_id)
+        if row["kind"] == "oauth2" and row["status"] != "revoked" and not shared:
             token = secret.get("refresh_token") or secret.get("access_token")
             if token and state.google is not None and state.http is not None:
                 try:
@@ -146,10 +149,15 @@ async def delete_credential(request: Request) -> Response:
 
 
 def _check_redirect(url: str) -> None:
-    parts = urlsplit(url)
-    local = parts.hostname in {"localhost", "127.0.0.1", "::1"}
-    if parts.scheme != "https" and not (parts.scheme == "http" and local):
-        raise Invalid("redirect_after must be an https URL (http only for localhost)", field="redirect_after")
+    problem = "redirect_after must be an https URL (http only for localhost)"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise Invalid(problem, field="redirect_after") from None
+    local = host in {"localhost", "127.0.0.1", "::1"}
+    if not host or (parts.scheme != "https" and not (parts.scheme == "http" and local)):
+        raise Invalid(problem, field="redirect_after")
 
 
 async def create_connect_link(request: Request) -> Response:

@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 from starlette.requests import Request
 from starlette.responses import Response
 
+from actions.registry import ACTIONS
 from ingest.api import definitions
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
@@ -27,7 +28,7 @@ def workflow_json(row: Any) -> dict[str, Any]:
         "trigger": {"type": row["trigger_type"], "config": row["trigger_config"]},
         "action": {
             "type": row["action_type"],
-            "config": row["action_config"],
+            "config": _masked(row["action_type"], row["action_config"]),
             "credential_id": row["credential_id"],
         },
         "active": row["active"],
@@ -45,6 +46,19 @@ def trigger_sync_json(row: Any) -> dict[str, Any]:
     error = row["sync_error"]
     state = "error" if error is not None else "pending" if row["sync_pending"] else "synced"
     return {"state": state, "error": error}
+
+
+_MASK = "********"
+
+
+def _masked(action_type: str, config: Any) -> Any:
+    """The config with `writeOnly` fields (e.g. a Slack incoming-webhook URL) hidden."""
+    action = ACTIONS.get(action_type)
+    if action is None or not isinstance(config, dict):
+        return config
+    properties = action.config_schema.get("properties", {})
+    hidden = {name for name, spec in properties.items() if isinstance(spec, dict) and spec.get("writeOnly")}
+    return {key: (_MASK if key in hidden else value) for key, value in config.items()}
 
 
 def _new_signing_secret(keyring: Keyring, owner_id: UUID, workflow_id: UUID) -> tuple[str, str]:

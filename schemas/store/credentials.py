@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 
 from oauth.crypto import Keyring, record_aad
+from schemas.store.workflows import cancel_pending
 
 # Every column but the secret: what the API may show.
 PUBLIC_COLUMNS = (
@@ -78,6 +79,23 @@ async def upsert_oauth(
     (Google issues one only on the first consent).
     """
     async with conn.transaction():
+        credential_id = uuid4()
+        # ON CONFLICT: two first connections of one account at once must not both insert.
+        row = await conn.fetchrow(
+            f"INSERT INTO credentials (id, owner_id, provider, kind, name, account_email, scopes, secret, "
+            f"expires_at, last_refreshed_at) VALUES ($1, $2, $3, 'oauth2', $4, $4, $5, $6, $7, now()) "
+            f"ON CONFLICT (owner_id, provider, lower(account_email)) WHERE kind = 'oauth2' DO NOTHING "
+            f"RETURNING {PUBLIC_COLUMNS}",
+            credential_id,
+            owner_id,
+            provider,
+            account_email,
+            sorted(set(scopes)),
+            seal(keyring, owner_id, credential_id, tokens),
+            expires_at,
+        )
+        if row is not None:
+            return row, True
         existing = await conn.fetchrow(
             "SELECT id, secret FROM credentials WHERE owner_id = $1 AND provider = $2 "
             "AND lower(account_email) = lower($3) AND kind = 'oauth2' FOR UPDATE",
@@ -85,21 +103,6 @@ async def upsert_oauth(
             provider,
             account_email,
         )
-        if existing is None:
-            credential_id = uuid4()
-            row = await conn.fetchrow(
-                f"INSERT INTO credentials (id, owner_id, provider, kind, name, account_email, scopes, secret, "
-                f"expires_at, last_refreshed_at) VALUES ($1, $2, $3, 'oauth2', $4, $4, $5, $6, $7, now()) "
-                f"RETURNING {PUBLIC_COLUMNS}",
-                credential_id,
-                owner_id,
-                provider,
-                account_email,
-                sorted(set(scopes)),
-                seal(keyring, owner_id, credential_id, tokens),
-                expires_at,
-            )
-            return row, True
         credential_id = existing["id"]
         merged = dict(tokens)
         if not merged.get("refresh_token"):
@@ -188,20 +191,34 @@ async def mark_needs_reconnect(conn: asyncpg.Connection, owner_id: UUID, credent
             owner_id,
             reason,
         )
-        paused: str = await conn.execute(
+        # routing_key holds the canonical mailbox id, whatever case the config was written in.
+        paused = await conn.fetch(
             "UPDATE workflows SET active = false, updated_at = now() "
             "WHERE owner_id = $1 AND active AND deleted_at IS NULL AND trigger_type LIKE 'gmail.%' "
-            "AND trigger_config->>'mailbox' = $2",
+            "AND routing_key = $2 RETURNING id",
             owner_id,
             str(credential_id),
         )
-    return int(paused.split()[-1])
+        for row in paused:
+            await cancel_pending(conn, row["id"])
+    return len(paused)
 
 
 async def delete_credential(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> bool:
     """Delete an owner's credential; False if there was none."""
     done: str = await conn.execute("DELETE FROM credentials WHERE id = $1 AND owner_id = $2", credential_id, owner_id)
     return done != "DELETE 0"
+
+
+async def account_shared(conn: asyncpg.Connection, credential_id: UUID) -> bool:
+    """Whether another credential (of any owner) holds a grant for the same OAuth account."""
+    shared: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM credentials o JOIN credentials c ON c.id = $1 "
+        "WHERE o.id <> c.id AND o.kind = 'oauth2' AND o.provider = c.provider "
+        "AND lower(o.account_email) = lower(c.account_email))",
+        credential_id,
+    )
+    return shared
 
 
 async def credential_provider(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> str | None:

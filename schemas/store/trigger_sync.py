@@ -28,15 +28,20 @@ _CLAIMED = (
 
 
 async def claim(
-    conn: asyncpg.Connection, hooked_types: Sequence[str], limit: int, lease_s: float
-) -> tuple[int, list[asyncpg.Record]]:
+    conn: asyncpg.Connection,
+    hooked_types: Sequence[str],
+    limit: int,
+    lease_s: float,
+    max_hooked: int | None = None,
+) -> tuple[int, list[asyncpg.Record], bool]:
     """Take a batch of lagging rows: settle those with nothing outside, lease the others.
 
     Rows whose trigger types (now and at the last sync) keep no outside state are marked synced
-    at once. The rest are leased for `lease_s` and returned; other loops skip them meanwhile.
+    at once. The rest, at most `max_hooked` of them, are leased for `lease_s` and returned; other
+    loops skip them meanwhile.
     The lease is committed before any hook runs, so no row lock is held while hooks talk to
     other services (that would stall dispatch and API updates of the same workflows). Returns
-    (rows settled, rows leased).
+    (rows settled, rows leased, whether more rows are waiting).
     """
     async with conn.transaction():
         # Select first: an UPDATE, even of no rows, bumps the routing cache version.
@@ -48,6 +53,8 @@ async def claim(
         )
         plain = [r["id"] for r in found if not r["hooked"]]
         hooked = [r["id"] for r in found if r["hooked"]]
+        more = len(found) >= limit or (max_hooked is not None and len(hooked) > max_hooked)
+        hooked = hooked if max_hooked is None else hooked[:max_hooked]
         if plain:
             await conn.execute(
                 "UPDATE workflows SET synced_version = sync_version, sync_error = NULL, sync_attempts = 0, "
@@ -63,7 +70,7 @@ async def claim(
                 hooked,
                 lease_s,
             )
-    return len(plain), rows
+    return len(plain), rows, more
 
 
 async def record_synced(

@@ -244,3 +244,19 @@ async def test_replay_of_an_unknown_execution_is_404(owner: Owner) -> None:
     response = await owner.client.post("/api/executions/7d1b3a52-3c0e-4b8e-9d55-0c9a4b0f4a11/replay")
 
     assert response.status_code == 404
+
+
+async def test_write_only_config_fields_are_never_shown(owner: Owner) -> None:
+    endpoint = await create_endpoint(owner)
+    secret_url = "https://hooks.slack.com/services/T0001/B0001/SUPERSECRETTOKEN"
+    body = {
+        "name": "notify",
+        "trigger": {"type": "webhook.received", "config": {"endpoint_id": endpoint["id"]}},
+        "action": {"type": "slack.post-message", "config": {"webhook_url": secret_url, "text": "hi"}},
+    }
+    created = await owner.client.post("/api/workflows", json=body)
+    assert created.status_code == 201, created.text
+    shown = await owner.client.get(f"/api/workflows/{created.json()['id']}")
+    listed = await owner.client.get("/api/workflows")
+    assert shown.json()["action"]["config"]["webhook_url"] == "********"
+    assert "SUPERSECRETTOKEN" not in created.text + shown.text + listed.text

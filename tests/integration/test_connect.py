@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import httpx
@@ -248,8 +248,13 @@ async def test_invalid_grant_needs_reconnect_and_pauses_gmail_triggers(
         "action_config, retry_policy) VALUES ($1, 'mail', 'gmail.receive-email', $2, $3, 'http.request', '{}', '{}') "
         "RETURNING id",
         row["owner_id"],
-        {"mailbox": str(row["id"])},
+        {"mailbox": str(row["id"]).upper()},  # the API accepts either case; the routing key is canonical
         str(row["id"]),
+    )
+    queued = await pool.fetchval(
+        "INSERT INTO executions (owner_id, workflow_id, trigger_data) VALUES ($1, $2, '{}') RETURNING id",
+        row["owner_id"],
+        workflow_id,
     )
     async with httpx.AsyncClient() as http:
         source = OwnerCredentials(Vault(pool, keyring, http, google_from_settings(settings)), row["owner_id"])
@@ -258,6 +263,7 @@ async def test_invalid_grant_needs_reconnect_and_pauses_gmail_triggers(
     shown = (await owner.client.get(f"/api/credentials/{row['id']}")).json()
     assert shown["status"] == "needs_reconnect" and "invalid_grant" in shown["status_reason"]
     assert await pool.fetchval("SELECT active FROM workflows WHERE id = $1", workflow_id) is False
+    assert await pool.fetchval("SELECT status FROM executions WHERE id = $1", queued) == "cancelled"
 
 
 async def test_a_credential_of_another_owner_cannot_be_loaded(
@@ -273,6 +279,7 @@ async def test_a_credential_of_another_owner_cannot_be_loaded(
 async def test_delete_revokes_at_google_then_deletes(
     owner: Owner, pool: asyncpg.Pool, keyring: Keyring, browser: httpx.AsyncClient, fake_google_server: FakeGoogle
 ) -> None:
+    fake_google_server.email = f"only-{uuid4().hex}@example.com"  # no other owner has this account
     row = await connected(owner, pool, browser)
     refresh_token = store.unseal(keyring, row["owner_id"], row["id"], row["secret"])["refresh_token"]
     assert (await owner.client.delete(f"/api/credentials/{row['id']}")).status_code == 204
@@ -297,3 +304,59 @@ async def test_no_token_reaches_the_logs(
 
 def test_unusable_is_the_vault_error_for_a_wrong_provider() -> None:
     assert issubclass(CredentialUnusable, Exception)
+
+
+async def test_a_malformed_redirect_after_is_422(owner: Owner) -> None:
+    response = await owner.client.post(
+        "/api/connect-links", json={"provider": "google", "redirect_after": "https://[oops/"}
+    )
+    assert response.status_code == 422 and response.json()["error"]["field"] == "redirect_after"
+
+
+async def test_a_link_with_a_non_ascii_signature_is_refused(
+    owner: Owner, browser: httpx.AsyncClient, fake_google_server: FakeGoogle
+) -> None:
+    base, token = (await new_link(owner))["url"].rsplit("/", 1)
+    opened = await browser.get(f"{base}/{token.rsplit('.', 1)[0]}.%C3%A9")
+    assert opened.status_code == 400 and "not valid" in opened.text
+
+
+async def test_an_account_with_an_unverified_email_is_not_connected(
+    owner: Owner, pool: asyncpg.Pool, browser: httpx.AsyncClient, fake_google_server: FakeGoogle
+) -> None:
+    fake_google_server.email_verified = False
+    done = await consent(browser, (await new_link(owner))["url"])
+    assert done.status_code == 400 and "which account" in done.text
+    assert await credentials_of(pool, owner) == []
+
+
+async def test_concurrent_first_connections_of_one_account_make_one_credential(
+    owner: Owner, pool: asyncpg.Pool, keyring: Keyring
+) -> None:
+    async def connect_once(n: int) -> bool:
+        async with pool.acquire() as conn:
+            _, created = await store.upsert_oauth(
+                conn, keyring, UUID(owner.id), "google", "race@example.com", ["email"], {"access_token": f"t{n}"}, None
+            )
+        return created
+
+    import asyncio
+
+    created = await asyncio.gather(*(connect_once(n) for n in range(4)))
+    assert sorted(created) == [False, False, False, True]
+    assert len(await credentials_of(pool, owner)) == 1
+
+
+async def test_deleting_a_credential_keeps_a_grant_another_owner_still_uses(
+    owner: Owner,
+    other_owner: Owner,
+    pool: asyncpg.Pool,
+    browser: httpx.AsyncClient,
+    fake_google_server: FakeGoogle,
+) -> None:
+    mine = await connected(owner, pool, browser)
+    async with httpx.AsyncClient(follow_redirects=False, timeout=30) as their_browser:
+        await consent(their_browser, (await new_link(other_owner))["url"])
+    assert (await owner.client.delete(f"/api/credentials/{mine['id']}")).status_code == 204
+    assert fake_google_server.revoked == [], "revoking would cut the other owner off too"
+    assert len(await credentials_of(pool, other_owner)) == 1

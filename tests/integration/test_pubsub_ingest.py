@@ -161,6 +161,8 @@ async def test_a_push_without_an_acceptable_token_is_refused_and_nothing_is_stor
         (b'{"message": {"messageId": "1", "data": "%%%"}}', "base64"),
         (b'{"message": {"messageId": "1", "data": "e30="}}', "emailAddress"),
         (b'{"message": {"messageId": "1", "data": "eyJlbWFpbEFkZHJlc3MiOiAiYUBiLmMifQ=="}}', "historyId"),
+        (b'{"message": {"messageId": "1\\u0000", "data": "e30="}}', "messageId is not a valid"),
+        (b'{"message": {"messageId": "1", "data": "e30="}, "subscription": "' + b"s" * 600 + b'"}', "subscription"),
     ],
 )
 async def test_a_body_that_is_not_a_gmail_push_gets_400_naming_the_problem(push, body: bytes, problem: str) -> None:

@@ -105,8 +105,8 @@ async def test_a_leased_workflow_is_not_taken_by_a_second_sync_loop(owner: Owner
     workflow = await create(owner, schedule_body("http://127.0.0.1:9/x"))
     hooked = hooked_types()
     async with pool.acquire() as conn:
-        _, first = await sync_store.claim(conn, hooked, 1000, 60)
-        _, second = await sync_store.claim(conn, hooked, 1000, 60)
+        _, first, _ = await sync_store.claim(conn, hooked, 1000, 60)
+        _, second, _ = await sync_store.claim(conn, hooked, 1000, 60)
         assert workflow["id"] in {str(r["id"]) for r in first}
         assert workflow["id"] not in {str(r["id"]) for r in second}
         # Give them back, as finished hooks would, so the rest of the suite is not held up.

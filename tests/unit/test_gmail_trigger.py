@@ -194,3 +194,12 @@ def test_a_hostile_charset_still_gives_storable_trigger_data(charset: str, body:
 
 def test_lone_surrogates_and_nul_become_replacement_characters() -> None:
     assert strip_nul({"a\x00": ["x\ud800y"]}) == {"a\ufffd": ["x\ufffdy"]}
+
+
+def test_a_strangers_mail_carrying_the_execution_header_still_counts() -> None:
+    from worker.gmail.activities import _wanted
+
+    headers = [*MESSAGE["payload"]["headers"], {"name": "X-Hookyard-Execution", "value": "forged"}]
+    message = {**MESSAGE, "payload": {**MESSAGE["payload"], "headers": headers}}
+    assert _wanted(message, ["INBOX"], ["INBOX"])
+    assert not _wanted(message, ["INBOX", "SENT"], ["INBOX"]), "our own reply to ourselves is skipped"

@@ -329,7 +329,8 @@ def _wanted(message: dict[str, Any], labels: list[str], wanted: Sequence[str]) -
     """Messages a receive trigger is about: wanted labels, not drafts, not sent by us or by the owner."""
     if not set(labels) & set(wanted) or set(labels) & (_SKIPPED_LABELS - set(wanted)):
         return False
-    if sent_by_hookyard(message):
+    # Anyone can write the header; only mail this account sent (SENT) is our own.
+    if sent_by_hookyard(message) and "SENT" in labels:
         return False
     # Mail the owner sent (SENT without INBOX) did not arrive, unless SENT is what is watched.
     return not ("SENT" in labels and "INBOX" not in labels and "SENT" not in wanted)
