@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from hookyard import logs
 from hookyard.settings import Settings, SettingsError, load_settings
 from oauth.crypto import Keyring
+from telemetry import logs
 
 DEFAULT_DATA_DIR = ".hookyard"
 

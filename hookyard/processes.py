@@ -12,10 +12,10 @@ from types import FrameType
 import uvicorn
 from prometheus_client import disable_created_metrics
 
-from hookyard.metrics import Metrics, install_temporal_runtime, serve_metrics
 from hookyard.settings import Settings
-from hookyard.tracing import Tracing, setup_tracing
 from oauth.crypto import Keyring, generate_key
+from telemetry.metrics import Metrics, install_temporal_runtime, serve_metrics
+from telemetry.tracing import Tracing, setup_tracing
 
 log = logging.getLogger(__name__)
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import httpx
 import redis.asyncio as redis
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from hookyard.metrics import Metrics
-from hookyard.settings import Settings
-from hookyard.tracing import NOOP, Tracing
 from ingest import api, codec_server, connect, health, hooks, metrics_route, pubsub, ticks
 from ingest.endpoint_cache import EndpointCache
 from ingest.errors import EXCEPTION_HANDLERS
@@ -22,6 +20,11 @@ from ingest.state import AppState
 from oauth.crypto import Keyring
 from oauth.google import google_from_settings
 from schemas import db
+from telemetry.metrics import Metrics
+from telemetry.tracing import NOOP, Tracing
+
+if TYPE_CHECKING:  # the type only: settings are passed in
+    from hookyard.settings import Settings
 
 ROUTES = [
     Route("/hooks/{endpoint_id}", hooks.receive_webhook, methods=["POST"]),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
@@ -25,7 +26,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from temporalio.api.common.v1 import Payload, Payloads
 
-from hookyard.settings import Settings, SettingsError
 from ingest.errors import error_response
 from oauth.crypto import CryptoError
 from worker.codec import EncryptionCodec
@@ -36,6 +36,14 @@ MIN_TOKEN_CHARS = 32
 _ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
 
 Convert = Callable[[Sequence[Payload]], Awaitable[list[Payload]]]
+
+
+if TYPE_CHECKING:  # the type only: settings are passed in
+    from hookyard.settings import Settings
+
+
+class CodecSettingsError(ValueError):
+    """The codec server is switched on but cannot work as configured; names the setting."""
 
 
 class _Rejected(Exception):
@@ -50,12 +58,12 @@ class CodecServer:
     def __init__(self, settings: Settings) -> None:
         token = settings.codec_auth_token
         if len(token) < MIN_TOKEN_CHARS:
-            raise SettingsError(
+            raise CodecSettingsError(
                 f"HOOKYARD_CODEC_AUTH_TOKEN must be at least {MIN_TOKEN_CHARS} characters "
                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
         if not settings.master_keys:
-            raise SettingsError("HOOKYARD_MASTER_KEYS is not set; the codec server decrypts with it")
+            raise CodecSettingsError("HOOKYARD_MASTER_KEYS is not set; the codec server decrypts with it")
         self._token = token.encode()
         self._namespace = settings.temporal_namespace
         self._origins = frozenset(origin.rstrip("/") for origin in settings.codec_cors_origins)

@@ -17,19 +17,21 @@ import binascii
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from hookyard.settings import Settings
 from ingest.errors import BadRequest, Unauthorized, Unavailable
 from ingest.hooks import read_body, storable_id
 from ingest.oidc import OidcError, OidcUnavailable
 from ingest.state import app_state
 from schemas.store.events import NewEvent
 from schemas.store.gmail import mailboxes_for_email
+
+if TYPE_CHECKING:  # the type only: settings are passed in
+    from hookyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

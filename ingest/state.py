@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import asyncpg
 import httpx
 import redis.asyncio as redis
 from starlette.requests import Request
 
-from hookyard.metrics import Metrics
-from hookyard.settings import Settings
-from hookyard.tracing import NOOP, Tracing
 from ingest.endpoint_cache import EndpointCache
 from ingest.inbox import InboxWriter
 from ingest.oidc import OidcVerifier
 from oauth.crypto import Keyring
 from oauth.google import GoogleOAuth
+from telemetry.metrics import Metrics
+from telemetry.tracing import NOOP, Tracing
+
+if TYPE_CHECKING:  # the type only: settings are passed in
+    from hookyard.settings import Settings
 
 
 @dataclass

@@ -25,13 +25,13 @@ from temporalio import activity
 from actions.base import ActionContext, RateLimiter
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.registry import UnknownAction, get_action
-from hookyard.logs import log_context
-from hookyard.metrics import Metrics, record_failover
-from hookyard.tracing import NOOP, Tracing
 from oauth.crypto import Keyring
 from schemas.sanitize import strip_nul
 from schemas.store import executions as store
 from schemas.store.signing import load_signing_secret
+from telemetry.logs import log_context
+from telemetry.metrics import Metrics, record_failover
+from telemetry.tracing import NOOP, Tracing
 from worker.contracts import RUN_BATCH_ACTIVITY, BatchInput, Outcome
 from worker.credentials import OwnerCredentials
 from worker.retry import next_delay

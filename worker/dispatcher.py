@@ -22,27 +22,29 @@ import asyncio
 import logging
 from collections import defaultdict
 from contextlib import suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
 from temporalio.client import Client
 
-from hookyard.metrics import Metrics
-from hookyard.settings import Settings
-from hookyard.tracing import NOOP, Tracing
 from schemas import db
 from schemas.sanitize import strip_nul
 from schemas.store import events as event_store
 from schemas.store import executions as execution_store
 from schemas.store import telemetry
 from schemas.store.workflows import lock_active
+from telemetry.metrics import Metrics
+from telemetry.tracing import NOOP, Tracing
 from triggers.base import InboxEvent
 from triggers.resolver import RoutingCache
 from worker.contracts import ENQUEUE_SIGNAL, WORKFLOW_NAME, AutomationState, Enqueue, automation_id
 from worker.forwarding import ForwardFailed, accept_forwarded, build_forwarders, handover_forwarded
 from worker.temporal import connect
 from worker.trigger_sync import TriggerSyncer
+
+if TYPE_CHECKING:  # the type only: settings are passed in
+    from hookyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
 import asyncpg
 from temporalio.client import Client
 
-from hookyard.settings import Settings
 from schemas.store import events as event_store
 from triggers.base import InboxEvent
 from worker.gmail.forwarder import GmailPushForwarder
+
+if TYPE_CHECKING:  # the type only: settings are passed in
+    from hookyard.settings import Settings
 
 
 class ForwardFailed(RuntimeError):

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from datetime import timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 import httpx
 import redis.asyncio as redis
@@ -14,12 +15,11 @@ from temporalio.worker import Worker
 
 from actions import newsletter as newsletter_action
 from actions.ratelimit import RedisRateLimiter, rates_with_overrides
-from hookyard.metrics import Metrics, record_credential_refresh_failure
-from hookyard.settings import Settings
-from hookyard.tracing import NOOP, Tracing
 from oauth.crypto import Keyring
 from oauth.google import google_from_settings
 from schemas import db
+from telemetry.metrics import Metrics, record_credential_refresh_failure
+from telemetry.tracing import NOOP, Tracing
 from worker.activities import AutomationActivities
 from worker.automation import AutomationWorkflow
 from worker.gmail.activities import GmailActivities
@@ -28,6 +28,9 @@ from worker.newsletter import NewsletterActivities, NewsletterWorkflow
 from worker.temporal import connect_with_retry
 from worker.ticks import TickActivities, TickWorkflow
 from worker.vault import Vault
+
+if TYPE_CHECKING:  # the type only: settings are passed in
+    from hookyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ with workflow.unsafe.imports_passed_through():
     from actions.base import RateLimiter
     from actions.email import EmailRoute
     from actions.errors import PermanentActionError
-    from hookyard.metrics import Metrics, record_failover
     from schemas.sanitize import strip_nul
     from schemas.store import newsletter as store
+    from telemetry.metrics import Metrics, record_failover
     from worker.credentials import OwnerCredentials
     from worker.vault import Vault
 

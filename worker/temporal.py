@@ -11,26 +11,33 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.service import TLSConfig
 
-from hookyard.settings import Settings, SettingsError
 from worker.codec import encrypted_data_converter
 
+if TYPE_CHECKING:  # the type only: settings are passed in
+    from hookyard.settings import Settings
+
 log = logging.getLogger(__name__)
+
+
+class TemporalSettingsError(ValueError):
+    """The Temporal connection settings cannot work; retrying would not help. Names the setting."""
 
 
 async def connect(settings: Settings) -> Client:
     """One connection attempt to the configured Temporal server and namespace.
 
-    Raises SettingsError when the settings cannot work (retrying would not help).
+    Raises TemporalSettingsError when the settings cannot work (retrying would not help).
     """
     try:
         converter = data_converter(settings)
         tls = tls_config(settings)
-    except SettingsError as exc:
+    except TemporalSettingsError as exc:
         log.error("temporal connection settings: %s", exc)
         raise
     return await Client.connect(
@@ -46,7 +53,7 @@ async def connect(settings: Settings) -> Client:
 def data_converter(settings: Settings) -> DataConverter:
     """The converter every client uses: payloads and failures encrypted with the master keys."""
     if not settings.master_keys:
-        raise SettingsError(
+        raise TemporalSettingsError(
             "HOOKYARD_MASTER_KEYS is not set; Temporal payloads are encrypted with it "
             "(generate one with `hookyard keys generate`)"
         )
@@ -59,10 +66,12 @@ def tls_config(settings: Settings) -> bool | TLSConfig | None:
     custom = bool(ca or cert or key or settings.temporal_tls_server_name)
     if settings.temporal_tls is False:
         if custom:
-            raise SettingsError("HOOKYARD_TEMPORAL_TLS is off but HOOKYARD_TEMPORAL_TLS_* files or name are set")
+            raise TemporalSettingsError(
+                "HOOKYARD_TEMPORAL_TLS is off but HOOKYARD_TEMPORAL_TLS_* files or name are set"
+            )
         return False
     if bool(cert) != bool(key):
-        raise SettingsError(
+        raise TemporalSettingsError(
             "HOOKYARD_TEMPORAL_TLS_CERT_FILE and HOOKYARD_TEMPORAL_TLS_KEY_FILE must be set together (mTLS)"
         )
     if custom:
@@ -87,7 +96,7 @@ def _read(path: str, variable: str) -> bytes | None:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise SettingsError(f"{variable}: cannot read {path!r} ({exc.strerror or type(exc).__name__})") from exc
+        raise TemporalSettingsError(f"{variable}: cannot read {path!r} ({exc.strerror or type(exc).__name__})") from exc
 
 
 async def connect_with_retry(settings: Settings, stop: asyncio.Event | None = None) -> Client | None:
@@ -96,7 +105,7 @@ async def connect_with_retry(settings: Settings, stop: asyncio.Event | None = No
     while stop is None or not stop.is_set():
         try:
             return await connect(settings)
-        except SettingsError:
+        except TemporalSettingsError:
             raise
         except Exception as exc:  # the SDK raises RuntimeError for transport failures
             log.warning(

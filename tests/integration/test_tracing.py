@@ -15,9 +15,9 @@ import pytest
 
 from hookyard.services import free_port
 from hookyard.settings import Settings
-from hookyard.tracing import setup_tracing
 from oauth.crypto import Keyring
 from schemas import db
+from telemetry.tracing import setup_tracing
 from tests.conftest import Owner, Receiver, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, signed
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hookyard.metrics import Metrics
+from telemetry.metrics import Metrics
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "hookyard-dashboard.json"
 

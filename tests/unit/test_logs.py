@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import orjson
 import pytest
 
-from hookyard.logs import REDACTED, JsonFormatter, RedactingFilter, configure, log_context, redact
+from telemetry.logs import REDACTED, JsonFormatter, RedactingFilter, configure, log_context, redact
 
 
 @contextmanager

@@ -6,8 +6,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from hookyard.metrics import Metrics, record_credential_refresh_failure, record_failover, serve_metrics
 from hookyard.services import free_port
+from telemetry.metrics import Metrics, record_credential_refresh_failure, record_failover, serve_metrics
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:

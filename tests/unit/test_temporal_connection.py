@@ -8,10 +8,10 @@ import pytest
 from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import TLSConfig
 
-from hookyard.settings import SettingsError, load_settings
+from hookyard.settings import load_settings
 from oauth.crypto import generate_key
 from worker.codec import EncryptionCodec
-from worker.temporal import connect, data_converter, rpc_metadata, tls_config
+from worker.temporal import TemporalSettingsError, connect, data_converter, rpc_metadata, tls_config
 
 KEYS = (("k1", generate_key()),)
 
@@ -25,7 +25,7 @@ def test_tls_flag_uses_the_system_roots() -> None:
 
 
 def test_tls_flag_rejects_a_typo_instead_of_turning_tls_off() -> None:
-    with pytest.raises(SettingsError, match="HOOKYARD_TEMPORAL_TLS"):
+    with pytest.raises(TemporalSettingsError, match="HOOKYARD_TEMPORAL_TLS"):
         load_settings({"HOOKYARD_TEMPORAL_TLS": "ture"})
 
 
@@ -51,19 +51,19 @@ def test_mtls_files_and_server_name_become_a_tls_config(tmp_path: Path) -> None:
 def test_client_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
     (tmp_path / "client.pem").write_bytes(b"cert")
     settings = load_settings({"HOOKYARD_TEMPORAL_TLS_CERT_FILE": str(tmp_path / "client.pem")})
-    with pytest.raises(SettingsError, match="must be set together"):
+    with pytest.raises(TemporalSettingsError, match="must be set together"):
         tls_config(settings)
 
 
 def test_unreadable_certificate_file_names_the_setting(tmp_path: Path) -> None:
     settings = load_settings({"HOOKYARD_TEMPORAL_TLS_CA_FILE": str(tmp_path / "missing.pem")})
-    with pytest.raises(SettingsError, match="HOOKYARD_TEMPORAL_TLS_CA_FILE"):
+    with pytest.raises(TemporalSettingsError, match="HOOKYARD_TEMPORAL_TLS_CA_FILE"):
         tls_config(settings)
 
 
 def test_tls_off_with_certificate_files_is_a_contradiction() -> None:
     settings = load_settings({"HOOKYARD_TEMPORAL_TLS": "false", "HOOKYARD_TEMPORAL_TLS_CA_FILE": "ca.pem"})
-    with pytest.raises(SettingsError, match="HOOKYARD_TEMPORAL_TLS is off"):
+    with pytest.raises(TemporalSettingsError, match="HOOKYARD_TEMPORAL_TLS is off"):
         tls_config(settings)
 
 
@@ -94,5 +94,5 @@ def test_every_client_encrypts_payloads_and_failures() -> None:
 
 
 async def test_connecting_without_master_keys_is_refused_before_any_network_call() -> None:
-    with pytest.raises(SettingsError, match="HOOKYARD_MASTER_KEYS"):
+    with pytest.raises(TemporalSettingsError, match="HOOKYARD_MASTER_KEYS"):
         await connect(load_settings({}, temporal_address="127.0.0.1:1"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hookyard.tracing import NOOP, Tracing, setup_tracing
+from telemetry.tracing import NOOP, Tracing, setup_tracing
 
 pytest.importorskip("opentelemetry.sdk.trace", reason="the otel extra is not installed")
 

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -27,7 +27,6 @@ import orjson
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from hookyard.settings import Settings
 from schemas.sanitize import strip_nul
 from schemas.store import gmail as store
 from schemas.store.events import NewEvent, insert_events
@@ -44,6 +43,9 @@ from triggers.gmail import (
 )
 from worker.gmail.client import GmailClient, GmailRefused, GmailUnavailable, HistoryGone
 from worker.vault import CredentialNotFound, CredentialUnusable, RefreshUnavailable, Vault
+
+if TYPE_CHECKING:  # the type only: settings are passed in
+    from hookyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

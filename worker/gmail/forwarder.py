@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import asyncpg
 import orjson
 from temporalio.client import Client
 
-from hookyard.settings import Settings
 from schemas.store import gmail as store
 from schemas.store.gmail import MailboxRef
 from triggers.base import InboxEvent
 from triggers.gmail import PUSH_SOURCE_TYPE, signal_mailbox
+
+if TYPE_CHECKING:  # the type only: settings are passed in
+    from hookyard.settings import Settings
 
 
 class GmailPushForwarder:
