@@ -8,7 +8,7 @@ import pytest
 from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import TLSConfig
 
-from hookyard.settings import load_settings
+from hookyard.settings import SettingsError, load_settings
 from oauth.crypto import generate_key
 from worker.codec import EncryptionCodec
 from worker.temporal import TemporalSettingsError, connect, data_converter, rpc_metadata, tls_config
@@ -25,7 +25,7 @@ def test_tls_flag_uses_the_system_roots() -> None:
 
 
 def test_tls_flag_rejects_a_typo_instead_of_turning_tls_off() -> None:
-    with pytest.raises(TemporalSettingsError, match="HOOKYARD_TEMPORAL_TLS"):
+    with pytest.raises(SettingsError, match="HOOKYARD_TEMPORAL_TLS"):
         load_settings({"HOOKYARD_TEMPORAL_TLS": "ture"})
 
 
