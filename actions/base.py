@@ -84,3 +84,12 @@ class ActionType:
     # Providers whose credential may be given as the workflow's `action.credential_id`.
     credential_providers: tuple[str, ...] = ()
     check_config: ActionConfigCheck | None = None
+
+
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """A provider's JSON object answer, or {} when the body is not one (error pages, empty bodies)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

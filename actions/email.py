@@ -33,7 +33,7 @@ from uuid import UUID
 import asyncpg
 import httpx
 
-from actions.base import ActionConfigError, ActionContext, ActionType, CredentialSource, RateLimiter
+from actions.base import ActionConfigError, ActionContext, ActionType, CredentialSource, RateLimiter, json_object
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.http import parse_retry_after
 from actions.ratelimit import acquire
@@ -205,7 +205,7 @@ async def send_resend(
     if idempotency_key:
         headers["idempotency-key"] = idempotency_key
     response = await _post(http, "resend", RESEND_URL, headers, body, timeout_s)
-    data = _json_object(response)
+    data = json_object(response)
     if response.is_success:
         return _string(data.get("id"))
     name = str(data.get("name") or "")
@@ -246,7 +246,7 @@ async def send_postmark(
             body["Tag"] = message.tags["category"]
     headers = {"x-postmark-server-token": server_token, "accept": "application/json", "user-agent": _USER_AGENT}
     response = await _post(http, "postmark", POSTMARK_URL, headers, body, timeout_s)
-    data = _json_object(response)
+    data = json_object(response)
     error_code = data.get("ErrorCode", 0)
     if not isinstance(error_code, int):
         error_code = -1
@@ -461,10 +461,11 @@ def _routes(ctx: ActionContext, config: Mapping[str, Any]) -> list[EmailRoute]:
     raise PermanentActionError("email.send needs a Resend or Postmark credential: set credential_id or providers")
 
 
-async def check_config(
-    conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any], credential_id: UUID | None
+async def check_credentials(
+    conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any], credential_id: UUID | None, name: str
 ) -> None:
-    """Every credential the config names is the owner's and for the provider it is listed as."""
+    """Every credential an e-mail config names is the owner's and for the provider it is listed as;
+    without `providers`, the workflow's own credential must be a Resend or Postmark one."""
     configured = config.get("providers") or []
     for index, entry in enumerate(configured):
         where = f"action.config.providers[{index}].credential_id"
@@ -477,11 +478,18 @@ async def check_config(
         return
     if credential_id is None:
         raise ActionConfigError(
-            "action.credential_id", "email.send needs a Resend or Postmark credential (or config.providers)"
+            "action.credential_id", f"{name} needs a Resend or Postmark credential (or config.providers)"
         )
     found = await credential_provider(conn, owner_id, credential_id)
     if found not in EMAIL_PROVIDERS:
         raise ActionConfigError("action.credential_id", "needs a Resend or Postmark credential of yours")
+
+
+async def check_config(
+    conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any], credential_id: UUID | None
+) -> None:
+    """The credentials `email.send` would use are the owner's and of the right providers."""
+    await check_credentials(conn, owner_id, config, credential_id, "email.send")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -526,14 +534,6 @@ def _secret(secret: Mapping[str, str], provider: str, name: str) -> str:
     if not value:
         raise PermanentActionError(f"the {provider} credential has no {name}")
     return value
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _string(value: object) -> str | None:

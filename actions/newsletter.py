@@ -49,7 +49,6 @@ from actions.errors import PermanentActionError, RetryableActionError
 from actions.templating import TemplateError, render
 from schemas.paths import PATH_PATTERN, PathError, PathNotFound, json_type, resolve
 from schemas.store import newsletter as store
-from schemas.store.credentials import credential_provider
 from schemas.store.newsletter import NewRecipient
 
 NAME = "email.send-newsletter"
@@ -499,19 +498,7 @@ async def check_config(
     conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any], credential_id: UUID | None
 ) -> None:
     """Credentials are the owner's and for the providers named; a literal send_at is readable."""
-    configured = config.get("providers") or []
-    for index, entry in enumerate(configured):
-        where = f"action.config.providers[{index}].credential_id"
-        found = await credential_provider(conn, owner_id, UUID(str(entry["credential_id"])))
-        if found is None:
-            raise ActionConfigError(where, "no such credential")
-        if found != entry["provider"]:
-            raise ActionConfigError(where, f"credential is for {found}, not {entry['provider']}")
-    if not configured:
-        if credential_id is None:
-            raise ActionConfigError("action.credential_id", f"{NAME} needs a Resend or Postmark credential")
-        if await credential_provider(conn, owner_id, credential_id) not in email.EMAIL_PROVIDERS:
-            raise ActionConfigError("action.credential_id", "needs a Resend or Postmark credential of yours")
+    await email.check_credentials(conn, owner_id, config, credential_id, NAME)
     literal = config.get("send_at")
     if isinstance(literal, str) and "{{" not in literal and parse_time(literal) is None:
         raise ActionConfigError("action.config.send_at", "expected an RFC 3339 time with a zone")

@@ -16,7 +16,7 @@ from uuid import UUID
 import asyncpg
 import httpx
 
-from actions.base import ActionConfigError, ActionContext, ActionType
+from actions.base import ActionConfigError, ActionContext, ActionType, json_object
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.http import parse_retry_after
 from actions.ratelimit import acquire
@@ -104,7 +104,7 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _result(response: httpx.Response, transaction_id: str, api_key: str) -> dict[str, Any]:
     code = response.status_code
-    data = _json_object(response)
+    data = json_object(response)
     if code in (409, 429) or code >= 500:
         # 409: the same idempotency key is still being processed; its answer comes soon.
         retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -168,14 +168,6 @@ def _recipient(item: object) -> Any:
         if item.get("topicKey"):
             return item
     raise PermanentActionError("to: each subscriber must be an id, or an object with subscriberId or topicKey")
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _detail(value: object, secret: str) -> str:
