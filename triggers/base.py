@@ -10,7 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from schemas.store.endpoints import get_endpoint
-from triggers.filters import FilterOutcome, validate_filter
+from triggers.filters import FilterOutcome, evaluate, validate_filter
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -100,6 +100,11 @@ class TriggerType:
     # Called by the dispatcher's sync loop after every change of trigger, config, active or
     # deletion, and retried until it succeeds; it must be idempotent.
     sync: SyncHook | None = None
+
+
+def match_filter(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
+    """Whether trigger data passes the config's optional `filter` (no filter: it does)."""
+    return evaluate(config.get("filter"), data)
 
 
 def check_filter(config: Mapping[str, Any]) -> None:

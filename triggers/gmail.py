@@ -37,8 +37,9 @@ from triggers.base import (
     TriggerType,
     WorkflowSyncState,
     check_filter,
+    match_filter,
 )
-from triggers.filters import FilterOutcome, evaluate, filter_schema
+from triggers.filters import FilterOutcome, filter_schema
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -350,7 +351,7 @@ def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
             return FilterOutcome(False, f"{field} does not contain {needle!r}"[:200])
     if "has_attachment" in config and bool(data.get("attachments")) != config["has_attachment"]:
         return FilterOutcome(False, "has attachments" if config["has_attachment"] is False else "has no attachments")
-    return evaluate(config.get("filter"), data)
+    return match_filter(config, data)
 
 
 async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any]) -> None:

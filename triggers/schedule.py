@@ -47,8 +47,9 @@ from triggers.base import (
     TriggerType,
     WorkflowSyncState,
     check_filter,
+    match_filter,
 )
-from triggers.filters import FilterOutcome, evaluate, filter_schema
+from triggers.filters import filter_schema
 
 NAME = "schedule.cron"
 SOURCE_TYPE = "schedule"
@@ -332,10 +333,6 @@ def _trigger_data(event: InboxEvent) -> dict[str, Any]:
     }
 
 
-def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
-    return evaluate(config.get("filter"), data)
-
-
 TRIGGER = TriggerType(
     name=NAME,
     source_type=SOURCE_TYPE,
@@ -343,7 +340,7 @@ TRIGGER = TriggerType(
     config_schema=CONFIG_SCHEMA,
     routing_key=lambda config: WORKFLOW_ROUTE,
     trigger_data=_trigger_data,
-    match=_match,
+    match=match_filter,
     check_config=_check,
     sync=sync_schedule,
 )

@@ -27,8 +27,16 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from triggers.base import WORKFLOW_ROUTE, InboxEvent, TriggerConfigError, TriggerType, check_endpoint, check_filter
-from triggers.filters import FilterOutcome, evaluate, filter_schema
+from triggers.base import (
+    WORKFLOW_ROUTE,
+    InboxEvent,
+    TriggerConfigError,
+    TriggerType,
+    check_endpoint,
+    check_filter,
+    match_filter,
+)
+from triggers.filters import filter_schema
 from triggers.webhook import parse_body
 
 NAME = "schedule.tick"
@@ -145,10 +153,6 @@ def _trigger_data(event: InboxEvent) -> dict[str, Any]:
     }
 
 
-def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
-    return evaluate(config.get("filter"), data)
-
-
 def validate_config(config: Mapping[str, Any]) -> None:
     """What the JSON Schema leaves open: no fields of the other auth mode, a valid filter."""
     auth = config["auth"]
@@ -173,6 +177,6 @@ TRIGGER = TriggerType(
     config_schema=CONFIG_SCHEMA,
     routing_key=lambda config: WORKFLOW_ROUTE,
     trigger_data=_trigger_data,
-    match=_match,
+    match=match_filter,
     check_config=_check,
 )

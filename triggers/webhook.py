@@ -10,8 +10,8 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from triggers.base import InboxEvent, TriggerType, check_endpoint, check_filter
-from triggers.filters import FilterOutcome, evaluate, filter_schema
+from triggers.base import InboxEvent, TriggerType, check_endpoint, check_filter, match_filter
+from triggers.filters import filter_schema
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -48,10 +48,6 @@ def _trigger_data(event: InboxEvent) -> dict[str, Any]:
     }
 
 
-def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
-    return evaluate(config.get("filter"), data)
-
-
 async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any]) -> None:
     check_filter(config)
     await check_endpoint(conn, owner_id, config["endpoint_id"])
@@ -65,6 +61,6 @@ TRIGGER = TriggerType(
     # Normalised: events carry the canonical lower-case form of the endpoint id.
     routing_key=lambda config: str(UUID(str(config["endpoint_id"]))),
     trigger_data=_trigger_data,
-    match=_match,
+    match=match_filter,
     check_config=_check,
 )
