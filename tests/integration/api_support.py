@@ -33,11 +33,26 @@ def workflow_body(endpoint_id: str, **overrides: Any) -> dict[str, Any]:
 
 
 async def create_workflow(owner: Owner, endpoint_id: str, **overrides: Any) -> dict[str, Any]:
-    """A workflow created through the API."""
-    response = await owner.client.post("/api/workflows", json=workflow_body(endpoint_id, **overrides))
+    """A webhook workflow created through the API."""
+    return await create_workflow_from(owner, workflow_body(endpoint_id, **overrides))
+
+
+async def create_workflow_from(owner: Owner, body: dict[str, Any]) -> dict[str, Any]:
+    """A workflow created through the API from a whole body."""
+    response = await owner.client.post("/api/workflows", json=body)
     assert response.status_code == 201, response.text
     workflow: dict[str, Any] = response.json()
     return workflow
+
+
+async def create_credential(owner: Owner, provider: str, secret: dict[str, str]) -> str:
+    """An API-key credential created through the API; its id."""
+    response = await owner.client.post(
+        "/api/credentials", json={"provider": provider, "name": provider, "secret": secret}
+    )
+    assert response.status_code == 201, response.text
+    created: str = response.json()["id"]
+    return created
 
 
 def signed_headers(body: bytes, secret: str = SECRET, msg_id: str | None = None) -> dict[str, str]:

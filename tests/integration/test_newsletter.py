@@ -32,6 +32,7 @@ from oauth.crypto import Keyring
 from schemas import db
 from tests.conftest import Owner, wait_for
 from tests.factories import create_endpoint
+from tests.integration.api_support import create_credential as credential
 
 pytestmark = pytest.mark.integration
 
@@ -122,15 +123,6 @@ async def pipeline(settings: Settings, keyring: Keyring) -> AsyncIterator[None]:
 
 def readers(n: int) -> list[dict[str, Any]]:
     return [{"email": f"reader{i}@example.test", "name": f"Reader {i}"} for i in range(n)]
-
-
-async def credential(owner: Owner, provider: str, secret: dict[str, str]) -> str:
-    response = await owner.client.post(
-        "/api/credentials", json={"provider": provider, "name": provider, "secret": secret}
-    )
-    assert response.status_code == 201, response.text
-    created: str = response.json()["id"]
-    return created
 
 
 async def newsletter_workflow(owner: Owner, **config: Any) -> dict[str, Any]:

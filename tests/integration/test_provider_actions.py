@@ -17,6 +17,7 @@ from actions.base import ActionConfigError
 from actions.email import POSTMARK_URL, RESEND_URL
 from tests.conftest import Owner, wait_for
 from tests.factories import create_endpoint, executions, send
+from tests.integration.api_support import create_credential as credential
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("pipeline")]
 
@@ -30,15 +31,6 @@ def providers() -> Iterator[respx.MockRouter]:
     with respx.mock(assert_all_called=False) as mock:
         mock.route(host="127.0.0.1").pass_through()
         yield mock
-
-
-async def credential(owner: Owner, provider: str, secret: dict[str, str]) -> str:
-    response = await owner.client.post(
-        "/api/credentials", json={"provider": provider, "name": provider, "secret": secret}
-    )
-    assert response.status_code == 201, response.text
-    created: str = response.json()["id"]
-    return created
 
 
 async def workflow(owner: Owner, endpoint_id: str, action: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from hookyard.settings import Settings
 from schemas.store import trigger_sync as sync_store
 from tests.conftest import Owner, Receiver, wait_for
 from tests.factories import create_endpoint, executions
+from tests.integration.api_support import create_workflow_from as create
 from triggers.registry import TRIGGERS
 from worker.ticks import Tick, TickActivities
 from worker.trigger_sync import TriggerSyncer, hooked_types
@@ -45,13 +46,6 @@ def schedule_body(url: str, **config: Any) -> dict[str, Any]:
         "trigger": {"type": "schedule.cron", "config": config or {"cron": YEARLY}},
         "action": {"type": "http.request", "config": {"url": url}},
     }
-
-
-async def create(owner: Owner, body: dict[str, Any]) -> dict[str, Any]:
-    response = await owner.client.post("/api/workflows", json=body)
-    assert response.status_code == 201, response.text
-    workflow: dict[str, Any] = response.json()
-    return workflow
 
 
 async def synced(pool: asyncpg.Pool, workflow_id: str) -> None:

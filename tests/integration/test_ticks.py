@@ -22,6 +22,7 @@ from oauth.crypto import Keyring
 from tests.conftest import Owner, Receiver, serve, wait_for
 from tests.factories import create_endpoint, executions, signed
 from tests.google_oidc import GoogleSigner
+from tests.integration.api_support import create_workflow_from as create
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +37,6 @@ def tick_body(config: dict[str, Any], url: str = "http://127.0.0.1:9/x", **extra
         "action": {"type": "http.request", "config": {"url": url}},
         **extra,
     }
-
-
-async def create(owner: Owner, body: dict[str, Any]) -> dict[str, Any]:
-    response = await owner.client.post("/api/workflows", json=body)
-    assert response.status_code == 201, response.text
-    workflow: dict[str, Any] = response.json()
-    return workflow
 
 
 async def hmac_tick_workflow(owner: Owner, url: str = "http://127.0.0.1:9/x") -> tuple[dict[str, Any], dict[str, Any]]:
