@@ -13,10 +13,12 @@ def strip_nul(value: Any) -> Any:
     """The same JSON-like value, storable: NUL characters (in keys and strings) become U+FFFD,
     and so do lone surrogates, which no UTF-8 encoder (PostgreSQL's, orjson's) accepts."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            value = _SURROGATE.sub(REPLACEMENT, value)
+        # isascii is a flag check; only non-ASCII text pays for the encode that finds surrogates.
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                value = _SURROGATE.sub(REPLACEMENT, value)
         return value.replace("\x00", REPLACEMENT) if "\x00" in value else value
     if isinstance(value, dict):
         return {strip_nul(k): strip_nul(v) for k, v in value.items()}
