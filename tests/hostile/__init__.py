@@ -1,0 +1,1 @@
+"""Regression tests for hostile senders, owners and broken parts, each against the real stack."""
