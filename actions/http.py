@@ -68,11 +68,14 @@ def sign_standard_webhook(secret: str, msg_id: str, timestamp: int, body: bytes)
 
 
 def _build(ctx: ActionContext, config: Mapping[str, Any]) -> tuple[str, dict[str, str], bytes | None]:
+    budget = ctx.render_budget()
     try:
-        url = render(config["url"], ctx.template_context, field="url")
-        headers = render(config.get("headers", {}), ctx.template_context, field="headers")
+        url = render(config["url"], ctx.template_context, field="url", budget=budget)
+        headers = render(config.get("headers", {}), ctx.template_context, field="headers", budget=budget)
         body_template = config.get("body")
-        body = None if body_template is None else render(body_template, ctx.template_context, field="body")
+        body = (
+            None if body_template is None else render(body_template, ctx.template_context, field="body", budget=budget)
+        )
     except TemplateError as exc:
         raise PermanentActionError(f"template error: {exc}") from exc
     # The URL is not echoed: after templating it may hold tokens.

@@ -24,7 +24,7 @@ from actions.base import ActionConfigError, ActionContext, ActionType
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.http import parse_retry_after
 from actions.ratelimit import acquire
-from actions.templating import TemplateError, render
+from actions.templating import RenderBudget, TemplateError, render
 from schemas.store.credentials import credential_provider
 
 CHAT_POST_MESSAGE_URL = "https://slack.com/api/chat.postMessage"
@@ -89,7 +89,7 @@ _USER_AGENT = "hookyard/0.1"
 
 async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     """Post the templated message; bot token -> channel and ts, webhook -> "ok"."""
-    message = _message(ctx.template_context, config)
+    message = _message(ctx.template_context, config, ctx.render_budget())
     timeout_s = float(config.get("timeout_s", 10))
     webhook_url = config.get("webhook_url")
     if webhook_url:
@@ -176,11 +176,11 @@ def _describe(error: str, data: Mapping[str, Any]) -> str:
     return detail
 
 
-def _message(context: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+def _message(context: Mapping[str, Any], config: Mapping[str, Any], budget: RenderBudget) -> dict[str, Any]:
     """The chat.postMessage / webhook body: channel, text, blocks, thread_ts after templating."""
     try:
         values = {
-            name: render(config[name], context, field=name)
+            name: render(config[name], context, field=name, budget=budget)
             for name in ("channel", "text", "blocks", "thread_ts")
             if name in config
         }

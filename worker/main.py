@@ -102,6 +102,7 @@ async def run_worker(
                 tracing=tracing,
                 handoffs={newsletter_action.NAME: newsletter.hand_off},
                 api_bases={"gmail": settings.gmail_api_base},
+                max_rendered_bytes=settings.max_rendered_bytes,
             )
             ticks = TickActivities(pool)
             gmail = GmailActivities(pool, http, vault, settings)
