@@ -92,6 +92,8 @@ class ActionType:
     # Providers whose credential may be given as the workflow's `action.credential_id`.
     credential_providers: tuple[str, ...] = ()
     check_config: ActionConfigCheck | None = None
+    # Warnings for secrets kept in plain config that belong in a credential (shown by the API).
+    plain_secrets: Callable[[Mapping[str, Any]], list[str]] = lambda config: []
 
 
 def json_object(response: httpx.Response) -> dict[str, Any]:
