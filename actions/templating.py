@@ -15,6 +15,10 @@ A string that is exactly one expression becomes the value itself, keeping number
 and lists intact for JSON bodies. Inside longer text, strings are inserted as they are,
 numbers as ``str()`` writes them and everything else as compact JSON. There is no escape for
 a literal ``{{``.
+
+Configs are owners' input and trigger data is senders': both are walked iteratively and at
+most ``MAX_TEMPLATE_DEPTH`` deep, and what one request renders is capped by a
+``RenderBudget`` that stops before building anything past it.
 """
 
 from __future__ import annotations
