@@ -90,7 +90,13 @@ async def run_worker(
                 on_refresh_failure=partial(record_credential_refresh_failure, metrics),
             )
             newsletter = NewsletterActivities(
-                pool, http, vault, limiter, metrics, history_limit=settings.automation_history_limit
+                pool,
+                http,
+                vault,
+                limiter,
+                metrics,
+                history_limit=settings.automation_history_limit,
+                max_rendered_bytes=settings.max_rendered_bytes,
             )
             activities = AutomationActivities(
                 pool,
