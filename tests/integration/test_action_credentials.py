@@ -7,6 +7,7 @@ and respx for Slack. Each test checks that the receiver got the secret and the A
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,8 +60,15 @@ async def everything_the_api_shows(owner: Owner, workflow_id: str, credential_id
     ],
 )
 async def test_http_request_sends_the_stored_credential_and_the_api_never_shows_it(
-    owner: Owner, http: httpx.AsyncClient, receiver: Receiver, secret: dict[str, str], header: str, expected: str
+    owner: Owner,
+    http: httpx.AsyncClient,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+    secret: dict[str, str],
+    header: str,
+    expected: str,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     target = f"/credential-{header}-{len(receiver.requests)}"
     # A target that echoes what it got must not smuggle the secret into the stored result.
     receiver.bodies[target] = f'{{"you sent": "{expected}"}}'.encode()
@@ -76,9 +84,11 @@ async def test_http_request_sends_the_stored_credential_and_the_api_never_shows_
     assert request.headers[header] == expected
     shown = await everything_the_api_shows(owner, workflow_id, credential_id)
     assert execution["id"] in shown
-    for value in secret.values():
-        if value != "ada" and value != "X-Api-Key":
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    for value in [*secret.values(), expected]:
+        if value not in ("ada", "X-Api-Key"):
             assert value not in shown
+            assert value not in logged
 
 
 async def test_the_credential_replaces_a_plain_header_of_the_same_name(
