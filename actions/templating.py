@@ -186,7 +186,7 @@ def _strings(template: object, field: str) -> Iterator[tuple[str, str]]:
             yield where, node
             continue
         children = _children(node, where)
-        if not children:
+        if children is None:
             continue
         if depth >= MAX_TEMPLATE_DEPTH:
             raise TemplateError(f"nested more than {MAX_TEMPLATE_DEPTH} levels deep", where)
