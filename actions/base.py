@@ -10,6 +10,8 @@ from uuid import UUID
 import asyncpg
 import httpx
 
+from actions.templating import DEFAULT_MAX_RENDERED_BYTES, RenderBudget
+
 
 @dataclass(frozen=True, slots=True)
 class Credential:
@@ -50,6 +52,12 @@ class ActionContext:
     api_bases: Mapping[str, str] = field(default_factory=dict)
     # Counts a failover between providers (the worker's metrics); a no-op by default.
     record_failover: Callable[[str, str], None] = lambda from_provider, to_provider: None
+    # Bytes the templates of one outgoing request may produce (HOOKYARD_MAX_RENDERED_BYTES).
+    max_rendered_bytes: int = DEFAULT_MAX_RENDERED_BYTES
+
+    def render_budget(self) -> RenderBudget:
+        """A fresh output budget for the templates of one request."""
+        return RenderBudget(self.max_rendered_bytes)
 
 
 class RateLimiter(Protocol):
@@ -84,6 +92,8 @@ class ActionType:
     # Providers whose credential may be given as the workflow's `action.credential_id`.
     credential_providers: tuple[str, ...] = ()
     check_config: ActionConfigCheck | None = None
+    # Warnings for secrets kept in plain config that belong in a credential (shown by the API).
+    plain_secrets: Callable[[Mapping[str, Any]], list[str]] = lambda config: []
 
 
 def json_object(response: httpx.Response) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from actions.base import ActionConfigError, ActionContext, ActionType, Credentia
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.http import parse_retry_after
 from actions.ratelimit import acquire
-from actions.templating import TemplateError, render
+from actions.templating import RenderBudget, TemplateError, render
 from schemas.store.credentials import credential_provider
 
 RESEND_URL = "https://api.resend.com/emails"
@@ -398,7 +398,7 @@ def _quick_retry_delay(provider: str, exc: ProviderUnavailable) -> float | None:
 
 async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     """Send the templated e-mail; the result names the provider and its message id."""
-    message = build_message(ctx.template_context, config)
+    message = build_message(ctx.template_context, config, ctx.render_budget())
     routes = _routes(ctx, config)
     if ctx.credentials is None:
         raise PermanentActionError("email.send: credentials are not available to this worker")
@@ -415,11 +415,15 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     return delivery.as_result()
 
 
-def build_message(context: Mapping[str, Any], config: Mapping[str, Any]) -> EmailMessage:
-    """The e-mail a config describes, templated from `context`; PermanentActionError if unusable."""
+def build_message(
+    context: Mapping[str, Any], config: Mapping[str, Any], budget: RenderBudget | None = None
+) -> EmailMessage:
+    """The e-mail a config describes, templated from `context` within `budget` (default-sized
+    if not given); PermanentActionError if unusable."""
+    budget = RenderBudget() if budget is None else budget
     try:
         values = {
-            name: render(config[name], context, field=name)
+            name: render(config[name], context, field=name, budget=budget)
             for name in ("from", "to", "cc", "bcc", "reply_to", "subject", "text", "html", "tags")
             if name in config
         }

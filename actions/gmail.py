@@ -101,11 +101,12 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _render(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, str]:
     fields: dict[str, str] = {}
+    budget = ctx.render_budget()
     for name in ("to", "cc", "bcc", "subject", "text", "html"):
         if config.get(name) is None:
             continue
         try:
-            value = render(config[name], ctx.template_context, field=name)
+            value = render(config[name], ctx.template_context, field=name, budget=budget)
         except TemplateError as exc:
             raise PermanentActionError(f"template error: {exc}") from exc
         fields[name] = "" if value is None else str(value)

@@ -68,11 +68,14 @@ def sign_standard_webhook(secret: str, msg_id: str, timestamp: int, body: bytes)
 
 
 def _build(ctx: ActionContext, config: Mapping[str, Any]) -> tuple[str, dict[str, str], bytes | None]:
+    budget = ctx.render_budget()
     try:
-        url = render(config["url"], ctx.template_context, field="url")
-        headers = render(config.get("headers", {}), ctx.template_context, field="headers")
+        url = render(config["url"], ctx.template_context, field="url", budget=budget)
+        headers = render(config.get("headers", {}), ctx.template_context, field="headers", budget=budget)
         body_template = config.get("body")
-        body = None if body_template is None else render(body_template, ctx.template_context, field="body")
+        body = (
+            None if body_template is None else render(body_template, ctx.template_context, field="body", budget=budget)
+        )
     except TemplateError as exc:
         raise PermanentActionError(f"template error: {exc}") from exc
     # The URL is not echoed: after templating it may hold tokens.
@@ -92,6 +95,7 @@ def _build(ctx: ActionContext, config: Mapping[str, Any]) -> tuple[str, dict[str
 async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     """Send the request; 2xx succeeds, 408/425/429/5xx and network errors retry, other 4xx fail."""
     url, headers, content = _build(ctx, config)
+    secrets = await _apply_credential(ctx, headers)
     if config.get("sign"):
         if not ctx.signing_secret:
             raise PermanentActionError("signing is on but the workflow has no signing secret")
@@ -115,7 +119,7 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     result = {
         "status_code": response.status_code,
         "duration_ms": round((time.monotonic() - started) * 1000, 1),
-        "response_body": response.text[:_EXCERPT],
+        "response_body": _redacted(response.text, secrets)[:_EXCERPT],
     }
     code = response.status_code
     if 200 <= code < 300:
@@ -129,6 +133,62 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     raise PermanentActionError(f"{_host(url)} answered {code}; not retried", result=result)
 
 
+async def _apply_credential(ctx: ActionContext, headers: dict[str, str]) -> list[str]:
+    """Add the workflow's `http` credential to `headers`, replacing any plain header of the same
+    name; return the secret strings, to be kept out of the stored result."""
+    if not ctx.credential_id:
+        return []
+    if ctx.credentials is None:
+        raise PermanentActionError("http.request: credentials are not available to this worker")
+    credential = await ctx.credentials.load(ctx.credential_id, providers={"http"})
+    added, secrets = credential_headers(credential.secret)
+    replaced = {name.lower() for name in added}
+    for name in [name for name in headers if name.lower() in replaced]:
+        del headers[name]
+    headers.update(added)
+    return secrets
+
+
+def credential_headers(secret: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The headers an `http` credential sends, and the secret strings they carry."""
+    if "bearer_token" in secret:
+        return {"authorization": f"Bearer {secret['bearer_token']}"}, [secret["bearer_token"]]
+    if "username" in secret:
+        basic = base64.b64encode(f"{secret['username']}:{secret.get('password', '')}".encode()).decode()
+        return {"authorization": f"Basic {basic}"}, [secret.get("password", ""), basic]
+    if "header" in secret:
+        return {secret["header"]: secret.get("value", "")}, [secret.get("value", "")]
+    raise PermanentActionError("the http credential has no header, bearer_token or username")
+
+
+def _redacted(text: str, secrets: list[str]) -> str:
+    """The response excerpt with any secret the target echoed back masked (before truncation, so
+    a secret cut at the excerpt's end cannot leave a readable prefix)."""
+    excerpt = text[: _EXCERPT + max((len(s) for s in secrets), default=0)]
+    for secret in secrets:
+        if secret:
+            excerpt = excerpt.replace(secret, "********")
+    return excerpt
+
+
+# Header names that carry credentials; a literal value in one belongs in an `http` credential.
+_SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "apikey", "x-auth-token", "x-access-token"}
+)
+
+
+def plain_secrets(config: Mapping[str, Any]) -> list[str]:
+    """Warnings for credential headers written into the config rather than a credential."""
+    headers = config.get("headers")
+    if not isinstance(headers, Mapping):
+        return []
+    return [
+        f"action.config.headers.{name} holds a secret in plain config; move it to an http credential"
+        for name, value in headers.items()
+        if str(name).lower() in _SECRET_HEADERS and isinstance(value, str) and value and "{{" not in value
+    ]
+
+
 def _host(url: str) -> str:
     # Error messages name the host only: paths and queries may carry tokens.
     return httpx.URL(url).host or "the target"
@@ -136,8 +196,10 @@ def _host(url: str) -> str:
 
 ACTION = ActionType(
     name="http.request",
-    description="Call a URL (method, headers and body templated from trigger data).",
+    description="Call a URL (method, headers and body templated from trigger data; an `http` credential adds auth).",
     config_schema=CONFIG_SCHEMA,
     run=run,
     wants_signing_secret=lambda config: bool(config.get("sign")),
+    credential_providers=("http",),
+    plain_secrets=plain_secrets,
 )

@@ -46,7 +46,7 @@ from actions import email
 from actions.base import ActionConfigError, ActionContext, ActionType, Credential, CredentialSource, RateLimiter
 from actions.email import EmailMessage, EmailRoute, build_message, send_with_failover
 from actions.errors import PermanentActionError, RetryableActionError
-from actions.templating import TemplateError, render
+from actions.templating import DEFAULT_MAX_RENDERED_BYTES, RenderBudget, TemplateError, render
 from schemas.paths import PATH_PATTERN, PathError, PathNotFound, json_type, resolve
 from schemas.store import newsletter as store
 from schemas.store.newsletter import NewRecipient
@@ -292,13 +292,20 @@ def _shown(value: object) -> str:
 
 
 def message_for(
-    config: Mapping[str, Any], context: Mapping[str, Any], index: int, address: str, variables: Mapping[str, Any]
+    config: Mapping[str, Any],
+    context: Mapping[str, Any],
+    index: int,
+    address: str,
+    variables: Mapping[str, Any],
+    max_rendered_bytes: int = DEFAULT_MAX_RENDERED_BYTES,
 ) -> EmailMessage:
-    """The e-mail for one recipient; PermanentActionError if its templates cannot be filled."""
+    """The e-mail for one recipient; PermanentActionError if its templates cannot be filled
+    within `max_rendered_bytes`."""
     recipient = {**variables, "email": address, "index": index}
     fields = {name: config[name] for name in _MESSAGE_FIELDS if name in config}
     # The address goes in through the context, never into a template: data is not re-rendered.
-    return build_message({**context, "recipient": recipient}, {**fields, "to": "{{ recipient.email }}"})
+    fields["to"] = "{{ recipient.email }}"
+    return build_message({**context, "recipient": recipient}, fields, RenderBudget(max_rendered_bytes))
 
 
 def routes(config: Mapping[str, Any], credential_id: str | None) -> list[EmailRoute]:

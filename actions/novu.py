@@ -20,7 +20,7 @@ from actions.base import ActionConfigError, ActionContext, ActionType, json_obje
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.http import parse_retry_after
 from actions.ratelimit import acquire
-from actions.templating import TemplateError, render
+from actions.templating import RenderBudget, TemplateError, render
 from schemas.store.credentials import credential_provider
 
 DEFAULT_BASE_URL = "https://api.novu.co"
@@ -76,7 +76,7 @@ _USER_AGENT = "hookyard/0.1"
 
 async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     """Trigger the workflow; the result holds Novu's transactionId and whether it acknowledged."""
-    body = build_body(ctx.template_context, config, ctx.execution_id)
+    body = build_body(ctx.template_context, config, ctx.execution_id, ctx.render_budget())
     if not ctx.credential_id:
         raise PermanentActionError("novu.trigger needs a Novu credential (action.credential_id)")
     if ctx.credentials is None:
@@ -131,13 +131,18 @@ def _result(response: httpx.Response, transaction_id: str, api_key: str) -> dict
     return result
 
 
-def build_body(context: Mapping[str, Any], config: Mapping[str, Any], execution_id: str) -> dict[str, Any]:
-    """The trigger body: name, to, payload and transactionId after templating."""
+def build_body(
+    context: Mapping[str, Any], config: Mapping[str, Any], execution_id: str, budget: RenderBudget | None = None
+) -> dict[str, Any]:
+    """The trigger body: name, to, payload and transactionId after templating (within `budget`)."""
+    budget = RenderBudget() if budget is None else budget
     try:
-        name = render(config["workflow_id"], context, field="workflow_id")
-        to = render(config["to"], context, field="to")
-        payload = render(config.get("payload", {}), context, field="payload")
-        transaction_id = render(config.get("transaction_id", execution_id), context, field="transaction_id")
+        name = render(config["workflow_id"], context, field="workflow_id", budget=budget)
+        to = render(config["to"], context, field="to", budget=budget)
+        payload = render(config.get("payload", {}), context, field="payload", budget=budget)
+        transaction_id = render(
+            config.get("transaction_id", execution_id), context, field="transaction_id", budget=budget
+        )
     except TemplateError as exc:
         raise PermanentActionError(f"template error: {exc}") from exc
     if not isinstance(name, str) or not name:

@@ -2,9 +2,10 @@
 
 With a bot token (the workflow's `slack` credential) the message goes through
 `chat.postMessage` and the result holds the channel id and the message `ts`. With an
-incoming webhook (`webhook_url` in the config) it goes to that URL; Slack answers only "ok",
-so there is no `ts`. Anyone holding a webhook URL can post with it, so it is treated as a
-secret: it never appears in errors, results or logs, and rate-limit keys use its hash.
+incoming webhook (a `slack_webhook` credential, or the older plain `webhook_url` in the
+config, which the API flags) it goes to that URL; Slack answers only "ok", so there is no
+`ts`. Anyone holding a webhook URL can post with it, so it is treated as a secret: it never
+appears in errors, results or logs, and rate-limit keys use its hash.
 
 Slack has no idempotency key for posting: an attempt cut off after Slack accepted the
 message (a timeout, `internal_error`) posts it again when the attempt is retried.
@@ -20,14 +21,16 @@ from uuid import UUID
 import asyncpg
 import httpx
 
-from actions.base import ActionConfigError, ActionContext, ActionType
+from actions.base import ActionConfigError, ActionContext, ActionType, Credential
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.http import parse_retry_after
 from actions.ratelimit import acquire
-from actions.templating import TemplateError, render
+from actions.templating import RenderBudget, TemplateError, render
 from schemas.store.credentials import credential_provider
 
 CHAT_POST_MESSAGE_URL = "https://slack.com/api/chat.postMessage"
+# A bot token (chat.postMessage) or an incoming-webhook URL.
+CREDENTIAL_PROVIDERS = ("slack", "slack_webhook")
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -57,7 +60,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "pattern": "^https://hooks\\.slack\\.com/",
             "maxLength": 500,
             "writeOnly": True,
-            "description": "An incoming-webhook URL, used instead of a bot-token credential; kept out of errors.",
+            "description": "An incoming-webhook URL in plain config (flagged; prefer a slack_webhook "
+            "credential); kept out of errors.",
         },
         "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 60, "default": 10},
     },
@@ -89,23 +93,27 @@ _USER_AGENT = "hookyard/0.1"
 
 async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     """Post the templated message; bot token -> channel and ts, webhook -> "ok"."""
-    message = _message(ctx.template_context, config)
+    message = _message(ctx.template_context, config, ctx.render_budget())
     timeout_s = float(config.get("timeout_s", 10))
     webhook_url = config.get("webhook_url")
     if webhook_url:
         return await _post_webhook(ctx, str(webhook_url), message, timeout_s)
-    return await _post_message(ctx, message, timeout_s)
-
-
-async def _post_message(ctx: ActionContext, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     if not ctx.credential_id:
         raise PermanentActionError("slack.post-message needs a Slack credential or a webhook_url")
     if ctx.credentials is None:
         raise PermanentActionError("slack.post-message: credentials are not available to this worker")
+    credential = await ctx.credentials.load(ctx.credential_id, providers=set(CREDENTIAL_PROVIDERS))
+    if credential.provider == "slack_webhook":
+        return await _post_webhook(ctx, credential.secret.get("url", ""), message, timeout_s)
+    return await _post_message(ctx, credential, message, timeout_s)
+
+
+async def _post_message(
+    ctx: ActionContext, credential: Credential, message: dict[str, Any], timeout_s: float
+) -> dict[str, Any]:
     channel = message.get("channel")
     if not channel:
         raise PermanentActionError("channel: required when posting with a bot token")
-    credential = await ctx.credentials.load(ctx.credential_id, providers={"slack"})
     token = credential.secret.get("bot_token")
     if not token:
         raise PermanentActionError("the Slack credential has no bot_token")
@@ -176,11 +184,11 @@ def _describe(error: str, data: Mapping[str, Any]) -> str:
     return detail
 
 
-def _message(context: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+def _message(context: Mapping[str, Any], config: Mapping[str, Any], budget: RenderBudget) -> dict[str, Any]:
     """The chat.postMessage / webhook body: channel, text, blocks, thread_ts after templating."""
     try:
         values = {
-            name: render(config[name], context, field=name)
+            name: render(config[name], context, field=name, budget=budget)
             for name in ("channel", "text", "blocks", "thread_ts")
             if name in config
         }
@@ -208,15 +216,24 @@ def _message(context: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str,
 async def check_config(
     conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any], credential_id: UUID | None
 ) -> None:
-    """A bot-token workflow names a Slack credential of the owner and a channel; else a webhook URL."""
+    """A workflow names a Slack bot-token credential of the owner and a channel, or a
+    `slack_webhook` credential, or (flagged) a plain webhook URL."""
     if config.get("webhook_url"):
         return
     if credential_id is None:
         raise ActionConfigError("action.credential_id", "slack.post-message needs a Slack credential or webhook_url")
-    if await credential_provider(conn, owner_id, credential_id) != "slack":
-        raise ActionConfigError("action.credential_id", "needs a Slack credential of yours")
-    if not config.get("channel"):
+    provider = await credential_provider(conn, owner_id, credential_id)
+    if provider not in CREDENTIAL_PROVIDERS:
+        raise ActionConfigError("action.credential_id", "needs a Slack or slack_webhook credential of yours")
+    if provider == "slack" and not config.get("channel"):
         raise ActionConfigError("action.config.channel", "required when posting with a bot token")
+
+
+def plain_secrets(config: Mapping[str, Any]) -> list[str]:
+    """A plain `webhook_url` still works, but belongs in a `slack_webhook` credential."""
+    if not config.get("webhook_url"):
+        return []
+    return ["action.config.webhook_url holds a secret in plain config; move it to a slack_webhook credential"]
 
 
 ACTION = ActionType(
@@ -224,6 +241,7 @@ ACTION = ActionType(
     description="Post a message to a Slack channel (bot token or incoming webhook; text and blocks templated).",
     config_schema=CONFIG_SCHEMA,
     run=run,
-    credential_providers=("slack",),
+    credential_providers=CREDENTIAL_PROVIDERS,
     check_config=check_config,
+    plain_secrets=plain_secrets,
 )

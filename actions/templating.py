@@ -15,13 +15,17 @@ A string that is exactly one expression becomes the value itself, keeping number
 and lists intact for JSON bodies. Inside longer text, strings are inserted as they are,
 numbers as ``str()`` writes them and everything else as compact JSON. There is no escape for
 a literal ``{{``.
+
+Configs are owners' input and trigger data is senders': both are walked iteratively and at
+most ``MAX_TEMPLATE_DEPTH`` deep, and what one request renders is capped by a
+``RenderBudget`` that stops before building anything past it.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +37,13 @@ _OPEN = "{{"
 _CLOSE = "}}"
 _SHOWN_CHARS = 40
 _UNDECODABLE = object()
+
+DEFAULT_MAX_RENDERED_BYTES = 1024 * 1024
+"""Default output budget of one action request (``HOOKYARD_MAX_RENDERED_BYTES``)."""
+MAX_TEMPLATE_DEPTH = 64
+"""How deep dicts and lists in a template may nest; configs are walked this far and no further."""
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
 
 _SPACE = re.compile(r"\s*")
 # Loose on purpose: it only finds where the path ends (quoted keys may hold "}}" or "|");
@@ -52,6 +63,41 @@ _JSON_LITERAL = re.compile(
 class TemplateError(ValueError):
     """A template is malformed or refers to missing data; the message names field and path."""
 
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(_located(field, message))
+        # Where in the config, e.g. ``body.items[1]`` (empty when not known).
+        self.field = field
+
+
+class RenderLimitExceeded(TemplateError):
+    """Filling the templates of one request would produce more than its byte budget."""
+
+
+class RenderBudget:
+    """How many bytes the templates of one action request may still produce.
+
+    Sizes are counted as JSON would encode the output (quotes, escapes, separators), so an
+    object inserted whole costs what its encoding will. Share one budget across every field of
+    a request; rendering stops at the first piece that does not fit, before building it.
+    """
+
+    __slots__ = ("limit", "remaining")
+
+    def __init__(self, limit: int = DEFAULT_MAX_RENDERED_BYTES) -> None:
+        self.limit = limit
+        self.remaining = limit
+
+    def require(self, size: int, field: str) -> None:
+        """Raise `RenderLimitExceeded` if `size` more bytes would not fit."""
+        if size > self.remaining:
+            message = f"rendered output exceeds {self.limit} bytes (max_rendered_bytes); rendering stopped"
+            raise RenderLimitExceeded(message, field)
+
+    def spend(self, size: int, field: str) -> None:
+        """Count `size` bytes of output, raising `RenderLimitExceeded` past the limit."""
+        self.require(size, field)
+        self.remaining -= size
+
 
 @dataclass(frozen=True, slots=True)
 class _Expression:
@@ -64,60 +110,164 @@ class _Expression:
 _Part = str | _Expression
 
 
-def render(template: object, context: Mapping[str, Any], *, field: str = "") -> object:
+def render(
+    template: object, context: Mapping[str, Any], *, field: str = "", budget: RenderBudget | None = None
+) -> object:
     """Return ``template`` with every ``{{ path }}`` in its strings filled from ``context``.
 
-    Dicts and lists are walked recursively (keys are left alone) and rebuilt; other values
-    are returned unchanged. A whole-expression string returns the context's own object, not
-    a copy. ``field`` prefixes error messages and grows as the walk descends, e.g.
-    ``headers.X-Order``. Raises ``TemplateError`` for a malformed expression or a path that
-    is missing and has no default.
+    Dicts and lists are walked (iteratively, at most ``MAX_TEMPLATE_DEPTH`` deep; keys are left
+    alone) and rebuilt; other values are returned unchanged. A whole-expression string returns
+    the context's own object, not a copy. ``field`` prefixes error messages and grows as the
+    walk descends, e.g. ``headers.X-Order``. Output counts against ``budget`` (a fresh
+    default-sized one if not given). Raises ``TemplateError`` for a malformed expression, a
+    path that is missing and has no default, or nesting past the limit, and its subclass
+    ``RenderLimitExceeded`` as soon as the output would outgrow the budget.
     """
-    if isinstance(template, str):
-        return _render_string(template, context, field)
-    if isinstance(template, Mapping):
-        return {key: render(value, context, field=_child(field, str(key))) for key, value in template.items()}
-    if isinstance(template, list | tuple):
-        return [render(item, context, field=f"{field}[{index}]") for index, item in enumerate(template)]
-    return template
+    budget = RenderBudget() if budget is None else budget
+    root: list[object] = [None]
+    stack: list[tuple[Any, Any, object, str, int]] = [(root, 0, template, field, 0)]
+    while stack:
+        target, slot, node, where, depth = stack.pop()
+        if isinstance(node, str):
+            target[slot] = _render_string(node, context, where, budget)
+            continue
+        children = _children(node, where)
+        if children is None:
+            budget.spend(_json_size(node, budget.remaining), where)
+            target[slot] = node
+            continue
+        if depth >= MAX_TEMPLATE_DEPTH:
+            raise TemplateError(f"nested more than {MAX_TEMPLATE_DEPTH} levels deep", where)
+        out: Any
+        if isinstance(node, Mapping):
+            out = dict.fromkeys(key for key, _, _ in children)
+            keys = sum(_string_size(str(key)) + 1 for key in out)
+            budget.spend(2 + max(len(out) - 1, 0) + keys, where)
+        else:
+            out = [None] * len(children)
+            budget.spend(2 + max(len(out) - 1, 0), where)
+        target[slot] = out
+        stack.extend((out, key, value, child_field, depth + 1) for key, value, child_field in reversed(children))
+    return root[0]
 
 
 def find_paths(template: object, *, field: str = "") -> list[str]:
     """Return each distinct path used by an expression in ``template``, in order of appearance.
 
-    Used to check templates when a workflow is saved; raises ``TemplateError`` as ``render``
-    would for a malformed expression.
+    Raises ``TemplateError`` as ``render`` would for a malformed expression or nesting past
+    ``MAX_TEMPLATE_DEPTH``.
     """
     found: dict[str, None] = {}
-    for part in _walk_parts(template, field):
-        if isinstance(part, _Expression):
-            found.setdefault(part.path)
+    for where, text in _strings(template, field):
+        if _OPEN in text:
+            for part in _compile_at(text, where):
+                if isinstance(part, _Expression):
+                    found.setdefault(part.path)
     return list(found)
 
 
-def _walk_parts(template: object, field: str) -> list[_Part]:
-    if isinstance(template, str):
-        return list(_compile_at(template, field))
-    if isinstance(template, Mapping):
-        children = [(_child(field, str(key)), value) for key, value in template.items()]
-    elif isinstance(template, list | tuple):
-        children = [(f"{field}[{index}]", item) for index, item in enumerate(template)]
-    else:
-        return []
-    return [part for where, child in children for part in _walk_parts(child, where)]
+def check_templates(template: object, *, field: str = "") -> None:
+    """Parse every templated string in ``template`` (e.g. an action config being saved).
+
+    Raises ``TemplateError`` naming the field and the position of the first malformed
+    expression, or the field nested past ``MAX_TEMPLATE_DEPTH``.
+    """
+    for where, text in _strings(template, field):
+        if _OPEN in text:
+            _compile_at(text, where)
+
+
+def _strings(template: object, field: str) -> Iterator[tuple[str, str]]:
+    """Every string in ``template`` with its field, in document order, walked iteratively."""
+    stack: list[tuple[object, str, int]] = [(template, field, 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if isinstance(node, str):
+            yield where, node
+            continue
+        children = _children(node, where)
+        if children is None:
+            continue
+        if depth >= MAX_TEMPLATE_DEPTH:
+            raise TemplateError(f"nested more than {MAX_TEMPLATE_DEPTH} levels deep", where)
+        stack.extend((value, child_field, depth + 1) for _, value, child_field in reversed(children))
+
+
+def _children(node: object, field: str) -> list[tuple[Any, object, str]] | None:
+    """(key, value, field) of a dict's or list's items; None for anything else."""
+    if isinstance(node, Mapping):
+        return [(key, value, _child(field, str(key))) for key, value in node.items()]
+    if isinstance(node, list | tuple):
+        return [(index, item, f"{field}[{index}]") for index, item in enumerate(node)]
+    return None
 
 
 def _child(field: str, key: str) -> str:
     return f"{field}.{key}" if field else key
 
 
-def _render_string(template: str, context: Mapping[str, Any], field: str) -> object:
+def _render_string(template: str, context: Mapping[str, Any], field: str, budget: RenderBudget) -> object:
     if _OPEN not in template:
+        budget.spend(_string_size(template), field)
         return template
     parts = _compile_at(template, field)
     if len(parts) == 1 and isinstance(parts[0], _Expression):
-        return _value(parts[0], context, field)
-    return "".join(part if isinstance(part, str) else _stringify(_value(part, context, field), field) for part in parts)
+        value = _value(parts[0], context, field)
+        budget.spend(_json_size(value, budget.remaining), field)
+        return value
+    budget.spend(2, field)  # the quotes around the finished string
+    pieces: list[str] = []
+    for part in parts:
+        if isinstance(part, _Expression):
+            value = _value(part, context, field)
+            if not isinstance(value, str):
+                # Measured before encoding, so a huge object is never encoded just to be refused.
+                budget.require(_json_size(value, budget.remaining), field)
+                value = _stringify(value, field)
+            part = value
+        budget.spend(_string_size(part) - 2, field)
+        pieces.append(part)
+    return "".join(pieces)
+
+
+def _string_size(text: str) -> int:
+    """Bytes of ``text`` as a JSON string: UTF-8, quotes and escapes (an upper bound for these)."""
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    escaped = text.count('"') + text.count("\\")
+    controls = sum(1 for _ in _CONTROL.finditer(text))
+    return size + 2 + escaped + 5 * controls
+
+
+def _json_size(value: object, cap: int) -> int:
+    """The size of ``value`` encoded as JSON, walked iteratively; stops once past ``cap``."""
+    total = 0
+    stack = [value]
+    while stack and total <= cap:
+        node = stack.pop()
+        if isinstance(node, str):
+            total += _string_size(node)
+        elif isinstance(node, Mapping):
+            total += 1 + max(len(node), 1)  # braces and commas
+            for key, child in node.items():
+                total += _string_size(str(key)) + 1
+                stack.append(child)
+                if total > cap:
+                    break
+        elif isinstance(node, list | tuple):
+            total += 1 + max(len(node), 1)
+            if total <= cap:
+                stack.extend(node)
+        elif node is None or node is True:
+            total += 4
+        elif node is False:
+            total += 5
+        elif isinstance(node, int):
+            total += node.bit_length() * 3 // 10 + 2  # decimal digits and sign, near enough
+        elif isinstance(node, float):
+            total += len(repr(node))
+        else:
+            total += len(type(node).__name__)
+    return total
 
 
 def _value(expression: _Expression, context: Mapping[str, Any], field: str) -> object:
@@ -128,7 +278,7 @@ def _value(expression: _Expression, context: Mapping[str, Any], field: str) -> o
             return expression.default
         # The path as written, so the message matches the template the user sees.
         message = str(PathNotFound(expression.path, exc.reason))
-        raise TemplateError(_located(field, message)) from None
+        raise TemplateError(message, field) from None
 
 
 def _stringify(value: object, field: str) -> str:
@@ -140,14 +290,14 @@ def _stringify(value: object, field: str) -> str:
         return orjson.dumps(value).decode()
     except TypeError as exc:
         message = f"cannot insert a {type(value).__name__} into text: {exc}"
-        raise TemplateError(_located(field, message)) from None
+        raise TemplateError(message, field) from None
 
 
 def _compile_at(template: str, field: str) -> tuple[_Part, ...]:
     try:
         return _compile(template)
     except TemplateError as exc:
-        raise TemplateError(_located(field, str(exc))) from None
+        raise TemplateError(str(exc), field) from None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -177,7 +327,7 @@ def _parse_expression(template: str, start: int) -> tuple[_Expression, int]:
     try:
         segments = parse_path(path)
     except PathError as exc:
-        raise TemplateError(f"invalid template {_snippet(template, 0)}: {exc}") from None
+        raise TemplateError(f"invalid template {_snippet(template, 0)}: {exc} (path at position {pos})") from None
     pos = _skip_space(template, path_match.end())
     expression = _Expression(path, segments)
     if template.startswith("|", pos):

@@ -42,6 +42,8 @@ class Settings:
     public_url: str = ""
 
     max_body_bytes: int = 1024 * 1024
+    # Bytes the templates of one outgoing action request may produce; more fails the execution.
+    max_rendered_bytes: int = 1024 * 1024
     signature_tolerance_s: int = 300
     secret_rotation_grace_s: int = 24 * 3600
 
@@ -149,6 +151,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_PORT": ("port", int),
     "HOOKYARD_PUBLIC_URL": ("public_url", str),
     "HOOKYARD_MAX_BODY_BYTES": ("max_body_bytes", int),
+    "HOOKYARD_MAX_RENDERED_BYTES": ("max_rendered_bytes", int),
     "HOOKYARD_SIGNATURE_TOLERANCE_S": ("signature_tolerance_s", int),
     "HOOKYARD_SECRET_ROTATION_GRACE_S": ("secret_rotation_grace_s", int),
     "HOOKYARD_DB_POOL_MIN": ("db_pool_min", int),

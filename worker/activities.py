@@ -25,6 +25,7 @@ from temporalio import activity
 from actions.base import ActionContext, RateLimiter
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.registry import UnknownAction, get_action
+from actions.templating import DEFAULT_MAX_RENDERED_BYTES
 from oauth.crypto import Keyring
 from schemas.sanitize import strip_nul
 from schemas.store import executions as store
@@ -57,8 +58,10 @@ class AutomationActivities:
         tracing: Tracing = NOOP,
         handoffs: Mapping[str, HandOff] | None = None,
         api_bases: Mapping[str, str] | None = None,
+        max_rendered_bytes: int = DEFAULT_MAX_RENDERED_BYTES,
     ) -> None:
         self._pool = pool
+        self._max_rendered_bytes = max_rendered_bytes
         self._api_bases = dict(api_bases or {})
         self._handoffs = dict(handoffs or {})
         self.metrics = Metrics() if metrics is None else metrics
@@ -126,6 +129,7 @@ class AutomationActivities:
                 limiter=self._limiter,
                 record_failover=partial(record_failover, self.metrics),
                 api_bases=self._api_bases,
+                max_rendered_bytes=self._max_rendered_bytes,
             )
             result = await action.run(ctx, row["action_config"])
         except (PermanentActionError, UnknownAction) as exc:

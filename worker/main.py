@@ -90,7 +90,13 @@ async def run_worker(
                 on_refresh_failure=partial(record_credential_refresh_failure, metrics),
             )
             newsletter = NewsletterActivities(
-                pool, http, vault, limiter, metrics, history_limit=settings.automation_history_limit
+                pool,
+                http,
+                vault,
+                limiter,
+                metrics,
+                history_limit=settings.automation_history_limit,
+                max_rendered_bytes=settings.max_rendered_bytes,
             )
             activities = AutomationActivities(
                 pool,
@@ -102,6 +108,7 @@ async def run_worker(
                 tracing=tracing,
                 handoffs={newsletter_action.NAME: newsletter.hand_off},
                 api_bases={"gmail": settings.gmail_api_base},
+                max_rendered_bytes=settings.max_rendered_bytes,
             )
             ticks = TickActivities(pool)
             gmail = GmailActivities(pool, http, vault, settings)

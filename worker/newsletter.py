@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from actions.base import RateLimiter
     from actions.email import EmailRoute
     from actions.errors import PermanentActionError
+    from actions.templating import DEFAULT_MAX_RENDERED_BYTES
     from schemas.sanitize import strip_nul
     from schemas.store import newsletter as store
     from telemetry.metrics import Metrics, record_failover
@@ -131,8 +132,10 @@ class NewsletterActivities:
         limiter: RateLimiter | None = None,
         metrics: Metrics | None = None,
         history_limit: int = 8000,
+        max_rendered_bytes: int = DEFAULT_MAX_RENDERED_BYTES,
     ) -> None:
         self._pool = pool
+        self._max_rendered_bytes = max_rendered_bytes
         self._http = http
         self._vault = vault
         self._limiter = limiter
@@ -271,7 +274,9 @@ class NewsletterActivities:
         if no_route:
             return newsletter.RecipientOutcome("failed", None, None, no_route)
         try:
-            message = newsletter.message_for(batch.config, batch.context, index, row["address"], row["vars"])
+            message = newsletter.message_for(
+                batch.config, batch.context, index, row["address"], row["vars"], self._max_rendered_bytes
+            )
         except PermanentActionError as exc:
             return newsletter.RecipientOutcome("failed", None, None, str(exc))
         unsafe: list[str] = []

@@ -35,7 +35,8 @@ CREATE_SCHEMA: dict[str, Any] = {
         "name": {"type": "string", "minLength": 1, "maxLength": 200},
         "secret": {
             "type": "object",
-            "description": "The provider's secret fields, e.g. {'api_key': '...'} for Resend.",
+            "description": "The provider's secret fields, e.g. {'api_key': '...'} for Resend, "
+            "{'bearer_token': '...'} for http, {'url': 'https://hooks.slack.com/...'} for slack_webhook.",
             "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 4096},
             "minProperties": 1,
         },
@@ -80,16 +81,20 @@ def credential_json(row: Any) -> dict[str, Any]:
 
 
 async def create_credential(request: Request) -> Response:
-    """Store an API-key credential (Resend, Postmark, Slack bot token, Novu)."""
+    """Store an API-key credential (Resend, Postmark, Slack bot token or webhook, Novu, http)."""
     owner_id = await require_owner(request)
     body = await read_json(request)
     check(_CREATE, body)
     provider = PROVIDERS[body["provider"]]
     secret: dict[str, str] = body["secret"]
-    expected = set(provider.secret_fields)
-    if set(secret) != expected:
-        fields = ", ".join(sorted(expected))
-        raise Invalid(f"secret must have exactly these fields for {provider.name}: {fields}", field="secret")
+    if not any(set(secret) == set(shape) for shape in provider.secret_shapes):
+        shapes = " or ".join(" + ".join(shape) for shape in provider.secret_shapes)
+        raise Invalid(f"secret must have exactly these fields for {provider.name}: {shapes}", field="secret")
+    problem = provider.check(secret) if provider.check is not None else None
+    if problem is not None:
+        # Named by field only: the value is the secret.
+        name, message = problem
+        raise Invalid(f"secret.{name} {message}", field=f"secret.{name}")
     state = app_state(request)
     async with state.pool.acquire() as conn:
         row = await store.insert_api_key(

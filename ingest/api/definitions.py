@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 
 from actions.base import ActionConfigError
 from actions.registry import ACTIONS
+from actions.templating import TemplateError, check_templates
 from ingest.api.validation import check, compile_schema
 from ingest.errors import Invalid
 from schemas.store.credentials import credential_provider
@@ -148,6 +149,11 @@ async def _checked_trigger(conn: asyncpg.Connection, owner_id: UUID, part: Mappi
 
 async def _checked_action(conn: asyncpg.Connection, owner_id: UUID, part: Mapping[str, Any]) -> dict[str, Any]:
     config = _checked_config("action", part)
+    # Templates are parsed now, so a malformed one is refused here rather than on every event.
+    try:
+        check_templates(config, field="action.config")
+    except TemplateError as exc:
+        raise Invalid(str(exc), field=exc.field or "action.config") from None
     action = ACTIONS[part["type"]]
     credential = UUID(part["credential_id"]) if part.get("credential_id") else None
     if credential is not None:

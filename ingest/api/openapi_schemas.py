@@ -98,6 +98,7 @@ def _workflow_schemas() -> dict[str, Any]:
                 {"state": {"enum": ["pending", "synced", "error"]}, "error": _nullable(_STR)},
                 ("state", "error"),
             ),
+            "warnings": {"type": "array", "items": _STR, "description": "E.g. a secret kept in plain config."},
             "created_at": _TIME,
             "updated_at": _TIME,
         }

@@ -36,6 +36,7 @@ def workflow_json(row: Any) -> dict[str, Any]:
         "retry_policy": row["retry_policy"],
         "signing": row["signing"],
         "trigger_sync": trigger_sync_json(row),
+        "warnings": _warnings(row["action_type"], row["action_config"]),
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }
@@ -59,6 +60,14 @@ def _masked(action_type: str, config: Any) -> Any:
     properties = action.config_schema.get("properties", {})
     hidden = {name for name, spec in properties.items() if isinstance(spec, dict) and spec.get("writeOnly")}
     return {key: (_MASK if key in hidden else value) for key, value in config.items()}
+
+
+def _warnings(action_type: str, config: Any) -> list[str]:
+    """What the owner should fix, e.g. a secret kept in plain config instead of a credential."""
+    action = ACTIONS.get(action_type)
+    if action is None or not isinstance(config, dict):
+        return []
+    return action.plain_secrets(config)
 
 
 def _new_signing_secret(keyring: Keyring, owner_id: UUID, workflow_id: UUID) -> tuple[str, str]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import httpx
 import pytest
 import respx
 from standardwebhooks.webhooks import Webhook
 
-from actions.base import ActionContext
+from actions.base import ActionContext, Credential
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.http import parse_retry_after, run
 
@@ -82,3 +84,96 @@ def test_retry_after_accepts_seconds_and_dates() -> None:
     assert parse_retry_after("120") == 120.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert parse_retry_after("soon") is None
+
+
+# --- rendered size cap -----------------------------------------------------------------------
+
+
+@respx.mock
+async def test_a_body_rendering_past_max_rendered_bytes_fails_permanently_and_sends_nothing() -> None:
+    route = respx.post("https://t.example/").respond(200)
+    config = {"url": "https://t.example/", "body": {"copies": ["{{ trigger.body.blob }}"] * 10}}
+    async with httpx.AsyncClient() as client:
+        context = ActionContext(
+            http=client,
+            execution_id="exec-1",
+            attempt=1,
+            template_context={"trigger": {"body": {"blob": "b" * 300}}},
+            max_rendered_bytes=1000,
+        )
+        with pytest.raises(PermanentActionError, match=r"body\.copies\[3\]: rendered output exceeds 1000 bytes"):
+            await run(context, config)
+    assert not route.called
+
+
+# --- http credentials --------------------------------------------------------------------------
+
+
+class OneCredential:
+    def __init__(self, credential: Credential) -> None:
+        self.credential = credential
+
+    async def load(self, credential_id: str, providers: Collection[str]) -> Credential:
+        if credential_id != self.credential.id or self.credential.provider not in providers:
+            raise PermanentActionError("no such credential")
+        return self.credential
+
+
+def with_credential(client: httpx.AsyncClient, secret: dict[str, str]) -> ActionContext:
+    credential = Credential("cred-http", "http", secret)
+    return ActionContext(
+        http=client,
+        execution_id="exec-1",
+        attempt=1,
+        template_context={},
+        credential_id=credential.id,
+        credentials=OneCredential(credential),
+    )
+
+
+@respx.mock
+async def test_a_basic_auth_credential_sends_the_encoded_pair() -> None:
+    route = respx.post("https://t.example/").respond(200)
+    async with httpx.AsyncClient() as client:
+        await run(with_credential(client, {"username": "ada", "password": "pw"}), {"url": "https://t.example/"})
+
+    assert route.calls.last.request.headers["authorization"] == "Basic YWRhOnB3"
+
+
+@respx.mock
+async def test_a_header_credential_replaces_a_plain_header_whatever_its_case() -> None:
+    route = respx.post("https://t.example/").respond(200)
+    config = {"url": "https://t.example/", "headers": {"X-API-KEY": "plain"}}
+    async with httpx.AsyncClient() as client:
+        await run(with_credential(client, {"header": "x-api-key", "value": "stored"}), config)
+
+    assert route.calls.last.request.headers.get_list("x-api-key") == ["stored"]
+
+
+@respx.mock
+async def test_a_secret_echoed_across_the_excerpt_boundary_leaves_no_prefix() -> None:
+    secret = "s3cret-token-value"
+    echoed = "x" * 2040 + secret
+    respx.post("https://t.example/").respond(200, text=echoed)
+    async with httpx.AsyncClient() as client:
+        result = await run(with_credential(client, {"bearer_token": secret}), {"url": "https://t.example/"})
+
+    assert "s3cret" not in result["response_body"]
+    assert len(result["response_body"]) <= 2048
+
+
+@respx.mock
+async def test_a_credential_of_another_provider_fails_permanently_before_sending() -> None:
+    route = respx.post("https://t.example/").respond(200)
+    async with httpx.AsyncClient() as client:
+        wrong = ActionContext(
+            http=client,
+            execution_id="exec-1",
+            attempt=1,
+            template_context={},
+            credential_id="cred-http",
+            credentials=OneCredential(Credential("cred-http", "novu", {"api_key": "k"})),
+        )
+        with pytest.raises(PermanentActionError):
+            await run(wrong, {"url": "https://t.example/"})
+    assert not route.called

@@ -272,3 +272,15 @@ def test_non_strings_in_text_match_their_json(value: object) -> None:
     rendered = render("[{{ v }}]", {"v": value})
     assert isinstance(rendered, str)
     assert orjson.loads(rendered[1:-1]) == orjson.loads(orjson.dumps(value))
+
+
+def test_a_config_that_passes_the_save_time_check_renders_within_the_depth_limit() -> None:
+    from actions.templating import MAX_TEMPLATE_DEPTH, check_templates
+
+    deepest: Any = []  # the config object plus these lists: MAX_TEMPLATE_DEPTH levels in all
+    for _ in range(MAX_TEMPLATE_DEPTH - 2):
+        deepest = [deepest]
+    check_templates({"body": deepest})
+    assert render(deepest, CONTEXT) == deepest
+    with pytest.raises(TemplateError, match="nested more than"):
+        check_templates({"body": [deepest]})
