@@ -107,3 +107,15 @@ async def test_a_status_the_declaration_omits_is_logged(caplog: pytest.LogCaptur
 def test_path_parameters_are_required_and_query_parameters_optional() -> None:
     assert Param("id", {"type": "string"}, where="path").document()["required"] is True
     assert PAGING[0].document()["required"] is False
+
+
+def test_every_declared_operation_has_a_unique_id_and_declares_its_path_parameters() -> None:
+    from ingest import api
+
+    declared = api.operations()
+    ids = [op.document()["operationId"] for op in declared]
+
+    assert len(ids) == len(set(ids))
+    for op in declared:
+        in_path = {part[1:-1] for part in op.path.split("/") if part.startswith("{")}
+        assert in_path == {p.name for p in op.params if p.where == "path"}, op.path
