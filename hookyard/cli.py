@@ -13,6 +13,7 @@ from oauth.crypto import Keyring
 from telemetry import logs
 
 DEFAULT_DATA_DIR = ".hookyard"
+_LISTED_KEYS = 1000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +41,21 @@ def _parser() -> argparse.ArgumentParser:
     create = owners.add_parser("create", help="create an owner and print its API key (shown once)")
     create.add_argument("name")
     create.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="use the `hookyard dev` stack of this data dir")
+    owner_keys = owners.add_parser("keys", help="an owner's API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    for name, text in (
+        ("list", "list an owner's API keys (never the keys themselves)"),
+        ("create", "create an API key and print it (shown once)"),
+        ("revoke", "revoke one of an owner's API keys"),
+    ):
+        cmd = owner_keys.add_parser(name, help=text)
+        cmd.add_argument("owner", metavar="OWNER", help="owner id, or name if unique")
+        if name == "create":
+            cmd.add_argument("--name", default="default", help="a label to recognise the key by")
+        if name == "revoke":
+            cmd.add_argument("key_id", metavar="KEY_ID", help="the key's id, from `hookyard owners keys list`")
+        cmd.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="use the `hookyard dev` stack of this data dir")
 
     sign = sub.add_parser("sign", help="print signature headers for a body (for trying endpoints with curl)")
     sign.add_argument("--secret", required=True, help="the endpoint's secret")
@@ -100,6 +116,59 @@ async def _create_owner(url: str, name: str) -> tuple[str, str]:
     finally:
         await conn.close()
     return str(owner_id), key
+
+
+async def _owner_keys(url: str, args: argparse.Namespace) -> int:
+    from uuid import UUID
+
+    from schemas import db
+    from schemas.store import owners
+
+    conn = await db.connect(url)
+    try:
+        found = await owners.find_owner(conn, args.owner)
+        if not found:
+            raise SystemExit(f"no owner with id or name {args.owner!r}")
+        if len(found) > 1:
+            ids = ", ".join(str(row["id"]) for row in found)
+            raise SystemExit(f"{len(found)} owners are named {args.owner!r}; pass one of their ids: {ids}")
+        owner_id, owner_name = found[0]["id"], found[0]["name"]
+        if args.keys_command == "create":
+            row, key = await owners.create_key(conn, owner_id, args.name)
+            print(
+                f"API key {row['name']!r} created for owner {owner_name!r}\n  id:      {row['id']}\n  API key: {key}\n"
+                "The key is shown once; store it now. Use it as: Authorization: Bearer <key>"
+            )
+            return 0
+        if args.keys_command == "revoke":
+            try:
+                key_id = UUID(args.key_id)
+            except ValueError:
+                raise SystemExit(
+                    f"{args.key_id!r} is not a key id; see `hookyard owners keys list {args.owner}`"
+                ) from None
+            outcome = await owners.revoke_key(conn, owner_id, key_id)
+            if outcome is owners.Revoked.NOT_FOUND:
+                raise SystemExit(f"owner {owner_name!r} has no key {key_id}")
+            print(f"key {key_id} {'was already revoked' if outcome is owners.Revoked.ALREADY else 'revoked'}")
+            if not await owners.active_keys(conn, owner_id):
+                print(
+                    f"warning: owner {owner_name!r} has no active key left; "
+                    "create one with `hookyard owners keys create`"
+                )
+            return 0
+        rows = await owners.list_keys(conn, owner_id, limit=_LISTED_KEYS)
+    finally:
+        await conn.close()
+    print(f"API keys of owner {owner_name!r} ({owner_id}), newest first:")
+    if not rows:
+        print("  none")
+    for row in rows[:_LISTED_KEYS]:
+        state = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "active"
+        print(f"  {row['id']}  {row['prefix']}…  {row['name']!r}  created {row['created_at']:%Y-%m-%d %H:%M}  {state}")
+    if len(rows) > _LISTED_KEYS:
+        print(f"  ... only the newest {_LISTED_KEYS} are shown")
+    return 0
 
 
 def _sign(scheme_name: str, secret: str, body: str, curl: bool) -> int:
@@ -181,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             args.worker_metrics_port,
         )
         return run_dev(Path(args.data_dir), ports)
+    if args.command == "owners" and args.owners_command == "keys":
+        return asyncio.run(_owner_keys(_database_url(args.data_dir), args))
     if args.command == "owners":
         owner_id, key = asyncio.run(_create_owner(_database_url(args.data_dir), args.name))
         print(

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 import httpx
 import redis.asyncio as redis
 from starlette.applications import Starlette
-from starlette.routing import Route
 
-from ingest import api, codec_server, connect, health, hooks, metrics_route, pubsub, ticks
+from ingest import api, codec_server, pubsub
 from ingest.endpoint_cache import EndpointCache
 from ingest.errors import EXCEPTION_HANDLERS
 from ingest.inbox import InboxWriter
@@ -26,17 +25,8 @@ from telemetry.tracing import NOOP, Tracing
 if TYPE_CHECKING:  # the type only: settings are passed in
     from hookyard.settings import Settings
 
-ROUTES = [
-    Route("/hooks/{endpoint_id}", hooks.receive_webhook, methods=["POST"]),
-    Route(pubsub.PUSH_PATH, pubsub.receive_gmail_push, methods=["POST"]),
-    Route("/ingest/ticks/{trigger_id}", ticks.receive_tick, methods=["POST"]),
-    Route("/oauth/connect/{token}", connect.start_connect, methods=["GET"]),
-    Route("/oauth/callback", connect.oauth_callback, methods=["GET"]),
-    Route("/healthz", health.healthz, methods=["GET"]),
-    Route("/readyz", health.readyz, methods=["GET"]),
-    Route("/metrics", metrics_route.metrics, methods=["GET"]),
-    *api.ROUTES,
-]
+# Every route comes from a declared operation (ingest/api/operations.py), as does the OpenAPI document.
+ROUTES = api.all_routes()
 
 
 def create_app(

@@ -83,7 +83,10 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
-    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+    response = error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+    # A 405 must say which methods the path allows (RFC 9110 §15.5.6); Starlette puts them here.
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def _storage_down(request: Request, exc: Exception) -> Response:

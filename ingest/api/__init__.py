@@ -1,36 +1,60 @@
-"""The owners' JSON API."""
+"""The owners' JSON API, and the list of every operation the HTTP app serves."""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute, Route
+from functools import cache
+from typing import Any
 
-from ingest.api import catalog, credentials, endpoints, events, executions, openapi, runs, workflows
+from starlette.routing import Route
 
-ROUTES: list[BaseRoute] = [
-    Route("/api/catalog", catalog.get_catalog, methods=["GET"]),
-    Route("/api/openapi.json", openapi.get_openapi, methods=["GET"]),
-    Route("/api/endpoints", endpoints.list_endpoints, methods=["GET"]),
-    Route("/api/endpoints", endpoints.create_endpoint, methods=["POST"]),
-    Route("/api/endpoints/{id}", endpoints.get_endpoint, methods=["GET"]),
-    Route("/api/endpoints/{id}", endpoints.delete_endpoint, methods=["DELETE"]),
-    Route("/api/endpoints/{id}/rotate-secret", endpoints.rotate_secret, methods=["POST"]),
-    Route("/api/workflows", workflows.list_workflows, methods=["GET"]),
-    Route("/api/workflows", workflows.create_workflow, methods=["POST"]),
-    Route("/api/workflows/{id}", workflows.get_workflow, methods=["GET"]),
-    Route("/api/workflows/{id}", workflows.update_workflow, methods=["PATCH"]),
-    Route("/api/workflows/{id}", workflows.delete_workflow, methods=["DELETE"]),
-    Route("/api/workflows/{id}/activate", workflows.activate_workflow, methods=["POST"]),
-    Route("/api/workflows/{id}/deactivate", workflows.deactivate_workflow, methods=["POST"]),
-    Route("/api/workflows/{id}/executions", executions.list_for_workflow, methods=["GET"]),
-    Route("/api/workflows/{id}/run", runs.run_workflow, methods=["POST"]),
-    Route("/api/executions/{id}", executions.get_execution, methods=["GET"]),
-    Route("/api/executions/{id}/replay", executions.replay_execution, methods=["POST"]),
-    Route("/api/executions/{id}/cancel", executions.cancel_execution, methods=["POST"]),
-    Route("/api/credentials", credentials.list_credentials, methods=["GET"]),
-    Route("/api/credentials", credentials.create_credential, methods=["POST"]),
-    Route("/api/credentials/{id}", credentials.get_credential, methods=["GET"]),
-    Route("/api/credentials/{id}", credentials.delete_credential, methods=["DELETE"]),
-    Route("/api/connect-links", credentials.create_connect_link, methods=["POST"]),
-    Route("/api/events", events.list_events, methods=["GET"]),
-    Route("/api/events/{id}", events.get_event, methods=["GET"]),
-]
+from ingest.api import catalog, credentials, endpoints, events, executions, keys, openapi, runs, service, workflows
+from ingest.api.operations import Operation, routes
+
+
+def operations() -> list[Operation]:
+    """Every declared operation, in the order the document lists them."""
+    return [
+        *service.ingest_operations(),
+        *service.oauth_operations(),
+        *service.health_operations(),
+        catalog.get_catalog,
+        openapi.get_openapi,
+        endpoints.list_endpoints,
+        endpoints.create_endpoint,
+        endpoints.get_endpoint,
+        endpoints.delete_endpoint,
+        endpoints.rotate_secret,
+        credentials.list_credentials,
+        credentials.create_credential,
+        credentials.get_credential,
+        credentials.delete_credential,
+        credentials.create_connect_link,
+        keys.list_keys,
+        keys.create_key,
+        keys.revoke_key,
+        workflows.list_workflows,
+        workflows.create_workflow,
+        workflows.get_workflow,
+        workflows.update_workflow,
+        workflows.delete_workflow,
+        workflows.activate_workflow,
+        workflows.deactivate_workflow,
+        runs.run_workflow,
+        executions.list_for_workflow,
+        executions.get_execution,
+        executions.replay_execution,
+        executions.cancel_execution,
+        events.list_events,
+        events.get_event,
+    ]
+
+
+def all_routes() -> list[Route]:
+    """The routes of every declared operation, one per path."""
+    return routes(operations())
+
+
+@cache
+def document() -> dict[str, Any]:
+    """The OpenAPI document; built once, on first use."""
+    return openapi.openapi_document(operations())

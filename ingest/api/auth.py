@@ -8,17 +8,22 @@ from starlette.requests import Request
 
 from ingest.errors import Unauthorized
 from ingest.state import app_state
-from schemas.store.owners import owner_for_key
+from schemas.store.owners import KeyHolder, holder_of_key
 
 
-async def require_owner(request: Request) -> UUID:
-    """The owner whose API key authenticates this request, or 401."""
+async def require_key(request: Request) -> KeyHolder:
+    """The owner and the API key that authenticate this request, or 401."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("send your API key as 'Authorization: Bearer <key>'")
     async with app_state(request).pool.acquire() as conn:
-        owner_id = await owner_for_key(conn, key.strip())
-    if owner_id is None:
+        holder = await holder_of_key(conn, key.strip())
+    if holder is None:
         raise Unauthorized("unknown or revoked API key")
-    return owner_id
+    return holder
+
+
+async def require_owner(request: Request) -> UUID:
+    """The owner whose API key authenticates this request, or 401."""
+    return (await require_key(request)).owner_id

@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from actions.registry import ACTIONS
 from ingest.api.common import json_response
+from ingest.api.operations import Reply, operation
 from triggers.registry import TRIGGERS
 
 
@@ -26,6 +27,15 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
     }
 
 
+@operation(
+    "GET",
+    "/api/catalog",
+    "Trigger and action types",
+    "catalog",
+    {200: Reply("OK", "Catalog")},
+    public=True,
+    storage=False,
+)
 async def get_catalog(request: Request) -> Response:
     """The catalog; public, since it describes the service rather than anyone's data."""
     return json_response(catalog())

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
+from ingest.api.operations import ID, PAGING, Body, Reply, error, operation, page_of
 from ingest.api.validation import check, compile_schema
 from ingest.errors import Invalid, NotFound, Unavailable
 from ingest.state import app_state
@@ -80,6 +81,14 @@ def credential_json(row: Any) -> dict[str, Any]:
     }
 
 
+@operation(
+    "POST",
+    "/api/credentials",
+    "Store an API-key credential (Resend, Postmark, Slack, Novu)",
+    "credentials",
+    {201: Reply("Created; the secret is never shown again.", "Credential")},
+    body=Body("CredentialCreate"),
+)
 async def create_credential(request: Request) -> Response:
     """Store an API-key credential (Resend, Postmark, Slack bot token or webhook, Novu, http)."""
     owner_id = await require_owner(request)
@@ -103,6 +112,14 @@ async def create_credential(request: Request) -> Response:
     return json_response(credential_json(row), 201)
 
 
+@operation(
+    "GET",
+    "/api/credentials",
+    "List credentials (never secrets)",
+    "credentials",
+    {200: Reply("OK", page_of("Credential"))},
+    params=PAGING,
+)
 async def list_credentials(request: Request) -> Response:
     """A page of the caller's credentials, newest first."""
     owner_id = await require_owner(request)
@@ -112,6 +129,14 @@ async def list_credentials(request: Request) -> Response:
     return page_response(rows, query, credential_json)
 
 
+@operation(
+    "GET",
+    "/api/credentials/{id}",
+    "Get a credential: provider, account, scopes, status, expiry",
+    "credentials",
+    {200: Reply("OK", "Credential")},
+    params=[ID],
+)
 async def get_credential(request: Request) -> Response:
     """One credential: provider, account, scopes, status and expiry."""
     owner_id = await require_owner(request)
@@ -123,6 +148,15 @@ async def get_credential(request: Request) -> Response:
     return json_response(credential_json(row))
 
 
+@operation(
+    "DELETE",
+    "/api/credentials/{id}",
+    "Revoke at the provider, then delete",
+    "credentials",
+    {204: Reply("Deleted.")},
+    params=[ID],
+    errors={503: error("Storage or the provider could not be reached; nothing deleted.")},
+)
 async def delete_credential(request: Request) -> Response:
     """Revoke the credential at its provider (OAuth2), then delete it.
 
@@ -165,6 +199,14 @@ def _check_redirect(url: str) -> None:
         raise Invalid(problem, field="redirect_after")
 
 
+@operation(
+    "POST",
+    "/api/connect-links",
+    "Create a connect link for an OAuth2 provider",
+    "credentials",
+    {201: Reply("Created.", "ConnectLink")},
+    body=Body("ConnectLinkCreate"),
+)
 async def create_connect_link(request: Request) -> Response:
     """A signed, expiring, single-use URL that connects an account to the caller."""
     owner_id = await require_owner(request)

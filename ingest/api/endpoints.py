@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
+from ingest.api.operations import ID, PAGING, Body, Reply, operation, page_of
 from ingest.api.validation import check, compile_schema
 from ingest.errors import Invalid, NotFound
 from ingest.signatures import DEFAULT_SCHEME, SCHEMES, generate_secret
@@ -74,6 +75,14 @@ def _chosen_secret(scheme: str, body: dict[str, Any]) -> str:
     return str(secret)
 
 
+@operation(
+    "POST",
+    "/api/endpoints",
+    "Create an endpoint (the secret is shown once)",
+    "endpoints",
+    {201: Reply("Created.", "EndpointCreated")},
+    body=Body("EndpointCreate"),
+)
 async def create_endpoint(request: Request) -> Response:
     """Create an endpoint; its secret is in this response and never shown again."""
     owner_id = await require_owner(request)
@@ -88,6 +97,9 @@ async def create_endpoint(request: Request) -> Response:
     return json_response({**view, "secret": secret}, 201)
 
 
+@operation(
+    "GET", "/api/endpoints", "List endpoints", "endpoints", {200: Reply("OK", page_of("Endpoint"))}, params=PAGING
+)
 async def list_endpoints(request: Request) -> Response:
     """A page of the caller's endpoints, newest first."""
     owner_id = await require_owner(request)
@@ -98,6 +110,7 @@ async def list_endpoints(request: Request) -> Response:
     return page_response(rows, query, lambda row: store.endpoint_json(row, state.settings.base_url))
 
 
+@operation("GET", "/api/endpoints/{id}", "Get an endpoint", "endpoints", {200: Reply("OK", "Endpoint")}, params=[ID])
 async def get_endpoint(request: Request) -> Response:
     """One endpoint, with how many secrets currently verify requests."""
     owner_id = await require_owner(request)
@@ -110,6 +123,7 @@ async def get_endpoint(request: Request) -> Response:
     return json_response(store.endpoint_json(row, state.settings.base_url))
 
 
+@operation("DELETE", "/api/endpoints/{id}", "Delete an endpoint", "endpoints", {204: Reply("Deleted.")}, params=[ID])
 async def delete_endpoint(request: Request) -> Response:
     """Delete an endpoint; deliveries to it are refused from now on, its events stay."""
     owner_id = await require_owner(request)
@@ -124,6 +138,15 @@ async def delete_endpoint(request: Request) -> Response:
     return no_content()
 
 
+@operation(
+    "POST",
+    "/api/endpoints/{id}/rotate-secret",
+    "Rotate the secret; the previous one stays valid for a grace period",
+    "endpoints",
+    {200: Reply("OK", "SecretRotated")},
+    params=[ID],
+    body=Body("SecretRotate", required=False, description="Omit to have a secret generated."),
+)
 async def rotate_secret(request: Request) -> Response:
     """Make a new current secret; the previous ones keep verifying for the grace period."""
     owner_id = await require_owner(request)

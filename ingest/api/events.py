@@ -11,6 +11,7 @@ from starlette.responses import Response
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, page_query, page_response, path_id, query_choice, query_uuid
 from ingest.api.executions import execution_json
+from ingest.api.operations import ID, PAGING, UUID_SCHEMA, Param, Reply, operation, page_of
 from ingest.errors import NotFound
 from ingest.state import app_state
 from schemas.store import events as store
@@ -49,6 +50,18 @@ def parsed_body(body: bytes) -> Any:
         return body.decode("utf-8", "replace")
 
 
+@operation(
+    "GET",
+    "/api/events",
+    "List events (without bodies)",
+    "events",
+    {200: Reply("OK", page_of("Event"))},
+    params=[
+        Param("status", {"enum": list(STATUSES)}, "Only events in this status."),
+        Param("endpoint_id", UUID_SCHEMA, "Only this endpoint's."),
+        *PAGING,
+    ],
+)
 async def list_events(request: Request) -> Response:
     """A page of the caller's events, newest first, by status and endpoint."""
     owner_id = await require_owner(request)
@@ -61,6 +74,14 @@ async def list_events(request: Request) -> Response:
     return page_response(rows, query, event_json)
 
 
+@operation(
+    "GET",
+    "/api/events/{id}",
+    "Get an event: verification, dedup, resolution and executions",
+    "events",
+    {200: Reply("OK", "EventDetail")},
+    params=[ID],
+)
 async def get_event(request: Request) -> Response:
     """One event with its body and the executions it produced."""
     owner_id = await require_owner(request)

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from actions import newsletter
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, page_query, page_response, path_id, query_choice
+from ingest.api.operations import ID, PAGING, Param, Reply, error, operation, page_of
 from ingest.errors import Conflict, NotFound
 from ingest.state import app_state
 from schemas.store import executions as store
@@ -18,6 +19,7 @@ from schemas.store.workflows import get_workflow, lock_active
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 CANCELLED_BY_OWNER = "cancelled by the owner"
+_TAG = "executions"
 
 
 def execution_json(row: Any, progress: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -43,6 +45,14 @@ def execution_json(row: Any, progress: dict[str, Any] | None = None) -> dict[str
     return body
 
 
+@operation(
+    "GET",
+    "/api/workflows/{id}/executions",
+    "List a workflow's executions",
+    _TAG,
+    {200: Reply("OK", page_of("Execution"))},
+    params=[ID, Param("status", {"enum": list(STATUSES)}, "Only executions in this status."), *PAGING],
+)
 async def list_for_workflow(request: Request) -> Response:
     """A page of one workflow's executions, newest first, optionally by status."""
     owner_id = await require_owner(request)
@@ -57,6 +67,7 @@ async def list_for_workflow(request: Request) -> Response:
     return page_response(rows, query, execution_json)
 
 
+@operation("GET", "/api/executions/{id}", "Get an execution", _TAG, {200: Reply("OK", "Execution")}, params=[ID])
 async def get_execution(request: Request) -> Response:
     """One execution."""
     owner_id = await require_owner(request)
@@ -69,6 +80,15 @@ async def get_execution(request: Request) -> Response:
     return json_response(execution_json(row, progress))
 
 
+@operation(
+    "POST",
+    "/api/executions/{id}/replay",
+    "Replay an execution",
+    _TAG,
+    {202: Reply("Queued.", "Execution")},
+    params=[ID],
+    errors={409: error("The workflow is inactive or deleted; activate it to replay its executions.")},
+)
 async def replay_execution(request: Request) -> Response:
     """Queue a new run with the same event and trigger data; the original is left as it was."""
     owner_id = await require_owner(request)
@@ -88,6 +108,15 @@ async def replay_execution(request: Request) -> Response:
     return json_response(execution_json(row), 202)
 
 
+@operation(
+    "POST",
+    "/api/executions/{id}/cancel",
+    "Cancel an execution (a newsletter stops between batches)",
+    _TAG,
+    {202: Reply("Cancelled, or asked to stop.", "Execution")},
+    params=[ID],
+    errors={409: error("It has finished, or an attempt of a non-newsletter action is in flight.")},
+)
 async def cancel_execution(request: Request) -> Response:
     """Stop an execution: 202 with the execution as it now stands, 409 if it cannot be stopped.
 

@@ -7,18 +7,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from actions.registry import ACTIONS
-from ingest.api import credentials, definitions, endpoints, events, executions
+from ingest.api import credentials, definitions, endpoints, events, executions, keys
+from ingest.api.operations import ref
 from triggers.registry import TRIGGERS
 
 _STR = {"type": "string"}
 _UUID = {"type": "string", "format": "uuid"}
 _TIME = {"type": "string", "format": "date-time"}
 _ANY: dict[str, Any] = {}
-
-
-def ref(name: str) -> dict[str, str]:
-    """A reference to a component schema."""
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -213,6 +209,20 @@ def _credential_schemas() -> dict[str, Any]:
     }
 
 
+def _key_schemas() -> dict[str, Any]:
+    key = _obj(
+        {
+            "id": _UUID,
+            "name": _STR,
+            "prefix": {**_STR, "description": "The key's first characters, to recognise it."},
+            "created_at": _TIME,
+            "revoked_at": _nullable(_TIME),
+        }
+    )
+    created = _obj({"key": {**_STR, "description": "Send as `Authorization: Bearer <key>`; shown once."}})
+    return {"ApiKey": key, "ApiKeyCreate": keys.CREATE_SCHEMA, "ApiKeyCreated": {"allOf": [ref("ApiKey"), created]}}
+
+
 def component_schemas() -> dict[str, Any]:
     """Every named schema the paths refer to."""
     error = _obj({"error": _obj({"code": _STR, "message": _STR, "field": _STR}, ("code", "message"))})
@@ -220,6 +230,7 @@ def component_schemas() -> dict[str, Any]:
         "Error": error,
         **_endpoint_schemas(),
         **_credential_schemas(),
+        **_key_schemas(),
         **_workflow_schemas(),
         "Execution": _execution_schema(),
         **_event_schemas(),

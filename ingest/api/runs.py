@@ -12,12 +12,29 @@ from starlette.responses import Response
 
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, path_id, read_json
+from ingest.api.operations import ID, Body, Reply, error, operation
 from ingest.errors import Conflict, NotFound
 from ingest.state import app_state
 from schemas.store.runs import insert_manual_run
 from schemas.store.workflows import get_workflow, lock_active
 
+_RUN_QUEUED = {
+    "type": "object",
+    "required": ["execution_id", "status"],
+    "properties": {"execution_id": {"type": "string", "format": "uuid"}, "status": {"const": "queued"}},
+}
 
+
+@operation(
+    "POST",
+    "/api/workflows/{id}/run",
+    "Run now with the body as trigger data (the filter is skipped)",
+    "workflows",
+    {202: Reply("Queued.", _RUN_QUEUED)},
+    params=[ID],
+    body=Body({"type": "object"}, required=False, description="Trigger data; an empty body runs with `{}`."),
+    errors={409: error("The workflow is inactive; activate it to run it.")},
+)
 async def run_workflow(request: Request) -> Response:
     """Queue one execution now; 202 `{"execution_id"}`. An empty body runs with `{}`."""
     owner_id = await require_owner(request)

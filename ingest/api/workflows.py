@@ -12,6 +12,7 @@ from actions.registry import ACTIONS
 from ingest.api import definitions
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
+from ingest.api.operations import ID, PAGING, Body, Reply, operation, page_of
 from ingest.errors import NotFound
 from ingest.signatures import generate_secret
 from ingest.state import app_state
@@ -50,6 +51,8 @@ def trigger_sync_json(row: Any) -> dict[str, Any]:
 
 
 _MASK = "********"
+_TAG = "workflows"
+_TOGGLED = {200: Reply("OK", "WorkflowToggled")}
 
 
 def _masked(action_type: str, config: Any) -> Any:
@@ -83,6 +86,14 @@ def _shown(row: Any, secret: str | None, **extra: Any) -> dict[str, Any]:
     return view
 
 
+@operation(
+    "POST",
+    "/api/workflows",
+    "Create a workflow",
+    _TAG,
+    {201: Reply("Created.", "WorkflowSaved")},
+    body=Body("WorkflowCreate"),
+)
 async def create_workflow(request: Request) -> Response:
     """Create a workflow; a signing secret, if the action needs one, is shown only here."""
     owner_id = await require_owner(request)
@@ -101,6 +112,7 @@ async def create_workflow(request: Request) -> Response:
     return json_response(_shown(row, secret), 201)
 
 
+@operation("GET", "/api/workflows", "List workflows", _TAG, {200: Reply("OK", page_of("Workflow"))}, params=PAGING)
 async def list_workflows(request: Request) -> Response:
     """A page of the caller's workflows, newest first."""
     owner_id = await require_owner(request)
@@ -110,6 +122,7 @@ async def list_workflows(request: Request) -> Response:
     return page_response(rows, query, workflow_json)
 
 
+@operation("GET", "/api/workflows/{id}", "Get a workflow", _TAG, {200: Reply("OK", "Workflow")}, params=[ID])
 async def get_workflow(request: Request) -> Response:
     """One workflow."""
     owner_id = await require_owner(request)
@@ -121,6 +134,15 @@ async def get_workflow(request: Request) -> Response:
     return json_response(workflow_json(row))
 
 
+@operation(
+    "PATCH",
+    "/api/workflows/{id}",
+    "Change a workflow",
+    _TAG,
+    {200: Reply("OK", "WorkflowSaved")},
+    params=[ID],
+    body=Body("WorkflowPatch"),
+)
 async def update_workflow(request: Request) -> Response:
     """Change some fields; `active` changes cancel queued executions like /deactivate does."""
     owner_id = await require_owner(request)
@@ -146,6 +168,7 @@ async def update_workflow(request: Request) -> Response:
     return json_response(_shown(row, secret, cancelled_executions=cancelled))
 
 
+@operation("DELETE", "/api/workflows/{id}", "Delete a workflow", _TAG, {204: Reply("Deleted.")}, params=[ID])
 async def delete_workflow(request: Request) -> Response:
     """Delete a workflow; queued executions are cancelled, past ones stay readable."""
     owner_id = await require_owner(request)
@@ -167,11 +190,15 @@ async def _set_active(request: Request, active: bool) -> Response:
     return json_response(workflow_json(row) | {"cancelled_executions": cancelled})
 
 
+@operation("POST", "/api/workflows/{id}/activate", "Activate", _TAG, _TOGGLED, params=[ID])
 async def activate_workflow(request: Request) -> Response:
     """Start matching events again."""
     return await _set_active(request, True)
 
 
+@operation(
+    "POST", "/api/workflows/{id}/deactivate", "Deactivate and cancel queued executions", _TAG, _TOGGLED, params=[ID]
+)
 async def deactivate_workflow(request: Request) -> Response:
     """Stop matching events and cancel executions that have not started."""
     return await _set_active(request, False)

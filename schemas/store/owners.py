@@ -1,14 +1,22 @@
-"""Owners and their API keys."""
+"""Owners and their API keys.
+
+Only a key's SHA-256 and its first characters (to recognise it in a list) are stored; the key
+itself is shown once, when it is created.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
+from enum import Enum
 from uuid import UUID
 
 import asyncpg
 
 KEY_PREFIX = "hy_"
+_SHOWN_CHARS = 10
+KEY_COLUMNS = "id, seq, owner_id, name, prefix, created_at, revoked_at"
 
 
 def hash_key(key: str) -> bytes:
@@ -16,23 +24,117 @@ def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def new_key() -> str:
+    """A fresh API key."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
 async def create_owner(conn: asyncpg.Connection, name: str) -> tuple[UUID, str]:
     """Create an owner and its first API key; the key is returned once and only its hash kept."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
     async with conn.transaction():
         owner_id: UUID = await conn.fetchval("INSERT INTO owners (name) VALUES ($1) RETURNING id", name)
-        await conn.execute(
-            "INSERT INTO api_keys (owner_id, key_hash, prefix) VALUES ($1, $2, $3)",
-            owner_id,
-            hash_key(key),
-            key[:10],
-        )
+        _, key = await create_key(conn, owner_id)
     return owner_id, key
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolder:
+    """Who an API key authenticates, and which key it is."""
+
+    owner_id: UUID
+    key_id: UUID
+
+
+async def holder_of_key(conn: asyncpg.Connection, key: str) -> KeyHolder | None:
+    """The owner and key id of an active API key, or None for an unknown or revoked key."""
+    row = await conn.fetchrow(
+        "SELECT id, owner_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash_key(key)
+    )
+    return None if row is None else KeyHolder(row["owner_id"], row["id"])
 
 
 async def owner_for_key(conn: asyncpg.Connection, key: str) -> UUID | None:
     """The owner an API key belongs to, or None for an unknown or revoked key."""
-    owner: UUID | None = await conn.fetchval(
-        "SELECT owner_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash_key(key)
+    holder = await holder_of_key(conn, key)
+    return None if holder is None else holder.owner_id
+
+
+async def find_owner(conn: asyncpg.Connection, id_or_name: str) -> list[asyncpg.Record]:
+    """Owners matching an id or, failing that, a name (several owners may share a name)."""
+    try:
+        owner_id = UUID(id_or_name)
+    except ValueError:
+        return list(await conn.fetch("SELECT id, name FROM owners WHERE name = $1 ORDER BY created_at", id_or_name))
+    return list(await conn.fetch("SELECT id, name FROM owners WHERE id = $1", owner_id))
+
+
+async def create_key(conn: asyncpg.Connection, owner_id: UUID, name: str = "default") -> tuple[asyncpg.Record, str]:
+    """A new active key for the owner: (its row, the key), the key to be shown once."""
+    key = new_key()
+    row = await conn.fetchrow(
+        f"INSERT INTO api_keys (owner_id, key_hash, prefix, name) VALUES ($1, $2, $3, $4) RETURNING {KEY_COLUMNS}",
+        owner_id,
+        hash_key(key),
+        key[:_SHOWN_CHARS],
+        name,
     )
-    return owner
+    assert row is not None
+    return row, key
+
+
+async def list_keys(
+    conn: asyncpg.Connection, owner_id: UUID, limit: int, after_seq: int | None = None
+) -> list[asyncpg.Record]:
+    """A page of the owner's keys, active and revoked, newest first (fetches limit+1)."""
+    return list(
+        await conn.fetch(
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE owner_id = $1 AND ($2::bigint IS NULL OR seq < $2) "
+            "ORDER BY seq DESC LIMIT $3",
+            owner_id,
+            after_seq,
+            limit + 1,
+        )
+    )
+
+
+class Revoked(Enum):
+    """What revoking a key did."""
+
+    REVOKED = "revoked"
+    ALREADY = "already revoked"
+    NOT_FOUND = "not found"
+    LAST_KEY = "last active key in use"
+
+
+async def revoke_key(conn: asyncpg.Connection, owner_id: UUID, key_id: UUID, in_use: UUID | None = None) -> Revoked:
+    """Revoke one of the owner's keys.
+
+    `in_use` is the key authenticating the request: it may be revoked only while another of
+    the owner's keys stays active, so an owner cannot lock itself out by accident. The owner
+    row is locked first, so two requests revoking each other's keys cannot both succeed.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT 1 FROM owners WHERE id = $1 FOR UPDATE", owner_id)
+        row = await conn.fetchrow("SELECT revoked_at FROM api_keys WHERE id = $1 AND owner_id = $2", key_id, owner_id)
+        if row is None:
+            return Revoked.NOT_FOUND
+        if row["revoked_at"] is not None:
+            return Revoked.ALREADY
+        if key_id == in_use:
+            others = await conn.fetchval(
+                "SELECT count(*) FROM api_keys WHERE owner_id = $1 AND id <> $2 AND revoked_at IS NULL",
+                owner_id,
+                key_id,
+            )
+            if not others:
+                return Revoked.LAST_KEY
+        await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1", key_id)
+    return Revoked.REVOKED
+
+
+async def active_keys(conn: asyncpg.Connection, owner_id: UUID) -> int:
+    """How many of the owner's keys still authenticate."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM api_keys WHERE owner_id = $1 AND revoked_at IS NULL", owner_id
+    )
+    return count
