@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,19 +67,43 @@ _Part = str | _Expression
 def render(template: object, context: Mapping[str, Any], *, field: str = "") -> object:
     """Return ``template`` with every ``{{ path }}`` in its strings filled from ``context``.
 
-    Dicts and lists are walked recursively (keys are left alone) and rebuilt; other values
-    are returned unchanged. A whole-expression string returns the context's own object, not
-    a copy. ``field`` prefixes error messages and grows as the walk descends, e.g.
+    Dicts and lists are walked (keys are left alone) and rebuilt; other values are returned
+    unchanged. A whole-expression string returns the context's own object, not a copy.
+    ``field`` prefixes error messages and grows as the walk descends, e.g.
     ``headers.X-Order``. Raises ``TemplateError`` for a malformed expression or a path that
-    is missing and has no default.
+    is missing and has no default. The walk is iterative (an explicit stack) and in document
+    order, so the first error raised is the first in the template, at any depth.
     """
-    if isinstance(template, str):
-        return _render_string(template, context, field)
-    if isinstance(template, Mapping):
-        return {key: render(value, context, field=_child(field, str(key))) for key, value in template.items()}
-    if isinstance(template, list | tuple):
-        return [render(item, context, field=f"{field}[{index}]") for index, item in enumerate(template)]
-    return template
+    if not isinstance(template, Mapping | list | tuple):
+        return _render_string(template, context, field) if isinstance(template, str) else template
+    root: dict[Any, Any] | list[Any] = {} if isinstance(template, Mapping) else []
+    stack = [(_entries(template, field), root)]
+    while stack:
+        entries, target = stack[-1]
+        for key, where, item in entries:
+            if isinstance(item, Mapping | list | tuple):
+                child: dict[Any, Any] | list[Any] = {} if isinstance(item, Mapping) else []
+                _put(target, key, child)
+                stack.append((_entries(item, where), child))
+                break  # finish the child first: document order
+            _put(target, key, _render_string(item, context, where) if isinstance(item, str) else item)
+        else:
+            stack.pop()
+    return root
+
+
+def _entries(container: Mapping[Any, Any] | list[Any] | tuple[Any, ...], field: str) -> Iterator[tuple[Any, str, Any]]:
+    """(key or None for list items, field name, value) for each child, in order."""
+    if isinstance(container, Mapping):
+        return ((key, _child(field, str(key)), value) for key, value in container.items())
+    return ((None, f"{field}[{index}]", item) for index, item in enumerate(container))
+
+
+def _put(target: dict[Any, Any] | list[Any], key: Any, value: object) -> None:
+    if isinstance(target, dict):
+        target[key] = value
+    else:
+        target.append(value)
 
 
 def find_paths(template: object, *, field: str = "") -> list[str]:

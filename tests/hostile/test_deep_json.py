@@ -18,10 +18,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actions.templating import TemplateError, render
+from ingest.pubsub import PushFormatError, parse_push
 from schemas import jsonlimits
 from schemas.sanitize import has_nul, strip_nul
 from tests.conftest import Owner, Receiver, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
+from triggers.filters import evaluate
 
 MAX_DEPTH = 128  # the default max_json_depth, which the test stack uses
 
@@ -101,6 +104,40 @@ def test_sanitisers_walk_values_of_any_depth_without_recursion() -> None:
     assert not has_nul(clean)
     assert depth_of(clean) == jsonlimits.ENCODE_MAX_DEPTH
     assert orjson.loads(orjson.dumps(clean))  # storable: it encodes
+
+
+def test_template_of_any_depth_renders_without_recursion() -> None:
+    template: Any = "{{ trigger.n }}"
+    for _ in range(5000):
+        template = {"a": [template, "x"]}
+    rendered = render(template, {"trigger": {"n": 7}})
+    for _ in range(5000):
+        assert rendered["a"][1] == "x"
+        rendered = rendered["a"][0]
+    assert rendered == 7
+
+
+def test_template_errors_name_the_first_bad_field_in_document_order() -> None:
+    template = {"a": {"b": "{{ trigger.missing }}"}, "c": "{{ trigger.other }}"}
+    with pytest.raises(TemplateError, match=r"^a\.b: "):
+        render(template, {"trigger": {}})
+
+
+def test_filter_equality_on_values_of_any_depth_has_no_recursion() -> None:
+    def deep(leaf: int) -> Any:
+        value: Any = leaf
+        for _ in range(5000):
+            value = [{"k": value}]
+        return value
+
+    condition = {"path": "body", "op": "equals", "value": deep(1)}
+    assert evaluate(condition, {"body": deep(1)}).matched
+    assert not evaluate(condition, {"body": deep(2)}).matched
+
+
+def test_pubsub_push_nested_past_the_limit_is_a_format_error() -> None:
+    with pytest.raises(PushFormatError, match="nested deeper than"):
+        parse_push(b'{"message": ' + nested(1000) + b"}")
 
 
 def test_bounded_encoding_clips_what_orjson_refuses() -> None:
