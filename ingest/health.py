@@ -30,6 +30,8 @@ async def readyz(request: Request) -> Response:
             async with state.pool.acquire() as conn:
                 lag = await oldest_waiting_age(conn)
         checks["postgres"] = "ok"
+        # Measured here too, so the gauge keeps growing (and alerts) when no dispatcher runs.
+        state.metrics.inbox_lag.set(lag)
         limit = state.settings.dispatch_stall_after_s
         checks["dispatch"] = (
             f"stalled: the oldest unresolved event is {lag:.0f}s old (threshold {limit:g}s)" if lag > limit else "ok"
