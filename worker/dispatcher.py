@@ -217,7 +217,7 @@ class Dispatcher:
                         cand["reason"] = "workflow was deactivated before the event was dispatched"
                 statuses.append("dispatched" if any(c["execution_id"] for c in candidates) else "unmatched")
                 resolutions.append([{k: v for k, v in c.items() if k != "trigger_data"} for c in candidates])
-                notes.append(self._body_note(event))
+                notes.append(self._body_note(event) if candidates else None)
             await event_store.mark_resolved(conn, [e.id for e in events], statuses, resolutions, notes)
         for status in statuses:
             self._metrics.dispatched_events.labels(status).inc()
