@@ -25,7 +25,7 @@ from hookyard import services
 from hookyard.migrate import migrate
 from oauth.crypto import Keyring, generate_key
 from schemas import db
-from schemas.store import endpoints, events, executions, workflows
+from schemas.store import endpoints, events, executions, telemetry, workflows
 
 BIG_TABLES = {"endpoints", "endpoint_secrets", "workflows", "events", "executions"}
 SLOW_MS = 10.0
@@ -167,6 +167,9 @@ async def cases(conn: asyncpg.Connection) -> dict[str, list[tuple[str, tuple[Any
         "workflows.list_workflows first page": lambda c: workflows.list_workflows(c, owner, 50, None),
         "workflows.list_workflows deep cursor": lambda c: workflows.list_workflows(c, owner, 50, deep),
         "events.claim_received (500)": lambda c: events.claim_received(c, 500),
+        # The resolve pass's event-by-event retry after a failed batch, and every api /readyz.
+        "events.claim_received (one)": lambda c: events.claim_received(c, 1, only=event_id),
+        "telemetry.oldest_waiting_age": telemetry.oldest_waiting_age,
         "events.list_events first page": lambda c: events.list_events(c, owner, 50, None),
         "events.list_events status": lambda c: events.list_events(c, owner, 50, None, status="received"),
         "events.list_events source_id": lambda c: events.list_events(c, owner, 50, None, source_id=source),

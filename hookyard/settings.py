@@ -44,6 +44,9 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     # Bytes the templates of one outgoing action request may produce; more fails the execution.
     max_rendered_bytes: int = 1024 * 1024
+    # Untrusted JSON nested deeper than this is not parsed: webhook bodies reach triggers as
+    # text, API bodies answer 422 (schemas/jsonlimits.py).
+    max_json_depth: int = 128
     signature_tolerance_s: int = 300
     secret_rotation_grace_s: int = 24 * 3600
 
@@ -76,6 +79,8 @@ class Settings:
     db_pool_max: int = 10
     dispatch_batch_size: int = 500
     dispatch_poll_interval_s: float = 1.0
+    # /readyz reports `dispatch: stalled` once the oldest unresolved event is older than this.
+    dispatch_stall_after_s: float = 60.0
     activity_heartbeat_timeout_s: float = 30.0
     automation_idle_timeout_s: float = 300.0
     automation_max_batch: int = 100
@@ -152,12 +157,14 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_PUBLIC_URL": ("public_url", str),
     "HOOKYARD_MAX_BODY_BYTES": ("max_body_bytes", int),
     "HOOKYARD_MAX_RENDERED_BYTES": ("max_rendered_bytes", int),
+    "HOOKYARD_MAX_JSON_DEPTH": ("max_json_depth", int),
     "HOOKYARD_SIGNATURE_TOLERANCE_S": ("signature_tolerance_s", int),
     "HOOKYARD_SECRET_ROTATION_GRACE_S": ("secret_rotation_grace_s", int),
     "HOOKYARD_DB_POOL_MIN": ("db_pool_min", int),
     "HOOKYARD_DB_POOL_MAX": ("db_pool_max", int),
     "HOOKYARD_DISPATCH_BATCH_SIZE": ("dispatch_batch_size", int),
     "HOOKYARD_DISPATCH_POLL_INTERVAL_S": ("dispatch_poll_interval_s", float),
+    "HOOKYARD_DISPATCH_STALL_AFTER_S": ("dispatch_stall_after_s", float),
     "HOOKYARD_ACTIVITY_HEARTBEAT_TIMEOUT_S": ("activity_heartbeat_timeout_s", float),
     "HOOKYARD_AUTOMATION_IDLE_TIMEOUT_S": ("automation_idle_timeout_s", float),
     "HOOKYARD_AUTOMATION_MAX_BATCH": ("automation_max_batch", int),

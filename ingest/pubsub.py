@@ -27,6 +27,7 @@ from ingest.errors import BadRequest, Unauthorized, Unavailable
 from ingest.hooks import read_body, storable_id
 from ingest.oidc import OidcError, OidcUnavailable
 from ingest.state import app_state
+from schemas import jsonlimits
 from schemas.store.events import NewEvent
 from schemas.store.gmail import mailboxes_for_email
 
@@ -81,10 +82,15 @@ def announce(settings: Settings) -> None:
         log.info("HOOKYARD_PUBSUB_SERVICE_ACCOUNT is not set: every Gmail push will be refused (401)")
 
 
-def parse_push(body: bytes) -> PushMessage:
-    """Read a wrapped push body; both `messageId` and `message_id` spellings are accepted."""
+def parse_push(body: bytes, max_depth: int = jsonlimits.DEFAULT_MAX_DEPTH) -> PushMessage:
+    """Read a wrapped push body; both `messageId` and `message_id` spellings are accepted.
+
+    A body nested deeper than `max_depth` is refused before it is parsed.
+    """
     try:
-        envelope = orjson.loads(body)
+        envelope = jsonlimits.loads(body, max_depth)
+    except jsonlimits.JsonTooDeep as exc:
+        raise PushFormatError(f"body is {exc}") from None
     except orjson.JSONDecodeError:
         raise PushFormatError("body is not JSON") from None
     message = envelope.get("message") if isinstance(envelope, dict) else None
@@ -109,10 +115,12 @@ def parse_push(body: bytes) -> PushMessage:
     )
 
 
-def parse_notification(data: bytes) -> GmailNotification:
+def parse_notification(data: bytes, max_depth: int = jsonlimits.DEFAULT_MAX_DEPTH) -> GmailNotification:
     """`{"emailAddress": "...", "historyId": "123"}` (the id may come as a string or a number)."""
     try:
-        value = orjson.loads(data)
+        value = jsonlimits.loads(data, max_depth)
+    except jsonlimits.JsonTooDeep as exc:
+        raise PushFormatError(f"message data is {exc}") from None
     except orjson.JSONDecodeError:
         raise PushFormatError("message data is not JSON") from None
     if not isinstance(value, dict):
@@ -170,8 +178,8 @@ async def receive_gmail_push(request: Request) -> Response:
     meter = state.metrics.source(PUSH_SOURCE if verification["verified"] else UNVERIFIED_SOURCE)
     body = await read_body(request, state.settings.max_body_bytes)
     try:
-        push = parse_push(body)
-        notification = parse_notification(push.data)
+        push = parse_push(body, state.settings.max_json_depth)
+        notification = parse_notification(push.data, state.settings.max_json_depth)
     except PushFormatError as exc:
         meter.rejected.inc()
         raise BadRequest(str(exc), code="bad_push") from None

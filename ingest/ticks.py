@@ -48,7 +48,9 @@ async def receive_tick(request: Request) -> Response:
         delivery_id = None
     try:
         # With HMAC only signed data may name the time; a bearer token vouches for the request.
-        scheduled_at = tick.scheduled_time(headers, body, trust_headers=config["auth"] != "hmac")
+        scheduled_at = tick.scheduled_time(
+            headers, body, trust_headers=config["auth"] != "hmac", max_depth=state.settings.max_json_depth
+        )
     except tick.BadScheduledTime as exc:
         raise BadRequest(str(exc)) from None
     if scheduled_at:

@@ -90,7 +90,7 @@ class Metrics:
         )
         self.dispatched_events = Counter(
             "hookyard_dispatched_events",
-            "Events resolved by the dispatcher, by result (dispatched, unmatched).",
+            "Events resolved by the dispatcher, by result (dispatched, unmatched, rejected: could not be resolved).",
             ["status"],
             registry=r,
         )
@@ -134,7 +134,7 @@ class Metrics:
         self._sources: dict[str, SourceMeter] = {}
         self._actions: dict[str, tuple[Histogram, Counter, Counter, Counter]] = {}
         self.webhook = self.source("webhook")
-        for status in ("dispatched", "unmatched"):
+        for status in ("dispatched", "unmatched", "rejected"):
             self.dispatched_events.labels(status)
 
     def source(self, source: str) -> SourceMeter:

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
+from schemas.jsonlimits import DEFAULT_MAX_DEPTH
 from schemas.store.endpoints import get_endpoint
 from triggers.filters import FilterOutcome, evaluate, validate_filter
 
@@ -41,6 +42,9 @@ class InboxEvent:
     headers: Mapping[str, str]
     body: bytes
     received_at: str
+    # How deep a trigger may parse `body` (the `max_json_depth` setting); a deeper body is
+    # not JSON to its trigger, so nothing downstream walks or stores an unbounded tree.
+    max_json_depth: int = DEFAULT_MAX_DEPTH
 
 
 ConfigCheck = Callable[[asyncpg.Connection, UUID, Mapping[str, Any]], Awaitable[None]]

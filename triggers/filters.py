@@ -322,18 +322,34 @@ def _explain_condition(node: Mapping[str, Any], data: Mapping[str, Any], matched
 
 
 def _json_equal(left: object, right: object) -> bool:
-    """JSON equality: like ``==`` except that booleans are never equal to numbers."""
-    if type(left) is type(right) and isinstance(left, str | int | float | None):
-        return left == right
-    if isinstance(left, bool) or isinstance(right, bool):
-        return left is right
-    if isinstance(left, int | float) and isinstance(right, int | float):
-        return left == right
-    if isinstance(left, Mapping) and isinstance(right, Mapping):
-        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
-    if isinstance(left, list | tuple) and isinstance(right, list | tuple):
-        return len(left) == len(right) and all(map(_json_equal, left, right))
-    return False
+    """JSON equality: like ``==`` except that booleans are never equal to numbers.
+
+    Iterative: the values come from trigger data and owners' filters, so their depth is
+    not ours to choose.
+    """
+    pairs = [(left, right)]
+    while pairs:
+        a, b = pairs.pop()
+        if type(a) is type(b) and isinstance(a, str | int | float | None):
+            if a != b:
+                return False
+        elif isinstance(a, bool) or isinstance(b, bool):
+            if a is not b:
+                return False
+        elif isinstance(a, int | float) and isinstance(b, int | float):
+            if a != b:
+                return False
+        elif isinstance(a, Mapping) and isinstance(b, Mapping):
+            if a.keys() != b.keys():
+                return False
+            pairs.extend((a[k], b[k]) for k in a)
+        elif isinstance(a, list | tuple) and isinstance(b, list | tuple):
+            if len(a) != len(b):
+                return False
+            pairs.extend(zip(a, b, strict=True))
+        else:
+            return False
+    return True
 
 
 def _equals(actual: object, expected: object) -> bool:

@@ -27,6 +27,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from schemas import jsonlimits
 from schemas.store.credentials import get_credential
 from schemas.store.gmail import MailboxRef, activate_mailbox, get_mailbox
 from triggers.base import (
@@ -318,7 +319,7 @@ def _decode(data: object, content_type: str) -> str | None:
 
 def _trigger_data(event: InboxEvent) -> dict[str, Any]:
     try:
-        data = orjson.loads(event.body)
+        data = jsonlimits.loads(event.body, event.max_json_depth)
     except orjson.JSONDecodeError:
         data = None
     if not isinstance(data, dict):

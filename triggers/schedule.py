@@ -38,6 +38,7 @@ from temporalio.client import (
 from temporalio.common import RetryPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from schemas import jsonlimits
 from triggers.base import (
     WORKFLOW_ROUTE,
     InboxEvent,
@@ -318,7 +319,7 @@ async def _delete(handle: ScheduleHandle) -> None:
 
 def _trigger_data(event: InboxEvent) -> dict[str, Any]:
     try:
-        body = orjson.loads(event.body)
+        body = jsonlimits.loads(event.body, event.max_json_depth)
     except orjson.JSONDecodeError:
         body = {}
     if not isinstance(body, dict):

@@ -27,6 +27,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from schemas import jsonlimits
 from triggers.base import (
     WORKFLOW_ROUTE,
     InboxEvent,
@@ -115,13 +116,19 @@ def _parse_time(value: object, where: str) -> str:
         raise BadScheduledTime(f"{where} must be an RFC 3339 timestamp or Unix seconds") from None
 
 
-def scheduled_time(headers: Mapping[str, str], body: bytes, *, trust_headers: bool = True) -> str | None:
+def scheduled_time(
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    trust_headers: bool = True,
+    max_depth: int = jsonlimits.DEFAULT_MAX_DEPTH,
+) -> str | None:
     """The scheduled time a tick names (canonical UTC, e.g. `2026-01-31T09:00:00Z`), or None.
 
     Headers (lower-case names) win over the body field, unless `trust_headers` is off: an HMAC
     signature covers the body but not these headers, and a time in an unsigned header would let
     a captured tick be replayed as a new one. Raises `BadScheduledTime` if one is given but
-    unreadable.
+    unreadable. A body nested deeper than `max_depth` is not read.
     """
     for name in SCHEDULED_TIME_HEADERS if trust_headers else ():
         if headers.get(name):
@@ -129,7 +136,7 @@ def scheduled_time(headers: Mapping[str, str], body: bytes, *, trust_headers: bo
     if b'"' + SCHEDULED_TIME_FIELD.encode() + b'"' not in body:
         return None  # most ticks: skip parsing the body
     try:
-        document = orjson.loads(body)
+        document = jsonlimits.loads(body, max_depth)
     except orjson.JSONDecodeError:
         return None
     if isinstance(document, dict) and document.get(SCHEDULED_TIME_FIELD) is not None:
@@ -140,7 +147,7 @@ def scheduled_time(headers: Mapping[str, str], body: bytes, *, trust_headers: bo
 def _trigger_data(event: InboxEvent) -> dict[str, Any]:
     headers = dict(event.headers)
     try:
-        scheduled_at = scheduled_time(headers, event.body)
+        scheduled_at = scheduled_time(headers, event.body, max_depth=event.max_json_depth)
     except BadScheduledTime:
         scheduled_at = None  # refused at ingest, so never stored; kept total for safety
     return {
@@ -149,7 +156,7 @@ def _trigger_data(event: InboxEvent) -> dict[str, Any]:
         "scheduled_at": scheduled_at,
         "received_at": event.received_at,
         "headers": headers,
-        "body": parse_body(event.body, headers.get("content-type", "")),
+        "body": parse_body(event.body, headers.get("content-type", ""), event.max_json_depth),
     }
 
 

@@ -10,6 +10,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from schemas import jsonlimits
 from triggers.base import InboxEvent, TriggerType, check_endpoint, check_filter, match_filter
 from triggers.filters import filter_schema
 
@@ -27,12 +28,15 @@ CONFIG_SCHEMA: dict[str, Any] = {
 }
 
 
-def parse_body(body: bytes, content_type: str) -> Any:
-    """JSON when it parses, form fields for form posts, else the text (so filters can see it)."""
+def parse_body(body: bytes, content_type: str, max_depth: int = jsonlimits.DEFAULT_MAX_DEPTH) -> Any:
+    """JSON when it parses, form fields for form posts, else the text (so filters can see it).
+
+    JSON nested deeper than `max_depth` is text too: the body is kept, but not as a tree.
+    """
     if "application/x-www-form-urlencoded" in content_type:
         return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     try:
-        return orjson.loads(body)
+        return jsonlimits.loads(body, max_depth)
     except orjson.JSONDecodeError:
         return body.decode("utf-8", "replace")
 
@@ -44,7 +48,7 @@ def _trigger_data(event: InboxEvent) -> dict[str, Any]:
         "endpoint_id": event.source_id,
         "received_at": event.received_at,
         "headers": headers,
-        "body": parse_body(event.body, headers.get("content-type", "")),
+        "body": parse_body(event.body, headers.get("content-type", ""), event.max_json_depth),
     }
 
 

@@ -28,7 +28,7 @@ from uuid import UUID
 import asyncpg
 from temporalio.client import Client
 
-from schemas import db
+from schemas import db, jsonlimits
 from schemas.sanitize import strip_nul
 from schemas.store import events as event_store
 from schemas.store import executions as execution_store
@@ -144,31 +144,101 @@ class Dispatcher:
             waiter.cancel()
 
     async def resolve_once(self) -> int:
-        """Resolve one batch of received events; returns how many were claimed."""
+        """Resolve one batch of received events; returns how many were claimed.
+
+        Failures are isolated per event. An exception while planning one event (its trigger
+        data, its filters) marks that event `rejected` and the batch goes on. If the batch's
+        transaction fails as a whole (PostgreSQL refused one event's executions, say), its
+        events are resolved again one by one, each in its own transaction, so only the event
+        that fails alone is rejected. Connection and transient database errors reject
+        nothing: the events stay `received` and the next pass retries them.
+        """
+        claimed: list[UUID] = []
+        try:
+            return await self._resolve(claimed)
+        except Exception as exc:
+            if not claimed or _transient(exc):
+                raise
+            log.warning("resolve of %d events failed (%s); resolving them one by one", len(claimed), type(exc).__name__)
+        for event_id in claimed:
+            await self._resolve_alone(event_id)
+        return len(claimed)
+
+    async def _resolve_alone(self, event_id: UUID) -> None:
+        """Resolve one event in its own transaction; reject it if that fails on its account."""
+        claimed: list[UUID] = []
+        try:
+            await self._resolve(claimed, only=event_id)
+        except Exception as exc:
+            # Before the claim the failure is not this event's (the routing cache, the claim itself).
+            if not claimed or _transient(exc):
+                raise
+            reason = _rejection("storing its executions", exc)
+            async with self._pool.acquire() as conn:
+                if await event_store.mark_rejected(conn, event_id, reason):
+                    self._count_rejected(event_id, reason, exc)
+
+    async def _resolve(self, claimed: list[UUID], only: UUID | None = None) -> int:
+        """One transaction: claim, plan, create executions, mark. Claimed ids go to `claimed`."""
+        rejected: dict[UUID, tuple[str, Exception]] = {}
         async with self._pool.acquire() as conn, conn.transaction():
             await self._routes.sync(conn)
-            rows = await event_store.claim_received(conn, self._settings.dispatch_batch_size)
+            rows = await event_store.claim_received(conn, self._settings.dispatch_batch_size, only=only)
             if not rows:
                 return 0
-            events = [_inbox_event(r) for r in rows]
+            events = [_inbox_event(r, self._settings.max_json_depth) for r in rows]
+            claimed.extend(e.id for e in events)
             forwarded = await accept_forwarded(conn, self._forwarders, events)
             events = [e for e in events if e.id not in forwarded]
-            plan = [await self._plan(conn, event) for event in events]
+            plan: list[list[dict[str, Any]]] = []
+            for event in events:
+                try:
+                    plan.append(await self._plan(conn, event))
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    raise  # the transaction may be unusable: the caller decides what to retry
+                except Exception as exc:
+                    rejected[event.id] = (_rejection("planning", exc), exc)
+                    plan.append([])
             wanted = sorted({c["workflow_id"] for cands in plan for c in cands if c["matched"]})
             active = await lock_active(conn, [UUID(w) for w in wanted]) if wanted else set()
             created = await self._create_executions(conn, events, plan, active)
-            statuses, resolutions = [], []
+            statuses: list[str] = []
+            resolutions: list[list[dict[str, Any]]] = []
+            notes: list[str | None] = []
             for event, candidates in zip(events, plan, strict=True):
+                if event.id in rejected:
+                    statuses.append("rejected")
+                    resolutions.append([])
+                    notes.append(rejected[event.id][0])
+                    continue
                 for cand in candidates:
                     cand["execution_id"] = created.get((cand["workflow_id"], str(event.id)))
                     if cand["matched"] and cand["execution_id"] is None:
                         cand["reason"] = "workflow was deactivated before the event was dispatched"
                 statuses.append("dispatched" if any(c["execution_id"] for c in candidates) else "unmatched")
                 resolutions.append([{k: v for k, v in c.items() if k != "trigger_data"} for c in candidates])
-            await event_store.mark_resolved(conn, [e.id for e in events], statuses, resolutions)
+                notes.append(self._body_note(event) if candidates else None)
+            await event_store.mark_resolved(conn, [e.id for e in events], statuses, resolutions, notes)
         for status in statuses:
             self._metrics.dispatched_events.labels(status).inc()
+        for event_id, (reason, failure) in rejected.items():
+            self._count_rejected(event_id, reason, failure, counted=True)
         return len(rows)
+
+    def _count_rejected(self, event_id: UUID, reason: str, exc: Exception, *, counted: bool = False) -> None:
+        if not counted:
+            self._metrics.dispatched_events.labels("rejected").inc()
+        # The traceback is for operators; owners see only `reason` (GET /api/events/{id}).
+        log.error("event %s rejected: %s", event_id, reason, exc_info=exc)
+
+    def _body_note(self, event: InboxEvent) -> str | None:
+        """Why triggers saw the body as text although it may be JSON: it nests too deep."""
+        if jsonlimits.exceeds_depth(event.body, event.max_json_depth):
+            return (
+                f"body not parsed as JSON: nested deeper than {event.max_json_depth} levels "
+                "(max_json_depth); triggers saw it as text"
+            )
+        return None
 
     async def _plan(self, conn: asyncpg.Connection, event: InboxEvent) -> list[dict[str, Any]]:
         candidates = await self._routes.candidates(conn, event)
@@ -297,7 +367,27 @@ class TemporalUnavailable(RuntimeError):
     """Temporal could not take the hand-over; executions stay queued and are retried."""
 
 
-def _inbox_event(row: asyncpg.Record) -> InboxEvent:
+def _transient(exc: BaseException) -> bool:
+    """A failure of the connection or the moment, not of the events: retry, reject nothing."""
+    if isinstance(exc, asyncpg.exceptions._base.DataError):
+        return False  # an argument the client could not encode: the events' data
+    return isinstance(
+        exc,
+        OSError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.TransactionRollbackError
+        | asyncpg.exceptions.OperatorInterventionError
+        | asyncpg.exceptions.InsufficientResourcesError,
+    )
+
+
+def _rejection(stage: str, exc: BaseException) -> str:
+    """The reason shown to the owner: the stage and the kind of failure, never its message."""
+    return f"the dispatcher failed while {stage} ({type(exc).__name__}); the event runs nothing and is not retried"
+
+
+def _inbox_event(row: asyncpg.Record, max_json_depth: int) -> InboxEvent:
     return InboxEvent(
         id=row["id"],
         owner_id=row["owner_id"],
@@ -306,4 +396,5 @@ def _inbox_event(row: asyncpg.Record) -> InboxEvent:
         headers=row["headers"],
         body=row["body"],
         received_at=row["received_at"].isoformat(),
+        max_json_depth=max_json_depth,
     )

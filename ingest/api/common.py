@@ -14,6 +14,7 @@ from starlette.responses import Response
 from ingest.errors import BadRequest, Invalid, NotFound
 from ingest.hooks import read_body
 from ingest.state import app_state
+from schemas import jsonlimits
 from schemas.sanitize import has_nul
 from schemas.store.pagination import BadCursor, decode_cursor, page
 
@@ -29,8 +30,12 @@ def _encode_other(value: Any) -> str:
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
-    """A JSON response; datetimes and UUIDs serialise as ISO 8601 and canonical strings."""
-    body = orjson.dumps(content, default=_encode_other)
+    """A JSON response; datetimes and UUIDs serialise as ISO 8601 and canonical strings.
+
+    Values nested too deep to encode (rows stored before bodies were depth-bounded) are
+    shown as a placeholder rather than failing the request.
+    """
+    body = jsonlimits.dumps_bounded(content, default=_encode_other)
     return Response(body, status_code=status_code, media_type="application/json")
 
 
@@ -40,15 +45,19 @@ def no_content() -> Response:
 
 
 async def read_json(request: Request, *, optional: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object: 400 if it is not JSON, 422 if not an object.
+    """The request body as a JSON object: 400 if it is not JSON, 422 if not an object or if it
+    nests deeper than the `max_json_depth` setting.
 
     With `optional`, an empty body reads as `{}`.
     """
-    raw = await read_body(request, app_state(request).settings.max_body_bytes)
+    settings = app_state(request).settings
+    raw = await read_body(request, settings.max_body_bytes)
     if optional and not raw.strip():
         return {}
     try:
-        data = orjson.loads(raw)
+        data = jsonlimits.loads(raw, settings.max_json_depth)
+    except jsonlimits.JsonTooDeep as exc:
+        raise Invalid(f"request body nests deeper than {exc.limit} levels") from None
     except orjson.JSONDecodeError:
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(data, dict):

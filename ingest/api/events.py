@@ -14,10 +14,11 @@ from ingest.api.executions import execution_json
 from ingest.api.operations import ID, PAGING, UUID_SCHEMA, Param, Reply, operation, page_of
 from ingest.errors import NotFound
 from ingest.state import app_state
+from schemas import jsonlimits
 from schemas.store import events as store
 from schemas.store.executions import list_for_event
 
-STATUSES = ("received", "dispatched", "unmatched")
+STATUSES = ("received", "dispatched", "unmatched", "rejected")
 
 
 def event_json(row: Any) -> dict[str, Any]:
@@ -36,16 +37,18 @@ def event_json(row: Any) -> dict[str, Any]:
         },
         # Written by the dispatcher; null until it has looked at the event.
         "resolution": row["resolution"],
+        # Why the event was rejected, or what was unusual about its resolution; else null.
+        "note": row["note"],
         "dispatched_at": row["dispatched_at"],
         "headers": row["headers"],
         "body_size": row["body_size"],
     }
 
 
-def parsed_body(body: bytes) -> Any:
-    """JSON when the body parses as JSON, else its text."""
+def parsed_body(body: bytes, max_depth: int = jsonlimits.DEFAULT_MAX_DEPTH) -> Any:
+    """JSON when the body parses as JSON within `max_depth` levels, else its text."""
     try:
-        return orjson.loads(body)
+        return jsonlimits.loads(body, max_depth)
     except orjson.JSONDecodeError:
         return body.decode("utf-8", "replace")
 
@@ -92,7 +95,7 @@ async def get_event(request: Request) -> Response:
             raise NotFound("no such event")
         executions = await list_for_event(conn, owner_id, event_id)
     view = event_json(row) | {
-        "body": parsed_body(row["body"]),
+        "body": parsed_body(row["body"], app_state(request).settings.max_json_depth),
         "executions": [execution_json(x) for x in executions],
     }
     return json_response(view)

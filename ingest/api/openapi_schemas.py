@@ -154,6 +154,7 @@ def _event_schemas() -> dict[str, Any]:
             "verification": {"type": "object"},
             "dedup": _obj({"key": _STR, "duplicate_count": {"type": "integer"}, "last_duplicate_at": _nullable(_TIME)}),
             "resolution": {**_nullable(resolution), "description": "Null while status is 'received'."},
+            "note": {**_nullable(_STR), "description": "Why the event was rejected, or what was unusual."},
             "dispatched_at": _nullable(_TIME),
             "headers": {"type": "object"},
             "body_size": {"type": "integer"},

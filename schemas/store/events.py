@@ -69,33 +69,59 @@ async def insert_events(conn: asyncpg.Connection, events: Sequence[NewEvent]) ->
     return {(r["source_type"], r["source_id"], r["dedup_key"]): Stored(r["id"], r["duplicate"]) for r in rows}
 
 
-async def claim_received(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-    """Lock a batch of undispatched events; other dispatchers skip them (call inside a transaction)."""
+async def claim_received(conn: asyncpg.Connection, limit: int, *, only: UUID | None = None) -> list[asyncpg.Record]:
+    """Lock a batch of undispatched events; other dispatchers skip them (call inside a transaction).
+
+    With `only`, just that event, if it is still waiting.
+    """
+    columns = "SELECT id, owner_id, source_type, source_id, headers, body, received_at FROM events "
+    if only is not None:
+        one: list[asyncpg.Record] = await conn.fetch(
+            columns + "WHERE id = $1 AND status = 'received' FOR UPDATE SKIP LOCKED", only
+        )
+        return one
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT id, owner_id, source_type, source_id, headers, body, received_at FROM events "
-        "WHERE status = 'received' ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+        columns + "WHERE status = 'received' ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
         limit,
     )
     return rows
 
 
 async def mark_resolved(
-    conn: asyncpg.Connection, ids: list[UUID], statuses: list[str], resolutions: list[list[dict[str, Any]]]
+    conn: asyncpg.Connection,
+    ids: list[UUID],
+    statuses: list[str],
+    resolutions: list[list[dict[str, Any]]],
+    notes: list[str | None] | None = None,
 ) -> None:
-    """Record each event's outcome and the reasoning behind it."""
+    """Record each event's outcome and the reasoning behind it (and a note where unusual)."""
     await conn.execute(
-        "UPDATE events e SET status = u.status, resolution = u.resolution::jsonb, dispatched_at = now() "
-        "FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, status, resolution) WHERE e.id = u.id",
+        "UPDATE events e SET status = u.status, resolution = u.resolution::jsonb, note = u.note, "
+        "dispatched_at = now() "
+        "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS u(id, status, resolution, note) "
+        "WHERE e.id = u.id",
         ids,
         statuses,
         # Sent as JSON text: asyncpg would read a list of lists as a two-dimensional array.
         [orjson.dumps(r).decode() for r in resolutions],
+        [None] * len(ids) if notes is None else notes,
     )
+
+
+async def mark_rejected(conn: asyncpg.Connection, event_id: UUID, reason: str) -> bool:
+    """Mark a still-waiting event `rejected` (terminal) with the reason; False if it was not waiting."""
+    status: str = await conn.execute(
+        "UPDATE events SET status = 'rejected', note = $2, resolution = '[]'::jsonb, dispatched_at = now() "
+        "WHERE id = $1 AND status = 'received'",
+        event_id,
+        reason,
+    )
+    return status == "UPDATE 1"
 
 
 _EVENT_COLUMNS = (
     "id, seq, source_type, source_id, dedup_key, received_at, headers, status, verification, "
-    "duplicate_count, last_duplicate_at, resolution, dispatched_at, octet_length(body) AS body_size"
+    "duplicate_count, last_duplicate_at, resolution, note, dispatched_at, octet_length(body) AS body_size"
 )
 
 

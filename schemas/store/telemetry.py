@@ -20,6 +20,19 @@ async def inbox_depth(conn: asyncpg.Connection) -> tuple[int, float]:
     return int(row["backlog"]), max(0.0, float(row["lag"]))
 
 
+async def oldest_waiting_age(conn: asyncpg.Connection) -> float:
+    """Age in seconds of the oldest event not yet resolved (0 when none wait).
+
+    One row read through the partial index events_pending_idx, so probes may call it often
+    whatever the backlog.
+    """
+    age = await conn.fetchval(
+        "SELECT extract(epoch FROM now() - received_at)::float8 FROM events "
+        "WHERE status = 'received' ORDER BY seq LIMIT 1"
+    )
+    return max(0.0, float(age or 0.0))
+
+
 async def traceparents_for_executions(conn: asyncpg.Connection, execution_ids: list[UUID]) -> dict[UUID, str]:
     """The trace context stored with each execution's event: the API's span, else the sender's header."""
     rows = await conn.fetch(
