@@ -106,12 +106,20 @@ def test_sanitisers_walk_values_of_any_depth_without_recursion() -> None:
     assert orjson.loads(orjson.dumps(clean))  # storable: it encodes
 
 
-def test_template_of_any_depth_renders_without_recursion() -> None:
+def test_template_of_any_depth_renders_or_is_refused_without_recursion() -> None:
     template: Any = "{{ trigger.n }}"
     for _ in range(5000):
         template = {"a": [template, "x"]}
+    with pytest.raises(TemplateError, match="nested more than"):
+        render(template, {"trigger": {"n": 7}})
+
+
+def test_template_within_the_depth_limit_renders_every_level() -> None:
+    template: Any = "{{ trigger.n }}"
+    for _ in range(30):
+        template = {"a": [template, "x"]}
     rendered = render(template, {"trigger": {"n": 7}})
-    for _ in range(5000):
+    for _ in range(30):
         assert rendered["a"][1] == "x"
         rendered = rendered["a"][0]
     assert rendered == 7
