@@ -23,6 +23,7 @@ import httpx
 from temporalio import activity
 
 from actions.base import ActionContext, RateLimiter
+from actions.egress import EgressPolicy
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.registry import UnknownAction, get_action
 from oauth.crypto import Keyring
@@ -57,9 +58,11 @@ class AutomationActivities:
         tracing: Tracing = NOOP,
         handoffs: Mapping[str, HandOff] | None = None,
         api_bases: Mapping[str, str] | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self._pool = pool
         self._api_bases = dict(api_bases or {})
+        self._egress = EgressPolicy() if egress is None else egress
         self._handoffs = dict(handoffs or {})
         self.metrics = Metrics() if metrics is None else metrics
         self._tracing = tracing
@@ -126,6 +129,7 @@ class AutomationActivities:
                 limiter=self._limiter,
                 record_failover=partial(record_failover, self.metrics),
                 api_bases=self._api_bases,
+                egress=self._egress,
             )
             result = await action.run(ctx, row["action_config"])
         except (PermanentActionError, UnknownAction) as exc:
