@@ -33,6 +33,7 @@ from actions.egress import (
     parse_allow,
 )
 from hookyard import services
+from hookyard.dev import dev_egress_allow, egress_summary
 from hookyard.settings import Settings, SettingsError, load_settings
 from oauth.crypto import Keyring
 from schemas import db
@@ -519,3 +520,26 @@ async def test_gmail_send_checks_its_api_base_before_httplib2_connects() -> None
         )
         with pytest.raises(EgressRefused, match=r"127\.0\.0\.1:9 is a loopback address"):
             await gmail.run(ctx, {"to": "a@example.com", "subject": "s", "text": "t"})
+
+
+# --- hookyard dev --------------------------------------------------------------------------
+
+
+def test_dev_stack_allows_loopback_when_the_environment_sets_nothing() -> None:
+    allow = dev_egress_allow({})
+    policy = EgressPolicy(load_settings({"HOOKYARD_EGRESS_ALLOW": allow}).egress_allow)
+    assert policy.refusal(ipaddress.ip_address("127.0.0.1"), 9000) is None
+    assert policy.refusal(ipaddress.ip_address("::1"), 9000) is None
+    assert policy.refusal(ipaddress.ip_address("10.0.0.1"), 9000) is not None
+    assert egress_summary(allow) == "public addresses + 127.0.0.0/8,::1"
+
+
+def test_dev_stack_keeps_the_allow_list_of_its_environment() -> None:
+    allow = dev_egress_allow({"HOOKYARD_EGRESS_ALLOW": "127.0.0.1:9000"})
+    assert allow == "127.0.0.1:9000"
+    policy = EgressPolicy(load_settings({"HOOKYARD_EGRESS_ALLOW": allow}).egress_allow)
+    assert policy.refusal(ipaddress.ip_address("127.0.0.1"), 9000) is None
+    for port in (8000, 8233, 7233, 9001, 9100):
+        assert policy.refusal(ipaddress.ip_address("127.0.0.1"), port) is not None
+    assert policy.refusal(ipaddress.ip_address("::1"), 9000) is not None
+    assert egress_summary(dev_egress_allow({"HOOKYARD_EGRESS_ALLOW": ""})) == "public addresses only"
