@@ -31,7 +31,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from actions.errors import PermanentActionError
+from actions.errors import PermanentActionError, RetryableActionError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -69,7 +69,8 @@ _V6_REFUSED: tuple[tuple[str, tuple[IPNetwork, ...]], ...] = (
     ("a loopback address", _nets("::1/128")),
     ("a link-local address (cloud metadata service)", _nets("fd00:ec2::254/128")),
     ("a private address (IPv6 ULA)", _nets("fc00::/7")),
-    ("a link-local address", _nets("fe80::/10", "fec0::/10")),
+    ("a link-local address", _nets("fe80::/10")),
+    ("a site-local address (deprecated, RFC 3879)", _nets("fec0::/10")),
     ("a multicast address", _nets("ff00::/8")),
     ("a Teredo address (embeds an obfuscated IPv4 address)", _nets("2001::/32")),
     ("a documentation address", _nets("2001:db8::/32", "3fff::/20")),
@@ -194,10 +195,6 @@ class EgressPolicy:
                     return None
         return reason
 
-    def describe(self) -> str:
-        """The exceptions, as they would be written in the setting."""
-        return ",".join(str(rule) for rule in self.allow) or "(none: only public addresses)"
-
     async def resolve(self, host: str, port: int, timeout_s: float | None = None) -> list[IPAddress]:
         """The addresses of `host` this policy lets a connection reach, in resolver order.
 
@@ -223,7 +220,10 @@ class EgressPolicy:
         """Check a URL's host and port, for clients that cannot connect through the backend."""
         parsed = httpx.URL(url)
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        await self.resolve(parsed.host, port, timeout_s)
+        try:
+            await self.resolve(parsed.host, port, timeout_s)
+        except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+            raise RetryableActionError(str(exc)) from None
 
 
 def _unwrapped(address: IPAddress) -> IPAddress:
@@ -254,7 +254,7 @@ async def _lookup(host: str, port: int, timeout_s: float | None) -> list[IPAddre
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except TimeoutError as exc:
         raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
-    except (socket.gaierror, UnicodeError) as exc:
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise httpcore.ConnectError(f"cannot resolve {host}") from exc
     seen: dict[IPAddress, None] = {}
     for info in infos:

@@ -20,18 +20,20 @@ import respx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actions import gmail
+from actions import gmail, novu
 from actions.base import ActionContext, Credential
 from actions.egress import (
     LOOPBACK,
     EgressBackend,
     EgressPolicy,
     EgressRefused,
+    EgressTransport,
     classify,
     guarded_client,
     numeric_address,
     parse_allow,
 )
+from actions.errors import RetryableActionError
 from hookyard import services
 from hookyard.dev import dev_egress_allow, egress_summary
 from hookyard.settings import Settings, SettingsError, load_settings
@@ -94,6 +96,23 @@ def test_numeric_host_forms_are_read_as_the_loopback_address(host: str) -> None:
     assert address is not None
     assert address.is_loopback
     assert classify(address) == "a loopback address"
+
+
+@given(st.ip_addresses(v=4))
+def test_every_numeric_spelling_of_an_address_is_judged_as_that_address(address: ipaddress.IPv4Address) -> None:
+    value = int(address)
+    a, b, c, d = address.packed
+    spellings = [
+        str(value),  # 2130706433
+        hex(value),  # 0x7f000001
+        f"{a}.{(b << 16) | (c << 8) | d}",  # 127.1
+        f"{a}.{b}.{(c << 8) | d}",  # 127.0.1
+        f"{a:#x}.{b}.{c}.{d}",  # 0x7f.0.0.1
+        f"0{a:o}.{b}.{c}.{d}",  # 0177.0.0.1
+    ]
+    for spelling in spellings:
+        assert numeric_address(spelling) == address, spelling
+        assert classify(numeric_address(spelling)) == classify(address)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("host", ["example.com", "localhost", "127.0.0.1.nip.io", "08.0.0.1"])
@@ -499,25 +518,48 @@ async def test_control_character_in_a_templated_header_fails_clearly(
     assert receiver.to(target) == []
 
 
-# --- clients that cannot take the backend -------------------------------------------------
+# --- provider actions and clients that cannot take the backend ------------------------------
 
 
-class _GoogleAccount:
+class _Account:
+    def __init__(self, provider: str, secret: dict[str, str]) -> None:
+        self.provider, self.secret = provider, secret
+
     async def load(self, credential_id: str, providers: Any) -> Credential:
-        return Credential(credential_id, "google", {"access_token": "ya29.test"}, "me@example.com")
+        return Credential(credential_id, self.provider, self.secret, "me@example.com")
+
+
+def _context(client: httpx.AsyncClient, account: _Account, **extra: Any) -> ActionContext:
+    return ActionContext(
+        http=client,
+        execution_id=str(uuid.uuid4()),
+        attempt=1,
+        template_context={},
+        credential_id=str(uuid.uuid4()),
+        credentials=account,
+        **extra,
+    )
+
+
+@pytest.mark.parametrize("base_url", ["http://169.254.169.254", "http://[fd00:ec2::254]", "http://10.0.0.1:8080"])
+async def test_novu_base_url_goes_through_the_guard(base_url: str) -> None:
+    inner = RecordingBackend()
+    async with httpx.AsyncClient(transport=EgressTransport(EgressPolicy(), inner=inner)) as client:
+        ctx = _context(client, _Account("novu", {"api_key": "nv-test"}))
+        with pytest.raises(EgressRefused, match="egress refused"):
+            await novu.run(ctx, {"workflow_id": "w", "to": "subscriber-1", "base_url": base_url})
+    assert inner.connects == []
+
+
+async def test_unresolvable_api_base_is_retried_not_refused() -> None:
+    with pytest.raises(RetryableActionError, match="cannot resolve"):
+        await EgressPolicy().check_url("https://no-such-host.invalid/")
 
 
 async def test_gmail_send_checks_its_api_base_before_httplib2_connects() -> None:
     async with httpx.AsyncClient() as client:
-        ctx = ActionContext(
-            http=client,
-            execution_id=str(uuid.uuid4()),
-            attempt=1,
-            template_context={},
-            credential_id=str(uuid.uuid4()),
-            credentials=_GoogleAccount(),
-            api_bases={"gmail": "http://127.0.0.1:9/"},
-        )
+        account = _Account("google", {"access_token": "ya29.test"})
+        ctx = _context(client, account, api_bases={"gmail": "http://127.0.0.1:9/"})
         with pytest.raises(EgressRefused, match=r"127\.0\.0\.1:9 is a loopback address"):
             await gmail.run(ctx, {"to": "a@example.com", "subject": "s", "text": "t"})
 
