@@ -10,6 +10,7 @@ from uuid import UUID
 import asyncpg
 import httpx
 
+from actions.egress import EgressPolicy
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES, RenderBudget
 
 
@@ -50,6 +51,8 @@ class ActionContext:
     limiter: RateLimiter | None = None
     # Provider API base URLs that differ from the public ones (regional endpoints, stand-ins).
     api_bases: Mapping[str, str] = field(default_factory=dict)
+    # Where clients that cannot use `http` (httplib2) may connect; `http` applies it itself.
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
     # Counts a failover between providers (the worker's metrics); a no-op by default.
     record_failover: Callable[[str, str], None] = lambda from_provider, to_provider: None
     # Bytes the templates of one outgoing request may produce (HOOKYARD_MAX_RENDERED_BYTES).

@@ -95,6 +95,9 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
         body["threadId"] = thread_id
     await acquire(ctx.limiter, "google", credential.id)
     api_base = ctx.api_bases.get("gmail") or DEFAULT_API_BASE
+    # httplib2 cannot connect through the egress backend, so the base is checked here. It is an
+    # operator setting (never owner input), so the resolution httplib2 repeats is not a risk.
+    await ctx.egress.check_url(api_base)
     sent = await asyncio.to_thread(_send, api_base, token, body, message_id if ctx.attempt > 1 else None)
     return {"message_id": sent.get("id"), "thread_id": sent.get("threadId"), "rfc822_message_id": message_id}
 

@@ -81,7 +81,17 @@ def _build(ctx: ActionContext, config: Mapping[str, Any]) -> tuple[str, dict[str
     # The URL is not echoed: after templating it may hold tokens.
     if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
         raise PermanentActionError("url must be an http(s) URL after templating")
+    # Control characters (a templated CRLF) would split the request line or a header.
+    if _has_control(url):
+        raise PermanentActionError("url contains a control character after templating")
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL:
+        raise PermanentActionError("url is not a valid URL after templating") from None
     out_headers = {str(k): str(v) for k, v in dict(headers).items()}  # type: ignore[call-overload]
+    for name, value in out_headers.items():
+        if _has_control(name) or _has_control(value.replace("\t", "")):
+            raise PermanentActionError(f"header {name!r} contains a control character after templating")
     content: bytes | None = None
     if isinstance(body, str):
         content = body.encode()
@@ -112,6 +122,9 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
             content=content,
             timeout=float(config.get("timeout_s", 10)),
         )
+    except (httpx.InvalidURL, UnicodeEncodeError) as exc:
+        # e.g. a header value outside ASCII: the same request would fail every time.
+        raise PermanentActionError(f"the request cannot be sent as configured ({type(exc).__name__})") from None
     except httpx.TimeoutException as exc:
         raise RetryableActionError(f"timed out calling {_host(url)}") from exc
     except httpx.HTTPError as exc:
@@ -187,6 +200,10 @@ def plain_secrets(config: Mapping[str, Any]) -> list[str]:
         for name, value in headers.items()
         if str(name).lower() in _SECRET_HEADERS and isinstance(value, str) and value and "{{" not in value
     ]
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(char) < 32 or 127 <= ord(char) < 160 for char in text)
 
 
 def _host(url: str) -> str:

@@ -265,6 +265,7 @@ def main() -> int:
             "HOOKYARD_TASK_QUEUE": "hookyard-bench",
             "HOOKYARD_LOG_LEVEL": "WARNING",
             "HOOKYARD_WORKER_GRACEFUL_SHUTDOWN_S": "5",
+            "HOOKYARD_EGRESS_ALLOW": f"127.0.0.1:{receiver_port}",  # the local receiver only
         }
         apps = [procs.spawn(name, hookyard_argv(name), env) for name in ("serve", "dispatch", "worker")]
         wait_http(f"http://127.0.0.1:{port}/readyz", apps[0])

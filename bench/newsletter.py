@@ -416,6 +416,7 @@ def main() -> int:
             "HOOKYARD_LOG_LEVEL": "WARNING",
             "HOOKYARD_WORKER_GRACEFUL_SHUTDOWN_S": "5",
             "HOOKYARD_RATE_LIMITS": "resend=0/s",
+            "HOOKYARD_EGRESS_ALLOW": f"127.0.0.1:{fake_port}",  # the fake Resend only
         }
         apps = [procs.spawn(name, hookyard_argv(name), env) for name in ("serve", "dispatch")]
         worker_argv = python_module("bench.newsletter", "worker", "--resend-url", f"{fake_url}/emails")

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -39,6 +40,8 @@ class DevPorts:
 
 
 STACK_FILE = "stack.json"
+# Actions may call receivers on this machine (the README walkthrough), and nothing else private.
+DEV_EGRESS_ALLOW = "127.0.0.0/8,::1"
 _APP_PROCESSES = ("serve", "dispatch", "worker")
 
 
@@ -62,6 +65,16 @@ def codec_token_file(data_dir: Path) -> Path:
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_urlsafe(32) + "\n")
     return path
+
+
+def dev_egress_allow(environ: Mapping[str, str]) -> str:
+    """The dev stack's egress exceptions: the environment's own list if it sets one, else loopback."""
+    return environ.get("HOOKYARD_EGRESS_ALLOW", DEV_EGRESS_ALLOW)
+
+
+def egress_summary(allow: str) -> str:
+    """What actions of the dev stack may reach, for its banner."""
+    return f"public addresses + {allow}" if allow.strip() else "public addresses only"
 
 
 def read_stack(data_dir: Path) -> dict[str, str] | None:
@@ -127,6 +140,7 @@ class Supervisor:
             "HOOKYARD_MASTER_KEYS_FILE": str(master_keys_file(self.data_dir)),
             "HOOKYARD_CODEC_AUTH_TOKEN": self.codec_token,
             "HOOKYARD_CODEC_CORS_ORIGINS": f"http://127.0.0.1:{ui},http://localhost:{ui}",
+            "HOOKYARD_EGRESS_ALLOW": dev_egress_allow(os.environ),
         }
         for name in _APP_PROCESSES:
             self.apps[name] = self._spawn_app(name)
@@ -193,6 +207,7 @@ def run_dev(data_dir: Path, ports: DevPorts) -> int:
             "api": api,
             "data_dir": str(sup.data_dir),
             "codec_token_file": str(sup.codec_token_path),
+            "egress": egress_summary(sup.env["HOOKYARD_EGRESS_ALLOW"]),
         }
         (sup.data_dir / STACK_FILE).write_text(json.dumps(stack, indent=2))
         _banner(stack)
@@ -219,6 +234,7 @@ def _banner(stack: dict[str, str]) -> None:
         f"  data dir       {stack['data_dir']}",
         f"  codec server   {stack['api']}/codec   (the Temporal UI decodes payloads through it)",
         f"  codec token    {stack['codec_token_file']}",
+        f"  egress         {stack['egress']}   (where actions may connect; HOOKYARD_EGRESS_ALLOW)",
         "",
         f"  create an owner:  hookyard owners create NAME --data-dir {stack['data_dir']}",
         f"  decrypted history: temporal workflow show -w ID --address {stack['temporal_address']} \\",

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from actions.egress import AllowRule, EgressAllowError, parse_allow
+
 
 class SettingsError(ValueError):
     """A setting is present but cannot be used; the message names it."""
@@ -96,6 +98,8 @@ class Settings:
     otel_endpoint: str = ""
     # Per-provider request rates over the defaults in actions/ratelimit.py: (provider, per second).
     rate_limits: tuple[tuple[str, float], ...] = ()
+    # Exceptions to the egress policy (actions/egress.py); none: actions reach public addresses only.
+    egress_allow: tuple[AllowRule, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -178,6 +182,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_TEMPORAL_METRICS_PORT": ("temporal_metrics_port", int),
     "HOOKYARD_OTEL_ENDPOINT": ("otel_endpoint", str),
     "HOOKYARD_RATE_LIMITS": ("rate_limits", lambda v: parse_rate_limits(v)),
+    "HOOKYARD_EGRESS_ALLOW": ("egress_allow", lambda v: parse_egress_allow(v)),
 }
 
 
@@ -215,6 +220,14 @@ def parse_rate_limits(value: str) -> tuple[tuple[str, float], ...]:
     return tuple(rates)
 
 
+def parse_egress_allow(value: str) -> tuple[AllowRule, ...]:
+    """Parse `cidr`, `cidr:port`, `host`, `host:port` and `[ipv6]:port` entries, comma-separated."""
+    try:
+        return parse_allow(value)
+    except EgressAllowError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build settings from an environment mapping (defaults to `os.environ`) plus overrides."""
     env = os.environ if environ is None else environ
@@ -225,6 +238,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
             continue
         try:
             values[attr] = cast(raw)
+        except SettingsError:
+            raise  # already names the setting and the entry
         except ValueError as exc:
             raise SettingsError(f"{name}: cannot read {raw!r}") from exc
     if env.get("HOOKYARD_MASTER_KEYS"):

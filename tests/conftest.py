@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
+from actions.egress import LOOPBACK
 from hookyard import services
 from hookyard.migrate import migrate
 from hookyard.settings import Settings, load_settings
@@ -77,6 +78,8 @@ def make_settings(stack: Stack, **overrides: object) -> Settings:
         "google_authorize_url": f"{FAKE_GOOGLE}/auth",
         "google_token_url": f"{FAKE_GOOGLE}/token",
         "google_revoke_url": f"{FAKE_GOOGLE}/revoke",
+        # Receivers and provider stand-ins listen on loopback, as in `hookyard dev`.
+        "egress_allow": LOOPBACK,
     }
     values.update(overrides)
     return load_settings({}, **values)

@@ -109,6 +109,7 @@ class Deployment:
                 "HOOKYARD_HOST": "127.0.0.1",
                 "HOOKYARD_DISPATCH_POLL_INTERVAL_S": "0.2",
                 "HOOKYARD_LOG_LEVEL": "INFO",
+                "HOOKYARD_EGRESS_ALLOW": "127.0.0.0/8,::1",
                 **self.env_overrides,
             }
         )

@@ -23,6 +23,7 @@ import httpx
 from temporalio import activity
 
 from actions.base import ActionContext, RateLimiter
+from actions.egress import EgressPolicy
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.registry import UnknownAction, get_action
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES
@@ -59,10 +60,12 @@ class AutomationActivities:
         handoffs: Mapping[str, HandOff] | None = None,
         api_bases: Mapping[str, str] | None = None,
         max_rendered_bytes: int = DEFAULT_MAX_RENDERED_BYTES,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self._pool = pool
         self._max_rendered_bytes = max_rendered_bytes
         self._api_bases = dict(api_bases or {})
+        self._egress = EgressPolicy() if egress is None else egress
         self._handoffs = dict(handoffs or {})
         self.metrics = Metrics() if metrics is None else metrics
         self._tracing = tracing
@@ -130,6 +133,7 @@ class AutomationActivities:
                 record_failover=partial(record_failover, self.metrics),
                 api_bases=self._api_bases,
                 max_rendered_bytes=self._max_rendered_bytes,
+                egress=self._egress,
             )
             result = await action.run(ctx, row["action_config"])
         except (PermanentActionError, UnknownAction) as exc:

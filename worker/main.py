@@ -14,6 +14,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from actions import newsletter as newsletter_action
+from actions.egress import EgressPolicy, guarded_client
 from actions.ratelimit import RedisRateLimiter, rates_with_overrides
 from oauth.crypto import Keyring
 from oauth.google import google_from_settings
@@ -76,12 +77,15 @@ async def run_worker(
     """Run until `stop` is set, then shut down gracefully; reconnect if Temporal goes away."""
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    # Every outbound request (actions, token refreshes, Gmail) connects only where the egress
+    # policy allows, to the address it checked; redirects are never followed.
+    egress = EgressPolicy(settings.egress_allow)
     # Provider rate limits shared with every other worker; short timeouts, as a Redis outage
     # only turns limiting off (actions/ratelimit.py).
     redis_client = redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
     limiter = RedisRateLimiter(redis_client, rates_with_overrides(settings.rate_limits))
     try:
-        async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
+        async with guarded_client(egress, limits=limits) as http:
             vault = Vault(
                 pool,
                 keyring,
@@ -109,6 +113,7 @@ async def run_worker(
                 handoffs={newsletter_action.NAME: newsletter.hand_off},
                 api_bases={"gmail": settings.gmail_api_base},
                 max_rendered_bytes=settings.max_rendered_bytes,
+                egress=egress,
             )
             ticks = TickActivities(pool)
             gmail = GmailActivities(pool, http, vault, settings)

@@ -14,6 +14,7 @@ import pytest
 
 from actions import gmail
 from actions.base import ActionConfigError, ActionContext
+from actions.egress import LOOPBACK, EgressPolicy
 from actions.errors import PermanentActionError, RetryableActionError
 from hookyard import services
 from oauth.crypto import Keyring
@@ -55,6 +56,7 @@ class Sender:
             credential_id=self.credential_id,
             credentials=OwnerCredentials(self.vault, self.owner_id),
             api_bases={"gmail": self.box_url},
+            egress=EgressPolicy(LOOPBACK),
         )
 
 

@@ -1,0 +1,335 @@
+"""The egress policy: where owners' outbound requests may connect.
+
+Owners choose the URLs their actions call, so a URL is hostile: it may name the loopback
+interface, the cluster network or the cloud metadata service. Every outbound request of an
+action therefore goes through `EgressBackend`, an httpcore network backend that resolves the
+host itself, checks every resolved address against the policy, and connects to an address it
+checked (never resolving again, so DNS rebinding cannot slip between check and connect). TLS
+still verifies and sends SNI for the hostname in the URL: httpcore passes it to `start_tls`.
+
+By default only globally routable unicast addresses are allowed. `HOOKYARD_EGRESS_ALLOW`
+adds exceptions: CIDRs (any port), `cidr:port`, `host` and `host:port` (IPv6 in brackets
+when a port follows: `[::1]:9000`). A host entry matches the name written in the URL, so
+`receiver.internal:443` allows that service wherever it resolves.
+
+The classification follows the address registries (RFC 6890 and its successors): loopback,
+private (RFC 1918, IPv6 ULA), link-local (incl. cloud metadata services), CGNAT, multicast,
+unspecified, documentation, benchmarking and reserved ranges are refused. IPv6 forms that
+carry an IPv4 address (IPv4-mapped, IPv4-compatible, NAT64, 6to4) are judged by the IPv4
+address inside; Teredo, whose embedded addresses are obfuscated, is refused outright.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpcore
+import httpx
+
+from actions.errors import PermanentActionError, RetryableActionError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+SETTING = "HOOKYARD_EGRESS_ALLOW"
+
+
+class EgressRefused(PermanentActionError):
+    """The policy refuses the target; retrying cannot help until the operator allows it."""
+
+
+class EgressAllowError(ValueError):
+    """An `HOOKYARD_EGRESS_ALLOW` entry cannot be read; the message names the entry."""
+
+
+def _nets(*cidrs: str) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(c) for c in cidrs)
+
+
+# (what the range is, its networks), checked in order: the first match names the refusal.
+_V4_REFUSED: tuple[tuple[str, tuple[IPNetwork, ...]], ...] = (
+    ("an unspecified address (0.0.0.0/8)", _nets("0.0.0.0/8")),
+    ("a loopback address", _nets("127.0.0.0/8")),
+    ("a private address (RFC 1918)", _nets("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")),
+    ("a shared address (CGNAT, RFC 6598)", _nets("100.64.0.0/10")),
+    ("a link-local address (cloud metadata service)", _nets("169.254.169.254/32")),
+    ("a link-local address", _nets("169.254.0.0/16")),
+    ("a documentation address", _nets("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")),
+    ("a benchmarking address (RFC 2544)", _nets("198.18.0.0/15")),
+    ("a multicast address", _nets("224.0.0.0/4")),
+    ("a reserved address", _nets("192.0.0.0/24", "192.88.99.0/24", "240.0.0.0/4")),
+)
+_V6_REFUSED: tuple[tuple[str, tuple[IPNetwork, ...]], ...] = (
+    ("an unspecified address (::)", _nets("::/128")),
+    ("a loopback address", _nets("::1/128")),
+    ("a link-local address (cloud metadata service)", _nets("fd00:ec2::254/128")),
+    ("a private address (IPv6 ULA)", _nets("fc00::/7")),
+    ("a link-local address", _nets("fe80::/10")),
+    ("a site-local address (deprecated, RFC 3879)", _nets("fec0::/10")),
+    ("a multicast address", _nets("ff00::/8")),
+    ("a Teredo address (embeds an obfuscated IPv4 address)", _nets("2001::/32")),
+    ("a documentation address", _nets("2001:db8::/32", "3fff::/20")),
+    ("a benchmarking address (RFC 5180)", _nets("2001:2::/48")),
+    ("a reserved address", _nets("64:ff9b:1::/48", "100::/64", "2001::/23")),
+)
+# Everything outside global unicast (2000::/3) is unassigned or special-purpose.
+_V6_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def classify(address: IPAddress) -> str | None:
+    """Why the default policy refuses `address` (e.g. "a loopback address"), or None if allowed."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded, form = _embedded_ipv4(address)
+        if embedded is not None:
+            reason = classify(embedded)
+            return None if reason is None else f"{reason} in {form} form"
+        return _first_match(address, _V6_REFUSED) or (None if address in _V6_GLOBAL_UNICAST else "a reserved address")
+    return _first_match(address, _V4_REFUSED)
+
+
+def _first_match(address: IPAddress, table: Iterable[tuple[str, tuple[IPNetwork, ...]]]) -> str | None:
+    for reason, networks in table:
+        if any(address in network for network in networks):
+            return reason
+    return None
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address | None, str]:
+    """The IPv4 address an IPv6 form carries, so `::ffff:127.0.0.1` is judged as 127.0.0.1."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped, "IPv4-mapped"
+    if address in _IPV4_COMPATIBLE and int(address) > 1:  # :: and ::1 are themselves
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), "IPv4-compatible"
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), "NAT64"
+    if address.sixtofour is not None:
+        return address.sixtofour, "6to4"
+    return None, ""
+
+
+@dataclass(frozen=True, slots=True)
+class AllowRule:
+    """One `HOOKYARD_EGRESS_ALLOW` entry: a network or a hostname, on one port or any."""
+
+    network: IPNetwork | None = None
+    host: str | None = None
+    port: int | None = None
+
+    def __str__(self) -> str:
+        target = str(self.network) if self.network is not None else str(self.host)
+        if self.port is None:
+            return target
+        return f"[{target}]:{self.port}" if ":" in target else f"{target}:{self.port}"
+
+
+def parse_allow(value: str) -> tuple[AllowRule, ...]:
+    """Parse a comma-separated allow list; raises `EgressAllowError` naming a bad entry."""
+    return tuple(_parse_entry(entry) for entry in (part.strip() for part in value.split(",")) if entry)
+
+
+def _parse_entry(entry: str) -> AllowRule:
+    def bad(why: str) -> EgressAllowError:
+        return EgressAllowError(f"{SETTING}: entry {entry!r} {why}")
+
+    target, port_text = entry, ""
+    if entry.startswith("["):
+        inner, sep, rest = entry[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise bad("is not '[ipv6]' or '[ipv6]:port'")
+        target, port_text = inner, rest[1:]
+        if not port_text and rest:
+            raise bad("has an empty port")
+    elif entry.count(":") == 1:
+        target, _, port_text = entry.partition(":")
+        if not port_text:
+            raise bad("has an empty port")
+    port = None
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise bad("has a port that is not 1-65535")
+        port = int(port_text)
+    try:
+        return AllowRule(network=ipaddress.ip_network(target, strict=False), port=port)
+    except ValueError:
+        pass
+    host = target.lower().rstrip(".")
+    labels = host.split(".")
+    if not host or not all(0 < len(label) < 64 and label.replace("-", "").isalnum() for label in labels):
+        raise bad("is not a CIDR, an address or a hostname")
+    if all(label.isdigit() for label in labels) or host.startswith("0x"):
+        raise bad("is not a CIDR, an address or a hostname")
+    if not host.isascii():
+        raise bad("is not a CIDR, an address or a hostname (write IDN names in punycode)")
+    return AllowRule(host=host, port=port)
+
+
+LOOPBACK: tuple[AllowRule, ...] = parse_allow("127.0.0.0/8,::1")
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPolicy:
+    """The default refusals plus the operator's exceptions."""
+
+    allow: tuple[AllowRule, ...] = ()
+
+    def allows_host(self, host: str, port: int) -> bool:
+        """Whether an entry names this host (as written in the URL) on this port."""
+        name = host.lower().rstrip(".")
+        return any(rule.host == name and rule.port in (None, port) for rule in self.allow)
+
+    def refusal(self, address: IPAddress, port: int) -> str | None:
+        """Why a connection to `address:port` is refused, or None if it is allowed."""
+        reason = classify(address)
+        if reason is None:
+            return None
+        for candidate in (address, _unwrapped(address)):
+            for rule in self.allow:
+                if rule.network is not None and candidate in rule.network and rule.port in (None, port):
+                    return None
+        return reason
+
+    async def resolve(self, host: str, port: int, timeout_s: float | None = None) -> list[IPAddress]:
+        """The addresses of `host` this policy lets a connection reach, in resolver order.
+
+        Raises `EgressRefused` naming the rule (never the resolved address, which may be
+        internal) when none is allowed.
+        """
+        numeric = numeric_address(host)
+        if numeric is not None:
+            addresses = [numeric]
+        else:
+            addresses = await _lookup(host, port, timeout_s)
+            if self.allows_host(host, port):
+                return addresses
+        allowed = [address for address in addresses if self.refusal(address, port) is None]
+        if allowed:
+            return allowed
+        reason = self.refusal(addresses[0], port)
+        shown = f"[{host}]" if ":" in host else host
+        verb = "is" if numeric is not None else "resolves to"
+        raise EgressRefused(f"egress refused: {shown}:{port} {verb} {reason}; allow it with {SETTING}")
+
+    async def check_url(self, url: str, timeout_s: float | None = 10.0) -> None:
+        """Check a URL's host and port, for clients that cannot connect through the backend."""
+        parsed = httpx.URL(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            await self.resolve(parsed.host, port, timeout_s)
+        except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+            raise RetryableActionError(str(exc)) from None
+
+
+def _unwrapped(address: IPAddress) -> IPAddress:
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded, _ = _embedded_ipv4(address)
+        if embedded is not None:
+            return embedded
+    return address
+
+
+def numeric_address(host: str) -> IPAddress | None:
+    """The address a numeric host means, in every form the C resolver accepts.
+
+    `2130706433`, `127.1`, `0x7f.1` and `0177.0.0.1` all mean 127.0.0.1 to `inet_aton`, which
+    `getaddrinfo` uses; asking it with AI_NUMERICHOST gives the same reading without any DNS.
+    """
+    try:
+        info = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return None
+    return ipaddress.ip_address(str(info[0][4][0]).partition("%")[0])
+
+
+async def _lookup(host: str, port: int, timeout_s: float | None) -> list[IPAddress]:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError as exc:
+        raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise httpcore.ConnectError(f"cannot resolve {host}") from exc
+    seen: dict[IPAddress, None] = {}
+    for info in infos:
+        # A scoped IPv6 address ("fe80::1%eth0") is link-local whatever its scope.
+        seen.setdefault(ipaddress.ip_address(str(info[4][0]).partition("%")[0]), None)
+    if not seen:
+        raise httpcore.ConnectError(f"cannot resolve {host}")
+    return list(seen)
+
+
+class EgressBackend(httpcore.AsyncNetworkBackend):
+    """Resolves, checks, then connects to a checked address through the default backend."""
+
+    def __init__(self, policy: EgressPolicy, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self.policy = policy
+        self._inner = inner if inner is not None else httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Connect to the first reachable allowed address of `host` (TLS later uses `host`)."""
+        addresses = await self.policy.resolve(host, port, timeout)
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None  # resolve() returns at least one address
+        raise last
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Never: a Unix socket is always local."""
+        raise EgressRefused(f"egress refused: Unix sockets are local; {SETTING} cannot allow them")
+
+    async def sleep(self, seconds: float) -> None:
+        """As the default backend."""
+        await self._inner.sleep(seconds)
+
+
+class EgressTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with its connection pool built on `EgressBackend`, and no proxy."""
+
+    def __init__(
+        self,
+        policy: EgressPolicy,
+        *,
+        limits: httpx.Limits | None = None,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        super().__init__(limits=limits, trust_env=False)
+        # Only the pool changes: httpx's request and error mapping stay as they are.
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=EgressBackend(policy, inner),
+        )
+
+
+def guarded_client(policy: EgressPolicy, *, limits: httpx.Limits | None = None) -> httpx.AsyncClient:
+    """The client actions get: every connection checked, no redirects, no proxy from the environment."""
+    transport = EgressTransport(policy, limits=limits)
+    return httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
