@@ -262,9 +262,20 @@ def start_redis(data_dir: Path, port: int) -> tuple[ManagedProcess, str]:
 
 
 def start_temporal(
-    data_dir: Path, port: int, ui_port: int | None = None, *, codec_endpoint: str | None = None
+    data_dir: Path,
+    port: int,
+    ui_port: int | None = None,
+    *,
+    codec_endpoint: str | None = None,
+    http_port: int | None = None,
+    metrics_port: int | None = None,
 ) -> tuple[ManagedProcess, str]:
-    """Start the Temporal dev server (SQLite file in the data dir); UI on ui_port unless None."""
+    """Start the Temporal dev server (SQLite file in the data dir); UI on ui_port unless None.
+
+    `http_port` and `metrics_port` default to free ports; pass the same ones to restart a
+    server on the ports it had. The argv is readable by every local user: never put a secret
+    in `codec_endpoint`.
+    """
     folder = data_dir / "temporal"
     folder.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -280,9 +291,9 @@ def start_temporal(
         "--log-level",
         "warn",
         "--http-port",
-        str(free_port()),
+        str(http_port or free_port()),
         "--metrics-port",
-        str(free_port()),
+        str(metrics_port or free_port()),
     ]
     if ui_port is None:
         argv.append("--headless")
