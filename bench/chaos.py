@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fault-gap", type=float, default=12.0, help="seconds between faults (default 12)")
     parser.add_argument("--cut-every", type=float, default=20.0, help="cut a live PostgreSQL connection (s)")
     parser.add_argument("--reset-share", type=float, default=0.005, help="new PostgreSQL connections reset")
-    parser.add_argument("--drain-timeout", type=float, default=600.0, help="give up waiting after this (s)")
+    parser.add_argument("--drain-timeout", type=float, default=1800.0, help="give up waiting after this (s)")
     parser.add_argument("--keep", action="store_true", help="keep the data dir (logs) after the run")
     return parser.parse_args(argv)
 
@@ -478,7 +478,8 @@ def ledger(
             after_kill += 1
         else:
             same_key_other += 1
-            examples["same_key_other"].append(f"{pair[0]}/{pair[1]}")
+            between = [what for at, what in timeline.faults if got[0].at - 1.0 < at < got[-1].at]
+            examples["same_key_other"].append(f"{pair[0]}/{pair[1]} (faults around: {', '.join(between) or 'none'})")
     unexpected = {p for p in ok if p not in expected}
     unaccepted = {p for p in unexpected if p[1] not in sending.accepted}
     wrongly_matched = unexpected - unaccepted
