@@ -142,7 +142,10 @@ class Supervisor:
             # The Temporal UI cannot send a codec token header, so its endpoint carries the
             # token; the proxy hands it to the UI's browser, never through an argv.
             codec = f"http://127.0.0.1:{self.ports.api}/codec/ui/{quote(self.codec_token, safe='')}"
-            self.ui_proxy = ReadOnlyUIProxy(self.ports.temporal_ui, ui_port, codec)
+            try:
+                self.ui_proxy = ReadOnlyUIProxy(self.ports.temporal_ui, ui_port, codec)
+            except OSError as exc:
+                raise services.ServiceError(f"Temporal UI port {self.ports.temporal_ui}: {exc}") from exc
             self.ui_proxy.start()
             urls["temporal_ui"] = f"http://127.0.0.1:{self.ports.temporal_ui}"
         return urls
