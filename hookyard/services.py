@@ -213,8 +213,13 @@ def _pg_running(pgdata: Path) -> bool:
     return True
 
 
+# Crash recovery after a kill -9, on a busy machine, can take well over 30 s.
+PG_READY_TIMEOUT_S = 120.0
+
+
 def _wait_pg_ready(port: int, proc: ManagedProcess) -> None:
-    for _ in range(300):
+    deadline = time.monotonic() + PG_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
         done = subprocess.run(  # noqa: S603
             [str(_pg_bin() / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
             capture_output=True,
@@ -224,7 +229,7 @@ def _wait_pg_ready(port: int, proc: ManagedProcess) -> None:
         if not proc.alive():
             break
         time.sleep(0.1)
-    raise ServiceError(f"postgres did not become ready; see {proc.log_path}")
+    raise ServiceError(f"postgres did not become ready in {PG_READY_TIMEOUT_S:g}s; see {proc.log_path}")
 
 
 # --- Redis ---------------------------------------------------------------------------------
