@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--temporal-ui-port", type=int, default=8233)
     dev.add_argument("--dispatcher-metrics-port", type=int, default=9100)
     dev.add_argument("--worker-metrics-port", type=int, default=9101)
+    dev.add_argument(
+        "--app-postgres-port",
+        type=int,
+        default=None,
+        help="the apps reach PostgreSQL on this port, e.g. through a proxy (default: --postgres-port)",
+    )
 
     sub.add_parser("serve", help="run the API and ingest server")
     sub.add_parser("dispatch", help="run the dispatcher")
@@ -248,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             args.temporal_ui_port,
             args.dispatcher_metrics_port,
             args.worker_metrics_port,
+            args.app_postgres_port,
         )
         return run_dev(Path(args.data_dir), ports)
     if args.command == "owners" and args.owners_command == "keys":

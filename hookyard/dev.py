@@ -2,8 +2,10 @@
 
 PostgreSQL, Redis and the Temporal dev server run from their wheels with state in the data dir
 (unless DATABASE_URL / REDIS_URL / TEMPORAL_ADDRESS point elsewhere); then migrations, then
-the api, dispatcher and worker as child processes, restarted if they die. Ctrl-C or SIGTERM
-stops the app processes first (they drain), then the servers.
+the api, dispatcher and worker as child processes. Every process is supervised: an app that
+dies is restarted, and so is a server (same data dir, same ports), which the console says.
+Ctrl-C or SIGTERM stops the app processes first (they drain), then the servers, and exits 0;
+a stop caused by a failure (a server that cannot be brought back) exits 1.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from urllib.parse import quote
 
 from hookyard import services
+from hookyard.devui import ReadOnlyUIProxy
 from hookyard.processes import new_master_key_line
 
 
@@ -37,6 +40,24 @@ class DevPorts:
     # Prometheus metrics of the dispatcher and the worker (the api serves its own at /metrics).
     dispatcher_metrics: int = 9100
     worker_metrics: int = 9101
+    # The apps reach PostgreSQL on this port when set (a proxy in front of it, e.g. the
+    # fault proxy of bench/chaos.py); migrations and the stack file use the server's own.
+    app_postgres: int | None = None
+
+
+# A dead server is started again this many times, waiting longer each time, before the
+# stack gives up and exits non-zero.
+SERVER_RESTART_ATTEMPTS = 5
+SERVER_RESTART_FIRST_WAIT_S = 0.5
+
+
+@dataclass
+class Server:
+    """A supervised server (PostgreSQL, Redis, Temporal) and how to start it again."""
+
+    name: str
+    proc: services.ManagedProcess
+    start: Callable[[], services.ManagedProcess]
 
 
 STACK_FILE = "stack.json"
@@ -92,9 +113,10 @@ class Supervisor:
     def __init__(self, data_dir: Path, ports: DevPorts) -> None:
         self.data_dir = data_dir.resolve()
         self.ports = ports
-        self.infra: list[services.ManagedProcess] = []
+        self.infra: list[Server] = []
         self.apps: dict[str, services.ManagedProcess] = {}
         self.env: dict[str, str] = {}
+        self.ui_proxy: ReadOnlyUIProxy | None = None
         self._stopping = False
         self.codec_token_path = codec_token_file(self.data_dir)
         self.codec_token = self.codec_token_path.read_text().strip()
@@ -107,33 +129,54 @@ class Supervisor:
             urls["database_url"] = env["DATABASE_URL"]
         else:
             _say(f"starting PostgreSQL on port {self.ports.postgres}")
-            proc, urls["database_url"] = services.start_postgres(self.data_dir, self.ports.postgres)
-            self.infra.append(proc)
+            self._add_server("postgres", lambda: services.start_postgres(self.data_dir, self.ports.postgres))
+            urls["database_url"] = f"postgresql://postgres@127.0.0.1:{self.ports.postgres}/postgres"
         if env.get("REDIS_URL"):
             urls["redis_url"] = env["REDIS_URL"]
         else:
             _say(f"starting Redis on port {self.ports.redis}")
-            proc, urls["redis_url"] = services.start_redis(self.data_dir, self.ports.redis)
-            self.infra.append(proc)
+            self._add_server("redis", lambda: services.start_redis(self.data_dir, self.ports.redis))
+            urls["redis_url"] = f"redis://127.0.0.1:{self.ports.redis}/0"
         if env.get("TEMPORAL_ADDRESS"):
             urls["temporal_address"] = env["TEMPORAL_ADDRESS"]
         else:
             _say(f"starting Temporal dev server on port {self.ports.temporal}")
-            # The Temporal UI cannot send a codec token header, so its endpoint carries the token.
-            codec = f"http://127.0.0.1:{self.ports.api}/codec/ui/{quote(self.codec_token, safe='')}"
-            proc, urls["temporal_address"] = services.start_temporal(
-                self.data_dir, self.ports.temporal, self.ports.temporal_ui, codec_endpoint=codec
+            # Fixed once, so a restarted server comes back on the same ports. The UI listens
+            # on an internal port behind the read-only proxy (hookyard/devui.py).
+            http_port, metrics_port, ui_port = services.free_port(), services.free_port(), services.free_port()
+            self._add_server(
+                "temporal",
+                lambda: services.start_temporal(
+                    self.data_dir, self.ports.temporal, ui_port, http_port=http_port, metrics_port=metrics_port
+                ),
             )
-            self.infra.append(proc)
+            urls["temporal_address"] = f"127.0.0.1:{self.ports.temporal}"
+            # The Temporal UI cannot send a codec token header, so its endpoint carries the
+            # token; the proxy hands it to the UI's browser, never through an argv.
+            codec = f"http://127.0.0.1:{self.ports.api}/codec/ui/{quote(self.codec_token, safe='')}"
+            try:
+                self.ui_proxy = ReadOnlyUIProxy(self.ports.temporal_ui, ui_port, codec)
+            except OSError as exc:
+                raise services.ServiceError(f"Temporal UI port {self.ports.temporal_ui}: {exc}") from exc
+            self.ui_proxy.start()
             urls["temporal_ui"] = f"http://127.0.0.1:{self.ports.temporal_ui}"
         return urls
+
+    def _add_server(self, name: str, start: Callable[[], tuple[services.ManagedProcess, str]]) -> None:
+        def start_proc() -> services.ManagedProcess:
+            return start()[0]
+
+        self.infra.append(Server(name, start_proc(), start_proc))
 
     def start_apps(self, urls: dict[str, str]) -> None:
         """Start api, dispatcher and worker with the stack's settings in their environment."""
         ui = self.ports.temporal_ui
+        database_url = urls["database_url"]
+        if self.ports.app_postgres:
+            database_url = database_url.replace(f":{self.ports.postgres}/", f":{self.ports.app_postgres}/", 1)
         self.env = {
             **os.environ,
-            "DATABASE_URL": urls["database_url"],
+            "DATABASE_URL": database_url,
             "REDIS_URL": urls["redis_url"],
             "TEMPORAL_ADDRESS": urls["temporal_address"],
             "HOOKYARD_PORT": str(self.ports.api),
@@ -154,19 +197,43 @@ class Supervisor:
         proc = subprocess.Popen(argv, env=env, start_new_session=True)  # noqa: S603
         return services.ManagedProcess(name, proc, Path("-"))
 
-    def watch(self) -> None:
-        """Restart app processes that die; return when asked to stop."""
+    def watch(self) -> bool:
+        """Restart processes that die; return when asked to stop (True) or on a failure (False)."""
         while not self._stopping:
+            for server in self.infra:
+                if not server.proc.alive() and not self._stopping and not self._restart_server(server):
+                    return False
             for name, proc in list(self.apps.items()):
                 if not proc.alive() and not self._stopping:
                     _say(f"{name} exited with {proc.process.returncode}; restarting")
                     time.sleep(1)
                     self.apps[name] = self._spawn_app(name)
-            for proc in self.infra:
-                if not proc.alive():
-                    _say(f"{proc.name} stopped unexpectedly; see {proc.log_path}. Shutting down.")
-                    return
             time.sleep(0.5)
+        return True
+
+    def _restart_server(self, server: Server) -> bool:
+        """Start a dead server again on its data dir and ports; False if it will not come back."""
+        code = server.proc.process.returncode
+        _say(f"{server.name} died (exit code {code}); restarting it with the same data dir and port")
+        # Whatever the dead leader left in its group (PostgreSQL backends hold its shared
+        # memory and would stop a new postmaster) goes first.
+        server.proc.kill()
+        wait = SERVER_RESTART_FIRST_WAIT_S
+        for attempt in range(1, SERVER_RESTART_ATTEMPTS + 1):
+            began = time.monotonic()
+            try:
+                server.proc = server.start()
+            except (services.ServiceError, OSError, subprocess.SubprocessError) as exc:
+                _say(f"{server.name} restart {attempt}/{SERVER_RESTART_ATTEMPTS} failed: {exc}")
+                if self._stopping:
+                    return True
+                time.sleep(wait)
+                wait *= 2
+                continue
+            _say(f"{server.name} is back after {time.monotonic() - began:.1f}s")
+            return True
+        _say(f"{server.name} could not be restarted; see {server.proc.log_path}. Shutting down.")
+        return False
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler: leave the watch loop."""
@@ -180,8 +247,10 @@ class Supervisor:
                 proc.terminate()
         for proc in self.apps.values():
             proc.stop(timeout=40)
-        for proc in reversed(self.infra):
-            proc.stop()
+        if self.ui_proxy is not None:
+            self.ui_proxy.stop()
+        for server in reversed(self.infra):
+            server.proc.stop()
         (self.data_dir / STACK_FILE).unlink(missing_ok=True)
 
 
@@ -194,6 +263,7 @@ def run_dev(data_dir: Path, ports: DevPorts) -> int:
     sup = Supervisor(data_dir, ports)
     signal.signal(signal.SIGTERM, sup.request_stop)
     signal.signal(signal.SIGINT, sup.request_stop)
+    clean = False
     try:
         urls = sup.start_infra()
         applied = asyncio.run(migrate(urls["database_url"]))
@@ -211,14 +281,15 @@ def run_dev(data_dir: Path, ports: DevPorts) -> int:
         }
         (sup.data_dir / STACK_FILE).write_text(json.dumps(stack, indent=2))
         _banner(stack)
-        sup.watch()
+        clean = sup.watch()
     except services.ServiceError as exc:
         _say(f"could not start: {exc}")
         return 1
     finally:
         _say("stopping")
         sup.stop()
-    return 0
+    # A stop caused by a failure must not look like a clean one to whoever runs the stack.
+    return 0 if clean else 1
 
 
 def _banner(stack: dict[str, str]) -> None:

@@ -213,8 +213,13 @@ def _pg_running(pgdata: Path) -> bool:
     return True
 
 
+# Crash recovery after a kill -9, on a busy machine, can take well over 30 s.
+PG_READY_TIMEOUT_S = 120.0
+
+
 def _wait_pg_ready(port: int, proc: ManagedProcess) -> None:
-    for _ in range(300):
+    deadline = time.monotonic() + PG_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
         done = subprocess.run(  # noqa: S603
             [str(_pg_bin() / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
             capture_output=True,
@@ -224,7 +229,7 @@ def _wait_pg_ready(port: int, proc: ManagedProcess) -> None:
         if not proc.alive():
             break
         time.sleep(0.1)
-    raise ServiceError(f"postgres did not become ready; see {proc.log_path}")
+    raise ServiceError(f"postgres did not become ready in {PG_READY_TIMEOUT_S:g}s; see {proc.log_path}")
 
 
 # --- Redis ---------------------------------------------------------------------------------
@@ -262,9 +267,20 @@ def start_redis(data_dir: Path, port: int) -> tuple[ManagedProcess, str]:
 
 
 def start_temporal(
-    data_dir: Path, port: int, ui_port: int | None = None, *, codec_endpoint: str | None = None
+    data_dir: Path,
+    port: int,
+    ui_port: int | None = None,
+    *,
+    codec_endpoint: str | None = None,
+    http_port: int | None = None,
+    metrics_port: int | None = None,
 ) -> tuple[ManagedProcess, str]:
-    """Start the Temporal dev server (SQLite file in the data dir); UI on ui_port unless None."""
+    """Start the Temporal dev server (SQLite file in the data dir); UI on ui_port unless None.
+
+    `http_port` and `metrics_port` default to free ports; pass the same ones to restart a
+    server on the ports it had. The argv is readable by every local user: never put a secret
+    in `codec_endpoint`.
+    """
     folder = data_dir / "temporal"
     folder.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -280,9 +296,9 @@ def start_temporal(
         "--log-level",
         "warn",
         "--http-port",
-        str(free_port()),
+        str(http_port or free_port()),
         "--metrics-port",
-        str(free_port()),
+        str(metrics_port or free_port()),
     ]
     if ui_port is None:
         argv.append("--headless")
