@@ -37,6 +37,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SETTING = "HOOKYARD_EGRESS_ALLOW"
+DENY_SETTING = "HOOKYARD_EGRESS_DENY"
+# Why a denied target is refused: the deployment's own listeners, whatever else is allowed.
+DENIED = f"a port this deployment keeps for itself ({DENY_SETTING})"
 
 
 class EgressRefused(PermanentActionError):
@@ -129,14 +132,14 @@ class AllowRule:
         return f"[{target}]:{self.port}" if ":" in target else f"{target}:{self.port}"
 
 
-def parse_allow(value: str) -> tuple[AllowRule, ...]:
-    """Parse a comma-separated allow list; raises `EgressAllowError` naming a bad entry."""
-    return tuple(_parse_entry(entry) for entry in (part.strip() for part in value.split(",")) if entry)
+def parse_allow(value: str, setting: str = SETTING) -> tuple[AllowRule, ...]:
+    """Parse a comma-separated allow (or deny) list; raises `EgressAllowError` naming a bad entry."""
+    return tuple(_parse_entry(entry, setting) for entry in (part.strip() for part in value.split(",")) if entry)
 
 
-def _parse_entry(entry: str) -> AllowRule:
+def _parse_entry(entry: str, setting: str) -> AllowRule:
     def bad(why: str) -> EgressAllowError:
-        return EgressAllowError(f"{SETTING}: entry {entry!r} {why}")
+        return EgressAllowError(f"{setting}: entry {entry!r} {why}")
 
     target, port_text = entry, ""
     if entry.startswith("["):
@@ -175,9 +178,12 @@ LOOPBACK: tuple[AllowRule, ...] = parse_allow("127.0.0.0/8,::1")
 
 @dataclass(frozen=True, slots=True)
 class EgressPolicy:
-    """The default refusals plus the operator's exceptions."""
+    """The default refusals plus the operator's exceptions; `deny` beats everything."""
 
     allow: tuple[AllowRule, ...] = ()
+    # Targets refused even where `allow` admits their range (the dev stack's own ports on
+    # loopback), so an owner's action cannot talk to Temporal, PostgreSQL or the metrics.
+    deny: tuple[AllowRule, ...] = ()
 
     def allows_host(self, host: str, port: int) -> bool:
         """Whether an entry names this host (as written in the URL) on this port."""
@@ -186,13 +192,11 @@ class EgressPolicy:
 
     def refusal(self, address: IPAddress, port: int) -> str | None:
         """Why a connection to `address:port` is refused, or None if it is allowed."""
+        if _matches(self.deny, address, port):
+            return DENIED
         reason = classify(address)
-        if reason is None:
+        if reason is None or _matches(self.allow, address, port):
             return None
-        for candidate in (address, _unwrapped(address)):
-            for rule in self.allow:
-                if rule.network is not None and candidate in rule.network and rule.port in (None, port):
-                    return None
         return reason
 
     async def resolve(self, host: str, port: int, timeout_s: float | None = None) -> list[IPAddress]:
@@ -207,14 +211,17 @@ class EgressPolicy:
         else:
             addresses = await _lookup(host, port, timeout_s)
             if self.allows_host(host, port):
-                return addresses
+                addresses = [address for address in addresses if not _matches(self.deny, address, port)]
+                if addresses:
+                    return addresses
+                raise EgressRefused(f"egress refused: {_shown(host)}:{port} is {DENIED}")
         allowed = [address for address in addresses if self.refusal(address, port) is None]
         if allowed:
             return allowed
         reason = self.refusal(addresses[0], port)
-        shown = f"[{host}]" if ":" in host else host
         verb = "is" if numeric is not None else "resolves to"
-        raise EgressRefused(f"egress refused: {shown}:{port} {verb} {reason}; allow it with {SETTING}")
+        hint = "" if reason == DENIED else f"; allow it with {SETTING}"
+        raise EgressRefused(f"egress refused: {_shown(host)}:{port} {verb} {reason}{hint}")
 
     async def check_url(self, url: str, timeout_s: float | None = 10.0) -> None:
         """Check a URL's host and port, for clients that cannot connect through the backend."""
@@ -224,6 +231,19 @@ class EgressPolicy:
             await self.resolve(parsed.host, port, timeout_s)
         except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
             raise RetryableActionError(str(exc)) from None
+
+
+def _matches(rules: Iterable[AllowRule], address: IPAddress, port: int) -> bool:
+    """Whether a network rule covers the address (or the IPv4 address inside it) on this port."""
+    candidates = (address, _unwrapped(address))
+    return any(
+        rule.network is not None and rule.port in (None, port) and any(c in rule.network for c in candidates)
+        for rule in rules
+    )
+
+
+def _shown(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _unwrapped(address: IPAddress) -> IPAddress:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -93,6 +93,14 @@ def dev_egress_allow(environ: Mapping[str, str]) -> str:
     return environ.get("HOOKYARD_EGRESS_ALLOW", DEV_EGRESS_ALLOW)
 
 
+def dev_egress_deny(ports: Iterable[int], environ: Mapping[str, str]) -> str:
+    """Every port the stack listens on, on loopback, plus the environment's own deny list: the
+    loopback exception is for receivers, never for Temporal, PostgreSQL, Redis or the metrics."""
+    own = [f"{net}:{port}" for port in sorted(set(ports)) for net in ("127.0.0.0/8", "[::1]")]
+    extra = environ.get("HOOKYARD_EGRESS_DENY", "").strip()
+    return ",".join([*own, extra] if extra else own)
+
+
 def egress_summary(allow: str) -> str:
     """What actions of the dev stack may reach, for its banner."""
     return f"public addresses + {allow}" if allow.strip() else "public addresses only"
@@ -117,6 +125,17 @@ class Supervisor:
         self.apps: dict[str, services.ManagedProcess] = {}
         self.env: dict[str, str] = {}
         self.ui_proxy: ReadOnlyUIProxy | None = None
+        # Every port the stack's servers and apps listen on; actions may never reach them.
+        self.own_ports: set[int] = {
+            ports.api,
+            ports.postgres,
+            ports.redis,
+            ports.temporal,
+            ports.temporal_ui,
+            ports.dispatcher_metrics,
+            ports.worker_metrics,
+            *([ports.app_postgres] if ports.app_postgres else []),
+        }
         self._stopping = False
         self.codec_token_path = codec_token_file(self.data_dir)
         self.codec_token = self.codec_token_path.read_text().strip()
@@ -144,6 +163,7 @@ class Supervisor:
             # Fixed once, so a restarted server comes back on the same ports. The UI listens
             # on an internal port behind the read-only proxy (hookyard/devui.py).
             http_port, metrics_port, ui_port = services.free_port(), services.free_port(), services.free_port()
+            self.own_ports |= {http_port, metrics_port, ui_port}
             self._add_server(
                 "temporal",
                 lambda: services.start_temporal(
@@ -184,6 +204,7 @@ class Supervisor:
             "HOOKYARD_CODEC_AUTH_TOKEN": self.codec_token,
             "HOOKYARD_CODEC_CORS_ORIGINS": f"http://127.0.0.1:{ui},http://localhost:{ui}",
             "HOOKYARD_EGRESS_ALLOW": dev_egress_allow(os.environ),
+            "HOOKYARD_EGRESS_DENY": dev_egress_deny(self.own_ports, os.environ),
         }
         for name in _APP_PROCESSES:
             self.apps[name] = self._spawn_app(name)
@@ -277,7 +298,7 @@ def run_dev(data_dir: Path, ports: DevPorts) -> int:
             "api": api,
             "data_dir": str(sup.data_dir),
             "codec_token_file": str(sup.codec_token_path),
-            "egress": egress_summary(sup.env["HOOKYARD_EGRESS_ALLOW"]),
+            "egress": egress_summary(sup.env["HOOKYARD_EGRESS_ALLOW"]) + ", never the stack's own ports",
         }
         (sup.data_dir / STACK_FILE).write_text(json.dumps(stack, indent=2))
         _banner(stack)

@@ -100,6 +100,8 @@ class Settings:
     rate_limits: tuple[tuple[str, float], ...] = ()
     # Exceptions to the egress policy (actions/egress.py); none: actions reach public addresses only.
     egress_allow: tuple[AllowRule, ...] = ()
+    # Targets refused even inside an allowed range (same syntax): the deployment's own listeners.
+    egress_deny: tuple[AllowRule, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -183,6 +185,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_OTEL_ENDPOINT": ("otel_endpoint", str),
     "HOOKYARD_RATE_LIMITS": ("rate_limits", lambda v: parse_rate_limits(v)),
     "HOOKYARD_EGRESS_ALLOW": ("egress_allow", lambda v: parse_egress_allow(v)),
+    "HOOKYARD_EGRESS_DENY": ("egress_deny", lambda v: parse_egress_allow(v, "HOOKYARD_EGRESS_DENY")),
 }
 
 
@@ -220,10 +223,10 @@ def parse_rate_limits(value: str) -> tuple[tuple[str, float], ...]:
     return tuple(rates)
 
 
-def parse_egress_allow(value: str) -> tuple[AllowRule, ...]:
+def parse_egress_allow(value: str, setting: str = "HOOKYARD_EGRESS_ALLOW") -> tuple[AllowRule, ...]:
     """Parse `cidr`, `cidr:port`, `host`, `host:port` and `[ipv6]:port` entries, comma-separated."""
     try:
-        return parse_allow(value)
+        return parse_allow(value, setting)
     except EgressAllowError as exc:
         raise SettingsError(str(exc)) from None
 

@@ -79,7 +79,7 @@ async def run_worker(
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     # Every outbound request (actions, token refreshes, Gmail) connects only where the egress
     # policy allows, to the address it checked; redirects are never followed.
-    egress = EgressPolicy(settings.egress_allow)
+    egress = EgressPolicy(settings.egress_allow, settings.egress_deny)
     # Provider rate limits shared with every other worker; short timeouts, as a Redis outage
     # only turns limiting off (actions/ratelimit.py).
     redis_client = redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)

@@ -209,6 +209,64 @@ def test_codec_token_is_in_no_process_argv(stack: DevStack):
         assert token not in argv and quote(token, safe="") not in argv, f"pid {stat.name}: {argv[:200]}"
 
 
+def _owner_api(stack: DevStack, name: str) -> httpx.Client:
+    created = subprocess.run(
+        [sys.executable, "-m", "hookyard.cli", "owners", "create", name, "--data-dir", str(stack.data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+    )
+    key = created.stdout.split("API key: ")[1].split()[0]
+    return httpx.Client(base_url=stack.api, headers={"authorization": f"Bearer {key}"}, timeout=10)
+
+
+def _http_workflow(api: httpx.Client, endpoint_id: str, url: str) -> str:
+    workflow = api.post(
+        "/api/workflows",
+        json={
+            "name": url[:100],
+            "trigger": {"type": "webhook.received", "config": {"endpoint_id": endpoint_id}},
+            "action": {"type": "http.request", "config": {"url": url, "method": "GET"}},
+        },
+    )
+    assert workflow.status_code == 201, workflow.text
+    return str(workflow.json()["id"])
+
+
+def test_actions_reach_a_loopback_receiver_but_never_the_stacks_own_ports(stack: DevStack):
+    api, secret, receiver = _owner_api(stack, "prober"), b64secret(), _Receiver()
+    endpoint = api.post("/api/endpoints", json={"name": "e", "scheme": "standard-webhooks", "secret": secret})
+    assert endpoint.status_code == 201, endpoint.text
+    endpoint_id = endpoint.json()["id"]
+    ok = api.post(
+        "/api/workflows",
+        json={
+            "name": "receiver",
+            "trigger": {"type": "webhook.received", "config": {"endpoint_id": endpoint_id}},
+            "action": {"type": "http.request", "config": {"url": receiver.url, "body": {"n": 1}}},
+        },
+    )
+    assert ok.status_code == 201, ok.text
+    probes = [
+        _http_workflow(api, endpoint_id, f"{stack.ui}/api/v1/settings"),
+        _http_workflow(api, endpoint_id, f"{stack.api}/metrics"),
+        _http_workflow(api, endpoint_id, f"http://localhost:{stack.ports['temporal-port']}/"),
+    ]
+    _post_until_accepted(f"{stack.api}/hooks/{endpoint_id}", b'{"n": 1}', secret)
+    deadline = time.monotonic() + 60
+    for workflow_id in probes:
+        while True:
+            items = api.get(f"/api/workflows/{workflow_id}/executions").json()["items"]
+            if items and items[0]["status"] in ("succeeded", "failed"):
+                break
+            assert time.monotonic() < deadline, f"probe never finished:\n{stack.output()[-3000:]}"
+            time.sleep(0.3)
+        assert items[0]["status"] == "failed", items[0]
+        assert "HOOKYARD_EGRESS_DENY" in items[0]["error"], items[0]["error"]
+    assert {"n": 1} in receiver.bodies
+
+
 def test_killed_postgres_and_temporal_are_restarted_and_a_webhook_accepted_afterwards_runs(stack: DevStack):
     created = subprocess.run(
         [sys.executable, "-m", "hookyard.cli", "owners", "create", "acme", "--data-dir", str(stack.data_dir)],

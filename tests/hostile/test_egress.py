@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from actions import gmail, novu
 from actions.base import ActionContext, Credential
 from actions.egress import (
+    DENIED,
+    DENY_SETTING,
     LOOPBACK,
     EgressBackend,
     EgressPolicy,
@@ -35,7 +37,7 @@ from actions.egress import (
 )
 from actions.errors import RetryableActionError
 from hookyard import services
-from hookyard.dev import dev_egress_allow, egress_summary
+from hookyard.dev import dev_egress_allow, dev_egress_deny, egress_summary
 from hookyard.settings import Settings, SettingsError, load_settings
 from oauth.crypto import Keyring
 from schemas import db
@@ -585,3 +587,36 @@ def test_dev_stack_keeps_the_allow_list_of_its_environment() -> None:
         assert policy.refusal(ipaddress.ip_address("127.0.0.1"), port) is not None
     assert policy.refusal(ipaddress.ip_address("::1"), 9000) is not None
     assert egress_summary(dev_egress_allow({"HOOKYARD_EGRESS_ALLOW": ""})) == "public addresses only"
+
+
+def test_a_denied_port_is_refused_even_inside_an_allowed_range() -> None:
+    policy = EgressPolicy(parse_allow("127.0.0.0/8"), parse_allow("127.0.0.0/8:7233", DENY_SETTING))
+    assert policy.refusal(ipaddress.ip_address("127.0.0.1"), 9000) is None
+    assert policy.refusal(ipaddress.ip_address("127.0.0.1"), 7233) == DENIED
+    assert policy.refusal(ipaddress.ip_address("::ffff:127.0.0.1"), 7233) == DENIED
+
+
+async def test_a_denied_target_is_refused_by_name_too_and_says_which_setting() -> None:
+    policy = EgressPolicy(parse_allow("localhost"), parse_allow("127.0.0.0/8:7233,[::1]:7233", DENY_SETTING))
+    with pytest.raises(EgressRefused, match="HOOKYARD_EGRESS_DENY") as refused:
+        await policy.resolve("localhost", 7233)
+    assert "allow it" not in str(refused.value)
+    assert await policy.resolve("localhost", 9000)
+
+
+def test_dev_stack_denies_its_own_ports_on_both_loopbacks_and_keeps_the_environments_list() -> None:
+    deny = dev_egress_deny([8000, 7233], {"HOOKYARD_EGRESS_DENY": "127.0.0.1:9999"})
+    policy = EgressPolicy(
+        load_settings({"HOOKYARD_EGRESS_ALLOW": dev_egress_allow({})}).egress_allow,
+        load_settings({"HOOKYARD_EGRESS_DENY": deny}).egress_deny,
+    )
+    for port in (8000, 7233, 9999):
+        assert policy.refusal(ipaddress.ip_address("127.0.0.1"), port) == DENIED
+    for port in (8000, 7233):
+        assert policy.refusal(ipaddress.ip_address("::1"), port) == DENIED
+    assert policy.refusal(ipaddress.ip_address("127.0.0.1"), 9000) is None
+
+
+def test_a_bad_deny_entry_names_the_deny_setting() -> None:
+    with pytest.raises(SettingsError, match="HOOKYARD_EGRESS_DENY: entry 'no such'"):
+        load_settings({"HOOKYARD_EGRESS_DENY": "no such"})
