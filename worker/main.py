@@ -74,7 +74,10 @@ async def run_worker(
     tracing: Tracing = NOOP,
 ) -> None:
     """Run until `stop` is set, then shut down gracefully; reconnect if Temporal goes away."""
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
+    # Started before PostgreSQL (or while it restarts): wait for it rather than exit.
+    pool = await db.wait_for_pool(settings.database_url, stop, min_size=1, max_size=settings.db_pool_max)
+    if pool is None:
+        return
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     # Provider rate limits shared with every other worker; short timeouts, as a Redis outage
     # only turns limiting off (actions/ratelimit.py).

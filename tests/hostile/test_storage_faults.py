@@ -21,14 +21,20 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
+from temporalio.testing import ActivityEnvironment
 
+from actions import registry
+from actions.base import ActionContext, ActionType
 from hookyard import services
 from ingest.errors import EXCEPTION_HANDLERS
+from oauth.crypto import Keyring
 from schemas.db import is_storage_error
-from tests.conftest import Receiver, Stack, serve, wait_for
+from tests.conftest import Owner, Receiver, Stack, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, send
 from tests.faultproxy import FaultProxy, fault_proxy
 from tests.processes import AppProcess, Deployment, deployment, owner_client
+from worker.activities import AutomationActivities
+from worker.contracts import BatchInput, Outcome
 
 pytestmark = pytest.mark.integration
 
@@ -249,7 +255,8 @@ class PrivatePostgres:
         self.url = ""
 
     def start(self) -> None:
-        self.process, self.url = services.start_postgres(self.data_dir, self.port, durable=False)
+        # Durable: it is killed -9, and what it acknowledged must survive that, as in production.
+        self.process, self.url = services.start_postgres(self.data_dir, self.port)
 
     def kill(self) -> None:
         if self.process is not None and self.process.alive():
@@ -285,9 +292,9 @@ async def test_a_worker_started_while_postgres_is_down_waits_and_then_works(
         await deploy.pool.expire_connections()
         private_postgres.kill()
         worker = deploy.spawn("worker")
-        await asyncio.sleep(3)
+        await wait_for(lambda: _logged(worker, "waiting for PostgreSQL"), timeout=30)
+        await asyncio.sleep(2)
         assert worker.alive(), worker.log_tail()
-        assert "waiting for PostgreSQL" in worker.log()
         private_postgres.start()
         await deploy.started(worker)
         await deploy.start("dispatch")
@@ -298,3 +305,78 @@ async def test_a_worker_started_while_postgres_is_down_waits_and_then_works(
 
 async def _any(receiver: Receiver, path: str) -> bool:
     return bool(receiver.to(path))
+
+
+async def _logged(proc: AppProcess, text: str) -> bool:
+    assert proc.alive(), proc.log_tail()
+    return text in proc.log()
+
+
+async def _deep_result(ctx: ActionContext, config: object) -> dict[str, Any]:
+    deep: list[Any] = []
+    for _ in range(100_000):  # beyond any recursion limit and any JSON encoder's depth
+        deep = [deep]
+    return {"deep": deep}
+
+
+async def _queued(pool: asyncpg.Pool, owner: Owner, workflow_id: str, status: str = "queued") -> str:
+    """An execution row the dispatcher has already handed over (so no dispatcher takes it)."""
+    async with pool.acquire() as conn:
+        execution_id = await conn.fetchval(
+            "INSERT INTO executions (owner_id, workflow_id, trigger_data, signalled_at, status, attempts) "
+            "VALUES ($1, $2, '{}'::jsonb, now(), $3, $4) RETURNING id",
+            uuid.UUID(owner.id),
+            uuid.UUID(workflow_id),
+            status,
+            1 if status == "running" else 0,
+        )
+    return str(execution_id)
+
+
+async def _status(pool: asyncpg.Pool, execution_id: str) -> asyncpg.Record:
+    async with pool.acquire() as conn:
+        row: asyncpg.Record = await conn.fetchrow(
+            "SELECT status, attempts, result, error FROM executions WHERE id = $1", uuid.UUID(execution_id)
+        )
+    return row
+
+
+async def test_an_execution_whose_result_cannot_be_handled_fails_alone_not_its_batch(
+    pool: asyncpg.Pool, keyring: Keyring, owner: Owner, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(registry.ACTIONS, "test.deep", ActionType("test.deep", "deep result", {}, _deep_result))  # type: ignore[index]
+    endpoint = await create_endpoint(owner.client)
+    path = f"/isolated/{uuid.uuid4().hex}"
+    healthy = await create_workflow(owner.client, endpoint["id"], receiver.url + path)
+    poisoned = await create_workflow(owner.client, endpoint["id"], receiver.url + path)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE workflows SET action_type = 'test.deep' WHERE id = $1", uuid.UUID(poisoned["id"]))
+    ok, bad = await _queued(pool, owner, healthy["id"]), await _queued(pool, owner, poisoned["id"])
+    async with httpx.AsyncClient() as http:
+        activities = AutomationActivities(pool, http, keyring)
+        outcomes = await ActivityEnvironment().run(activities.run_batch, BatchInput(healthy["id"], [ok, bad]))
+    assert outcomes[0] == Outcome(ok, "succeeded")
+    assert outcomes[1].execution_id == bad and outcomes[1].status != "skipped"
+    assert (await _status(pool, ok))["status"] == "succeeded"
+    assert (await _status(pool, bad))["error"]
+    assert _requests(receiver, path, ok) == 1
+
+
+async def test_a_retried_batch_writes_the_outcome_kept_in_its_heartbeat_and_runs_nothing_again(
+    pool: asyncpg.Pool, keyring: Keyring, owner: Owner, receiver: Receiver
+) -> None:
+    endpoint = await create_endpoint(owner.client)
+    path = f"/kept/{uuid.uuid4().hex}"
+    workflow = await create_workflow(owner.client, endpoint["id"], receiver.url + path)
+    # The first attempt sent the request and kept its outcome, but never wrote it.
+    done = await _queued(pool, owner, workflow["id"], status="running")
+    kept = {"id": done, "status": "succeeded", "error": None, "result": {"status_code": 200}, "retry_in_s": None}
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, heartbeat_details=[[kept]], attempt=2)
+    async with httpx.AsyncClient() as http:
+        activities = AutomationActivities(pool, http, keyring)
+        outcomes = await env.run(activities.run_batch, BatchInput(workflow["id"], [done]))
+    assert outcomes == [Outcome(done, "succeeded")]
+    row = await _status(pool, done)
+    assert (row["status"], row["attempts"], row["result"]) == ("succeeded", 1, {"status_code": 200})
+    assert receiver.to(path) == []
