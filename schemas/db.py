@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -54,8 +54,14 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
     return pool
 
 
+@overload
+async def wait_for_pool(url: str, stop: None, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool: ...
+@overload
 async def wait_for_pool(
-    url: str, stop: asyncio.Event | None = None, *, min_size: int = 2, max_size: int = 10
+    url: str, stop: asyncio.Event, *, min_size: int = 2, max_size: int = 10
+) -> asyncpg.Pool | None: ...
+async def wait_for_pool(
+    url: str, stop: asyncio.Event | None, *, min_size: int = 2, max_size: int = 10
 ) -> asyncpg.Pool | None:
     """`create_pool`, retried with backoff (to 10 s) while PostgreSQL is not up yet.
 
