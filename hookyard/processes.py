@@ -109,7 +109,9 @@ def dispatch(settings: Settings) -> None:
 
     async def main() -> None:
         stop = stop_event()
-        pool = await db.create_pool(settings.database_url, min_size=1, max_size=4)
+        pool = await db.wait_for_pool(settings.database_url, stop, min_size=1, max_size=4)
+        if pool is None:
+            return
         try:
             log.info("dispatcher running")
             await Dispatcher(pool, settings, metrics=metrics, tracing=tracing).run(stop)

@@ -37,7 +37,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
-        pool = await db.create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        # Started before PostgreSQL (or while it restarts): wait for it rather than exit.
+        pool = await db.wait_for_pool(
+            settings.database_url, None, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        )
         inbox = InboxWriter(pool)
         endpoints = EndpointCache(pool, keyring, settings.database_url)
         endpoints.start()

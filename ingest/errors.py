@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ingest.inbox import InboxClosed
+from schemas import db
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +100,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal_error", "internal error")
 
 
-# Connection-level failures mean "try again later", never "your request was bad".
-STORAGE_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
-    # Transient conflicts and a server shutting down: the sender's retry will succeed.
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.SerializationError,
-    InboxClosed,
-)
+# The database being unavailable (schemas.db's one classification) means "try again later",
+# never "your request was bad"; a closing inbox likewise.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (*db.STORAGE_ERRORS, InboxClosed)
 
 
 async def _unstorable(request: Request, exc: Exception) -> Response:

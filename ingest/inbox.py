@@ -12,6 +12,7 @@ from contextlib import suppress
 
 import asyncpg
 
+from schemas.db import is_storage_error
 from schemas.store.events import NewEvent, Stored, insert_events
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class InboxWriter:
         try:
             stored = dict(await self._insert(events))
         except asyncpg.PostgresError as exc:
-            if isinstance(exc, asyncpg.PostgresConnectionError) or len(events) == 1:
+            if is_storage_error(exc) or len(events) == 1:
                 self._fail(batch, exc)
                 return
             # One unstorable event must not fail everyone else's request: store them one by one.

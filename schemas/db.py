@@ -6,12 +6,35 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
+from typing import Any, overload
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
 
 log = logging.getLogger(__name__)
+
+# The one classification of database errors: these mean "PostgreSQL cannot answer now" (the
+# connection broke, the server is restarting or refusing connections, a statement was cancelled
+# by a timeout or an administrator, a transaction lost a conflict), never "this request is
+# wrong". Every process treats them as transient: ingest answers 503 with Retry-After, the
+# dispatcher, worker and sync loops back off and carry on.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,  # refused, reset, unreachable; includes TimeoutError (connect and command timeouts)
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, and a connection closed mid-operation
+    asyncpg.exceptions.OperatorInterventionError,  # 57: shutdown, crash, cannot connect now, cancelled
+    asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections, disk full
+    asyncpg.exceptions.TransactionRollbackError,  # 40: deadlock, serialization failure
+    asyncpg.exceptions.InternalClientError,  # protocol state after a broken operation ("cannot switch to state")
+    asyncpg.InterfaceError,  # pool closed, connection released or closed under us
+)
+# Subclasses of the above that are a mistake in the request or the settings: retrying cannot help.
+_PERMANENT: tuple[type[Exception], ...] = (asyncpg.exceptions.ClientConfigurationError,)
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """True if `exc` means the database is unavailable for now (retry later), see STORAGE_ERRORS."""
+    return isinstance(exc, STORAGE_ERRORS) and not isinstance(exc, _PERMANENT)
 
 
 def _dumps(value: Any) -> str:
@@ -29,6 +52,43 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
         url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
     )
     return pool
+
+
+@overload
+async def wait_for_pool(url: str, stop: None, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool: ...
+@overload
+async def wait_for_pool(
+    url: str, stop: asyncio.Event, *, min_size: int = 2, max_size: int = 10
+) -> asyncpg.Pool | None: ...
+async def wait_for_pool(
+    url: str, stop: asyncio.Event | None, *, min_size: int = 2, max_size: int = 10
+) -> asyncpg.Pool | None:
+    """`create_pool`, retried with backoff (to 10 s) while PostgreSQL is not up yet.
+
+    Processes start before their database does (or while it restarts) and wait, saying so,
+    rather than exit. Returns None if `stop` is set first.
+    """
+    delay = 0.5
+    while stop is None or not stop.is_set():
+        try:
+            return await create_pool(url, min_size=min_size, max_size=max_size)
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
+            log.warning("waiting for PostgreSQL at %s (%s); retrying in %.1fs", _where(url), type(exc).__name__, delay)
+        if stop is None:
+            await asyncio.sleep(delay)
+        else:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 10.0)
+    return None
+
+
+def _where(url: str) -> str:
+    """Host and port of a database URL, never its credentials."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
 
 
 async def connect(url: str) -> asyncpg.Connection:
@@ -52,7 +112,7 @@ async def listen(
     while True:
         try:
             conn = await connect(url)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except Exception as exc:  # whatever it is, the listener waits and tries again
             log.warning("listener for %s cannot connect: %s", channel, type(exc).__name__)
             await asyncio.sleep(2)
             continue
@@ -63,7 +123,7 @@ async def listen(
             while True:
                 await asyncio.sleep(5)
                 await conn.execute("SELECT 1")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:  # STORAGE_ERRORS, or anything else: reconnect, never die
             log.warning("listener for %s lost its connection: %s", channel, type(exc).__name__)
         finally:
             with suppress(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from datetime import timedelta
 from functools import partial
@@ -20,6 +20,7 @@ from uuid import UUID
 
 import asyncpg
 import httpx
+import orjson
 from temporalio import activity
 
 from actions.base import ActionContext, RateLimiter
@@ -28,6 +29,7 @@ from actions.errors import PermanentActionError, RetryableActionError
 from actions.registry import UnknownAction, get_action
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES
 from oauth.crypto import Keyring
+from schemas.db import is_storage_error
 from schemas.sanitize import strip_nul
 from schemas.store import executions as store
 from schemas.store.signing import load_signing_secret
@@ -76,38 +78,84 @@ class AutomationActivities:
 
     @activity.defn(name=RUN_BATCH_ACTIVITY)
     async def run_batch(self, batch: BatchInput) -> list[Outcome]:
-        """Attempt every execution of the batch concurrently; finished ones are skipped."""
+        """Attempt every execution of the batch concurrently; finished ones are skipped.
+
+        An attempt whose action finished is recorded before anything can run it again: its
+        outcome is kept in the heartbeat details at once and written with retries for as long
+        as the activity lives. A retry of this activity (worker lost, activity cancelled)
+        writes and reports the outcomes kept there instead of running those actions again.
+        """
         info = activity.info()
-        beat = asyncio.create_task(_heartbeat(info.heartbeat_timeout))
+        kept = KeptOutcomes.from_details(info.heartbeat_details, batch.execution_ids)
+        beat = asyncio.create_task(_heartbeat(info.heartbeat_timeout, kept))
         try:
+            recovered = kept.unwritten()
+            if recovered:
+                log.warning("recording %d outcomes kept by an earlier attempt of this batch", len(recovered))
+                await self._write(recovered)
+                kept.mark_written(recovered)
             async with self._pool.acquire() as conn:
                 rows = await store.claim_for_run(
-                    conn, [UUID(i) for i in batch.execution_ids], info.workflow_id or "", info.workflow_run_id or ""
+                    conn,
+                    [UUID(i) for i in batch.execution_ids if i not in kept],
+                    info.workflow_id or "",
+                    info.workflow_run_id or "",
                 )
             # Each outcome is written the moment its attempt ends, so a batch retried after a
-            # crash re-runs only the attempts that had not finished.
-            records = await asyncio.gather(*(self._attempt_and_record(row) for row in rows))
+            # crash re-runs only the attempts that had not finished. The task group cancels
+            # every attempt if the activity fails or is cancelled: none outlives it.
+            async with asyncio.TaskGroup() as attempts:
+                for row in rows:
+                    attempts.create_task(self._attempt_and_record(row, kept))
         finally:
             beat.cancel()
             with suppress(asyncio.CancelledError):
                 await beat
-        outcomes = {r["id"]: _outcome(r) for r in records}
-        return [outcomes.get(UUID(i), Outcome(i, "skipped")) for i in batch.execution_ids]
+        return [kept.outcome(i) for i in batch.execution_ids]
 
-    async def _attempt_and_record(self, row: asyncpg.Record) -> dict[str, Any]:
-        ids = {"execution_id": row["id"], "workflow_id": row["workflow_id"], "event_id": row["event_id"]}
-        attributes = {"hookyard.action": row["action_type"], "hookyard.execution_id": str(row["id"])}
-        with log_context(**ids), self._tracing.span("hookyard.action", attributes):
-            started = time.perf_counter()
-            record = await self._attempt(row)
-            duration = time.perf_counter() - started
-            record["result"] = strip_nul(record["result"])
-            record["error"] = strip_nul(record["error"])
-            async with self._pool.acquire() as conn:
-                await store.record_outcomes(conn, [record])
+    async def _attempt_and_record(self, row: asyncpg.Record, kept: KeptOutcomes) -> None:
+        started = time.perf_counter()
+        try:
+            ids = {"execution_id": row["id"], "workflow_id": row["workflow_id"], "event_id": row["event_id"]}
+            attributes = {"hookyard.action": row["action_type"], "hookyard.execution_id": str(row["id"])}
+            with log_context(**ids), self._tracing.span("hookyard.action", attributes):
+                record = await self._attempt(row)
+                record["result"] = strip_nul(record["result"])
+                record["error"] = strip_nul(record["error"])
+        except Exception as exc:  # building its context or sanitising its result: this execution only
+            log.exception("execution %s: unexpected error around its attempt", row["id"])
+            record = self._retry_or_fail(row, f"unexpected error ({type(exc).__name__})", None, None)
+        duration = time.perf_counter() - started
+        # Kept before the write: if the write never lands, a retried batch still knows.
+        kept.add(record)
+        await self._write([record])
+        kept.mark_written([record])
         if not record.get("handed_off"):
             self.metrics.record_attempt(row["action_type"], record["status"], duration)
-        return record
+
+    async def _write(self, records: list[dict[str, Any]]) -> None:
+        """Write outcomes, retrying storage errors with backoff until written or cancelled.
+
+        A failed write never fails the batch: that would run finished actions again.
+        """
+        delay = WRITE_RETRY_FIRST_S
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    await store.record_outcomes(conn, records)
+                return
+            except Exception as exc:
+                if not is_storage_error(exc):
+                    stripped = _unstorable(records, exc)  # once: the next failure is raised
+                    if stripped is None:
+                        raise
+                    records = stripped
+                    continue
+                log.warning(
+                    "%d outcomes not recorded yet (%s); retrying in %.1fs", len(records), type(exc).__name__, delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WRITE_RETRY_MAX_S)
 
     async def _attempt(self, row: asyncpg.Record) -> dict[str, Any]:
         execution_id = row["id"]
@@ -141,6 +189,9 @@ class AutomationActivities:
         except RetryableActionError as exc:
             return self._retry_or_fail(row, str(exc), exc.retry_after_s, exc.result)
         except Exception as exc:  # a bug or an unexpected library error: retry, never leak details
+            if is_storage_error(exc):  # before or beside the action (signing secret, credentials)
+                log.warning("execution %s: database unavailable (%s)", execution_id, type(exc).__name__)
+                return self._retry_or_fail(row, "database unavailable", None, None)
             log.exception("execution %s: unexpected error", execution_id)
             return self._retry_or_fail(row, f"unexpected error ({type(exc).__name__})", None, None)
         return _record(execution_id, "succeeded", None, result)
@@ -149,7 +200,11 @@ class AutomationActivities:
     def _retry_or_fail(
         row: asyncpg.Record, message: str, retry_after_s: float | None, result: dict[str, Any] | None
     ) -> dict[str, Any]:
-        delay = next_delay(row["retry_policy"], row["attempts"], retry_after_s)
+        try:
+            delay = next_delay(row["retry_policy"], row["attempts"], retry_after_s)
+        except Exception:  # a policy that cannot be applied: this execution fails, no other
+            log.exception("execution %s: retry policy unusable", row["id"])
+            return _record(row["id"], "failed", f"{message} (and its retry policy could not be applied)", None)
         if delay is None:
             return _record(row["id"], "failed", f"gave up after {row['attempts']} attempts: {message}", result)
         record = _record(row["id"], "running", message, result)
@@ -169,7 +224,7 @@ def _record(execution_id: UUID, status: str, error: str | None, result: Any) -> 
     return {"id": execution_id, "status": status, "error": error, "result": result, "retry_in_s": None}
 
 
-def _outcome(record: dict[str, Any]) -> Outcome:
+def _outcome(record: Mapping[str, Any]) -> Outcome:
     if record.get("handed_off"):
         return Outcome(str(record["id"]), "handed_off")
     if record["status"] == "running":
@@ -177,9 +232,101 @@ def _outcome(record: dict[str, Any]) -> Outcome:
     return Outcome(str(record["id"]), record["status"])
 
 
-async def _heartbeat(heartbeat_timeout: timedelta | None) -> None:
-    """Heartbeat well inside the timeout so a lost worker is noticed and the batch retried."""
+def _unstorable(records: list[dict[str, Any]], exc: Exception) -> list[dict[str, Any]] | None:
+    """The outcomes again without what PostgreSQL refused (their results); None if already tried."""
+    if all(r.get("result") is None for r in records):
+        return None
+    log.error("outcomes of %s refused (%s); recording them without their results", [r["id"] for r in records], exc)
+    note = f"the result could not be stored ({type(exc).__name__})"
+    return [{**r, "result": None, "error": f"{r['error']}; {note}" if r.get("error") else note} for r in records]
+
+
+class KeptOutcomes:
+    """Outcomes of this batch's finished attempts, carried in the activity's heartbeat details.
+
+    Details stay small and hold no secrets: ids, status, retry delay, a capped error and a
+    capped result excerpt (results are what the API shows anyway; Temporal payloads are
+    encrypted). Written outcomes keep only what the workflow needs to be told.
+    """
+
+    def __init__(self, batch_ids: Sequence[str]) -> None:
+        self._batch = set(batch_ids)
+        self._kept: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def from_details(cls, details: Sequence[Any], batch_ids: Sequence[str]) -> KeptOutcomes:
+        """What an earlier attempt of this activity kept (nothing on the first attempt)."""
+        kept = cls(batch_ids)
+        items = details[0] if details and isinstance(details[0], list) else []
+        for item in items:
+            if isinstance(item, dict) and item.get("id") in kept._batch and item.get("status") in _KEPT_STATUSES:
+                kept._kept[item["id"]] = item
+        return kept
+
+    def __contains__(self, execution_id: object) -> bool:
+        return execution_id in self._kept
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Keep a finished attempt's outcome and send it with a heartbeat now."""
+        self._kept[str(record["id"])] = _compact(record)
+        activity.heartbeat(self.details())
+
+    def mark_written(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """These outcomes are in PostgreSQL: keep only what the workflow must be told."""
+        for record in records:
+            item = self._kept[str(record["id"])]
+            fields = {k: item.get(k) for k in ("id", "status", "retry_in_s", "handed_off")}
+            self._kept[str(record["id"])] = {**fields, "written": True}
+
+    def unwritten(self) -> list[dict[str, Any]]:
+        """Kept outcomes not yet known to be written, as records for `record_outcomes`."""
+        return [{**item, "id": UUID(item["id"])} for item in self._kept.values() if not item.get("written")]
+
+    def outcome(self, execution_id: str) -> Outcome:
+        """What to tell the workflow about one execution of the batch."""
+        item = self._kept.get(execution_id)
+        return Outcome(execution_id, "skipped") if item is None else _outcome(item)
+
+    def details(self) -> list[dict[str, Any]]:
+        """The heartbeat details: one list of kept outcomes."""
+        return list(self._kept.values())
+
+
+_KEPT_STATUSES = ("succeeded", "failed", "cancelled", "running")
+KEPT_ERROR_CHARS = 1000
+# Results up to this size are kept whole; larger ones as an excerpt, so a batch's heartbeat
+# stays well below Temporal's payload limits (100 executions x ~4 KiB).
+KEPT_RESULT_CHARS = 4096
+KEPT_EXCERPT_CHARS = 2048
+WRITE_RETRY_FIRST_S = 0.2
+WRITE_RETRY_MAX_S = 5.0
+
+
+def _compact(record: Mapping[str, Any]) -> dict[str, Any]:
+    result = record.get("result")
+    try:
+        encoded = orjson.dumps(result).decode() if result is not None else ""
+    except (TypeError, ValueError):  # too deep or not JSON: keep none rather than fail the batch
+        result, encoded = None, ""
+    if len(encoded) > KEPT_RESULT_CHARS:
+        result = {"excerpt": encoded[:KEPT_EXCERPT_CHARS], "truncated": True}
+    error = record.get("error")
+    return {
+        "id": str(record["id"]),
+        "status": record["status"],
+        "error": error[:KEPT_ERROR_CHARS] if isinstance(error, str) else None,
+        "result": result,
+        "retry_in_s": record.get("retry_in_s"),
+        "handed_off": bool(record.get("handed_off")),
+    }
+
+
+async def _heartbeat(heartbeat_timeout: timedelta | None, kept: KeptOutcomes) -> None:
+    """Heartbeat well inside the timeout so a lost worker is noticed and the batch retried.
+
+    Every beat carries the outcomes kept so far (Temporal keeps the latest for the next attempt).
+    """
     interval = max(0.5, heartbeat_timeout.total_seconds() / 3) if heartbeat_timeout else 10.0
     while True:
-        activity.heartbeat()
+        activity.heartbeat(kept.details())
         await asyncio.sleep(interval)

@@ -49,6 +49,9 @@ if TYPE_CHECKING:  # the type only: settings are passed in
 log = logging.getLogger(__name__)
 
 INBOX_GAUGE_INTERVAL_S = 5.0  # how often the backlog gauges are refreshed; one indexed query each time
+# Pause after a failed pass, doubling while failures last; short, so a stop is never held up long.
+STORAGE_BACKOFF_FIRST_S = 0.25
+STORAGE_BACKOFF_MAX_S = 2.0
 
 
 class Dispatcher:
@@ -75,6 +78,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._handover_delay = 0.0
         self._handover_retry_at = 0.0
+        self._storage_delay = 0.0  # see _back_off
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; woken at once by new events, else polls."""
@@ -98,28 +102,42 @@ class Dispatcher:
                     await task
 
     async def _step(self) -> bool:
-        """One pass of both steps; True if a step hit its batch limit (more work waits)."""
+        """One pass of both steps; True if a step hit its batch limit (more work waits).
+
+        Never raises: the dispatcher outlives any database outage (db.STORAGE_ERRORS back off
+        and the pass is tried again) and any unexpected error (logged, then the same).
+        """
         limit = self._settings.dispatch_batch_size
         resolved = handed = 0
         await self._observe_inbox()
         try:
             resolved = await self.resolve_once()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("resolve failed: %s", type(exc).__name__)
+            self._storage_delay = 0.0
+        except Exception as exc:
+            await self._back_off("resolve", exc)
         loop = asyncio.get_running_loop()
         # A deadline, not a countdown: under sustained load the loop never sleeps.
         if loop.time() >= self._handover_retry_at:
             try:
                 handed = await self.handover_once() + await self.forward_once()
                 self._handover_delay = 0.0
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("hand-over failed: %s", type(exc).__name__)
             except TemporalUnavailable as exc:
                 self._metrics.handover_failures.inc()
                 self._handover_delay = min(max(self._handover_delay * 2, 0.5), 5.0)
                 self._handover_retry_at = loop.time() + self._handover_delay
                 log.warning("temporal unavailable, executions wait %.1fs: %s", self._handover_delay, exc)
+            except Exception as exc:
+                await self._back_off("hand-over", exc)
         return resolved >= limit or handed >= limit
+
+    async def _back_off(self, step: str, exc: Exception) -> None:
+        """After a failed step: wait a little longer each time (to STORAGE_BACKOFF_MAX_S), then go on."""
+        if db.is_storage_error(exc):
+            log.warning("%s failed, database unavailable (%s); retrying", step, type(exc).__name__)
+        else:
+            log.exception("%s failed unexpectedly; retrying", step)
+        self._storage_delay = min(max(self._storage_delay * 2, STORAGE_BACKOFF_FIRST_S), STORAGE_BACKOFF_MAX_S)
+        await asyncio.sleep(self._storage_delay)
 
     async def _observe_inbox(self) -> None:
         """Refresh the backlog and lag gauges, at most every INBOX_GAUGE_INTERVAL_S."""
@@ -130,7 +148,7 @@ class Dispatcher:
         try:
             async with self._pool.acquire() as conn:
                 self._metrics.set_inbox(*await telemetry.inbox_depth(conn))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:  # gauges only: whatever went wrong, dispatching goes on
             log.warning("inbox gauges not refreshed: %s", type(exc).__name__)
 
     async def _sleep(self, stop: asyncio.Event) -> None:

@@ -75,7 +75,10 @@ async def run_worker(
     tracing: Tracing = NOOP,
 ) -> None:
     """Run until `stop` is set, then shut down gracefully; reconnect if Temporal goes away."""
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
+    # Started before PostgreSQL (or while it restarts): wait for it rather than exit.
+    pool = await db.wait_for_pool(settings.database_url, stop, min_size=1, max_size=settings.db_pool_max)
+    if pool is None:
+        return
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     # Every outbound request (actions, token refreshes, Gmail) connects only where the egress
     # policy allows, to the address it checked; redirects are never followed.

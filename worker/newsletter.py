@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from actions.email import EmailRoute
     from actions.errors import PermanentActionError
     from actions.templating import DEFAULT_MAX_RENDERED_BYTES
+    from schemas import db
     from schemas.sanitize import strip_nul
     from schemas.store import newsletter as store
     from telemetry.metrics import Metrics, record_failover
@@ -299,7 +300,7 @@ class NewsletterActivities:
                 before_unsafe_request=before_unsafe,
                 on_failover=partial(record_failover, self._metrics),
             )
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        except (*db.STORAGE_ERRORS, asyncpg.PostgresError):
             raise  # storage trouble: the batch is retried, and nothing was sent unrecorded
         except Exception as exc:  # a bug or an unexpected library error: this recipient only
             activity.logger.exception("newsletter %s recipient %d: unexpected error", batch.execution_id, index)

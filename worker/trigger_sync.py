@@ -42,7 +42,8 @@ HOOK_TIMEOUT_S = 30.0
 # Longer than any hook may take, so two loops never work on one workflow at once.
 LEASE_S = 4 * HOOK_TIMEOUT_S
 PARALLEL = 8
-_STORAGE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# The database being unavailable (db.STORAGE_ERRORS), or refusing a statement: the pass is retried.
+_STORAGE_ERRORS = (*db.STORAGE_ERRORS, asyncpg.PostgresError)
 
 
 def retry_delay(attempts: int) -> float:
@@ -129,6 +130,8 @@ class TriggerSyncer:
                     busy = self._more
                 except _STORAGE_ERRORS as exc:
                     log.warning("trigger sync pass failed: %s", type(exc).__name__)
+                except Exception:  # never fatal: this loop must outlive whatever one pass met
+                    log.exception("trigger sync pass failed unexpectedly")
                 if not busy:
                     await self._sleep(stop)
         finally:

@@ -27,6 +27,7 @@ import orjson
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from schemas import db
 from schemas.sanitize import strip_nul
 from schemas.store import gmail as store
 from schemas.store.events import NewEvent, insert_events
@@ -271,7 +272,7 @@ class GmailActivities:
         try:
             async with self._pool.acquire() as conn:
                 await store.record_error(conn, ref, message)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (*db.STORAGE_ERRORS, asyncpg.PostgresError):
             log.warning("mailbox %s: could not record its error", ref.credential_id)
 
 
