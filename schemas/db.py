@@ -29,7 +29,12 @@ STORAGE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,  # pool closed, connection released or closed under us
 )
 # Subclasses of the above that are a mistake in the request or the settings: retrying cannot help.
-_PERMANENT: tuple[type[Exception], ...] = (asyncpg.exceptions.ClientConfigurationError,)
+# asyncpg's client-side DataError (an argument it cannot encode, e.g. JSON too deep) subclasses
+# InterfaceError but is the data's fault: retrying the same write would fail forever.
+_PERMANENT: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.ClientConfigurationError,
+    asyncpg.exceptions._base.DataError,
+)
 
 
 def is_storage_error(exc: BaseException) -> bool:

@@ -213,7 +213,7 @@ class Dispatcher:
                 try:
                     plan.append(await self._plan(conn, event))
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    raise  # the transaction may be unusable: the caller decides what to retry
+                    raise  # the transaction may be unusable: the caller decides what to retry or reject
                 except Exception as exc:
                     rejected[event.id] = (_rejection("planning", exc), exc)
                     plan.append([])
@@ -387,17 +387,7 @@ class TemporalUnavailable(RuntimeError):
 
 def _transient(exc: BaseException) -> bool:
     """A failure of the connection or the moment, not of the events: retry, reject nothing."""
-    if isinstance(exc, asyncpg.exceptions._base.DataError):
-        return False  # an argument the client could not encode: the events' data
-    return isinstance(
-        exc,
-        OSError
-        | asyncpg.InterfaceError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.exceptions.TransactionRollbackError
-        | asyncpg.exceptions.OperatorInterventionError
-        | asyncpg.exceptions.InsufficientResourcesError,
-    )
+    return db.is_storage_error(exc)
 
 
 def _rejection(stage: str, exc: BaseException) -> str:
