@@ -44,6 +44,8 @@ class Settings:
     public_url: str = ""
 
     max_body_bytes: int = 1024 * 1024
+    # A request body must arrive within this long (408 after): slow senders cannot hold connections.
+    body_read_timeout_s: float = 30.0
     # Bytes the templates of one outgoing action request may produce; more fails the execution.
     max_rendered_bytes: int = 1024 * 1024
     # Untrusted JSON nested deeper than this is not parsed: webhook bodies reach triggers as
@@ -162,6 +164,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_PORT": ("port", int),
     "HOOKYARD_PUBLIC_URL": ("public_url", str),
     "HOOKYARD_MAX_BODY_BYTES": ("max_body_bytes", int),
+    "HOOKYARD_BODY_READ_TIMEOUT_S": ("body_read_timeout_s", float),
     "HOOKYARD_MAX_RENDERED_BYTES": ("max_rendered_bytes", int),
     "HOOKYARD_MAX_JSON_DEPTH": ("max_json_depth", int),
     "HOOKYARD_SIGNATURE_TOLERANCE_S": ("signature_tolerance_s", int),

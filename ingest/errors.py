@@ -4,9 +4,11 @@ ApiError
  ├── BadRequest        400  malformed JSON, bad cursor or query parameter
  ├── Unauthorized      401  missing/unknown API key, bad or stale webhook signature
  ├── NotFound          404  unknown id, or one that belongs to another owner
+ ├── RequestTimeout    408  the body did not arrive within the body-read timeout
  ├── Conflict          409
  ├── PayloadTooLarge   413
  ├── Invalid           422  body does not satisfy the schema; `field` names the place
+ ├── ClientGone        499  the client closed the connection mid-body (nobody reads the answer)
  └── Unavailable       503  storage unreachable: the sender should retry
 """
 
@@ -49,6 +51,15 @@ class Unauthorized(ApiError):
 
 class NotFound(ApiError):
     status, code = 404, "not_found"
+
+
+class RequestTimeout(ApiError):
+    status, code = 408, "request_timeout"
+
+
+class ClientGone(ApiError):
+    # nginx's 499: logged and measured as such, never an "unhandled error".
+    status, code = 499, "client_closed_request"
 
 
 class Conflict(ApiError):

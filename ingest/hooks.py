@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from uuid import UUID
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from ingest.errors import NotFound, PayloadTooLarge, Unauthorized
+from ingest.errors import ClientGone, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized
 from ingest.signatures import SignatureError, get_scheme
 from ingest.state import AppState, app_state
 from schemas.store.events import NewEvent
@@ -37,18 +38,25 @@ _DROPPED_HEADERS = frozenset(
 _MAX_HEADER_BYTES = 16 * 1024
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than `limit` bytes without reading it all."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The raw body, refusing more than `limit` bytes without reading it all, and a body that
+    takes longer than `timeout_s` to arrive (a slow sender must not hold a connection)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body is larger than the {limit} byte limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is larger than the {limit} byte limit")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body is larger than the {limit} byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise ClientGone("the client closed the connection before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -79,6 +87,10 @@ async def receive_webhook(request: Request) -> Response:
     with state.tracing.server_span("POST /hooks/{endpoint_id}", request.headers) as span:
         try:
             response = await _receive_webhook(request)
+        except ClientGone as exc:
+            # Not a refusal: the sender left; it will retry (or not) on its own.
+            span.set_status_code(exc.status)
+            raise
         except Exception as exc:
             state.metrics.webhook.rejected.inc()
             span.set_status_code(getattr(exc, "status", 500))
@@ -94,7 +106,7 @@ async def _receive_webhook(request: Request) -> Response:
         endpoint_id = UUID(request.path_params["endpoint_id"])
     except ValueError:
         raise NotFound("no such endpoint") from None
-    body = await read_body(request, state.settings.max_body_bytes)
+    body = await read_body(request, state.settings.max_body_bytes, state.settings.body_read_timeout_s)
     auth = await state.endpoints.get(endpoint_id)
     if auth is None:
         raise NotFound("no such endpoint")

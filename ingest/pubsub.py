@@ -176,7 +176,7 @@ async def receive_gmail_push(request: Request) -> Response:
     started = time.monotonic()
     verification = await _authenticate(request)
     meter = state.metrics.source(PUSH_SOURCE if verification["verified"] else UNVERIFIED_SOURCE)
-    body = await read_body(request, state.settings.max_body_bytes)
+    body = await read_body(request, state.settings.max_body_bytes, state.settings.body_read_timeout_s)
     try:
         push = parse_push(body, state.settings.max_json_depth)
         notification = parse_notification(push.data, state.settings.max_json_depth)

@@ -34,7 +34,7 @@ async def receive_tick(request: Request) -> Response:
         workflow_id = UUID(request.path_params["trigger_id"])
     except ValueError:
         raise NotFound("no such tick trigger") from None
-    body = await read_body(request, state.settings.max_body_bytes)
+    body = await read_body(request, state.settings.max_body_bytes, state.settings.body_read_timeout_s)
     async with state.pool.acquire(timeout=10) as conn:
         workflow = await trigger_of(conn, workflow_id)
     if workflow is None or workflow["trigger_type"] != tick.NAME:

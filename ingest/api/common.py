@@ -51,7 +51,7 @@ async def read_json(request: Request, *, optional: bool = False) -> dict[str, An
     With `optional`, an empty body reads as `{}`.
     """
     settings = app_state(request).settings
-    raw = await read_body(request, settings.max_body_bytes)
+    raw = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_s)
     if optional and not raw.strip():
         return {}
     try:

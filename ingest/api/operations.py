@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from ingest.api.common import DEFAULT_LIMIT, MAX_LIMIT
 from ingest.api.validation import compile_schema, describe
-from ingest.errors import ApiError, BadRequest
+from ingest.errors import ApiError, BadRequest, ClientGone
 from schemas.store.pagination import decode_cursor
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ UNAUTHORIZED = "Missing or unknown API key."
 NOT_FOUND = "No such object, or it belongs to another owner."
 BAD_REQUEST = "A query parameter does not satisfy its schema, or the body is not JSON; `field` names the parameter."
 TOO_LARGE = "Body larger than the configured limit."
+BODY_TIMEOUT = "The body did not arrive within the body-read timeout."
 INVALID = "The body does not satisfy the schema; `field` names the place."
 UNAVAILABLE = "Storage unavailable; retry later (see `Retry-After`)."
 
@@ -146,6 +147,7 @@ class Operation:
         if any(p.where == "path" for p in self.params):
             implied[404] = error(NOT_FOUND)
         if self.body is not None:
+            implied[408] = error(BODY_TIMEOUT)
             implied[413] = error(TOO_LARGE)
             if self.body.is_json:
                 implied[422] = error(INVALID)
@@ -176,6 +178,8 @@ class Operation:
         request.scope[_QUERY_KEY] = _checked_query(self.params, request)
         try:
             response = await self.handler(request)
+        except ClientGone:
+            raise  # the client left mid-body: nobody receives an answer to document
         except ApiError as exc:
             self._check_documented(exc.status)
             raise

@@ -44,7 +44,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 def test_errors_implied_by_the_shape_are_documented() -> None:
     assert set(list_things.document()["responses"]) == {"200", "400", "401", "503"}
-    assert set(make_thing.document()["responses"]) == {"201", "400", "413", "422", "503"}
+    assert set(make_thing.document()["responses"]) == {"201", "400", "408", "413", "422", "503"}
     assert set(drop_thing.document()["responses"]) == {"204", "401", "404"}
 
 
