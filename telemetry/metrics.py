@@ -100,6 +100,17 @@ class Metrics:
         self.handover_failures = Counter(
             "hookyard_handover_failures", "Hand-over passes that failed because Temporal did not answer.", registry=r
         )
+        self.handover_workflow_failures = Counter(
+            "hookyard_handover_workflow_failures",
+            "Hand-overs to one automation workflow that failed while Temporal answered others; retried alone.",
+            registry=r,
+        )
+        self.reconciler_actions = Counter(
+            "hookyard_reconciler_actions",
+            "What the reconciler re-drove: kind (execution, newsletter, mailbox) and why.",
+            ["kind", "reason"],
+            registry=r,
+        )
         self.executions_finished = Counter(
             "hookyard_executions_finished",
             "Executions that reached a final status (succeeded, failed), by action type.",

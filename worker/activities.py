@@ -170,8 +170,11 @@ def _outcome(record: dict[str, Any]) -> Outcome:
 
 
 async def _heartbeat(heartbeat_timeout: timedelta | None) -> None:
-    """Heartbeat well inside the timeout so a lost worker is noticed and the batch retried."""
-    interval = max(0.5, heartbeat_timeout.total_seconds() / 3) if heartbeat_timeout else 10.0
+    """Heartbeat well inside the timeout so a lost worker is noticed and the batch retried.
+
+    Every second (or a fifth of the timeout): the worker's throttle decides what is sent.
+    """
+    interval = min(1.0, heartbeat_timeout.total_seconds() / 5) if heartbeat_timeout else 10.0
     while True:
         activity.heartbeat()
         await asyncio.sleep(interval)

@@ -20,6 +20,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from worker.contracts import (
+        BATCH_START_TO_CLOSE_S,
         ENQUEUE_SIGNAL,
         RUN_BATCH_ACTIVITY,
         WORKFLOW_NAME,
@@ -141,11 +142,15 @@ class AutomationWorkflow:
             RUN_BATCH_ACTIVITY,
             BatchInput(self._state.workflow_id, batch),
             result_type=list[Outcome],
-            start_to_close_timeout=timedelta(minutes=15),
+            start_to_close_timeout=timedelta(seconds=BATCH_START_TO_CLOSE_S),
             heartbeat_timeout=timedelta(seconds=self._state.heartbeat_timeout_s),
             # Infrastructure failures (database down, worker lost) retry forever; action
             # failures are decided per execution inside the activity and come back as outcomes.
-            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+            # A lost worker's batch is retried half a second after its heartbeat times out, and
+            # an outage costs at most 5 s after it ends: a crash costs seconds, not minutes.
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=0.5), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=5)
+            ),
         )
         return outcomes
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 WORKFLOW_NAME = "hookyard.automation"
 ENQUEUE_SIGNAL = "enqueue"
 RUN_BATCH_ACTIVITY = "hookyard.run_batch"
+# The batch activity's start-to-close; schemas/store/executions.py ATTEMPT_IN_FLIGHT_S matches it.
+BATCH_START_TO_CLOSE_S = 15 * 60.0
 
 
 def automation_id(workflow_id: str) -> str:
@@ -41,7 +43,7 @@ class AutomationState:
     concurrency_limit: int = 10
     max_batch: int = 100
     idle_timeout_s: float = 300.0
-    heartbeat_timeout_s: float = 30.0
+    heartbeat_timeout_s: float = 5.0
     # Continue-as-new past this many history events (Temporal's hard limit is 51,200).
     history_limit: int = 8000
     pending: list[str] = field(default_factory=list)
