@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -229,7 +230,7 @@ async def test_a_killed_workers_batch_resumes_on_another_worker_within_10_second
                 survivor.wait(5)
         finished = sorted(datetime.fromisoformat(e["finished_at"]) for e in done)
         moments = [killed_at, *finished]
-        stall = max((b - a).total_seconds() for a, b in zip(moments, moments[1:], strict=False))
+        stall = max((b - a).total_seconds() for a, b in itertools.pairwise(moments))
         print(f"longest stall in deliveries after the worker was killed: {stall:.1f}s")
         assert stall < 10.0
         assert len({r.body for r in receiver.to(target)}) == 10
