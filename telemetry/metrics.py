@@ -51,6 +51,17 @@ class SourceMeter:
         self._failures.labels(self.source, reason).inc()
 
 
+# What the reconciler (worker/reconciler.py) can do: (kind, reason).
+RECONCILER_ACTIONS = (
+    ("execution", "workflow_gone"),
+    ("execution", "queued_overdue"),
+    ("execution", "retry_overdue"),
+    ("execution", "attempt_overdue"),
+    ("newsletter", "workflow_gone"),
+    ("mailbox", "workflow_gone"),
+)
+
+
 class Metrics:
     """The series one process records, on its own registry (the default registry is never used)."""
 
@@ -111,6 +122,8 @@ class Metrics:
             ["kind", "reason"],
             registry=r,
         )
+        for kind, reason in RECONCILER_ACTIONS:  # present at zero, so rates and alerts see them
+            self.reconciler_actions.labels(kind, reason)
         self.executions_finished = Counter(
             "hookyard_executions_finished",
             "Executions that reached a final status (succeeded, failed), by action type.",

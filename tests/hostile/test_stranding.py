@@ -15,14 +15,17 @@ import asyncpg
 import httpx
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas import db
 from schemas.store import executions as execution_store
+from telemetry.metrics import Metrics
 from tests.conftest import Owner, Receiver, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
 from worker.contracts import automation_id
+from worker.dispatcher import Dispatcher
 
 PENDING_CAP = 3
 
@@ -32,16 +35,27 @@ def fast(settings: Settings) -> Settings:
     return settings.replace(reconcile_interval_s=0.5, reconcile_grace_s=1.0, automation_max_pending=PENDING_CAP)
 
 
+METRICS = Metrics()
+# Automations whose hand-over Temporal is made to refuse, as it would a payload it cannot take.
+POISONED: set[str] = set()
+
+
+class _PoisonableDispatcher(Dispatcher):
+    async def _start_or_signal(self, client: Client, workflow_id: uuid.UUID, ids: list[str], limit: int) -> None:
+        if str(workflow_id) in POISONED:
+            raise RPCError("blob data size exceeds limit", RPCStatusCode.INVALID_ARGUMENT, b"")
+        await super()._start_or_signal(client, workflow_id, ids, limit)
+
+
 @pytest.fixture(scope="module")
 async def reconciling(fast: Settings, keyring: Keyring, base_url: str) -> AsyncIterator[Client]:
     """Dispatcher (hand-over, reconciler) and worker in this process."""
-    from worker.dispatcher import Dispatcher
     from worker.main import run_worker
 
     stop = asyncio.Event()
     dpool = await db.create_pool(fast.database_url, min_size=1, max_size=4)
     tasks = [
-        asyncio.create_task(Dispatcher(dpool, fast).run(stop)),
+        asyncio.create_task(_PoisonableDispatcher(dpool, fast, metrics=METRICS).run(stop)),
         asyncio.create_task(run_worker(fast, keyring, stop)),
     ]
     await asyncio.sleep(0.5)
@@ -172,6 +186,31 @@ async def test_pending_executions_per_automation_are_capped_and_the_excess_follo
         receiver.delay_s = 0.0
     assert 1 <= most <= PENDING_CAP
     assert len(receiver.to(target)) == 10
+
+
+async def test_a_workflow_temporal_refuses_is_retried_alone_while_others_are_handed_over(
+    reconciling: Client, owner: Owner, pool: asyncpg.Pool, receiver: Receiver
+) -> None:
+    poisoned_target, healthy_target = f"/poisoned/{uuid.uuid4().hex}", f"/healthy/{uuid.uuid4().hex}"
+    endpoint = await create_endpoint(owner.client)
+    poisoned = await create_workflow(owner.client, endpoint["id"], receiver.url + poisoned_target)
+    healthy = await create_workflow(owner.client, endpoint["id"], receiver.url + healthy_target)
+    outages = METRICS.handover_failures._value.get()
+    POISONED.add(poisoned["id"])
+    try:
+        async with httpx.AsyncClient(base_url=owner.client.base_url) as http:
+            assert (await send(http, endpoint, b'{"n": 1}')).status_code == 202
+        await wait_for(lambda: _one(owner, healthy, "succeeded"), timeout=15)
+        assert METRICS.handover_workflow_failures._value.get() >= 1
+        # Not taken for Temporal being down: nothing else waits on the refused workflow.
+        assert METRICS.handover_failures._value.get() == outages
+        stuck = await _one(owner, poisoned)
+        assert stuck is not None and stuck["status"] == "queued"
+    finally:
+        POISONED.discard(poisoned["id"])
+    await wait_for(lambda: _one(owner, poisoned, "succeeded"), timeout=45)
+    assert len(receiver.to(poisoned_target)) == 1
+    assert len(receiver.to(healthy_target)) == 1
 
 
 async def _received(receiver: Receiver, target: str) -> bool:
