@@ -11,8 +11,8 @@ what Temporal was given more than `reconcile_grace_s` ago and is still open in P
   passed. If it runs, only overdue executions are handed back: a retry due more than the
   grace ago, an attempt or a queued execution older than the start-to-close.
 - executions handed to a newsletter workflow (`newsletter-<execution id>`) whose workflow is
-  gone without finishing: handed back, so the hand-off starts the newsletter again (its
-  recipients' states make that safe).
+  gone without finishing: the newsletter workflow is started again (its recipients' recorded
+  states make that safe: it sends only to those still open).
 - active Gmail mailboxes whose workflow (`gmail-mailbox-<credential id>`) is not running:
   started again with a reconcile signal (it then renews its watch and syncs).
 
@@ -37,14 +37,19 @@ from uuid import UUID
 
 import asyncpg
 from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from actions.newsletter import pacing
 from schemas.store import reconcile as store
 from schemas.store.executions import ATTEMPT_IN_FLIGHT_S
 from schemas.store.gmail import MailboxRef
+from schemas.store.newsletter import set_temporal_ids
 from telemetry.metrics import Metrics
 from triggers.gmail import mailbox_workflow_id, signal_mailbox
 from worker.contracts import automation_id
+from worker.newsletter import NEWSLETTER_WORKFLOW, NewsletterJob
 
 if TYPE_CHECKING:  # the type only: settings are passed in
     from hookyard.settings import Settings
@@ -181,17 +186,32 @@ class Reconciler:
         if status in ("unknown", "running", "completed"):
             return 0  # Temporal did not answer, the newsletter runs, or it finished (and recorded it)
         async with self._pool.acquire() as conn:
-            handed = await store.hand_back(conn, [row["id"]], [row["attempts"]])
-        if handed:
-            reason = "workflow_gone"
-            self._metrics.reconciler_actions.labels("newsletter", reason).inc()
-            log.warning(
-                "reconciler: newsletter execution %s handed over again (%s was %s)",
-                row["id"],
-                temporal_id,
-                status,
+            found = await store.newsletter_to_restart(conn, row["id"])
+        if found is None:
+            return 0  # finished or cancelled meanwhile
+        job = NewsletterJob(
+            execution_id=str(row["id"]),
+            send_at=None if found["send_at"] is None else found["send_at"].timestamp(),
+            pause_s=pacing(found["config"]).pause_s,
+            heartbeat_timeout_s=self._settings.activity_heartbeat_timeout_s,
+            history_limit=self._settings.automation_history_limit,
+        )
+        try:
+            # Each recipient's state is recorded, so a new run sends only to those still open.
+            handle = await client.start_workflow(
+                NEWSLETTER_WORKFLOW,
+                job,
+                id=temporal_id,
+                task_queue=self._settings.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             )
-        return len(handed)
+        except WorkflowAlreadyStartedError:
+            return 0  # another replica (or the hand-off) started it meanwhile
+        async with self._pool.acquire() as conn:
+            await set_temporal_ids(conn, row["id"], temporal_id, handle.first_execution_run_id)
+        self._metrics.reconciler_actions.labels("newsletter", "workflow_gone").inc()
+        log.warning("reconciler: newsletter of execution %s started again (%s was %s)", row["id"], temporal_id, status)
+        return 1
 
     async def _mailbox(self, client: Client, row: Any) -> int:
         temporal_id = mailbox_workflow_id(row["credential_id"])

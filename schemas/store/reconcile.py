@@ -132,6 +132,16 @@ async def hand_back(conn: asyncpg.Connection, ids: Sequence[UUID], attempts: Seq
     return [r["id"] for r in rows]
 
 
+async def newsletter_to_restart(conn: asyncpg.Connection, execution_id: UUID) -> asyncpg.Record | None:
+    """A newsletter still sending (its execution running): when and how it sends."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT n.send_at, n.config FROM newsletters n JOIN executions x ON x.id = n.execution_id "
+        "WHERE n.execution_id = $1 AND x.status = 'running'",
+        execution_id,
+    )
+    return row
+
+
 async def mailbox_is_active(conn: asyncpg.Connection, credential_id: UUID) -> bool:
     """Whether the mailbox is still read by some workflow."""
     active: bool | None = await conn.fetchval(

@@ -9,30 +9,60 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from hookyard import services
 from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas import db
 from schemas.store import executions as execution_store
 from telemetry.metrics import Metrics
-from tests.conftest import Owner, Receiver, wait_for
+from tests.conftest import Owner, Receiver, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
+from tests.fake_gmail import FakeGmail
+from tests.gmail_support import connect_google, unique_email
+from tests.integration.test_newsletter import (
+    FakeProvider,
+    execution,
+    finished,
+    newsletter_workflow,
+    provider,
+    readers,
+    run_now,
+)
+from triggers.gmail import mailbox_workflow_id
 from worker.contracts import automation_id
 from worker.dispatcher import Dispatcher
+from worker.newsletter import newsletter_id
 
 PENDING_CAP = 3
+__all__ = ["provider"]  # the fake Resend of the newsletter tests, as a fixture here too
 
 
 @pytest.fixture(scope="module")
-def fast(settings: Settings) -> Settings:
-    return settings.replace(reconcile_interval_s=0.5, reconcile_grace_s=1.0, automation_max_pending=PENDING_CAP)
+async def gmail() -> AsyncIterator[FakeGmail]:
+    fake = FakeGmail()
+    async with serve(fake.app, services.free_port(), lifespan="off") as url:  # type: ignore[arg-type]
+        fake.url = url
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def fast(settings: Settings, gmail: FakeGmail) -> Settings:
+    return settings.replace(
+        reconcile_interval_s=0.5,
+        reconcile_grace_s=1.0,
+        automation_max_pending=PENDING_CAP,
+        gmail_api_base=gmail.url,
+        gmail_topic="projects/hookyard-test/topics/gmail",
+    )
 
 
 METRICS = Metrics()
@@ -211,6 +241,58 @@ async def test_a_workflow_temporal_refuses_is_retried_alone_while_others_are_han
     await wait_for(lambda: _one(owner, poisoned, "succeeded"), timeout=45)
     assert len(receiver.to(poisoned_target)) == 1
     assert len(receiver.to(healthy_target)) == 1
+
+
+async def test_a_terminated_mailbox_workflow_of_an_active_mailbox_is_started_again(
+    reconciling: Client, owner: Owner, pool: asyncpg.Pool, keyring: Keyring, gmail: FakeGmail, receiver: Receiver
+) -> None:
+    email, token = unique_email(), f"tok-{uuid.uuid4().hex}"
+    box = gmail.mailbox(email, token)
+    credential = await connect_google(pool, keyring, owner.id, email, token, mailbox=False)
+    response = await owner.client.post(
+        "/api/workflows",
+        json={
+            "name": "mail in",
+            "trigger": {"type": "gmail.receive-email", "config": {"mailbox": credential}},
+            "action": {"type": "http.request", "config": {"url": receiver.url + "/mail"}},
+        },
+    )
+    assert response.status_code == 201, response.text
+    await wait_for(lambda: _truthy(len(box.watches) == 1), timeout=30)
+    handle = reconciling.get_workflow_handle(mailbox_workflow_id(credential))
+    await handle.terminate("hostile operator")
+
+    async def running_again() -> bool:
+        described = await handle.describe()
+        return described.status == WorkflowExecutionStatus.RUNNING
+
+    await wait_for(running_again, timeout=30)
+    await wait_for(lambda: _truthy(len(box.watches) >= 2), timeout=30)  # the new run renewed the watch
+
+
+async def test_a_terminated_newsletter_is_started_again_and_sends_to_each_recipient_once(
+    reconciling: Client, owner: Owner, provider: FakeProvider
+) -> None:
+    send_at = datetime.now(UTC) + timedelta(seconds=3)
+    workflow = await newsletter_workflow(owner, send_at="{{ trigger.send_at }}")
+    execution_id = await run_now(
+        owner, workflow, {"issue": 1, "send_at": send_at.isoformat(), "subscribers": readers(5)}
+    )
+
+    async def scheduled() -> bool:
+        found = await execution(owner, execution_id)
+        return (found["result"] or {}).get("status") == "scheduled"
+
+    await wait_for(scheduled, timeout=30)
+    await reconciling.get_workflow_handle(newsletter_id(execution_id)).terminate("hostile operator")
+
+    done = await finished(owner, execution_id, timeout=45)
+    assert done["result"]["status"] == "sent"
+    assert sorted(provider.to()) == sorted(r["email"] for r in readers(5))
+
+
+async def _truthy(value: bool) -> bool:
+    return value
 
 
 async def _received(receiver: Receiver, target: str) -> bool:
