@@ -13,7 +13,8 @@ ids it has seen and the activity skips executions that have finished, so nothing
 While Temporal is unreachable, step 1 continues and step 2 retries with backoff.
 
 Beside them runs the trigger sync loop (worker/trigger_sync.py), which keeps the outside
-state some triggers keep (Temporal Schedules) in step with the workflow rows.
+state some triggers keep (Temporal Schedules) in step with the workflow rows, and the
+reconciler (worker/reconciler.py), which hands over again what Temporal no longer holds.
 """
 
 from __future__ import annotations
