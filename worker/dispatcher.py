@@ -80,9 +80,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._handover_delay = 0.0
         self._handover_retry_at = 0.0
-        # Automations whose hand-over Temporal refused: (retry at, delay), and the last delay.
+        # Automations whose hand-over Temporal refused: (retry at, last delay); forgotten after a
+        # success or a quiet minute.
         self._workflow_retry: dict[UUID, tuple[float, float]] = {}
-        self._workflow_failures: dict[UUID, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; woken at once by new events, else polls."""
@@ -241,10 +241,10 @@ class Dispatcher:
         Temporal is taken to be unreachable and the whole hand-over backs off.
         """
         now = asyncio.get_running_loop().time()
-        self._workflow_retry = {wf: due for wf, due in self._workflow_retry.items() if due[0] > now}
+        self._workflow_retry = {wf: due for wf, due in self._workflow_retry.items() if due[0] + 60 > now}
         async with self._pool.acquire() as conn, conn.transaction():
             wanted = await execution_store.handover_workflows(conn, HANDOVER_WORKFLOWS)
-            wanted = [wf for wf in wanted if wf not in self._workflow_retry]
+            wanted = [wf for wf in wanted if self._workflow_retry.get(wf, (0.0, 0.0))[0] <= now]
             if not wanted:
                 return 0
             rows = await execution_store.claim_handover(
@@ -280,9 +280,8 @@ class Dispatcher:
 
     def _workflow_failed(self, workflow_id: UUID, exc: BaseException) -> None:
         """Temporal refused one automation's hand-over: retry it alone, later (1 s doubling to 30 s)."""
-        previous = self._workflow_failures.get(workflow_id, 0.0)
+        previous = self._workflow_retry.get(workflow_id, (0.0, 0.0))[1]
         delay = min(max(previous * 2, 1.0), 30.0)
-        self._workflow_failures[workflow_id] = delay
         self._workflow_retry[workflow_id] = (asyncio.get_running_loop().time() + delay, delay)
         self._metrics.handover_workflow_failures.inc()
         log.warning(
@@ -304,7 +303,7 @@ class Dispatcher:
             {"hookyard.workflow_id": str(workflow_id), "hookyard.executions": len(ids)},
         ):
             await self._start_or_signal(client, workflow_id, ids, limit)
-        self._workflow_failures.pop(workflow_id, None)
+        self._workflow_retry.pop(workflow_id, None)
 
     async def _start_or_signal(self, client: Client, workflow_id: UUID, ids: list[str], limit: int) -> None:
         await client.start_workflow(
