@@ -23,6 +23,7 @@ from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas import db
 from schemas.store import executions as execution_store
+from schemas.store import reconcile as reconcile_store
 from telemetry.metrics import Metrics
 from tests.conftest import Owner, Receiver, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
@@ -289,6 +290,15 @@ async def test_a_terminated_newsletter_is_started_again_and_sends_to_each_recipi
     done = await finished(owner, execution_id, timeout=45)
     assert done["result"]["status"] == "sent"
     assert sorted(provider.to()) == sorted(r["email"] for r in readers(5))
+
+
+async def test_only_one_reconciler_replica_works_on_a_workflow_at_a_time(pool: asyncpg.Pool) -> None:
+    key = automation_id(str(uuid.uuid4()))
+    async with pool.acquire() as first, pool.acquire() as second:
+        assert await reconcile_store.lease(first, [key], 30.0) == [key]
+        assert await reconcile_store.lease(second, [key], 30.0) == []
+        await first.execute("UPDATE reconcile_leases SET lease_until = now() WHERE temporal_workflow_id = $1", key)
+        assert await reconcile_store.lease(second, [key], 30.0) == [key]
 
 
 async def _truthy(value: bool) -> bool:
