@@ -53,10 +53,21 @@ class AutomationWorkflow:
         """Accept executions; ids seen before (re-sent after a dispatcher crash) are ignored."""
         self._state.concurrency_limit = max(1, message.concurrency_limit)
         self._changes += 1
+        redrive = set(message.redrive)
         for execution_id in message.execution_ids:
             if execution_id not in self._known:
                 self._known.add(execution_id)
                 self._pending.append(execution_id)
+            elif execution_id in redrive and self._finished(execution_id):
+                self._pending.append(execution_id)
+
+    def _finished(self, execution_id: str) -> bool:
+        """Known, but neither pending, in flight nor waiting for a retry."""
+        return (
+            execution_id not in self._inflight
+            and execution_id not in self._pending
+            and all(r.execution_id != execution_id for r in self._retries)
+        )
 
     @workflow.run
     async def run(self, state: AutomationState) -> None:

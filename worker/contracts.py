@@ -21,10 +21,16 @@ def automation_id(workflow_id: str) -> str:
 
 @dataclass
 class Enqueue:
-    """Signal: run these executions. Carries the latest concurrency limit of the workflow."""
+    """Signal: run these executions. Carries the latest concurrency limit of the workflow.
+
+    `redrive`: those of `execution_ids` the reconciler handed back (PostgreSQL has them open
+    though the automation may have counted them done); run them again unless they are pending,
+    in flight or waiting for a retry. `claim_for_run` decides whether an attempt may start.
+    """
 
     execution_ids: list[str]
     concurrency_limit: int = 10
+    redrive: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -296,16 +296,19 @@ class Dispatcher:
     ) -> None:
         limit = rows[0]["concurrency_limit"]
         ids = [str(r["id"]) for r in rows]
+        redrive = [str(r["id"]) for r in rows if r["redrive"]]
         # Continues the first event's trace (links the rest); Temporal's interceptor carries it on.
         with self._tracing.continued_span(
             "hookyard.handover",
             [traces.get(r["id"]) for r in rows],
             {"hookyard.workflow_id": str(workflow_id), "hookyard.executions": len(ids)},
         ):
-            await self._start_or_signal(client, workflow_id, ids, limit)
+            await self._start_or_signal(client, workflow_id, ids, limit, redrive)
         self._workflow_retry.pop(workflow_id, None)
 
-    async def _start_or_signal(self, client: Client, workflow_id: UUID, ids: list[str], limit: int) -> None:
+    async def _start_or_signal(
+        self, client: Client, workflow_id: UUID, ids: list[str], limit: int, redrive: list[str] | None = None
+    ) -> None:
         await client.start_workflow(
             WORKFLOW_NAME,
             AutomationState(
@@ -319,7 +322,7 @@ class Dispatcher:
             id=automation_id(str(workflow_id)),
             task_queue=self._settings.task_queue,
             start_signal=ENQUEUE_SIGNAL,
-            start_signal_args=[Enqueue(ids, limit)],
+            start_signal_args=[Enqueue(ids, limit, redrive or [])],
         )
 
     async def _ensure_client(self) -> Client:

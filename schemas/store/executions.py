@@ -76,15 +76,17 @@ async def claim_handover(
 
     Each workflow gets at most `max_pending` minus what its automation already holds (handed over
     and unfinished), so a backlog stays in PostgreSQL rather than in Temporal's payloads. Rows
-    handed back by the reconciler (`running`, waiting for a retry) are taken like queued ones.
+    handed back by the reconciler (`running`, waiting for a retry) are taken like queued ones;
+    `redrive` marks rows that were run before (only the reconciler un-signals such rows).
     """
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT c.id, c.workflow_id, w.concurrency_limit, w.retry_policy "
+        "SELECT c.id, c.workflow_id, c.redrive, w.concurrency_limit, w.retry_policy "
         "FROM unnest($1::uuid[]) AS r(wf) JOIN workflows w ON w.id = r.wf "
         "CROSS JOIN LATERAL (SELECT greatest(0, $3 - count(*)) AS room FROM (SELECT 1 FROM executions o "
         "  WHERE o.workflow_id = r.wf AND o.signalled_at IS NOT NULL AND o.status IN ('queued', 'running') "
         "  LIMIT $3) s) q "
-        "CROSS JOIN LATERAL (SELECT x.id, x.workflow_id, x.seq FROM executions x WHERE x.workflow_id = r.wf "
+        "CROSS JOIN LATERAL (SELECT x.id, x.workflow_id, x.seq, (x.status = 'running' OR x.attempts > 0) AS redrive "
+        "  FROM executions x WHERE x.workflow_id = r.wf "
         "  AND x.signalled_at IS NULL AND x.status IN ('queued', 'running') ORDER BY x.seq "
         "  LIMIT least(q.room, $2) FOR UPDATE OF x SKIP LOCKED) c "
         "ORDER BY c.seq LIMIT $2",

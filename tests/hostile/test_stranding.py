@@ -72,10 +72,12 @@ POISONED: set[str] = set()
 
 
 class _PoisonableDispatcher(Dispatcher):
-    async def _start_or_signal(self, client: Client, workflow_id: uuid.UUID, ids: list[str], limit: int) -> None:
+    async def _start_or_signal(
+        self, client: Client, workflow_id: uuid.UUID, ids: list[str], limit: int, redrive: list[str] | None = None
+    ) -> None:
         if str(workflow_id) in POISONED:
             raise RPCError("blob data size exceeds limit", RPCStatusCode.INVALID_ARGUMENT, b"")
-        await super()._start_or_signal(client, workflow_id, ids, limit)
+        await super()._start_or_signal(client, workflow_id, ids, limit, redrive)
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +292,33 @@ async def test_a_terminated_newsletter_is_started_again_and_sends_to_each_recipi
     done = await finished(owner, execution_id, timeout=45)
     assert done["result"]["status"] == "sent"
     assert sorted(provider.to()) == sorted(r["email"] for r in readers(5))
+
+
+async def test_an_overdue_retry_that_a_running_automation_counts_as_done_is_run_again(
+    reconciling: Client, owner: Owner, pool: asyncpg.Pool, receiver: Receiver
+) -> None:
+    target = f"/forgotten/{uuid.uuid4().hex}"
+    endpoint = await create_endpoint(owner.client)
+    workflow = await create_workflow(owner.client, endpoint["id"], receiver.url + target)
+    async with httpx.AsyncClient(base_url=owner.client.base_url) as http:
+        assert (await send(http, endpoint, b'{"n": 1}')).status_code == 202
+    first = await wait_for(lambda: _one(owner, workflow, "succeeded"), timeout=30)
+    async with pool.acquire() as conn:
+        # Open in PostgreSQL, done for the automation (still running): as after a lost signal.
+        await conn.execute(
+            "UPDATE executions SET status = 'running', finished_at = NULL, "
+            "next_attempt_at = now() - interval '1 minute' WHERE id = $1",
+            uuid.UUID(first["id"]),
+        )
+    described = await reconciling.get_workflow_handle(automation_id(workflow["id"])).describe()
+    assert described.status == WorkflowExecutionStatus.RUNNING
+
+    async def second_attempt() -> dict[str, Any] | None:
+        found = await _one(owner, workflow, "succeeded")
+        return found if found and found["attempts"] == 2 else None
+
+    await wait_for(second_attempt, timeout=20)
+    assert len(receiver.to(target)) == 2
 
 
 async def test_only_one_reconciler_replica_works_on_a_workflow_at_a_time(pool: asyncpg.Pool) -> None:
