@@ -16,9 +16,10 @@ what Temporal was given more than `reconcile_grace_s` ago and is still open in P
 - active Gmail mailboxes whose workflow (`gmail-mailbox-<credential id>`) is not running:
   started again with a reconcile signal (it then renews its watch and syncs).
 
-Handing back clears `signalled_at`, so the dispatcher's hand-over signals the execution again.
-That is exactly-once safe: the automation ignores ids it knows, `claim_for_run` skips finished
-executions and attempts another run of the automation may still be running.
+Handing back clears `signalled_at`, so the dispatcher's hand-over signals the execution again
+(marked re-driven if it ran before). That is exactly-once safe: the automation ignores ids it
+has pending, in flight or waiting for a retry, `claim_for_run` skips finished executions and
+attempts that another run of the automation claimed and may still be running.
 
 Safe in any number of replicas: each Temporal workflow checked is leased in
 `reconcile_leases` (SKIP LOCKED); the lease also spaces the checks of one workflow.
