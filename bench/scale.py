@@ -174,7 +174,8 @@ async def cases(conn: asyncpg.Connection) -> dict[str, list[tuple[str, tuple[Any
         "events.list_events status": lambda c: events.list_events(c, owner, 50, None, status="received"),
         "events.list_events source_id": lambda c: events.list_events(c, owner, 50, None, source_id=source),
         "events.get_event": lambda c: events.get_event(c, owner, event_id),
-        "executions.claim_handover (500)": lambda c: executions.claim_handover(c, 500),
+        "executions.handover_workflows": lambda c: executions.handover_workflows(c, 5000),
+        "executions.claim_handover (500)": lambda c: executions.claim_handover(c, [wf_id], 500, 5000),
         "executions.list_for_workflow": lambda c: executions.list_for_workflow(c, owner, wf_id, 50, None, None),
         "executions.list_for_workflow status": lambda c: executions.list_for_workflow(
             c, owner, wf_id, 50, None, "succeeded"

@@ -85,10 +85,17 @@ class Settings:
     dispatch_poll_interval_s: float = 1.0
     # /readyz reports `dispatch: stalled` once the oldest unresolved event is older than this.
     dispatch_stall_after_s: float = 60.0
-    activity_heartbeat_timeout_s: float = 30.0
+    # A lost worker's batch is retried this long after its last heartbeat (docs/architecture.md,
+    # "Nothing is stranded"); the worker heartbeats every second, so 5 s leaves 4 s of slack.
+    activity_heartbeat_timeout_s: float = 5.0
     automation_idle_timeout_s: float = 300.0
     automation_max_batch: int = 100
     automation_history_limit: int = 8000
+    # Unfinished executions handed to one automation workflow at most; the rest wait in PostgreSQL.
+    automation_max_pending: int = 5000
+    # The reconciler: how often it checks, and how long a hand-over may settle before it does.
+    reconcile_interval_s: float = 15.0
+    reconcile_grace_s: float = 30.0
     worker_max_concurrent_activities: int = 100
     worker_graceful_shutdown_s: float = 30.0
     log_level: str = "INFO"
@@ -178,6 +185,9 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_AUTOMATION_IDLE_TIMEOUT_S": ("automation_idle_timeout_s", float),
     "HOOKYARD_AUTOMATION_MAX_BATCH": ("automation_max_batch", int),
     "HOOKYARD_AUTOMATION_HISTORY_LIMIT": ("automation_history_limit", int),
+    "HOOKYARD_AUTOMATION_MAX_PENDING": ("automation_max_pending", int),
+    "HOOKYARD_RECONCILE_INTERVAL_S": ("reconcile_interval_s", float),
+    "HOOKYARD_RECONCILE_GRACE_S": ("reconcile_grace_s", float),
     "HOOKYARD_WORKER_MAX_CONCURRENT_ACTIVITIES": ("worker_max_concurrent_activities", int),
     "HOOKYARD_WORKER_GRACEFUL_SHUTDOWN_S": ("worker_graceful_shutdown_s", float),
     "HOOKYARD_LOG_LEVEL": ("log_level", str),

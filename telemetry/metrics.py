@@ -51,6 +51,17 @@ class SourceMeter:
         self._failures.labels(self.source, reason).inc()
 
 
+# What the reconciler (worker/reconciler.py) can do: (kind, reason).
+RECONCILER_ACTIONS = (
+    ("execution", "workflow_gone"),
+    ("execution", "queued_overdue"),
+    ("execution", "retry_overdue"),
+    ("execution", "attempt_overdue"),
+    ("newsletter", "workflow_gone"),
+    ("mailbox", "workflow_gone"),
+)
+
+
 class Metrics:
     """The series one process records, on its own registry (the default registry is never used)."""
 
@@ -100,6 +111,19 @@ class Metrics:
         self.handover_failures = Counter(
             "hookyard_handover_failures", "Hand-over passes that failed because Temporal did not answer.", registry=r
         )
+        self.handover_workflow_failures = Counter(
+            "hookyard_handover_workflow_failures",
+            "Hand-overs to one automation workflow that failed while Temporal answered others; retried alone.",
+            registry=r,
+        )
+        self.reconciler_actions = Counter(
+            "hookyard_reconciler_actions",
+            "What the reconciler re-drove: kind (execution, newsletter, mailbox) and why.",
+            ["kind", "reason"],
+            registry=r,
+        )
+        for kind, reason in RECONCILER_ACTIONS:  # present at zero, so rates and alerts see them
+            self.reconciler_actions.labels(kind, reason)
         self.executions_finished = Counter(
             "hookyard_executions_finished",
             "Executions that reached a final status (succeeded, failed), by action type.",

@@ -324,9 +324,10 @@ def _compact(record: Mapping[str, Any]) -> dict[str, Any]:
 async def _heartbeat(heartbeat_timeout: timedelta | None, kept: KeptOutcomes) -> None:
     """Heartbeat well inside the timeout so a lost worker is noticed and the batch retried.
 
-    Every beat carries the outcomes kept so far (Temporal keeps the latest for the next attempt).
+    Every second (or a fifth of the timeout): the worker's throttle decides what is sent. Every
+    beat carries the outcomes kept so far (Temporal keeps the latest for the next attempt).
     """
-    interval = max(0.5, heartbeat_timeout.total_seconds() / 3) if heartbeat_timeout else 10.0
+    interval = min(1.0, heartbeat_timeout.total_seconds() / 5) if heartbeat_timeout else 10.0
     while True:
         activity.heartbeat(kept.details())
         await asyncio.sleep(interval)

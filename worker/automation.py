@@ -20,6 +20,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from worker.contracts import (
+        BATCH_START_TO_CLOSE_S,
         ENQUEUE_SIGNAL,
         RUN_BATCH_ACTIVITY,
         WORKFLOW_NAME,
@@ -52,10 +53,21 @@ class AutomationWorkflow:
         """Accept executions; ids seen before (re-sent after a dispatcher crash) are ignored."""
         self._state.concurrency_limit = max(1, message.concurrency_limit)
         self._changes += 1
+        redrive = set(message.redrive)
         for execution_id in message.execution_ids:
             if execution_id not in self._known:
                 self._known.add(execution_id)
                 self._pending.append(execution_id)
+            elif execution_id in redrive and self._finished(execution_id):
+                self._pending.append(execution_id)
+
+    def _finished(self, execution_id: str) -> bool:
+        """Known, but neither pending, in flight nor waiting for a retry."""
+        return (
+            execution_id not in self._inflight
+            and execution_id not in self._pending
+            and all(r.execution_id != execution_id for r in self._retries)
+        )
 
     @workflow.run
     async def run(self, state: AutomationState) -> None:
@@ -141,11 +153,15 @@ class AutomationWorkflow:
             RUN_BATCH_ACTIVITY,
             BatchInput(self._state.workflow_id, batch),
             result_type=list[Outcome],
-            start_to_close_timeout=timedelta(minutes=15),
+            start_to_close_timeout=timedelta(seconds=BATCH_START_TO_CLOSE_S),
             heartbeat_timeout=timedelta(seconds=self._state.heartbeat_timeout_s),
             # Infrastructure failures (database down, worker lost) retry forever; action
             # failures are decided per execution inside the activity and come back as outcomes.
-            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+            # A lost worker's batch is retried half a second after its heartbeat times out, and
+            # an outage costs at most 5 s after it ends: a crash costs seconds, not minutes.
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=0.5), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=5)
+            ),
         )
         return outcomes
 

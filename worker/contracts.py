@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 WORKFLOW_NAME = "hookyard.automation"
 ENQUEUE_SIGNAL = "enqueue"
 RUN_BATCH_ACTIVITY = "hookyard.run_batch"
+# The batch activity's start-to-close; schemas/store/executions.py ATTEMPT_IN_FLIGHT_S matches it.
+BATCH_START_TO_CLOSE_S = 15 * 60.0
 
 
 def automation_id(workflow_id: str) -> str:
@@ -19,10 +21,16 @@ def automation_id(workflow_id: str) -> str:
 
 @dataclass
 class Enqueue:
-    """Signal: run these executions. Carries the latest concurrency limit of the workflow."""
+    """Signal: run these executions. Carries the latest concurrency limit of the workflow.
+
+    `redrive`: those of `execution_ids` the reconciler handed back (PostgreSQL has them open
+    though the automation may have counted them done); run them again unless they are pending,
+    in flight or waiting for a retry. `claim_for_run` decides whether an attempt may start.
+    """
 
     execution_ids: list[str]
     concurrency_limit: int = 10
+    redrive: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -41,7 +49,7 @@ class AutomationState:
     concurrency_limit: int = 10
     max_batch: int = 100
     idle_timeout_s: float = 300.0
-    heartbeat_timeout_s: float = 30.0
+    heartbeat_timeout_s: float = 5.0
     # Continue-as-new past this many history events (Temporal's hard limit is 51,200).
     history_limit: int = 8000
     pending: list[str] = field(default_factory=list)

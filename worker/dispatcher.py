@@ -13,7 +13,8 @@ ids it has seen and the activity skips executions that have finished, so nothing
 While Temporal is unreachable, step 1 continues and step 2 retries with backoff.
 
 Beside them runs the trigger sync loop (worker/trigger_sync.py), which keeps the outside
-state some triggers keep (Temporal Schedules) in step with the workflow rows.
+state some triggers keep (Temporal Schedules) in step with the workflow rows, and the
+reconciler (worker/reconciler.py), which hands over again what Temporal no longer holds.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from uuid import UUID
 
 import asyncpg
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from schemas import db, jsonlimits
 from schemas.sanitize import strip_nul
@@ -40,6 +42,7 @@ from triggers.base import InboxEvent
 from triggers.resolver import RoutingCache
 from worker.contracts import ENQUEUE_SIGNAL, WORKFLOW_NAME, AutomationState, Enqueue, automation_id
 from worker.forwarding import ForwardFailed, accept_forwarded, build_forwarders, handover_forwarded
+from worker.reconciler import Reconciler
 from worker.temporal import connect
 from worker.trigger_sync import TriggerSyncer
 
@@ -48,6 +51,8 @@ if TYPE_CHECKING:  # the type only: settings are passed in
 
 log = logging.getLogger(__name__)
 
+# Automations looked at per hand-over pass (each an index probe); the rest wait for the next pass.
+HANDOVER_WORKFLOWS = 5000
 INBOX_GAUGE_INTERVAL_S = 5.0  # how often the backlog gauges are refreshed; one indexed query each time
 # Pause after a failed pass, doubling while failures last; short, so a stop is never held up long.
 STORAGE_BACKOFF_FIRST_S = 0.25
@@ -79,6 +84,9 @@ class Dispatcher:
         self._handover_delay = 0.0
         self._handover_retry_at = 0.0
         self._storage_delay = 0.0  # see _back_off
+        # Automations whose hand-over Temporal refused: (retry at, last delay); forgotten after a
+        # success or a quiet minute.
+        self._workflow_retry: dict[UUID, tuple[float, float]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; woken at once by new events, else polls."""
@@ -86,6 +94,9 @@ class Dispatcher:
         # Its own task: a slow or unreachable Temporal must not hold up resolution.
         syncer = asyncio.create_task(
             TriggerSyncer(self._pool, self._settings, self._client).run(stop), name="trigger-sync"
+        )
+        reconciler = asyncio.create_task(
+            Reconciler(self._pool, self._settings, self._ensure_client, self._metrics).run(stop), name="reconciler"
         )
         try:
             while not stop.is_set():
@@ -95,8 +106,8 @@ class Dispatcher:
                 if not busy:
                     await self._sleep(stop)
         finally:
-            await asyncio.wait({syncer}, timeout=5)  # `stop` ends it after the hook in flight
-            for task in (listener, syncer):
+            await asyncio.wait({syncer, reconciler}, timeout=5)  # `stop` ends them after the call in flight
+            for task in (listener, syncer, reconciler):
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
@@ -310,9 +321,23 @@ class Dispatcher:
             raise TemporalUnavailable(str(exc)) from exc
 
     async def handover_once(self) -> int:
-        """Signal one batch of queued executions to their automations; returns how many were claimed."""
+        """Signal one batch of queued executions to their automations; returns how many were claimed.
+
+        Each automation holds at most `automation_max_pending` unfinished executions; the rest
+        wait here. A signal that fails for some automations while Temporal takes the others
+        backs off only those (Temporal refused that one workflow); if every signal fails,
+        Temporal is taken to be unreachable and the whole hand-over backs off.
+        """
+        now = asyncio.get_running_loop().time()
+        self._workflow_retry = {wf: due for wf, due in self._workflow_retry.items() if due[0] + 60 > now}
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await execution_store.claim_handover(conn, self._settings.dispatch_batch_size)
+            wanted = await execution_store.handover_workflows(conn, HANDOVER_WORKFLOWS)
+            wanted = [wf for wf in wanted if self._workflow_retry.get(wf, (0.0, 0.0))[0] <= now]
+            if not wanted:
+                return 0
+            rows = await execution_store.claim_handover(
+                conn, wanted, self._settings.dispatch_batch_size, self._settings.automation_max_pending
+            )
             if not rows:
                 return 0
             client = await self._ensure_client()
@@ -333,25 +358,45 @@ class Dispatcher:
             if done:
                 await execution_store.mark_signalled(conn, done)
                 self._metrics.handover_executions.inc(len(done))
-            failures = [res for res in results if isinstance(res, BaseException)]
-        if failures:
-            raise TemporalUnavailable(f"{len(failures)} of {len(groups)} signals failed: {failures[0]!r}")
+            failed = {wf: res for wf, res in zip(groups, results, strict=True) if isinstance(res, BaseException)}
+        if failed and (len(failed) == len(groups) and any(_unreachable(exc) for exc in failed.values())):
+            first = next(iter(failed.values()))
+            raise TemporalUnavailable(f"{len(failed)} of {len(groups)} signals failed: {first!r}")
+        for wf, exc in failed.items():
+            self._workflow_failed(wf, exc)
         return len(rows)
+
+    def _workflow_failed(self, workflow_id: UUID, exc: BaseException) -> None:
+        """Temporal refused one automation's hand-over: retry it alone, later (1 s doubling to 30 s)."""
+        previous = self._workflow_retry.get(workflow_id, (0.0, 0.0))[1]
+        delay = min(max(previous * 2, 1.0), 30.0)
+        self._workflow_retry[workflow_id] = (asyncio.get_running_loop().time() + delay, delay)
+        self._metrics.handover_workflow_failures.inc()
+        log.warning(
+            "hand-over to automation of workflow %s failed, retrying it in %.0fs: %s",
+            workflow_id,
+            delay,
+            _describe(exc),
+        )
 
     async def _signal(
         self, client: Client, workflow_id: UUID, rows: list[asyncpg.Record], traces: dict[UUID, str]
     ) -> None:
         limit = rows[0]["concurrency_limit"]
         ids = [str(r["id"]) for r in rows]
+        redrive = [str(r["id"]) for r in rows if r["redrive"]]
         # Continues the first event's trace (links the rest); Temporal's interceptor carries it on.
         with self._tracing.continued_span(
             "hookyard.handover",
             [traces.get(r["id"]) for r in rows],
             {"hookyard.workflow_id": str(workflow_id), "hookyard.executions": len(ids)},
         ):
-            await self._start_or_signal(client, workflow_id, ids, limit)
+            await self._start_or_signal(client, workflow_id, ids, limit, redrive)
+        self._workflow_retry.pop(workflow_id, None)
 
-    async def _start_or_signal(self, client: Client, workflow_id: UUID, ids: list[str], limit: int) -> None:
+    async def _start_or_signal(
+        self, client: Client, workflow_id: UUID, ids: list[str], limit: int, redrive: list[str] | None = None
+    ) -> None:
         await client.start_workflow(
             WORKFLOW_NAME,
             AutomationState(
@@ -365,7 +410,7 @@ class Dispatcher:
             id=automation_id(str(workflow_id)),
             task_queue=self._settings.task_queue,
             start_signal=ENQUEUE_SIGNAL,
-            start_signal_args=[Enqueue(ids, limit)],
+            start_signal_args=[Enqueue(ids, limit, redrive or [])],
         )
 
     async def _ensure_client(self) -> Client:
@@ -393,6 +438,22 @@ def _transient(exc: BaseException) -> bool:
 def _rejection(stage: str, exc: BaseException) -> str:
     """The reason shown to the owner: the stage and the kind of failure, never its message."""
     return f"the dispatcher failed while {stage} ({type(exc).__name__}); the event runs nothing and is not retried"
+
+
+_UNREACHABLE = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED})
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a failed signal says Temporal itself could not be reached (rather than refusing one workflow)."""
+    if isinstance(exc, RPCError):
+        return exc.status in _UNREACHABLE
+    return isinstance(exc, (TemporalUnavailable, OSError, TimeoutError, RuntimeError))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RPCError):
+        return f"Temporal error ({exc.status.name}): {exc.message}"[:500]
+    return type(exc).__name__
 
 
 def _inbox_event(row: asyncpg.Record, max_json_depth: int) -> InboxEvent:

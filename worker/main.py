@@ -35,6 +35,9 @@ if TYPE_CHECKING:  # the type only: settings are passed in
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_THROTTLE = timedelta(seconds=2)
+STICKY_TIMEOUT = timedelta(seconds=2)
+
 
 def build_worker(
     client: Client,
@@ -62,6 +65,11 @@ def build_worker(
             *([newsletter.send_batch] if newsletter else []),
         ],
         max_concurrent_activities=settings.worker_max_concurrent_activities,
+        # The SDK sends heartbeats at most every 0.8 x the heartbeat timeout; every 2 s instead
+        # leaves 3 s of slack under a 5 s timeout, so a busy worker is not declared lost.
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        # A workflow whose worker died moves to another after this long, not after 10 s.
+        sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
         # Running activities get this long to finish on shutdown before being cancelled.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
     )

@@ -8,6 +8,10 @@ from uuid import UUID
 import asyncpg
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+# How long an attempt may be in flight: the automation's batch activity start-to-close
+# (worker/contracts.py BATCH_START_TO_CLOSE_S). Within it, an attempt claimed by another run of
+# the same automation is not taken again; past it, that attempt cannot still be running.
+ATTEMPT_IN_FLIGHT_S = 15 * 60.0
 
 
 async def insert_for_events(
@@ -49,14 +53,46 @@ async def insert_replay(conn: asyncpg.Connection, owner_id: UUID, execution_id: 
     return new_id
 
 
-async def claim_handover(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-    """Lock queued executions not yet handed to Temporal (call inside a transaction)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT x.id, x.workflow_id, w.concurrency_limit, w.retry_policy FROM executions x "
-        "JOIN workflows w ON w.id = x.workflow_id "
-        "WHERE x.signalled_at IS NULL AND x.status = 'queued' ORDER BY x.seq LIMIT $1 "
-        "FOR UPDATE OF x SKIP LOCKED",
+async def handover_workflows(conn: asyncpg.Connection, limit: int) -> list[UUID]:
+    """User workflows with executions not yet handed to Temporal (a skip scan: one probe each)."""
+    rows = await conn.fetch(
+        "WITH RECURSIVE wf AS ("
+        " (SELECT workflow_id FROM executions WHERE signalled_at IS NULL AND status IN ('queued', 'running') "
+        "  ORDER BY workflow_id LIMIT 1) "
+        " UNION ALL "
+        " SELECT (SELECT x.workflow_id FROM executions x WHERE x.signalled_at IS NULL "
+        "  AND x.status IN ('queued', 'running') AND x.workflow_id > wf.workflow_id ORDER BY x.workflow_id LIMIT 1) "
+        " FROM wf WHERE wf.workflow_id IS NOT NULL) "
+        "SELECT workflow_id FROM wf WHERE workflow_id IS NOT NULL LIMIT $1",
         limit,
+    )
+    return [r["workflow_id"] for r in rows]
+
+
+async def claim_handover(
+    conn: asyncpg.Connection, workflow_ids: list[UUID], limit: int, max_pending: int
+) -> list[asyncpg.Record]:
+    """Lock executions of these workflows not yet handed to Temporal (call inside a transaction).
+
+    Each workflow gets at most `max_pending` minus what its automation already holds (handed over
+    and unfinished), so a backlog stays in PostgreSQL rather than in Temporal's payloads. Rows
+    handed back by the reconciler (`running`, waiting for a retry) are taken like queued ones;
+    `redrive` marks rows that were run before (only the reconciler un-signals such rows).
+    """
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT c.id, c.workflow_id, c.redrive, w.concurrency_limit, w.retry_policy "
+        "FROM unnest($1::uuid[]) AS r(wf) JOIN workflows w ON w.id = r.wf "
+        "CROSS JOIN LATERAL (SELECT greatest(0, $3 - count(*)) AS room FROM (SELECT 1 FROM executions o "
+        "  WHERE o.workflow_id = r.wf AND o.signalled_at IS NOT NULL AND o.status IN ('queued', 'running') "
+        "  LIMIT $3) s) q "
+        "CROSS JOIN LATERAL (SELECT x.id, x.workflow_id, x.seq, (x.status = 'running' OR x.attempts > 0) AS redrive "
+        "  FROM executions x WHERE x.workflow_id = r.wf "
+        "  AND x.signalled_at IS NULL AND x.status IN ('queued', 'running') ORDER BY x.seq "
+        "  LIMIT least(q.room, $2) FOR UPDATE OF x SKIP LOCKED) c "
+        "ORDER BY c.seq LIMIT $2",
+        workflow_ids,
+        limit,
+        max_pending,
     )
     return rows
 
@@ -72,7 +108,10 @@ async def claim_for_run(
     """Start an attempt of each execution that may still run.
 
     Executions already finished are skipped (a duplicate hand-over runs nothing); those whose
-    workflow was deactivated meanwhile are cancelled.
+    workflow was deactivated meanwhile are cancelled. An attempt another run of the same
+    automation claimed less than ATTEMPT_IN_FLIGHT_S ago and has not recorded may still be in
+    flight (that run was terminated or reset under it), so it is skipped too; the same run may
+    take it again (its activity is retried after the worker running it was lost).
     """
     async with conn.transaction():
         await conn.execute(
@@ -84,15 +123,19 @@ async def claim_for_run(
         )
         rows: list[asyncpg.Record] = await conn.fetch(
             "UPDATE executions x SET status = 'running', attempts = x.attempts + 1, "
-            "started_at = coalesce(x.started_at, now()), next_attempt_at = NULL, "
+            "started_at = coalesce(x.started_at, now()), next_attempt_at = NULL, attempt_started_at = now(), "
             "temporal_workflow_id = $2, temporal_run_id = $3 FROM workflows w "
             "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
             "AND w.active AND w.deleted_at IS NULL "
+            "AND NOT (x.status = 'running' AND x.next_attempt_at IS NULL AND x.temporal_workflow_id = $2 "
+            "AND x.temporal_run_id IS DISTINCT FROM $3 "
+            "AND coalesce(x.attempt_started_at, '-infinity') > now() - make_interval(secs => $4)) "
             "RETURNING x.id, x.owner_id, x.workflow_id, x.event_id, x.trigger_data, x.attempts, "
             "w.name AS workflow_name, w.action_type, w.action_config, w.credential_id, w.retry_policy",
             ids,
             temporal_workflow_id,
             temporal_run_id,
+            ATTEMPT_IN_FLIGHT_S,
         )
     return rows
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -24,7 +26,7 @@ from hookyard.migrate import migrate
 from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas import db
-from tests.conftest import Owner, Receiver, Stack, make_settings, new_owner, serve, wait_for
+from tests.conftest import Owner, Receiver, Recorded, Stack, make_settings, new_owner, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
 
 
@@ -50,6 +52,10 @@ class Isolated:
 
     def spawn_worker(self) -> None:
         """The worker as a real separate process, so it can be killed like a crashed pod."""
+        self.worker_proc = self.spawn_another_worker()
+
+    def spawn_another_worker(self) -> subprocess.Popen[bytes]:
+        """One more worker process on the same task queue (the caller stops it)."""
         env = {
             **os.environ,
             "DATABASE_URL": self.settings.database_url,
@@ -61,9 +67,27 @@ class Isolated:
             "HOOKYARD_ACTIVITY_HEARTBEAT_TIMEOUT_S": str(self.settings.activity_heartbeat_timeout_s),
             "HOOKYARD_LOG_LEVEL": "WARNING",
         }
-        self.worker_proc = subprocess.Popen(
-            [sys.executable, "-m", "hookyard.cli", "worker"], env=env, start_new_session=True
+        return subprocess.Popen([sys.executable, "-m", "hookyard.cli", "worker"], env=env, start_new_session=True)
+
+    async def wait_polling(self, proc: subprocess.Popen[bytes]) -> None:
+        """Until Temporal sees this worker process polling for activities (its identity starts with its pid)."""
+        from temporalio.api.enums.v1 import TaskQueueType
+        from temporalio.api.taskqueue.v1 import TaskQueue
+        from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+        from temporalio.client import Client
+
+        client = await Client.connect(self.settings.temporal_address)
+        request = DescribeTaskQueueRequest(
+            namespace="default",
+            task_queue=TaskQueue(name=self.settings.task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
         )
+
+        async def polling() -> bool:
+            answer = await client.workflow_service.describe_task_queue(request)
+            return any(p.identity.startswith(f"{proc.pid}@") for p in answer.pollers)
+
+        await wait_for(polling, timeout=60, interval=0.2)
 
     def kill_worker(self) -> None:
         assert self.worker_proc is not None
@@ -163,6 +187,58 @@ async def test_worker_killed_mid_action_is_retried_and_completes(stack: Stack, r
         keys = {r.headers["idempotency-key"] for r in receiver.to(target)}
         assert keys == {execution["id"]}
         await owner.client.aclose()
+
+
+async def test_a_killed_workers_batch_resumes_on_another_worker_within_10_seconds(stack: Stack, receiver: Receiver):
+    """With the default heartbeat timeout, the longest stall in deliveries after kill -9 is under 10 s."""
+    target = f"/lost/{uuid.uuid4().hex}"
+    heartbeat = Settings().activity_heartbeat_timeout_s
+    async with isolated(stack, worker_in_process=False, activity_heartbeat_timeout_s=heartbeat) as (
+        iso,
+        base_url,
+        pool,
+    ):
+        assert iso.worker_proc is not None
+        await iso.wait_polling(iso.worker_proc)
+        owner = await _owner(pool, base_url)
+        endpoint = await create_endpoint(owner.client)
+        workflow = await create_workflow(
+            owner.client,
+            endpoint["id"],
+            receiver.url + target,
+            action={"body": {"n": "{{ trigger.body.n }}"}},
+            concurrency_limit=5,
+        )
+        receiver.delay_s = 60.0  # the first batch hangs in flight on the worker about to die
+        survivor = None
+        try:
+            async with httpx.AsyncClient(base_url=base_url) as http:
+                for n in range(10):
+                    assert (await send(http, endpoint, f'{{"n": {n}}}'.encode())).status_code == 202
+            await wait_for(lambda: _all(_received(receiver, target), 5), timeout=30)
+            survivor = iso.spawn_another_worker()
+            await iso.wait_polling(survivor)
+            async with pool.acquire() as conn:
+                killed_at = await conn.fetchval("SELECT now()")
+            iso.kill_worker()
+            receiver.delay_s = 0.0
+            done = await wait_for(lambda: _all(executions(owner.client, workflow["id"], "succeeded"), 10), timeout=60)
+        finally:
+            receiver.delay_s = 0.0
+            if survivor is not None:
+                os.killpg(survivor.pid, 9)
+                survivor.wait(5)
+        finished = sorted(datetime.fromisoformat(e["finished_at"]) for e in done)
+        moments = [killed_at, *finished]
+        stall = max((b - a).total_seconds() for a, b in itertools.pairwise(moments))
+        print(f"longest stall in deliveries after the worker was killed: {stall:.1f}s")
+        assert stall < 10.0
+        assert len({r.body for r in receiver.to(target)}) == 10
+        await owner.client.aclose()
+
+
+async def _received(receiver: Receiver, target: str) -> list[Recorded]:
+    return receiver.to(target)
 
 
 async def _all(coro, n: int):  # type: ignore[no-untyped-def]
