@@ -66,6 +66,8 @@ class Isolated:
             ),
             "HOOKYARD_ACTIVITY_HEARTBEAT_TIMEOUT_S": str(self.settings.activity_heartbeat_timeout_s),
             "HOOKYARD_LOG_LEVEL": "WARNING",
+            # The test's receiver is on loopback, which the egress policy refuses by default.
+            "HOOKYARD_EGRESS_ALLOW": "127.0.0.0/8,::1",
         }
         return subprocess.Popen([sys.executable, "-m", "hookyard.cli", "worker"], env=env, start_new_session=True)
 
