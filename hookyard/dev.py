@@ -10,6 +10,7 @@ a stop caused by a failure (a server that cannot be brought back) exits 1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from hookyard import services
 from hookyard.devui import ReadOnlyUIProxy
@@ -101,6 +102,28 @@ def dev_egress_deny(ports: Iterable[int], environ: Mapping[str, str]) -> str:
     return ",".join([*own, extra] if extra else own)
 
 
+# What an external `temporal server start-dev` also listens on by default: its HTTP API (which
+# takes writes) and its UI.
+_TEMPORAL_DEFAULT_SIDE_PORTS = (7243, 8233)
+
+
+def external_ports(environ: Mapping[str, str]) -> set[int]:
+    """Ports of servers named by the environment (PostgreSQL, Redis, Temporal, metrics)."""
+    ports: set[int] = set()
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        if environ.get(name):
+            with contextlib.suppress(ValueError):
+                ports.add(urlsplit(environ[name]).port or 0)
+    address = environ.get("TEMPORAL_ADDRESS", "")
+    if address.rpartition(":")[2].isdigit():
+        ports |= {int(address.rpartition(":")[2]), *_TEMPORAL_DEFAULT_SIDE_PORTS}
+    for name in ("HOOKYARD_METRICS_PORT", "HOOKYARD_TEMPORAL_METRICS_PORT"):
+        if environ.get(name, "").isdigit():
+            ports.add(int(environ[name]))
+    ports.discard(0)
+    return ports
+
+
 def egress_summary(allow: str) -> str:
     """What actions of the dev stack may reach, for its banner."""
     return f"public addresses + {allow}" if allow.strip() else "public addresses only"
@@ -144,6 +167,8 @@ class Supervisor:
         """Start each server not replaced by an environment variable; returns the URLs."""
         urls = {}
         env = os.environ
+        # Servers the environment points at are the stack's too: actions may not reach them.
+        self.own_ports |= external_ports(env)
         if env.get("DATABASE_URL"):
             urls["database_url"] = env["DATABASE_URL"]
         else:

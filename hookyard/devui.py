@@ -8,6 +8,8 @@ loopback port and this proxy serves the public UI port:
 
 - only GET and HEAD pass; every other method answers 403, so the UI's HTTP API cannot
   change a workflow (the UI server itself has no such switch here);
+- a request whose `Host` is not a loopback name answers 421, so a web page that rebinds its
+  own hostname to 127.0.0.1 cannot read workflows or the codec endpoint through a browser;
 - `/api/v1/settings` is rewritten: write actions are reported disabled (the UI hides their
   buttons) and the codec endpoint, which carries the codec token because the UI cannot send
   a header, is filled in here, so the token is never in any process's argv.
@@ -29,6 +31,15 @@ _HOP_HEADERS = frozenset(
 )
 _REFUSED = json.dumps({"error": "read_only", "message": "the dev Temporal UI is read-only"}).encode()
 _UPSTREAM_TIMEOUT_S = 30.0
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+def loopback_host(host: str | None) -> bool:
+    """Whether a Host header names this machine's loopback (any port), not some other name."""
+    if not host:
+        return False
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name.lower() in LOOPBACK_HOSTS
 
 
 def read_only_settings(settings: dict[str, Any], codec_endpoint: str | None) -> dict[str, Any]:
@@ -89,6 +100,9 @@ def _handler_for(proxy: ReadOnlyUIProxy) -> type[BaseHTTPRequestHandler]:
         do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_TRACE = do_CONNECT = _refuse
 
         def _forward(self) -> None:
+            if not loopback_host(self.headers.get("host")):
+                self.send_error(421, "the dev Temporal UI answers only to 127.0.0.1 and localhost")
+                return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
             upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=_UPSTREAM_TIMEOUT_S)
             try:

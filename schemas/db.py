@@ -25,6 +25,7 @@ STORAGE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # 57: shutdown, crash, cannot connect now, cancelled
     asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections, disk full
     asyncpg.exceptions.TransactionRollbackError,  # 40: deadlock, serialization failure
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: reached a standby during a failover
     asyncpg.exceptions.InternalClientError,  # protocol state after a broken operation ("cannot switch to state")
     asyncpg.InterfaceError,  # pool closed, connection released or closed under us
 )

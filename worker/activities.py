@@ -9,6 +9,7 @@ of their own, which records the outcome; the execution stays `running` until the
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -75,6 +76,8 @@ class AutomationActivities:
         self._keyring = keyring
         self._vault = vault or Vault(pool, keyring, http)
         self._limiter = limiter
+        # Outcome writes that outlive a cancelled activity (see _write_shielded).
+        self._background: set[asyncio.Future[None]] = set()
 
     @activity.defn(name=RUN_BATCH_ACTIVITY)
     async def run_batch(self, batch: BatchInput) -> list[Outcome]:
@@ -104,16 +107,23 @@ class AutomationActivities:
             # Each outcome is written the moment its attempt ends, so a batch retried after a
             # crash re-runs only the attempts that had not finished. The task group cancels
             # every attempt if the activity fails or is cancelled: none outlives it.
+            unrecorded: list[UUID] = []
             async with asyncio.TaskGroup() as attempts:
                 for row in rows:
-                    attempts.create_task(self._attempt_and_record(row, kept))
+                    attempts.create_task(self._attempt_and_record(row, kept, unrecorded))
+                    # An attempt renders its templates before its first await: one at a time,
+                    # so a batch of large renders cannot keep the heartbeat from running.
+                    await asyncio.sleep(0)
+            if unrecorded:
+                # Every sibling has finished; the retry writes these from the heartbeat details.
+                raise OutcomesNotRecorded(f"outcomes of {len(unrecorded)} executions were not recorded")
         finally:
             beat.cancel()
             with suppress(asyncio.CancelledError):
                 await beat
         return [kept.outcome(i) for i in batch.execution_ids]
 
-    async def _attempt_and_record(self, row: asyncpg.Record, kept: KeptOutcomes) -> None:
+    async def _attempt_and_record(self, row: asyncpg.Record, kept: KeptOutcomes, unrecorded: list[UUID]) -> None:
         started = time.perf_counter()
         try:
             ids = {"execution_id": row["id"], "workflow_id": row["workflow_id"], "event_id": row["event_id"]}
@@ -128,10 +138,27 @@ class AutomationActivities:
         duration = time.perf_counter() - started
         # Kept before the write: if the write never lands, a retried batch still knows.
         kept.add(record)
-        await self._write([record])
+        try:
+            await self._write_shielded(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # refused even without its result: never cancel the siblings for it
+            log.exception("execution %s: outcome not recorded; kept for the batch's retry", row["id"])
+            unrecorded.append(row["id"])
+            return
         kept.mark_written([record])
         if not record.get("handed_off"):
             self.metrics.record_attempt(row["action_type"], record["status"], duration)
+
+    async def _write_shielded(self, record: dict[str, Any]) -> None:
+        """Write one outcome; if the activity is cancelled meanwhile (its workflow terminated,
+        say), the write still goes on for up to KEPT_WRITE_AFTER_CANCEL_S, since no retry of
+        this activity may ever come to write it from the heartbeat details."""
+        write = asyncio.ensure_future(asyncio.wait_for(self._write([record]), KEPT_WRITE_AFTER_CANCEL_S))
+        self._background.add(write)
+        write.add_done_callback(self._background.discard)
+        write.add_done_callback(_quiet)
+        await asyncio.shield(write)
 
     async def _write(self, records: list[dict[str, Any]]) -> None:
         """Write outcomes, retrying storage errors with backoff until written or cancelled.
@@ -294,6 +321,10 @@ class KeptOutcomes:
 
 _KEPT_STATUSES = ("succeeded", "failed", "cancelled", "running")
 KEPT_ERROR_CHARS = 1000
+# Sizes are measured as Temporal's JSON converter writes them (non-ASCII escaped, up to 12
+# bytes a character), so 100 kept outcomes stay far below its 2 MB payload limit.
+KEPT_ERROR_BYTES = 2048
+KEPT_WRITE_AFTER_CANCEL_S = 30.0
 # Results up to this size are kept whole; larger ones as an excerpt, so a batch's heartbeat
 # stays well below Temporal's payload limits (100 executions x ~4 KiB).
 KEPT_RESULT_CHARS = 4096
@@ -305,20 +336,39 @@ WRITE_RETRY_MAX_S = 5.0
 def _compact(record: Mapping[str, Any]) -> dict[str, Any]:
     result = record.get("result")
     try:
-        encoded = orjson.dumps(result).decode() if result is not None else ""
-    except (TypeError, ValueError):  # too deep or not JSON: keep none rather than fail the batch
+        encoded = json.dumps(result) if result is not None else ""  # escaped as Temporal writes it
+    except (TypeError, ValueError, RecursionError):  # not JSON: keep none rather than fail the batch
         result, encoded = None, ""
     if len(encoded) > KEPT_RESULT_CHARS:
-        result = {"excerpt": encoded[:KEPT_EXCERPT_CHARS], "truncated": True}
+        result = {"excerpt": _ascii_capped(orjson.dumps(result).decode(), KEPT_EXCERPT_CHARS), "truncated": True}
     error = record.get("error")
     return {
         "id": str(record["id"]),
         "status": record["status"],
-        "error": error[:KEPT_ERROR_CHARS] if isinstance(error, str) else None,
+        "error": _ascii_capped(error[:KEPT_ERROR_CHARS], KEPT_ERROR_BYTES) if isinstance(error, str) else None,
         "result": result,
         "retry_in_s": record.get("retry_in_s"),
         "handed_off": bool(record.get("handed_off")),
     }
+
+
+def _ascii_capped(text: str, limit: int) -> str:
+    """The longest prefix (halving) whose JSON encoding, non-ASCII escaped, fits in `limit` bytes."""
+    cut = text[:limit]
+    while len(json.dumps(cut)) > limit:
+        cut = cut[: len(cut) // 2]
+    return cut
+
+
+def _quiet(future: asyncio.Future[None]) -> None:
+    """Consume a background write's outcome (logged by the write itself) so none goes unseen."""
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("a background outcome write ended with %s", type(future.exception()).__name__)
+
+
+class OutcomesNotRecorded(RuntimeError):
+    """Some finished attempts' outcomes could not be written; the retry writes them from the
+    heartbeat details (the actions are not run again)."""
 
 
 async def _heartbeat(heartbeat_timeout: timedelta | None, kept: KeptOutcomes) -> None:

@@ -181,7 +181,11 @@ class AutomationWorkflow:
 
     def _finish(self, execution_id: str) -> None:
         if len(self._recent) == self._recent.maxlen:
-            self._known.discard(self._recent[0])
+            evicted = self._recent[0]
+            # A re-driven id may be pending, in flight or retrying again while its old entry
+            # ages out: forgetting it then would let the next hand-over queue it twice.
+            if evicted != execution_id and self._finished(evicted):
+                self._known.discard(evicted)
         self._recent.append(execution_id)
 
     def _should_continue_as_new(self) -> bool:

@@ -120,6 +120,7 @@ def _requests(receiver: Receiver, path: str, execution_id: object) -> int:
         asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"),
         asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
         asyncpg.exceptions.InterfaceError("pool is closed"),
+        asyncpg.exceptions.ReadOnlySQLTransactionError("cannot execute UPDATE in a read-only transaction"),
         ConnectionResetError(104, "Connection reset by peer"),
         TimeoutError(),
     ],
