@@ -90,7 +90,9 @@ class Settings:
     activity_heartbeat_timeout_s: float = 5.0
     automation_idle_timeout_s: float = 300.0
     automation_max_batch: int = 100
-    automation_history_limit: int = 8000
+    # Short histories keep a crash cheap: a worker that takes over a workflow replays its whole
+    # history first (3,700 events took ~5 s under load, holding the GIL that heartbeats need).
+    automation_history_limit: int = 1000
     # Unfinished executions handed to one automation workflow at most; the rest wait in PostgreSQL.
     automation_max_pending: int = 5000
     # The reconciler: how often it checks, and how long a hand-over may settle before it does.
