@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,8 +327,40 @@ class EgressBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+# Most bytes of one response an action may read; actions keep excerpts, so this only stops a
+# hostile target from filling the worker's memory.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
+class ResponseTooLarge(PermanentActionError):
+    """A target sent more than the worker reads of one response."""
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    """A response body that raises `ResponseTooLarge` past `limit` bytes, before holding them."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, limit: int, host: str) -> None:
+        self._inner, self._limit, self._host = inner, limit, host
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._limit:
+                raise ResponseTooLarge(f"{self._host} sent a response larger than {self._limit} bytes; not read")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class EgressTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with its connection pool built on `EgressBackend`, and no proxy."""
+    """httpx's transport with its connection pool built on `EgressBackend`, and no proxy.
+
+    Responses are read up to `max_response_bytes` and never decompressed: requests ask for
+    `identity`, and a `content-encoding` a target sends anyway is dropped before httpx would
+    decode it, so a small compressed body cannot expand into gigabytes in the worker.
+    """
 
     def __init__(
         self,
@@ -336,9 +368,11 @@ class EgressTransport(httpx.AsyncHTTPTransport):
         *,
         limits: httpx.Limits | None = None,
         inner: httpcore.AsyncNetworkBackend | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
         super().__init__(limits=limits, trust_env=False)
+        self._max_response_bytes = max_response_bytes
         # Only the pool changes: httpx's request and error mapping stay as they are.
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
@@ -347,6 +381,16 @@ class EgressTransport(httpx.AsyncHTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=EgressBackend(policy, inner),
         )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send with `accept-encoding: identity`; cap the body and leave it undecoded."""
+        request.headers["accept-encoding"] = "identity"
+        response = await super().handle_async_request(request)
+        if "content-encoding" in response.headers:
+            del response.headers["content-encoding"]
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _CappedStream(response.stream, self._max_response_bytes, request.url.host)
+        return response
 
 
 def guarded_client(policy: EgressPolicy, *, limits: httpx.Limits | None = None) -> httpx.AsyncClient:

@@ -30,6 +30,7 @@ from actions.egress import (
     EgressPolicy,
     EgressRefused,
     EgressTransport,
+    ResponseTooLarge,
     classify,
     guarded_client,
     numeric_address,
@@ -620,3 +621,49 @@ def test_dev_stack_denies_its_own_ports_on_both_loopbacks_and_keeps_the_environm
 def test_a_bad_deny_entry_names_the_deny_setting() -> None:
     with pytest.raises(SettingsError, match="HOOKYARD_EGRESS_DENY: entry 'no such'"):
         load_settings({"HOOKYARD_EGRESS_DENY": "no such"})
+
+
+# --- response size -------------------------------------------------------------------------
+
+
+def _bulky_app() -> Any:
+    import gzip
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))  # ~64 KiB on the wire, 64 MiB decoded
+    seen: dict[str, str] = {}
+
+    async def endless(request: Request) -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(1024):  # 64 MiB in all, if anyone read it
+                yield b"x" * 65536
+
+        return StreamingResponse(chunks())
+
+    async def zipped(request: Request) -> Response:
+        seen["accept-encoding"] = request.headers.get("accept-encoding", "")
+        return Response(bomb, headers={"content-encoding": "gzip"})
+
+    app = Starlette(routes=[Route("/endless", endless), Route("/zipped", zipped)])
+    app.state.seen, app.state.bomb = seen, bomb
+    return app
+
+
+async def test_a_response_larger_than_the_cap_fails_without_being_read_whole() -> None:
+    app, port = _bulky_app(), services.free_port()
+    transport = EgressTransport(EgressPolicy(LOOPBACK), max_response_bytes=1024 * 1024)
+    async with serve(app, port) as url, httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(ResponseTooLarge, match="larger than 1048576 bytes"):
+            await client.get(f"{url}/endless")
+
+
+async def test_a_compressed_response_is_neither_asked_for_nor_expanded() -> None:
+    app, port = _bulky_app(), services.free_port()
+    async with serve(app, port) as url, guarded_client(EgressPolicy(LOOPBACK)) as client:
+        response = await client.get(f"{url}/zipped")
+    assert app.state.seen["accept-encoding"] == "identity"
+    assert response.content == app.state.bomb  # the raw bytes, not 64 MiB of zeros
