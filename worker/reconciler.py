@@ -70,12 +70,16 @@ class Bounds:
     in_flight: timedelta = timedelta(seconds=ATTEMPT_IN_FLIGHT_S)
 
 
-def stranded_reason(row: Any, running: bool, bounds: Bounds) -> str | None:
+def stranded_reason(row: Any, running: bool, bounds: Bounds, chain_started: datetime | None = None) -> str | None:
     """Why an open execution of an automation must be handed over again, or None if it must not.
 
     `row` carries status, signalled_at, next_attempt_at, attempt_started_at and the database's
-    `now`; `running` is whether the automation workflow runs.
+    `now`; `running` is whether the automation workflow runs, and `chain_started` when its
+    current chain of runs began. An execution signalled before that was given to a chain that
+    ended (terminated, then started again by newer signals): the running one never had it.
     """
+    if running and chain_started is not None and row["signalled_at"] < chain_started:
+        running = False
     now: datetime = row["now"]
     next_at: datetime | None = row["next_attempt_at"]
     attempt_at: datetime | None = row["attempt_started_at"]
@@ -160,9 +164,12 @@ class Reconciler:
         running = await _runs(client, temporal_id)
         if running is None:
             return 0
+        chain_started = await _chain_started(client, temporal_id) if running else None
         async with self._pool.acquire() as conn:
             rows = await store.open_executions(conn, workflow_id, self._settings.automation_max_pending)
-            chosen = [(row, reason) for row in rows if (reason := stranded_reason(row, running, self._bounds))]
+            chosen = [
+                (row, reason) for row in rows if (reason := stranded_reason(row, running, self._bounds, chain_started))
+            ]
             if not chosen:
                 return 0
             handed = set(
@@ -238,6 +245,19 @@ async def _status(client: Client, temporal_id: str) -> str:
         log.warning("reconciler: cannot describe %s: %s", temporal_id, _describe(exc))
         return "unknown"
     return description.status.name.lower() if description.status is not None else "unknown"
+
+
+async def _chain_started(client: Client, temporal_id: str) -> datetime | None:
+    """When the running chain of runs (continued-as-new) of a workflow began; None if unknown."""
+    try:
+        description = await client.get_workflow_handle(temporal_id).describe()
+        first_run = description.raw_description.workflow_execution_info.first_run_id
+        if first_run and first_run != description.run_id:
+            description = await client.get_workflow_handle(temporal_id, run_id=first_run).describe()
+    except RPCError as exc:
+        log.warning("reconciler: cannot describe %s: %s", temporal_id, _describe(exc))
+        return None
+    return description.start_time
 
 
 async def _runs(client: Client, temporal_id: str) -> bool | None:

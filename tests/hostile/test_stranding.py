@@ -161,6 +161,32 @@ async def test_execution_signalled_to_a_workflow_that_never_started_is_rerun(
     assert len(receiver.to(target)) == 1
 
 
+async def test_execution_signalled_to_an_ended_run_is_rerun_though_a_new_run_is_up(
+    reconciling: Client, owner: Owner, pool: asyncpg.Pool, receiver: Receiver
+) -> None:
+    target = f"/orphan/{uuid.uuid4().hex}"
+    endpoint = await create_endpoint(owner.client)
+    workflow = await create_workflow(owner.client, endpoint["id"], receiver.url + target)
+    async with httpx.AsyncClient(base_url=owner.client.base_url) as http:
+        assert (await send(http, endpoint, b'{"n": 1}')).status_code == 202  # starts a new run
+    await wait_for(lambda: _one(owner, workflow, "succeeded"), timeout=30)
+    async with pool.acquire() as conn:
+        # Signalled to a run that was terminated before the current one started.
+        orphan = await conn.fetchval(
+            "INSERT INTO executions (owner_id, workflow_id, trigger_data, signalled_at) "
+            "VALUES ($1, $2, '{}'::jsonb, now() - interval '60 seconds') RETURNING id",
+            uuid.UUID(owner.id),
+            uuid.UUID(workflow["id"]),
+        )
+
+    async def orphan_done() -> bool:
+        return (await _status(pool, str(orphan)))["status"] == "succeeded"
+
+    await wait_for(orphan_done, timeout=20)
+    await asyncio.sleep(1.5)
+    assert len(receiver.to(target)) == 2
+
+
 async def test_an_attempt_in_flight_is_not_run_twice_when_handed_over_again(
     reconciling: Client, owner: Owner, pool: asyncpg.Pool, receiver: Receiver
 ) -> None:

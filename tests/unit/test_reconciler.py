@@ -48,3 +48,9 @@ def test_a_running_workflow_is_only_sent_what_is_overdue() -> None:
     assert stranded_reason(row("running", next_at=NOW - timedelta(minutes=5)), True, BOUNDS) == "retry_overdue"
     assert stranded_reason(row("running", attempt_at=NOW - timedelta(minutes=1)), True, BOUNDS) is None
     assert stranded_reason(row("running", attempt_at=LONG_AGO), True, BOUNDS) == "attempt_overdue"
+
+
+def test_an_execution_signalled_before_the_running_chain_began_counts_as_its_workflow_gone() -> None:
+    started_after = NOW - timedelta(seconds=20)  # signalled a minute ago, to a chain since ended
+    assert stranded_reason(row("queued"), True, BOUNDS, started_after) == "workflow_gone"
+    assert stranded_reason(row("queued"), True, BOUNDS, NOW - timedelta(hours=1)) is None
