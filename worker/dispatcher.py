@@ -87,6 +87,8 @@ class Dispatcher:
         # Automations whose hand-over Temporal refused: (retry at, last delay); forgotten after a
         # success or a quiet minute.
         self._workflow_retry: dict[UUID, tuple[float, float]] = {}
+        # Where the next hand-over scan starts (see _handover_scan).
+        self._handover_after: UUID | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; woken at once by new events, else polls."""
@@ -331,7 +333,7 @@ class Dispatcher:
         now = asyncio.get_running_loop().time()
         self._workflow_retry = {wf: due for wf, due in self._workflow_retry.items() if due[0] + 60 > now}
         async with self._pool.acquire() as conn, conn.transaction():
-            wanted = await execution_store.handover_workflows(conn, HANDOVER_WORKFLOWS)
+            wanted = await self._handover_scan(conn)
             wanted = [wf for wf in wanted if self._workflow_retry.get(wf, (0.0, 0.0))[0] <= now]
             if not wanted:
                 return 0
@@ -378,6 +380,17 @@ class Dispatcher:
             delay,
             _describe(exc),
         )
+
+    async def _handover_scan(self, conn: asyncpg.Connection) -> list[UUID]:
+        """The next HANDOVER_WORKFLOWS automations with work, going round: a pass starts where the
+        last one stopped, so automations that are full or backing off cannot starve the rest."""
+        wanted = await execution_store.handover_workflows(conn, HANDOVER_WORKFLOWS, self._handover_after)
+        if len(wanted) < HANDOVER_WORKFLOWS and self._handover_after is not None:
+            seen = set(wanted)
+            more = await execution_store.handover_workflows(conn, HANDOVER_WORKFLOWS - len(wanted))
+            wanted += [wf for wf in more if wf not in seen]
+        self._handover_after = wanted[-1] if len(wanted) >= HANDOVER_WORKFLOWS else None
+        return wanted
 
     async def _signal(
         self, client: Client, workflow_id: UUID, rows: list[asyncpg.Record], traces: dict[UUID, str]

@@ -53,18 +53,20 @@ async def insert_replay(conn: asyncpg.Connection, owner_id: UUID, execution_id: 
     return new_id
 
 
-async def handover_workflows(conn: asyncpg.Connection, limit: int) -> list[UUID]:
-    """User workflows with executions not yet handed to Temporal (a skip scan: one probe each)."""
+async def handover_workflows(conn: asyncpg.Connection, limit: int, after: UUID | None = None) -> list[UUID]:
+    """User workflows with executions not yet handed to Temporal, in id order after `after`
+    (a skip scan: one probe each)."""
     rows = await conn.fetch(
         "WITH RECURSIVE wf AS ("
         " (SELECT workflow_id FROM executions WHERE signalled_at IS NULL AND status IN ('queued', 'running') "
-        "  ORDER BY workflow_id LIMIT 1) "
+        "  AND ($2::uuid IS NULL OR workflow_id > $2) ORDER BY workflow_id LIMIT 1) "
         " UNION ALL "
         " SELECT (SELECT x.workflow_id FROM executions x WHERE x.signalled_at IS NULL "
         "  AND x.status IN ('queued', 'running') AND x.workflow_id > wf.workflow_id ORDER BY x.workflow_id LIMIT 1) "
         " FROM wf WHERE wf.workflow_id IS NOT NULL) "
         "SELECT workflow_id FROM wf WHERE workflow_id IS NOT NULL LIMIT $1",
         limit,
+        after,
     )
     return [r["workflow_id"] for r in rows]
 

@@ -362,3 +362,34 @@ async def _truthy(value: bool) -> bool:
 
 async def _received(receiver: Receiver, target: str) -> bool:
     return bool(receiver.to(target))
+
+
+async def test_the_hand_over_scan_goes_round_so_no_automation_waits_behind_the_first_ones(
+    fast: Settings, owner: Owner, pool: asyncpg.Pool, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import dispatcher as dispatcher_module
+
+    endpoint = await create_endpoint(owner.client)
+    mine = {
+        uuid.UUID((await create_workflow(owner.client, endpoint["id"], receiver.url + "/round"))["id"])
+        for _ in range(3)
+    }
+    async with pool.acquire() as conn:
+        for workflow_id in mine:  # work not yet handed over (no dispatcher runs in this test)
+            await conn.execute(
+                "INSERT INTO executions (owner_id, workflow_id, trigger_data) VALUES ($1, $2, '{}'::jsonb)",
+                uuid.UUID(owner.id),
+                workflow_id,
+            )
+        waiting = await conn.fetchval(
+            "SELECT count(DISTINCT workflow_id) FROM executions "
+            "WHERE signalled_at IS NULL AND status IN ('queued', 'running')"
+        )
+    monkeypatch.setattr(dispatcher_module, "HANDOVER_WORKFLOWS", 1)
+    scanner = Dispatcher(pool, fast)
+    seen: set[uuid.UUID] = set()
+    async with pool.acquire() as conn:
+        for _ in range(waiting):
+            seen.update(await scanner._handover_scan(conn))
+        await conn.execute("UPDATE executions SET status = 'cancelled' WHERE workflow_id = ANY($1::uuid[])", list(mine))
+    assert mine <= seen
