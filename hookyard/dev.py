@@ -50,6 +50,8 @@ class DevPorts:
 # stack gives up and exits non-zero.
 SERVER_RESTART_ATTEMPTS = 5
 SERVER_RESTART_FIRST_WAIT_S = 0.5
+# A dead app process is started again after this pause (a lost worker's batch waits for it).
+APP_RESTART_WAIT_S = 0.25
 
 
 @dataclass
@@ -252,7 +254,7 @@ class Supervisor:
             for name, proc in list(self.apps.items()):
                 if not proc.alive() and not self._stopping:
                     _say(f"{name} exited with {proc.process.returncode}; restarting")
-                    time.sleep(1)
+                    time.sleep(APP_RESTART_WAIT_S)
                     self.apps[name] = self._spawn_app(name)
             time.sleep(0.5)
         return True

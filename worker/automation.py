@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         ENQUEUE_SIGNAL,
         RUN_BATCH_ACTIVITY,
         WORKFLOW_NAME,
+        WORKFLOW_TASK_TIMEOUT_S,
         AutomationState,
         BatchInput,
         Enqueue,
@@ -82,7 +83,7 @@ class AutomationWorkflow:
             if self._should_continue_as_new():
                 await workflow.wait_condition(lambda: not self._inflight)
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(self._snapshot())
+                workflow.continue_as_new(self._snapshot(), task_timeout=timedelta(seconds=WORKFLOW_TASK_TIMEOUT_S))
             timeout = self._next_wake(idle_since)
             if timeout is not None and timeout <= 0:
                 if not self._busy():

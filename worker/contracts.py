@@ -12,6 +12,10 @@ ENQUEUE_SIGNAL = "enqueue"
 RUN_BATCH_ACTIVITY = "hookyard.run_batch"
 # The batch activity's start-to-close; schemas/store/executions.py ATTEMPT_IN_FLIGHT_S matches it.
 BATCH_START_TO_CLOSE_S = 15 * 60.0
+# A workflow task a lost worker held is given to another after this long (Temporal's default
+# is 10 s, which alone would break the 10 s resume bound). Histories stay short (continue as
+# new at `history_limit`), so a replay fits well inside it.
+WORKFLOW_TASK_TIMEOUT_S = 4.0
 
 
 def automation_id(workflow_id: str) -> str:

@@ -23,6 +23,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from contextlib import suppress
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -40,7 +41,14 @@ from telemetry.metrics import Metrics
 from telemetry.tracing import NOOP, Tracing
 from triggers.base import InboxEvent
 from triggers.resolver import RoutingCache
-from worker.contracts import ENQUEUE_SIGNAL, WORKFLOW_NAME, AutomationState, Enqueue, automation_id
+from worker.contracts import (
+    ENQUEUE_SIGNAL,
+    WORKFLOW_NAME,
+    WORKFLOW_TASK_TIMEOUT_S,
+    AutomationState,
+    Enqueue,
+    automation_id,
+)
 from worker.forwarding import ForwardFailed, accept_forwarded, build_forwarders, handover_forwarded
 from worker.reconciler import Reconciler
 from worker.temporal import connect
@@ -422,6 +430,7 @@ class Dispatcher:
             ),
             id=automation_id(str(workflow_id)),
             task_queue=self._settings.task_queue,
+            task_timeout=timedelta(seconds=WORKFLOW_TASK_TIMEOUT_S),
             start_signal=ENQUEUE_SIGNAL,
             start_signal_args=[Enqueue(ids, limit, redrive or [])],
         )

@@ -292,4 +292,8 @@ async def test_automation_continues_as_new_and_loses_nothing(stack: Stack, recei
         client = await Client.connect(iso.settings.temporal_address)
         runs = [r async for r in client.list_workflows(f"WorkflowId = 'automation-{workflow['id']}'")]
         assert any(r.status and r.status.name == "CONTINUED_AS_NEW" for r in runs)
+        # Every run, the first and those continued as new, gives a lost worker's task away in 4 s.
+        for run in runs:
+            described = await client.get_workflow_handle(run.id, run_id=run.run_id).describe()
+            assert described.raw_description.execution_config.default_workflow_task_timeout.seconds == 4
         await owner.client.aclose()
