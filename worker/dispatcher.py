@@ -196,7 +196,7 @@ class Dispatcher:
         try:
             return await self._resolve(claimed)
         except Exception as exc:
-            if not claimed or _transient(exc):
+            if not claimed or db.is_storage_error(exc):
                 raise
             log.warning("resolve of %d events failed (%s); resolving them one by one", len(claimed), type(exc).__name__)
         for event_id in claimed:
@@ -210,7 +210,7 @@ class Dispatcher:
             await self._resolve(claimed, only=event_id)
         except Exception as exc:
             # Before the claim the failure is not this event's (the routing cache, the claim itself).
-            if not claimed or _transient(exc):
+            if not claimed or db.is_storage_error(exc):
                 raise
             reason = _rejection("storing its executions", exc)
             async with self._pool.acquire() as conn:
@@ -450,11 +450,6 @@ class Dispatcher:
 
 class TemporalUnavailable(RuntimeError):
     """Temporal could not take the hand-over; executions stay queued and are retried."""
-
-
-def _transient(exc: BaseException) -> bool:
-    """A failure of the connection or the moment, not of the events: retry, reject nothing."""
-    return db.is_storage_error(exc)
 
 
 def _rejection(stage: str, exc: BaseException) -> str:

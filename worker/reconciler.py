@@ -43,6 +43,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from actions.newsletter import pacing
+from schemas import db
 from schemas.store import reconcile as store
 from schemas.store.executions import ATTEMPT_IN_FLIGHT_S
 from schemas.store.gmail import MailboxRef
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 
 BATCH = 200  # Temporal workflows checked per pass and kind
 PARALLEL = 8  # describes in flight at once
-_STORAGE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -118,10 +118,9 @@ class Reconciler:
         while not stop.is_set():
             try:
                 await self.reconcile_once()
-            except _STORAGE_ERRORS as exc:
-                log.warning("reconcile pass failed: %s", type(exc).__name__)
-            except Exception as exc:  # Temporal unreachable, or a bug: never take the dispatcher down
-                log.warning("reconcile pass failed: %s", exc)
+            except Exception as exc:  # storage or Temporal unavailable, or a bug: never take the dispatcher down
+                detail = type(exc).__name__ if db.is_storage_error(exc) else exc
+                log.warning("reconcile pass failed: %s", detail)
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._settings.reconcile_interval_s)
 
