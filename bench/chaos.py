@@ -179,8 +179,8 @@ class Stack:
 
     def pid_of(self, part: str) -> int | None:
         """The pid of one of the stack's processes (a direct child of `hookyard dev`)."""
-        for pid in _children(self.proc.pid):
-            argv = _cmdline(pid)
+        for pid in services.child_pids(self.proc.pid):
+            argv = services.cmdline(pid)
             if not argv:
                 continue
             if part in APP_COMMANDS and "hookyard.cli" in argv and argv[-1] == APP_COMMANDS[part]:
@@ -188,23 +188,6 @@ class Stack:
             if part in SERVER_BINARIES and Path(argv[0].split()[0]).name == SERVER_BINARIES[part]:
                 return pid
         return None
-
-
-def _children(parent: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                found.append(int(stat.parent.name))
-    return found
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def start_stack(data_dir: Path, proxy_port: int) -> Stack:

@@ -309,3 +309,22 @@ def start_temporal(
     proc = _spawn("temporal", argv, data_dir / "logs" / "temporal.log")
     wait_for_port("127.0.0.1", port, proc, timeout=60)
     return proc, f"127.0.0.1:{port}"
+
+
+def child_pids(parent: int) -> list[int]:
+    """The pids whose parent is `parent` (read from /proc; processes gone meanwhile are skipped)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    """A process's argv, or [] if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]

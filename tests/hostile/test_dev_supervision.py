@@ -60,8 +60,8 @@ class DevStack:
 
     def server_pid(self, name: str) -> int:
         """The pid of one of the stack's servers (a direct child of `hookyard dev`)."""
-        for pid in _children(self.proc.pid):
-            argv = _cmdline(pid)
+        for pid in services.child_pids(self.proc.pid):
+            argv = services.cmdline(pid)
             # Redis retitles itself ("redis-server 127.0.0.1:PORT"), so match the start.
             if argv and Path(argv[0].split()[0]).name == _SERVER_BINARIES[name]:
                 return pid
@@ -75,32 +75,12 @@ class DevStack:
             time.sleep(0.2)
 
 
-def _children(parent: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == parent:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
 def _descendants(root: int) -> set[int]:
     tree, grew = {root}, True
     while grew:
         grew = False
         for pid in list(tree):
-            for child in _children(pid):
+            for child in services.child_pids(pid):
                 if child not in tree:
                     tree.add(child)
                     grew = True
@@ -205,7 +185,7 @@ def test_codec_token_is_in_no_process_argv(stack: DevStack):
     stack_pids = _descendants(stack.proc.pid)
     assert len(stack_pids) >= 7  # dev, postgres (+ backends), redis, temporal, api, dispatcher, worker
     for stat in Path("/proc").glob("[0-9]*"):
-        argv = " ".join(_cmdline(int(stat.name)))
+        argv = " ".join(services.cmdline(int(stat.name)))
         assert token not in argv and quote(token, safe="") not in argv, f"pid {stat.name}: {argv[:200]}"
 
 
