@@ -8,7 +8,7 @@ reply-to and tags are templated per recipient from `trigger`, `recipient`, `exec
 `email.send` (actions/email.py), one request per recipient.
 
 A newsletter outlives one attempt of an action, so the worker hands it over to a workflow of
-its own (worker/newsletter.py): it waits for `send_at`, then sends in batches of `batch_size`
+its own (worker/newsletter/): it waits for `send_at`, then sends in batches of `batch_size`
 with `concurrency` requests in flight and a `pause_s` pause between batches, and checks
 between batches whether the owner cancelled. A recipient that fails never stops the others.
 The execution ends `succeeded` (newsletter status `sent` or `partially_sent`), `failed`
@@ -26,7 +26,7 @@ Nobody is sent to twice when a worker is lost mid-send:
   deliver once per provider: failover trades at-most-once for delivery.
 
 This module holds the pure parts and the final summary; the SQL is in
-schemas/store/newsletter.py and the Temporal side in worker/newsletter.py.
+schemas/store/newsletter.py and the Temporal side in worker/newsletter/.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def _after_drain(server: uvicorn.Server, signum: int, frame: FrameType | None) -
 def dispatch(settings: Settings) -> None:
     """The dispatcher loop."""
     from schemas import db
-    from worker.dispatcher import Dispatcher
+    from worker.dispatch.dispatcher import Dispatcher
 
     # Signals to Temporal are encrypted with keys derived from the master keys: fail at start,
     # not on every hand-over.

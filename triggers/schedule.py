@@ -2,7 +2,7 @@
 
 Each workflow with this trigger owns one Temporal Schedule, `schedule-<workflow id>`, kept in
 step with the row by the sync hook (created, updated, paused while the workflow is inactive,
-deleted with it). Each firing starts the small `hookyard.tick` workflow (worker/ticks.py),
+deleted with it). Each firing starts the small `hookyard.tick` workflow (worker/schedule_cron/),
 whose activity stores an inbox event with source type `schedule` and the workflow id as
 source id, deduplicated on the scheduled time; from there it is routed, filtered, listed and
 replayable like any webhook event. Temporal sees only the workflow id; the optional static

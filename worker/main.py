@@ -21,13 +21,13 @@ from oauth.google import google_from_settings
 from schemas import db
 from telemetry.metrics import Metrics, record_credential_refresh_failure
 from telemetry.tracing import NOOP, Tracing
-from worker.activities import AutomationActivities
-from worker.automation import AutomationWorkflow
+from worker.automation.activities import AutomationActivities
+from worker.automation.workflow import AutomationWorkflow
 from worker.gmail.activities import GmailActivities
 from worker.gmail.workflow import MailboxWorkflow
-from worker.newsletter import NewsletterActivities, NewsletterWorkflow
+from worker.newsletter.activities import NewsletterActivities, NewsletterWorkflow
+from worker.schedule_cron.workflow import TickActivities, TickWorkflow
 from worker.temporal import connect_with_retry
-from worker.ticks import TickActivities, TickWorkflow
 from worker.vault import Vault
 
 if TYPE_CHECKING:  # the type only: settings are passed in

@@ -28,8 +28,8 @@ from ingest.app import create_app
 from oauth.crypto import Keyring
 from tests.conftest import Owner, Receiver, Stack, make_settings, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
+from worker.automation.contract import automation_id
 from worker.codec import ENCODING
-from worker.contracts import automation_id
 from worker.temporal import connect
 
 TOKEN = "codec-token-" + "x" * 40

@@ -18,7 +18,7 @@ from oauth.google import google_from_settings
 from schemas.store import credentials as store
 from tests.conftest import Owner
 from tests.fake_google import FakeGoogle
-from worker.credentials import OwnerCredentials
+from worker.automation.credentials import OwnerCredentials
 from worker.vault import CredentialUnusable, Vault
 
 GMAIL = "https://www.googleapis.com/auth/gmail.modify"

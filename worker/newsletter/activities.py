@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.sanitize import strip_nul
     from schemas.store import newsletter as store
     from telemetry.metrics import Metrics, record_failover
-    from worker.credentials import OwnerCredentials
+    from worker.automation.credentials import OwnerCredentials
     from worker.vault import Vault
 
 NEWSLETTER_WORKFLOW = "hookyard.newsletter"
