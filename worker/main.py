@@ -25,8 +25,10 @@ from worker.automation.activities import AutomationActivities
 from worker.automation.workflow import AutomationWorkflow
 from worker.gmail.activities import GmailActivities
 from worker.gmail.workflow import MailboxWorkflow
-from worker.newsletter.activities import NewsletterActivities, NewsletterWorkflow
-from worker.schedule_cron.workflow import TickActivities, TickWorkflow
+from worker.newsletter.activities import NewsletterActivities
+from worker.newsletter.workflow import NewsletterWorkflow
+from worker.schedule_cron.activities import TickActivities
+from worker.schedule_cron.workflow import TickWorkflow
 from worker.temporal import connect_with_retry
 from worker.vault import Vault
 

@@ -41,7 +41,7 @@ from tests.integration.test_newsletter import (
 from triggers.gmail import mailbox_workflow_id
 from worker.automation.contract import automation_id
 from worker.dispatch.dispatcher import Dispatcher
-from worker.newsletter.activities import newsletter_id
+from worker.newsletter.contract import newsletter_id
 
 PENDING_CAP = 3
 __all__ = ["provider"]  # the fake Resend of the newsletter tests, as a fixture here too

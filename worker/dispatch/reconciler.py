@@ -51,7 +51,7 @@ from schemas.store.newsletter import set_temporal_ids
 from telemetry.metrics import Metrics
 from triggers.gmail import mailbox_workflow_id, signal_mailbox
 from worker.automation.contract import automation_id
-from worker.newsletter.activities import NEWSLETTER_WORKFLOW, NewsletterJob
+from worker.newsletter.contract import NEWSLETTER_WORKFLOW, NewsletterJob
 
 if TYPE_CHECKING:  # the type only: settings are passed in
     from hookyard.settings import Settings

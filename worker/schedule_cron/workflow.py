@@ -9,42 +9,21 @@ on, a tick is an event like any other: routed, filtered, listed and replayable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from uuid import UUID
 
-from temporalio import activity, workflow
+from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
-    import asyncpg
-    import orjson
-
-    from schemas.store.events import NewEvent, insert_events
-    from schemas.store.trigger_sync import trigger_of
-    from triggers.schedule import NAME, SOURCE_TYPE, TICK_ACTIVITY, TICK_WORKFLOW, TickInput, schedule_id
+    from triggers.schedule import TICK_ACTIVITY, TICK_WORKFLOW, TickInput
+    from worker.schedule_cron.contract import Tick
 
 SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
-
-
-@dataclass
-class Tick:
-    """Activity input: one firing of a workflow's schedule."""
-
-    workflow_id: str
-    scheduled_at: str | None
-    fired_at: str
-    temporal_workflow_id: str
 
 
 def iso(moment: datetime) -> str:
     """A UTC timestamp as stored and shown: `2026-01-31T09:00:00Z` (microseconds only if any)."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def dedup_key(tick: Tick) -> str:
-    """One event per scheduled time; without one (never seen in practice), one per tick workflow."""
-    return f"scheduled:{tick.scheduled_at}" if tick.scheduled_at else f"temporal:{tick.temporal_workflow_id}"
 
 
 @workflow.defn(name=TICK_WORKFLOW)
@@ -69,37 +48,3 @@ class TickWorkflow:
             retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
         )
         return stored
-
-
-class TickActivities:
-    """The tick activity, with the pool it writes through."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-
-    @activity.defn(name=TICK_ACTIVITY)
-    async def record_tick(self, tick: Tick) -> bool:
-        """Store the tick as an inbox event unless the workflow is gone, inactive or changed type."""
-        async with self._pool.acquire() as conn:
-            row = await trigger_of(conn, UUID(tick.workflow_id))
-            if row is None or row["trigger_type"] != NAME or not row["active"]:
-                activity.logger.info("tick for workflow %s skipped: not an active schedule", tick.workflow_id)
-                return False
-            payload = row["trigger_config"].get("payload")
-            body = {"scheduled_at": tick.scheduled_at, "fired_at": tick.fired_at, "payload": payload}
-            event = NewEvent(
-                owner_id=row["owner_id"],
-                source_type=SOURCE_TYPE,
-                source_id=str(row["id"]),
-                dedup_key=dedup_key(tick),
-                headers={},
-                body=orjson.dumps(body),
-                verification={
-                    "verified": True,
-                    "source": "temporal-schedule",
-                    "schedule_id": schedule_id(row["id"]),
-                    "temporal_workflow_id": tick.temporal_workflow_id,
-                },
-            )
-            await insert_events(conn, [event])
-        return True
