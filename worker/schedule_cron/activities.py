@@ -10,8 +10,8 @@ from temporalio import activity
 
 from schemas.store.events import NewEvent, insert_events
 from schemas.store.trigger_sync import trigger_of
-from triggers.schedule import NAME, SOURCE_TYPE, TICK_ACTIVITY, schedule_id
-from worker.schedule_cron.contract import Tick
+from triggers.schedule import NAME, SOURCE_TYPE
+from worker.schedule_cron.contract import TICK_ACTIVITY, Tick, schedule_id
 
 
 def dedup_key(tick: Tick) -> str:

@@ -15,8 +15,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
-    from triggers.schedule import TICK_ACTIVITY, TICK_WORKFLOW, TickInput
-    from worker.schedule_cron.contract import Tick
+    from worker.schedule_cron.contract import TICK_ACTIVITY, TICK_WORKFLOW, Tick, TickInput
 
 SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 
