@@ -43,11 +43,20 @@ import asyncpg
 import httpx
 
 from actions import email
-from actions.base import ActionConfigError, ActionContext, ActionType, Credential, CredentialSource, RateLimiter
+from actions.base import (
+    ActionConfigError,
+    ActionContext,
+    ActionType,
+    Credential,
+    CredentialSource,
+    OwnWorkflow,
+    RateLimiter,
+)
 from actions.email import EmailMessage, EmailRoute, build_message, send_with_failover
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES, RenderBudget, TemplateError, render
 from schemas.paths import PATH_PATTERN, PathError, PathNotFound, json_type, resolve
+from schemas.store import executions as execution_store
 from schemas.store import newsletter as store
 from schemas.store.newsletter import NewRecipient
 
@@ -501,6 +510,18 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     raise PermanentActionError(f"{NAME} runs as a workflow of its own; this worker cannot start it")
 
 
+async def cancel(conn: asyncpg.Connection, execution_id: UUID, reason: str) -> None:
+    """Ask a running newsletter to stop between batches (its workflow reads the request).
+
+    One that has not started sending (waiting for send_at, or not handed over) stops at once:
+    summarised if it was stored, else simply cancelled with `reason`.
+    """
+    await execution_store.request_cancel(conn, execution_id)
+    not_started = not await store.started(conn, execution_id)
+    if not_started and await finalise(conn, execution_id, cancel=True) is None:
+        await execution_store.mark_cancelled(conn, execution_id, reason)
+
+
 async def check_config(
     conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any], credential_id: UUID | None
 ) -> None:
@@ -519,4 +540,5 @@ ACTION = ActionType(
     run=run,
     credential_providers=email.EMAIL_PROVIDERS,
     check_config=check_config,
+    own_workflow=OwnWorkflow(cancel=cancel),
 )

@@ -13,7 +13,6 @@ import redis.asyncio as redis
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from actions import newsletter as newsletter_action
 from actions.egress import EgressPolicy, guarded_client
 from actions.ratelimit import RedisRateLimiter, rates_with_overrides
 from oauth.crypto import Keyring
@@ -21,7 +20,7 @@ from oauth.google import google_from_settings
 from schemas import db
 from telemetry.metrics import Metrics, record_credential_refresh_failure
 from telemetry.tracing import NOOP, Tracing
-from worker.automation.activities import AutomationActivities
+from worker.automation.activities import AutomationActivities, hand_offs
 from worker.automation.workflow import AutomationWorkflow
 from worker.gmail.activities import GmailActivities
 from worker.gmail.workflow import MailboxWorkflow
@@ -123,7 +122,7 @@ async def run_worker(
                 limiter=limiter,
                 metrics=metrics,
                 tracing=tracing,
-                handoffs={newsletter_action.NAME: newsletter.hand_off},
+                handoffs=hand_offs([newsletter]),
                 api_bases={"gmail": settings.gmail_api_base},
                 max_rendered_bytes=settings.max_rendered_bytes,
                 egress=egress,

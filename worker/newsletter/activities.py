@@ -64,6 +64,9 @@ class _Batch:
 class NewsletterActivities:
     """The hand-over (called from the automation's batch activity) and the batch activity."""
 
+    # The action this capability takes over from the automation (its `own_workflow`).
+    action = newsletter.NAME
+
     def __init__(
         self,
         pool: asyncpg.Pool,
