@@ -30,6 +30,7 @@ from ingest.state import app_state
 from schemas import jsonlimits
 from schemas.store.events import NewEvent
 from schemas.store.gmail import mailboxes_for_email
+from triggers.gmail import PUSH_SOURCE_TYPE as PUSH_SOURCE
 
 if TYPE_CHECKING:  # the type only: settings are passed in
     from hookyard.settings import Settings
@@ -37,7 +38,6 @@ if TYPE_CHECKING:  # the type only: settings are passed in
 log = logging.getLogger(__name__)
 
 PUSH_PATH = "/ingest/pubsub/gmail"
-PUSH_SOURCE = "gmail.push"
 # Pushes taken without a token check are counted under their own source label, so a
 # deployment that left verification off shows it on every dashboard.
 UNVERIFIED_SOURCE = "gmail.push-unverified"

@@ -409,4 +409,5 @@ TRIGGER = TriggerType(
     match=_match,
     check_config=_check,
     sync=sync_mailbox,
+    internal_source=PUSH_SOURCE_TYPE,
 )
