@@ -16,7 +16,7 @@ from triggers.filters import FilterOutcome, evaluate, validate_filter
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-    from hookyard.settings import Settings
+    from hookyard.settings import TriggerSettings
 
 WORKFLOW_ROUTE = "@workflow"
 """A routing key meaning "the workflow's own id": for triggers whose events name the workflow
@@ -59,7 +59,7 @@ class TriggerSyncContext:
     """What a sync hook may use to converge outside state."""
 
     temporal: Client
-    settings: Settings
+    settings: TriggerSettings
     pool: asyncpg.Pool
 
 

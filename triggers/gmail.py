@@ -45,7 +45,7 @@ from triggers.filters import FilterOutcome, filter_schema
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-    from hookyard.settings import Settings
+    from hookyard.settings import TriggerSettings
 
 NAME = "gmail.receive-email"
 SOURCE_TYPE = "gmail"
@@ -157,7 +157,9 @@ class SyncResult:
     full_sync: bool = False
 
 
-async def signal_mailbox(client: Client, settings: Settings, ref: MailboxRef, *, history_id: int | None = None) -> None:
+async def signal_mailbox(
+    client: Client, settings: TriggerSettings, ref: MailboxRef, *, history_id: int | None = None
+) -> None:
     """Signal-with-start the mailbox workflow: a push (`history_id`) or a reconcile of its watch."""
     start = MailboxInput(
         owner_id=str(ref.owner_id),

@@ -102,7 +102,7 @@ async def run_worker(
                 pool,
                 keyring,
                 http,
-                google_from_settings(settings),
+                google_from_settings(settings.for_google()),
                 on_refresh_failure=partial(record_credential_refresh_failure, metrics),
             )
             newsletter = NewsletterActivities(

@@ -228,7 +228,7 @@ class Reconciler:
         async with self._pool.acquire() as conn:
             if not await store.mailbox_is_active(conn, row["credential_id"]):
                 return 0
-        await signal_mailbox(client, self._settings, MailboxRef(row["owner_id"], row["credential_id"]))
+        await signal_mailbox(client, self._settings.for_triggers(), MailboxRef(row["owner_id"], row["credential_id"]))
         self._metrics.reconciler_actions.labels("mailbox", "workflow_gone").inc()
         log.warning("reconciler: mailbox workflow %s started again (it was not running)", temporal_id)
         return 1

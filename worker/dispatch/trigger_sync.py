@@ -166,7 +166,7 @@ class TriggerSyncer:
             for row in rows:
                 await self._record(row, exc)
             return settled + len(rows)
-        ctx = TriggerSyncContext(temporal=client, settings=self._settings, pool=self._pool)
+        ctx = TriggerSyncContext(temporal=client, settings=self._settings.for_triggers(), pool=self._pool)
         limit = asyncio.Semaphore(PARALLEL)
 
         async def one(row: Any) -> None:
