@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -72,16 +71,17 @@ class TemporalUnreachable(RuntimeError):
     """No connection to Temporal could be made; every hook needs one."""
 
 
-# Hooks whose outside state is one of the worker's Temporal capabilities live beside that
-# capability, since triggers may not import the worker; other trigger types declare theirs
-# (`TriggerType.sync`).
-CAPABILITY_HOOKS: Mapping[str, SyncHook] = {**schedule_cron.SYNC_HOOKS}
+# Hooks that speak to Temporal workflows of the worker's own live here, not in the trigger
+# type (triggers describe and match; they never import the worker).
+WORKER_HOOKS: dict[str, SyncHook] = {**schedule_cron.SYNC_HOOKS}
 
 
 def sync_hook(trigger_type: str) -> SyncHook | None:
-    """The hook that keeps a trigger type's outside state, if it keeps any."""
-    declared = TRIGGERS.get(trigger_type)
-    return CAPABILITY_HOOKS.get(trigger_type) or (declared.sync if declared is not None else None)
+    """The sync hook of a trigger type, if it keeps outside state."""
+    trigger = TRIGGERS.get(trigger_type)
+    if trigger is None:
+        return None
+    return WORKER_HOOKS.get(trigger_type) or trigger.sync
 
 
 def hooked_types() -> list[str]:
