@@ -20,7 +20,8 @@ from oauth.google import google_from_settings
 from schemas import db
 from telemetry.metrics import Metrics, record_credential_refresh_failure
 from telemetry.tracing import NOOP, Tracing
-from worker.automation.activities import AutomationActivities, hand_offs
+from worker.automation.activities import AutomationActivities
+from worker.automation.handoff import hand_offs
 from worker.automation.workflow import AutomationWorkflow
 from worker.gmail.activities import GmailActivities
 from worker.gmail.workflow import MailboxWorkflow

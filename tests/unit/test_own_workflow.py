@@ -10,7 +10,7 @@ import pytest
 from actions import newsletter
 from actions.base import ActionType, OwnWorkflow
 from actions.registry import ACTIONS
-from worker.automation.activities import NoHandOff, hand_offs
+from worker.automation.handoff import NoHandOff, hand_offs
 from worker.newsletter.activities import NewsletterActivities
 
 

@@ -12,11 +12,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from datetime import timedelta
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -24,10 +24,10 @@ import httpx
 import orjson
 from temporalio import activity
 
-from actions.base import ActionContext, ActionType, RateLimiter
+from actions.base import ActionContext, RateLimiter
 from actions.egress import EgressPolicy
 from actions.errors import PermanentActionError, RetryableActionError
-from actions.registry import ACTIONS, UnknownAction, get_action
+from actions.registry import UnknownAction, get_action
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES
 from oauth.crypto import Keyring
 from schemas.db import is_storage_error
@@ -46,36 +46,6 @@ log = logging.getLogger(__name__)
 
 # Takes a claimed execution row elsewhere and returns the execution's result meanwhile.
 HandOff = Callable[[asyncpg.Record], Awaitable[dict[str, Any]]]
-
-
-class HandsOver(Protocol):
-    """A worker capability serving an action that runs as a workflow of its own."""
-
-    @property
-    def action(self) -> str:
-        """The name of the action type it serves (declared `own_workflow` in actions/)."""
-        ...
-
-    async def hand_off(self, row: asyncpg.Record) -> dict[str, Any]:
-        """Start the action's workflow for a claimed execution; the execution's result meanwhile."""
-        ...
-
-
-class NoHandOff(RuntimeError):
-    """An action declares a workflow of its own, but no capability of the worker serves it."""
-
-
-def hand_offs(capabilities: Iterable[HandsOver], actions: Mapping[str, ActionType] = ACTIONS) -> dict[str, HandOff]:
-    """The hand-over of every action declared `own_workflow`, by action name.
-
-    Raises `NoHandOff` for such an action that none of `capabilities` serves, so a worker that
-    could only fail those executions does not start.
-    """
-    served = {capability.action: capability.hand_off for capability in capabilities}
-    missing = sorted(name for name, action in actions.items() if action.own_workflow is not None and name not in served)
-    if missing:
-        raise NoHandOff(f"no worker capability serves {', '.join(missing)}")
-    return {name: served[name] for name, action in actions.items() if action.own_workflow is not None}
 
 
 class AutomationActivities:
