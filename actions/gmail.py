@@ -40,8 +40,8 @@ from actions.errors import PermanentActionError, RetryableActionError
 from actions.http import parse_retry_after
 from actions.ratelimit import acquire
 from actions.templating import TemplateError, render
+from runtime.headers import EXECUTION_HEADER
 from schemas.store.credentials import get_credential
-from triggers.gmail import EXECUTION_HEADER
 
 DEFAULT_API_BASE = "https://gmail.googleapis.com/"
 SEND_SCOPES = frozenset(

@@ -6,10 +6,22 @@ import argparse
 import asyncio
 import os
 import sys
+import time
+import uuid
 from pathlib import Path
+from uuid import UUID
 
-from hookyard.settings import Settings, SettingsError, load_settings
+from hookyard import keys, processes
+from hookyard.dev import DevPorts, master_keys_file, read_stack, run_dev
+from hookyard.gmail_setup import GmailSetup, SetupError, run_setup
+from hookyard.migrate import migrate
+from hookyard.processes import keyring_from, new_master_key_line
+from ingest.signatures import get_scheme
 from oauth.crypto import Keyring
+from schemas import db
+from schemas.store import owners
+from schemas.store.owners import create_owner
+from settings import Settings, SettingsError, load_settings, parse_master_keys
 from telemetry import logs
 
 DEFAULT_DATA_DIR = ".hookyard"
@@ -101,8 +113,6 @@ def _database_url(data_dir: str) -> str:
     """DATABASE_URL if set, else the running dev stack's for this data dir."""
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
-    from hookyard.dev import read_stack
-
     stack = read_stack(Path(data_dir))
     if stack is None:
         raise SystemExit(
@@ -113,9 +123,6 @@ def _database_url(data_dir: str) -> str:
 
 
 async def _create_owner(url: str, name: str) -> tuple[str, str]:
-    from schemas import db
-    from schemas.store.owners import create_owner
-
     conn = await db.connect(url)
     try:
         owner_id, key = await create_owner(conn, name)
@@ -125,11 +132,6 @@ async def _create_owner(url: str, name: str) -> tuple[str, str]:
 
 
 async def _owner_keys(url: str, args: argparse.Namespace) -> int:
-    from uuid import UUID
-
-    from schemas import db
-    from schemas.store import owners
-
     conn = await db.connect(url)
     try:
         found = await owners.find_owner(conn, args.owner)
@@ -178,11 +180,6 @@ async def _owner_keys(url: str, args: argparse.Namespace) -> int:
 
 
 def _sign(scheme_name: str, secret: str, body: str, curl: bool) -> int:
-    import time
-    import uuid
-
-    from ingest.signatures import get_scheme
-
     try:
         scheme = get_scheme(scheme_name)
     except ValueError as exc:
@@ -197,10 +194,6 @@ def _sign(scheme_name: str, secret: str, body: str, curl: bool) -> int:
 
 
 def _keyring_for(data_dir: str) -> Keyring:
-    from hookyard.dev import master_keys_file
-    from hookyard.processes import keyring_from
-    from hookyard.settings import parse_master_keys
-
     settings = _settings()
     if not settings.master_keys and (Path(data_dir) / "master.keys").exists():
         settings = settings.replace(master_keys=parse_master_keys(master_keys_file(Path(data_dir)).read_text()))
@@ -208,9 +201,6 @@ def _keyring_for(data_dir: str) -> Keyring:
 
 
 async def _keys(command: str, data_dir: str) -> int:
-    from hookyard import keys
-    from schemas import db
-
     keyring = _keyring_for(data_dir)
     conn = await db.connect(_database_url(data_dir))
     try:
@@ -243,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run one `hookyard` command."""
     args = _parser().parse_args(argv)
     if args.command == "dev":
-        from hookyard.dev import DevPorts, run_dev
-
         logs.configure("WARNING")
         ports = DevPorts(
             args.port,
@@ -269,15 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sign":
         return _sign(args.scheme, args.secret, args.body, args.curl)
     if args.command == "keys" and args.keys_command == "generate":
-        from hookyard.processes import new_master_key_line
-
         print(new_master_key_line(args.id))
         return 0
     if args.command == "keys":
         return asyncio.run(_keys(args.keys_command, args.data_dir))
     if args.command == "gmail":
-        from hookyard.gmail_setup import GmailSetup, SetupError, run_setup
-
         try:
             run_setup(
                 GmailSetup(
@@ -295,13 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = _settings()
     logs.configure(settings.log_level, settings.log_json, args.command)
     if args.command == "migrate":
-        from hookyard.migrate import migrate
-
         applied = asyncio.run(migrate(settings.database_url))
         print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
         return 0
-    from hookyard import processes
-
     {"serve": processes.serve, "dispatch": processes.dispatch, "worker": processes.worker}[args.command](settings)
     return 0
 

@@ -11,12 +11,12 @@ import asyncpg
 
 from schemas.jsonlimits import DEFAULT_MAX_DEPTH
 from schemas.store.endpoints import get_endpoint
+from settings import Settings
 from triggers.filters import FilterOutcome, evaluate, validate_filter
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-    from hookyard.settings import Settings
 
 WORKFLOW_ROUTE = "@workflow"
 """A routing key meaning "the workflow's own id": for triggers whose events name the workflow

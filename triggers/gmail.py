@@ -27,9 +27,11 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from runtime.headers import EXECUTION_HEADER
 from schemas import jsonlimits
 from schemas.store.credentials import get_credential
 from schemas.store.gmail import MailboxRef, activate_mailbox, get_mailbox
+from settings import Settings
 from triggers.base import (
     InboxEvent,
     TriggerConfigError,
@@ -45,7 +47,6 @@ from triggers.filters import FilterOutcome, filter_schema
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-    from hookyard.settings import Settings
 
 NAME = "gmail.receive-email"
 SOURCE_TYPE = "gmail"
@@ -56,10 +57,6 @@ NOTIFY_SIGNAL = "notify"
 RECONCILE_SIGNAL = "reconcile"
 RECONCILE_ACTIVITY = "hookyard.gmail_reconcile_watch"
 SYNC_ACTIVITY = "hookyard.gmail_sync"
-
-# The header the send action puts on every message it sends; the sync skips such messages so
-# a workflow that mails its own mailbox cannot trigger itself forever.
-EXECUTION_HEADER = "X-Hookyard-Execution"
 
 GMAIL = "https://www.googleapis.com/auth/"
 # Reading full messages needs one of these (gmail.metadata cannot fetch bodies).

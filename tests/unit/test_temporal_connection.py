@@ -8,10 +8,10 @@ import pytest
 from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import TLSConfig
 
-from hookyard.settings import SettingsError, load_settings
 from oauth.crypto import generate_key
-from worker.codec import EncryptionCodec
-from worker.temporal import TemporalSettingsError, connect, data_converter, rpc_metadata, tls_config
+from runtime.codec import EncryptionCodec
+from runtime.temporal import TemporalSettingsError, connect, data_converter, rpc_metadata, tls_config
+from settings import SettingsError, load_settings
 
 KEYS = (("k1", generate_key()),)
 

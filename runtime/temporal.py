@@ -11,16 +11,13 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.service import TLSConfig
 
-from worker.codec import encrypted_data_converter
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
+from runtime.codec import encrypted_data_converter
+from settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actions.egress import AllowRule, EgressAllowError, parse_allow
+from settings.egress import AllowRule, EgressAllowError, parse_allow
 
 
 class SettingsError(ValueError):
