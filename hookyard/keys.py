@@ -15,7 +15,8 @@ from uuid import UUID
 
 import asyncpg
 
-from oauth.crypto import CryptoError, Keyring, record_aad
+from oauth.crypto import CryptoError, Keyring
+from schemas.sealed import record_aad
 
 
 @dataclass(frozen=True, slots=True)

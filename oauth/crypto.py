@@ -124,8 +124,3 @@ class Keyring:
         if len(parts) != 4 or parts[0] != _VERSION:
             raise DecryptionFailed("not a hookyard ciphertext")
         return parts[0], parts[1], parts[2], parts[3]
-
-
-def record_aad(table: str, owner_id: str, row_id: str, column: str) -> bytes:
-    """Associated data binding a ciphertext to one column of one owner's row."""
-    return f"hookyard|{table}|{owner_id}|{row_id}|{column}".encode()

@@ -15,7 +15,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import orjson
 
-from oauth.crypto import Keyring, record_aad
+from schemas.sealed import Cipher, record_aad
 from schemas.store.workflows import cancel_pending
 
 # Every column but the secret: what the API may show.
@@ -30,20 +30,20 @@ def secret_aad(owner_id: UUID, credential_id: UUID) -> bytes:
     return record_aad("credentials", str(owner_id), str(credential_id), "secret")
 
 
-def seal(keyring: Keyring, owner_id: UUID, credential_id: UUID, secret: Mapping[str, Any]) -> str:
+def seal(cipher: Cipher, owner_id: UUID, credential_id: UUID, secret: Mapping[str, Any]) -> str:
     """Encrypt a credential's secret fields for its row."""
-    return keyring.encrypt(orjson.dumps(dict(secret)), secret_aad(owner_id, credential_id))
+    return cipher.encrypt(orjson.dumps(dict(secret)), secret_aad(owner_id, credential_id))
 
 
-def unseal(keyring: Keyring, owner_id: UUID, credential_id: UUID, token: str) -> dict[str, Any]:
+def unseal(cipher: Cipher, owner_id: UUID, credential_id: UUID, token: str) -> dict[str, Any]:
     """Decrypt a credential's secret fields."""
-    value: dict[str, Any] = orjson.loads(keyring.decrypt(token, secret_aad(owner_id, credential_id)))
+    value: dict[str, Any] = orjson.loads(cipher.decrypt(token, secret_aad(owner_id, credential_id)))
     return value
 
 
 async def insert_api_key(
     conn: asyncpg.Connection,
-    keyring: Keyring,
+    cipher: Cipher,
     owner_id: UUID,
     provider: str,
     name: str,
@@ -58,14 +58,14 @@ async def insert_api_key(
         owner_id,
         provider,
         name,
-        seal(keyring, owner_id, credential_id, secret),
+        seal(cipher, owner_id, credential_id, secret),
     )
     return row
 
 
 async def upsert_oauth(
     conn: asyncpg.Connection,
-    keyring: Keyring,
+    cipher: Cipher,
     owner_id: UUID,
     provider: str,
     account_email: str,
@@ -91,7 +91,7 @@ async def upsert_oauth(
             provider,
             account_email,
             sorted(set(scopes)),
-            seal(keyring, owner_id, credential_id, tokens),
+            seal(cipher, owner_id, credential_id, tokens),
             expires_at,
         )
         if row is not None:
@@ -106,7 +106,7 @@ async def upsert_oauth(
         credential_id = existing["id"]
         merged = dict(tokens)
         if not merged.get("refresh_token"):
-            old = unseal(keyring, owner_id, credential_id, existing["secret"])
+            old = unseal(cipher, owner_id, credential_id, existing["secret"])
             if old.get("refresh_token"):
                 merged["refresh_token"] = old["refresh_token"]
         row = await conn.fetchrow(
@@ -116,7 +116,7 @@ async def upsert_oauth(
             credential_id,
             owner_id,
             sorted(set(scopes)),
-            seal(keyring, owner_id, credential_id, merged),
+            seal(cipher, owner_id, credential_id, merged),
             expires_at,
         )
         return row, False
@@ -145,7 +145,7 @@ async def get_credential(conn: asyncpg.Connection, owner_id: UUID, credential_id
 
 
 async def load_secret(
-    conn: asyncpg.Connection, keyring: Keyring, owner_id: UUID, credential_id: UUID, *, for_update: bool = False
+    conn: asyncpg.Connection, cipher: Cipher, owner_id: UUID, credential_id: UUID, *, for_update: bool = False
 ) -> tuple[asyncpg.Record, dict[str, Any]] | None:
     """An owner's credential with its decrypted secret; `for_update` row-locks it (refresh)."""
     lock = " FOR UPDATE" if for_update else ""
@@ -156,12 +156,12 @@ async def load_secret(
     )
     if row is None:
         return None
-    return row, unseal(keyring, owner_id, credential_id, row["secret"])
+    return row, unseal(cipher, owner_id, credential_id, row["secret"])
 
 
 async def store_refreshed(
     conn: asyncpg.Connection,
-    keyring: Keyring,
+    cipher: Cipher,
     owner_id: UUID,
     credential_id: UUID,
     secret: Mapping[str, Any],
@@ -173,7 +173,7 @@ async def store_refreshed(
         "WHERE id = $1 AND owner_id = $2",
         credential_id,
         owner_id,
-        seal(keyring, owner_id, credential_id, secret),
+        seal(cipher, owner_id, credential_id, secret),
         expires_at,
     )
 

@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from oauth.crypto import Keyring, record_aad
+from schemas.sealed import Cipher, record_aad
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +28,9 @@ def _aad(owner_id: UUID, secret_id: UUID) -> bytes:
     return record_aad("endpoint_secrets", str(owner_id), str(secret_id), "ciphertext")
 
 
-async def _add_secret(
-    conn: asyncpg.Connection, keyring: Keyring, owner_id: UUID, endpoint_id: UUID, secret: str
-) -> None:
+async def _add_secret(conn: asyncpg.Connection, cipher: Cipher, owner_id: UUID, endpoint_id: UUID, secret: str) -> None:
     secret_id: UUID = await conn.fetchval("SELECT gen_random_uuid()")
-    token = keyring.encrypt(secret.encode(), _aad(owner_id, secret_id))
+    token = cipher.encrypt(secret.encode(), _aad(owner_id, secret_id))
     await conn.execute(
         "INSERT INTO endpoint_secrets (id, endpoint_id, ciphertext) VALUES ($1, $2, $3)",
         secret_id,
@@ -42,7 +40,7 @@ async def _add_secret(
 
 
 async def create_endpoint(
-    conn: asyncpg.Connection, keyring: Keyring, owner_id: UUID, name: str, scheme: str, secret: str
+    conn: asyncpg.Connection, cipher: Cipher, owner_id: UUID, name: str, scheme: str, secret: str
 ) -> asyncpg.Record:
     """Create an endpoint with its first secret, in one transaction."""
     async with conn.transaction():
@@ -53,7 +51,7 @@ async def create_endpoint(
             name,
             scheme,
         )
-        await _add_secret(conn, keyring, owner_id, row["id"], secret)
+        await _add_secret(conn, cipher, owner_id, row["id"], secret)
     return row
 
 
@@ -101,7 +99,7 @@ async def delete_endpoint(conn: asyncpg.Connection, owner_id: UUID, endpoint_id:
 
 async def rotate_secret(
     conn: asyncpg.Connection,
-    keyring: Keyring,
+    cipher: Cipher,
     owner_id: UUID,
     endpoint_id: UUID,
     secret: str,
@@ -122,12 +120,12 @@ async def rotate_secret(
             endpoint_id,
             float(grace_s),
         )
-        await _add_secret(conn, keyring, owner_id, endpoint_id, secret)
+        await _add_secret(conn, cipher, owner_id, endpoint_id, secret)
         await notify_endpoint_changed(conn, endpoint_id)
     return True
 
 
-async def load_auth(conn: asyncpg.Connection, keyring: Keyring, endpoint_id: UUID) -> EndpointAuth | None:
+async def load_auth(conn: asyncpg.Connection, cipher: Cipher, endpoint_id: UUID) -> EndpointAuth | None:
     """The scheme and valid secrets of a live endpoint (newest first), decrypted; None if unknown."""
     rows = await conn.fetch(
         "SELECT e.owner_id, e.scheme, s.id AS secret_id, s.ciphertext FROM endpoints e "
@@ -139,7 +137,7 @@ async def load_auth(conn: asyncpg.Connection, keyring: Keyring, endpoint_id: UUI
     if not rows:
         return None
     owner_id = rows[0]["owner_id"]
-    secrets = tuple(keyring.decrypt(r["ciphertext"], _aad(owner_id, r["secret_id"])).decode() for r in rows)
+    secrets = tuple(cipher.decrypt(r["ciphertext"], _aad(owner_id, r["secret_id"])).decode() for r in rows)
     return EndpointAuth(endpoint_id, owner_id, rows[0]["scheme"], secrets)
 
 
