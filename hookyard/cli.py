@@ -19,6 +19,7 @@ from hookyard.processes import keyring_from, new_master_key_line
 from ingest.signatures import get_scheme
 from oauth.crypto import Keyring
 from schemas import db
+from schemas.errors import NotFound
 from schemas.store import owners
 from schemas.store.owners import create_owner
 from settings import Settings, SettingsError, load_settings, parse_master_keys
@@ -138,13 +139,13 @@ async def _owner_keys(url: str, args: argparse.Namespace) -> int:
         if not found:
             raise SystemExit(f"no owner with id or name {args.owner!r}")
         if len(found) > 1:
-            ids = ", ".join(str(row["id"]) for row in found)
+            ids = ", ".join(str(row.id) for row in found)
             raise SystemExit(f"{len(found)} owners are named {args.owner!r}; pass one of their ids: {ids}")
-        owner_id, owner_name = found[0]["id"], found[0]["name"]
+        owner_id, owner_name = found[0].id, found[0].name
         if args.keys_command == "create":
             row, key = await owners.create_key(conn, owner_id, args.name)
             print(
-                f"API key {row['name']!r} created for owner {owner_name!r}\n  id:      {row['id']}\n  API key: {key}\n"
+                f"API key {row.name!r} created for owner {owner_name!r}\n  id:      {row.id}\n  API key: {key}\n"
                 "The key is shown once; store it now. Use it as: Authorization: Bearer <key>"
             )
             return 0
@@ -155,9 +156,10 @@ async def _owner_keys(url: str, args: argparse.Namespace) -> int:
                 raise SystemExit(
                     f"{args.key_id!r} is not a key id; see `hookyard owners keys list {args.owner}`"
                 ) from None
-            outcome = await owners.revoke_key(conn, owner_id, key_id)
-            if outcome is owners.Revoked.NOT_FOUND:
-                raise SystemExit(f"owner {owner_name!r} has no key {key_id}")
+            try:
+                outcome = await owners.revoke_key(conn, owner_id, key_id)
+            except NotFound:
+                raise SystemExit(f"owner {owner_name!r} has no key {key_id}") from None
             print(f"key {key_id} {'was already revoked' if outcome is owners.Revoked.ALREADY else 'revoked'}")
             if not await owners.active_keys(conn, owner_id):
                 print(
@@ -172,8 +174,8 @@ async def _owner_keys(url: str, args: argparse.Namespace) -> int:
     if not rows:
         print("  none")
     for row in rows[:_LISTED_KEYS]:
-        state = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "active"
-        print(f"  {row['id']}  {row['prefix']}…  {row['name']!r}  created {row['created_at']:%Y-%m-%d %H:%M}  {state}")
+        state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+        print(f"  {row.id}  {row.prefix}…  {row.name!r}  created {row.created_at:%Y-%m-%d %H:%M}  {state}")
     if len(rows) > _LISTED_KEYS:
         print(f"  ... only the newest {_LISTED_KEYS} are shown")
     return 0
