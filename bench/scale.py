@@ -183,7 +183,7 @@ async def cases(conn: asyncpg.Connection) -> dict[str, list[tuple[str, tuple[Any
         "executions.list_for_event": lambda c: executions.list_for_event(c, owner, event_id),
         "executions.get_execution": lambda c: executions.get_execution(c, owner, execution_id),
         "endpoints.load_auth": lambda c: endpoints.load_auth(c, keyring, endpoint_id),
-        "endpoints.list_endpoints": lambda c: endpoints.list_endpoints(c, owner, 50, None),
+        "endpoints.list_endpoints": lambda c: endpoints.list_endpoints(c, owner, limit=50),
         # Writers last: their rolled-back rows leave dead index entries behind.
         "events.insert_events (500 new)": lambda c: events.insert_events(c, new_events),
         "executions.claim_for_run (50)": lambda c: executions.claim_for_run(c, queued, "wf-bench", "run-bench"),
