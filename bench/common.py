@@ -205,7 +205,7 @@ async def create_routes(
                     "concurrency_limit": concurrency_limit,
                     "retry_policy": {},
                 }
-                wf_id = (await insert_workflow(conn, owner_id, values))["id"]
+                wf_id = (await insert_workflow(conn, owner_id, values)).id
             routes.append(Route(ep.id, secret, wf_id))
         return owner_id, routes
     finally:

@@ -164,8 +164,8 @@ async def cases(conn: asyncpg.Connection) -> dict[str, list[tuple[str, tuple[Any
         "workflows.active_for_route": lambda c: workflows.active_for_route(c, "webhook.received", source),
         "workflows.routing_version": workflows.routing_version,
         "workflows.lock_active": lambda c: workflows.lock_active(c, [r["id"] for r in route]),
-        "workflows.list_workflows first page": lambda c: workflows.list_workflows(c, owner, 50, None),
-        "workflows.list_workflows deep cursor": lambda c: workflows.list_workflows(c, owner, 50, deep),
+        "workflows.list_workflows first page": lambda c: workflows.list_workflows(c, owner, limit=50),
+        "workflows.list_workflows deep cursor": lambda c: workflows.list_workflows(c, owner, limit=50, after_seq=deep),
         "events.claim_received (500)": lambda c: events.claim_received(c, 500),
         # The resolve pass's event-by-event retry after a failed batch, and every api /readyz.
         "events.claim_received (one)": lambda c: events.claim_received(c, 1, only=event_id),
