@@ -29,6 +29,7 @@ import orjson
 
 from runtime.headers import EXECUTION_HEADER
 from schemas import jsonlimits
+from schemas.errors import NotFound
 from schemas.store.credentials import get_credential
 from schemas.store.gmail import MailboxRef, activate_mailbox, get_mailbox
 from settings import Settings
@@ -355,15 +356,16 @@ def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
 async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any]) -> None:
     check_filter(config)
     field = "trigger.config.mailbox"
-    row = await get_credential(conn, owner_id, UUID(str(config["mailbox"])))
-    if row is None:
-        raise TriggerConfigError(field, "no such credential")
-    if row["provider"] != "google" or row["kind"] != "oauth2":
-        raise TriggerConfigError(field, f"credential is for {row['provider']}, not a connected Google account")
-    if not READ_SCOPES & set(row["scopes"]):
+    try:
+        row = await get_credential(conn, owner_id, UUID(str(config["mailbox"])))
+    except NotFound:
+        raise TriggerConfigError(field, "no such credential") from None
+    if row.provider != "google" or row.kind != "oauth2":
+        raise TriggerConfigError(field, f"credential is for {row.provider}, not a connected Google account")
+    if not READ_SCOPES & set(row.scopes):
         raise TriggerConfigError(field, "the Google account was connected without Gmail read access; reconnect it")
-    if row["status"] != "active":
-        raise TriggerConfigError(field, f"the Google account is {row['status']}; reconnect it")
+    if row.status != "active":
+        raise TriggerConfigError(field, f"the Google account is {row.status}; reconnect it")
 
 
 async def sync_mailbox(ctx: TriggerSyncContext, state: WorkflowSyncState) -> None:
