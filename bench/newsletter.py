@@ -58,8 +58,8 @@ from bench.common import (
     write_results,
 )
 from hookyard import services
-from hookyard.migrate import migrate
 from schemas import db
+from schemas.migrate import migrate
 from schemas.store.owners import create_owner
 
 TASK_QUEUE = "hookyard-bench-newsletter"

@@ -22,9 +22,9 @@ import asyncpg
 
 from bench.common import exit_on_sigterm, print_table, write_results
 from hookyard import services
-from hookyard.migrate import migrate
 from oauth.crypto import Keyring, generate_key
 from schemas import db
+from schemas.migrate import migrate
 from schemas.store import endpoints, events, executions, telemetry, workflows
 
 BIG_TABLES = {"endpoints", "endpoint_secrets", "workflows", "events", "executions"}

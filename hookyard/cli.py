@@ -11,15 +11,16 @@ import uuid
 from pathlib import Path
 from uuid import UUID
 
-from hookyard import keys, processes
+from hookyard import processes
 from hookyard.dev import DevPorts, master_keys_file, read_stack, run_dev
 from hookyard.gmail_setup import GmailSetup, SetupError, run_setup
-from hookyard.migrate import migrate
 from hookyard.processes import keyring_from, new_master_key_line
 from ingest.signatures import get_scheme
 from oauth.crypto import Keyring
 from schemas import db
 from schemas.errors import NotFound
+from schemas.migrate import migrate
+from schemas.store import master_keys as keys
 from schemas.store import owners
 from schemas.store.owners import create_owner
 from settings import Settings, SettingsError, load_settings, parse_master_keys

@@ -27,8 +27,8 @@ from urllib.parse import quote, urlsplit
 
 from hookyard import services
 from hookyard.devui import ReadOnlyUIProxy
-from hookyard.migrate import migrate
 from hookyard.processes import new_master_key_line
+from schemas.migrate import migrate
 
 
 @dataclass

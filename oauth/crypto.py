@@ -25,10 +25,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from schemas.sealed import SealError
+
 _VERSION = "v1"
 
 
-class CryptoError(Exception):
+class CryptoError(SealError):
     """A secret could not be encrypted or decrypted."""
 
 

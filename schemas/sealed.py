@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import Protocol
 
 
+class SealError(Exception):
+    """A sealed value cannot be opened or re-sealed (the crypto layer's errors derive from it)."""
+
+
 class Cipher(Protocol):
     """Authenticated encryption of one value, bound to associated data (`oauth.crypto.Keyring`)."""
 
@@ -19,6 +23,19 @@ class Cipher(Protocol):
 
     def decrypt(self, token: str, aad: bytes) -> bytes:
         """The plaintext of a sealed text; raises if the token or `aad` does not match."""
+        ...
+
+
+class Rewrapper(Protocol):
+    """Re-seals a value under the primary master key without opening it for the caller."""
+
+    @property
+    def primary_id(self) -> str:
+        """The id of the key new seals are made with."""
+        ...
+
+    def rewrap(self, token: str, aad: bytes) -> str:
+        """The same value sealed under the primary key; raises `SealError` if it cannot be opened."""
         ...
 
 

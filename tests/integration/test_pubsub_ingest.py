@@ -16,10 +16,10 @@ import pytest
 import respx
 
 from hookyard import services
-from hookyard.migrate import migrate
 from ingest.oidc import GOOGLE_CERTS_URL
 from oauth.crypto import Keyring
 from schemas import db
+from schemas.migrate import migrate
 from schemas.store.owners import create_owner
 from settings import Settings
 from tests.conftest import Stack, make_settings, serve
