@@ -170,9 +170,9 @@ async def cases(conn: asyncpg.Connection) -> dict[str, list[tuple[str, tuple[Any
         # The resolve pass's event-by-event retry after a failed batch, and every api /readyz.
         "events.claim_received (one)": lambda c: events.claim_received(c, 1, only=event_id),
         "telemetry.oldest_waiting_age": telemetry.oldest_waiting_age,
-        "events.list_events first page": lambda c: events.list_events(c, owner, 50, None),
-        "events.list_events status": lambda c: events.list_events(c, owner, 50, None, status="received"),
-        "events.list_events source_id": lambda c: events.list_events(c, owner, 50, None, source_id=source),
+        "events.list_events first page": lambda c: events.list_events(c, owner, limit=50),
+        "events.list_events status": lambda c: events.list_events(c, owner, limit=50, status="received"),
+        "events.list_events source_id": lambda c: events.list_events(c, owner, limit=50, source_id=source),
         "events.get_event": lambda c: events.get_event(c, owner, event_id),
         "executions.handover_workflows": lambda c: executions.handover_workflows(c, 5000),
         "executions.claim_handover (500)": lambda c: executions.claim_handover(c, [wf_id], 500, 5000),
