@@ -233,8 +233,15 @@ async def _keys(command: str, data_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one `hookyard` command."""
+    """Run one `hookyard` command; a configuration error ends it with a message naming the setting."""
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except SettingsError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "dev":
         logs.configure("WARNING")
         ports = DevPorts(

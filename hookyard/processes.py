@@ -16,7 +16,7 @@ from prometheus_client import disable_created_metrics
 from ingest.app import create_app
 from oauth.crypto import Keyring, generate_key
 from schemas import db
-from settings import Settings
+from settings import Settings, require_master_keys
 from telemetry.metrics import Metrics, install_temporal_runtime, serve_metrics
 from telemetry.tracing import Tracing, setup_tracing
 from worker.dispatcher import Dispatcher
@@ -26,13 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def keyring_from(settings: Settings) -> Keyring:
-    """The master keyring; refuses to start without keys (secrets would be unreadable later)."""
-    if not settings.master_keys:
-        raise SystemExit(
-            "HOOKYARD_MASTER_KEYS is not set. Generate a key with `hookyard keys generate` and set "
-            "HOOKYARD_MASTER_KEYS=<id>:<base64 key> (or HOOKYARD_MASTER_KEYS_FILE)."
-        )
-    return Keyring(settings.master_keys)
+    """The master keyring; `MasterKeysMissing` without keys (secrets would be unreadable later)."""
+    return Keyring(require_master_keys(settings))
 
 
 def stop_event() -> asyncio.Event:

@@ -204,6 +204,21 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
 }
 
 
+class MasterKeysMissing(SettingsError):
+    """No master keys are configured: stored secrets and Temporal payloads could not be read."""
+
+
+def require_master_keys(settings: Settings) -> tuple[tuple[str, bytes], ...]:
+    """The master keys; `MasterKeysMissing` without them (the one check every process makes at start)."""
+    if not settings.master_keys:
+        raise MasterKeysMissing(
+            "HOOKYARD_MASTER_KEYS is not set; secrets at rest and Temporal payloads are encrypted with it. "
+            "Generate a key with `hookyard keys generate` and set HOOKYARD_MASTER_KEYS=<id>:<base64 key> "
+            "(or HOOKYARD_MASTER_KEYS_FILE)."
+        )
+    return settings.master_keys
+
+
 def parse_master_keys(value: str) -> tuple[tuple[str, bytes], ...]:
     """Parse `kid:base64key[,kid:base64key...]`; the first key is the primary (used to encrypt)."""
     keys: list[tuple[str, bytes]] = []
