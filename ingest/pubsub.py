@@ -17,7 +17,7 @@ import binascii
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -30,10 +30,8 @@ from ingest.state import app_state
 from schemas import jsonlimits
 from schemas.store.events import NewEvent
 from schemas.store.gmail import mailboxes_for_email
+from settings import Settings
 from triggers.gmail import PUSH_SOURCE_TYPE as PUSH_SOURCE
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

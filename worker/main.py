@@ -6,7 +6,6 @@ import asyncio
 import logging
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING
 
 import httpx
 import redis.asyncio as redis
@@ -17,7 +16,9 @@ from actions.egress import EgressPolicy, guarded_client
 from actions.ratelimit import RedisRateLimiter, rates_with_overrides
 from oauth.crypto import Keyring
 from oauth.google import google_from_settings
+from runtime.temporal import connect_with_retry
 from schemas import db
+from settings import Settings
 from telemetry.metrics import Metrics, record_credential_refresh_failure
 from telemetry.tracing import NOOP, Tracing
 from worker.automation.activities import AutomationActivities
@@ -29,11 +30,7 @@ from worker.newsletter.activities import NewsletterActivities
 from worker.newsletter.workflow import NewsletterWorkflow
 from worker.schedule_cron.activities import TickActivities
 from worker.schedule_cron.workflow import TickWorkflow
-from worker.temporal import connect_with_retry
 from worker.vault import Vault
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

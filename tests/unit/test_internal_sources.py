@@ -8,8 +8,8 @@ import asyncpg
 import pytest
 from temporalio.client import Client
 
-from hookyard.settings import Settings
 from ingest import pubsub
+from settings import Settings
 from triggers import gmail
 from triggers.base import InboxEvent
 from triggers.registry import TRIGGERS, internal_sources

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from hookyard.settings import GoogleSettings, Settings, TriggerSettings
 from oauth.google import google_from_settings
+from settings import GoogleSettings, Settings, TriggerSettings
 
 
 def test_the_trigger_slice_holds_only_what_sync_hooks_read() -> None:
