@@ -6,8 +6,8 @@ workflow is inactive, deleted with it). Each firing starts the small `hookyard.t
 both are the worker's `schedule.cron` capability (worker/schedule_cron/). Its activity stores
 an inbox event with source type `schedule` and the workflow id as source id, deduplicated on
 the scheduled time; from there it is routed, filtered, listed and replayable like any webhook
-event. Temporal sees only the workflow id; the optional static
-`payload` is read from the row when the tick is stored.
+event. Temporal sees only the workflow id; the optional static `payload` is read from the row
+when the tick is stored.
 """
 
 from __future__ import annotations
