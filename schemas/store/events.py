@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -154,3 +155,48 @@ async def get_event(conn: asyncpg.Connection, owner_id: UUID, event_id: UUID) ->
         f"SELECT {_EVENT_COLUMNS}, body FROM events WHERE id = $1 AND owner_id = $2", event_id, owner_id
     )
     return row
+
+
+async def pick_event_ids(
+    conn: asyncpg.Connection,
+    owner_id: UUID,
+    *,
+    ids: Sequence[UUID] | None = None,
+    since: datetime | None = None,
+    limit: int,
+) -> list[UUID]:
+    """The owner's events a dry run looks at, without their bodies.
+
+    With `ids`, those of them that exist and are the owner's, in the order given (another
+    owner's id is indistinguishable from an unknown one); otherwise the newest `limit`,
+    received at or after `since` when given.
+    """
+    if ids is not None:
+        rows = await conn.fetch(
+            "SELECT e.id FROM unnest($2::uuid[]) WITH ORDINALITY AS wanted(id, n) "
+            "JOIN events e ON e.id = wanted.id AND e.owner_id = $1 ORDER BY wanted.n LIMIT $3",
+            owner_id,
+            list(ids),
+            limit,
+        )
+    else:
+        rows = await conn.fetch(
+            "SELECT id FROM events WHERE owner_id = $1 AND ($2::timestamptz IS NULL OR received_at >= $2) "
+            "ORDER BY seq DESC LIMIT $3",
+            owner_id,
+            since,
+            limit,
+        )
+    return [row["id"] for row in rows]
+
+
+async def events_with_bodies(conn: asyncpg.Connection, owner_id: UUID, ids: Sequence[UUID]) -> list[asyncpg.Record]:
+    """The owner's events with these ids, bodies included, in the order of `ids`."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT e.id, e.owner_id, e.source_type, e.source_id, e.headers, e.body, e.received_at, e.status "
+        "FROM unnest($2::uuid[]) WITH ORDINALITY AS wanted(id, n) "
+        "JOIN events e ON e.id = wanted.id AND e.owner_id = $1 ORDER BY wanted.n",
+        owner_id,
+        list(ids),
+    )
+    return rows
