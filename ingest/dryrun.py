@@ -14,8 +14,10 @@ as not evaluated; and one output budget for the whole report (`HOOKYARD_DRY_RUN_
 after which matches are reported without their rendered request. Owner-scoped throughout: an
 event id of another owner is reported as missing, exactly like an id that does not exist.
 
-The console calls `dry_run` directly; the API (`POST /api/workflows/dry-run` and
-`POST /api/workflows/{id}/dry-run`) wraps it.
+The console calls `dry_run` directly with a draft validated by `ingest.api.definitions`
+(`validated_create`, or `validated_patch` for a saved workflow with a proposed change: the
+same checks and 422 errors as create and PATCH); the API (`POST /api/workflows/dry-run` and
+`POST /api/workflows/{id}/dry-run`) wraps the same calls.
 """
 
 from __future__ import annotations
@@ -34,12 +36,9 @@ from actions.base import MASK, PreviewContext
 from actions.errors import PermanentActionError
 from actions.registry import ACTIONS
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES, RenderBudget, TemplateError, render
-from ingest.api import definitions
-from ingest.api.definitions import Definition
-from ingest.errors import Invalid, NotFound
+from ingest.errors import Invalid
 from schemas.sanitize import strip_nul
 from schemas.store import events as event_store
-from schemas.store import workflows as workflow_store
 from schemas.store.credentials import credential_provider
 from triggers.base import WORKFLOW_ROUTE, InboxEvent
 from triggers.filters import TraceStep, shown_value
@@ -47,6 +46,7 @@ from triggers.registry import TRIGGERS
 
 if TYPE_CHECKING:
     from hookyard.settings import Settings
+    from ingest.api.definitions import Definition
 
 MAX_EVENTS = 500
 """Events one dry run may look at."""
@@ -176,27 +176,7 @@ class DryRunReport:
         }
 
 
-# --- drafts: validated exactly as create and PATCH validate ------------------------------
-
-
-async def draft_from_body(conn: asyncpg.Connection, owner_id: UUID, body: Mapping[str, Any]) -> Definition:
-    """A draft from a create body, validated as `POST /api/workflows` validates it (422 `Invalid`)."""
-    definitions.check_create(body)
-    return await definitions.definition_for_create(conn, owner_id, body)
-
-
-async def draft_from_patch(
-    conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID, patch: Mapping[str, Any]
-) -> Definition:
-    """A saved workflow with a proposed patch applied, validated as `PATCH` validates it.
-
-    Raises `NotFound` for a workflow that is not the owner's, `Invalid` for a bad patch.
-    """
-    definitions.check_patch(patch)
-    row = await workflow_store.get_workflow(conn, owner_id, workflow_id)
-    if row is None:
-        raise NotFound("no such workflow")
-    return await definitions.definition_for_patch(conn, owner_id, definitions.Definition.from_row(row), patch)
+# --- the run -------------------------------------------------------------------------------
 
 
 def check_event_choice(event_ids: Sequence[UUID] | None, since: datetime | None, limit: int) -> None:
@@ -207,9 +187,6 @@ def check_event_choice(event_ids: Sequence[UUID] | None, since: datetime | None,
         raise Invalid(f"limit must be from 1 to {MAX_EVENTS}", field="limit")
     if event_ids is not None and not 1 <= len(event_ids) <= MAX_EVENTS:
         raise Invalid(f"event_ids must name 1 to {MAX_EVENTS} events", field="event_ids")
-
-
-# --- the run -------------------------------------------------------------------------------
 
 
 async def dry_run(

@@ -21,8 +21,9 @@ from actions.base import ActionConfigError
 from actions.registry import ACTIONS
 from actions.templating import TemplateError, check_templates
 from ingest.api.validation import check, compile_schema
-from ingest.errors import Invalid
+from ingest.errors import Invalid, NotFound
 from schemas.store.credentials import credential_provider
+from schemas.store.workflows import get_workflow
 from triggers.base import TriggerConfigError
 from triggers.registry import TRIGGERS
 
@@ -219,3 +220,23 @@ async def definition_for_patch(
     if "action" in body:
         values |= await _checked_action(conn, owner_id, body["action"])
     return dataclasses.replace(current, **values)
+
+
+async def validated_create(conn: asyncpg.Connection, owner_id: UUID, body: Mapping[str, Any]) -> Definition:
+    """A create body checked whole, as `POST /api/workflows` checks it (`Invalid` names the field)."""
+    check_create(body)
+    return await definition_for_create(conn, owner_id, body)
+
+
+async def validated_patch(
+    conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID, patch: Mapping[str, Any]
+) -> Definition:
+    """A saved workflow with `patch` applied as `PATCH` applies it, without saving anything.
+
+    Raises `NotFound` for a workflow that is not the owner's, `Invalid` for a bad patch.
+    """
+    check_patch(patch)
+    row = await get_workflow(conn, owner_id, workflow_id)
+    if row is None:
+        raise NotFound("no such workflow")
+    return await definition_for_patch(conn, owner_id, Definition.from_row(row), patch)

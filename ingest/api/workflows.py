@@ -290,7 +290,7 @@ async def dry_run_draft(request: Request) -> Response:
     state = app_state(request)
     async with state.pool.acquire() as conn:
         try:
-            draft = await dryrun.draft_from_body(conn, owner_id, body["workflow"])
+            draft = await definitions.validated_create(conn, owner_id, body["workflow"])
         except Invalid as exc:
             raise _located("workflow", exc) from None
     limits = dryrun.DryRunLimits.from_settings(state.settings)
@@ -319,7 +319,7 @@ async def dry_run_saved(request: Request) -> Response:
     state = app_state(request)
     async with state.pool.acquire() as conn:
         try:
-            draft = await dryrun.draft_from_patch(conn, owner_id, workflow_id, body.get("patch", {}))
+            draft = await definitions.validated_patch(conn, owner_id, workflow_id, body.get("patch", {}))
         except Invalid as exc:
             raise _located("patch", exc) from None
     limits = dryrun.DryRunLimits.from_settings(state.settings)
