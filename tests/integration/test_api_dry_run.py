@@ -439,3 +439,29 @@ async def test_resolution_records_the_same_trace_as_a_dry_run(
     dry_report = await report_of(owner, {"workflow": body, "event_ids": [event_id]})
     assert candidate["workflow_id"] == saved["id"] and candidate["matched"] is True
     assert candidate["trace"] == dry_report["results"][0]["trace"][1:]  # the dry run adds the route
+
+
+# --- the OpenAPI document -----------------------------------------------------------------
+
+
+async def test_the_openapi_document_declares_both_dry_runs(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/api/openapi.json")).json()
+
+    draft_op = document["paths"]["/api/workflows/dry-run"]["post"]
+    saved_op = document["paths"]["/api/workflows/{id}/dry-run"]["post"]
+    schemas = document["components"]["schemas"]
+    assert draft_op["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/DryRunRequest"
+    }
+    assert saved_op["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/DryRunPatchRequest"
+    }
+    for op in (draft_op, saved_op):
+        assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/DryRunReport"
+        }
+        assert {"401", "413", "422", "503"} <= set(op["responses"])
+    assert "404" in saved_op["responses"]
+    assert schemas["DryRunRequest"]["properties"]["workflow"] == {"$ref": "#/components/schemas/WorkflowCreate"}
+    assert schemas["DryRunRequest"]["properties"]["limit"]["maximum"] == dryrun.MAX_EVENTS
+    assert "TraceStep" in schemas
