@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 import httpx
+import jsonschema
 import orjson
 import pytest
 
@@ -465,3 +466,24 @@ async def test_the_openapi_document_declares_both_dry_runs(http: httpx.AsyncClie
     assert schemas["DryRunRequest"]["properties"]["workflow"] == {"$ref": "#/components/schemas/WorkflowCreate"}
     assert schemas["DryRunRequest"]["properties"]["limit"]["maximum"] == dryrun.MAX_EVENTS
     assert "TraceStep" in schemas
+
+
+async def test_answers_satisfy_the_documented_report_schema(owner: Owner, http: httpx.AsyncClient) -> None:
+    endpoint = await create_endpoint(owner)
+    other = await create_endpoint(owner)
+    ids = [
+        await stored_event(http, endpoint["id"], b'{"action": "opened", "order": 1}'),
+        await stored_event(http, endpoint["id"], b'{"action": "opened"}'),
+        await stored_event(http, endpoint["id"], b'{"action": "closed"}'),
+        await stored_event(http, other["id"], b'{"action": "opened"}'),
+        str(uuid.uuid4()),
+    ]
+    document = (await http.get("/api/openapi.json")).json()
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": "#/components/schemas/DryRunReport", "components": document["components"]}
+    )
+
+    report = await report_of(owner, {"workflow": draft(endpoint["id"], sign=True), "event_ids": ids})
+
+    assert [r["matched"] for r in report["results"]] == [True, True, False, False]
+    assert list(validator.iter_errors(report)) == []
