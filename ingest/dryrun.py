@@ -298,7 +298,10 @@ class _Runner:
         base = (row["id"], row["source_type"], row["source_id"], row["received_at"], row["status"])
         route = self._route_step(row)
         if not route.matched:
-            reason = f"the trigger listens on {route.expected}; this event came from {route.seen}"
+            if self.route == WORKFLOW_ROUTE:
+                reason = "this trigger fires only for its own saved workflow; dry-run the saved workflow with a patch"
+            else:
+                reason = f"the trigger listens on {route.expected}; this event came from {route.seen}"
             return EventResult(*base, evaluated=True, matched=False, reason=reason, trace=(route,))
         event = InboxEvent.from_row(row, self.limits.max_json_depth)
         try:

@@ -16,6 +16,7 @@ import pytest
 from hookyard.settings import Settings
 from ingest import dryrun
 from ingest.api import definitions
+from schemas.store.events import NewEvent, insert_events
 from tests.conftest import Owner, Receiver
 from tests.integration.api_support import (
     create_credential,
@@ -487,3 +488,29 @@ async def test_answers_satisfy_the_documented_report_schema(owner: Owner, http: 
 
     assert [r["matched"] for r in report["results"]] == [True, True, False, False]
     assert list(validator.iter_errors(report)) == []
+
+
+async def test_a_draft_schedule_says_it_fires_only_once_saved(owner: Owner, http: httpx.AsyncClient) -> None:
+    endpoint = await create_endpoint(owner)
+    event_id = await stored_event(http, endpoint["id"])
+    body = workflow_body(endpoint["id"], trigger={"type": "schedule.cron", "config": {"interval_s": 3600}})
+
+    report = await report_of(owner, {"workflow": body, "event_ids": [event_id]})
+
+    [result] = report["results"]
+    assert result["matched"] is False and "saved workflow" in result["reason"]
+
+
+async def test_a_saved_tick_workflow_matches_its_own_ticks(owner: Owner, pool: asyncpg.Pool) -> None:
+    endpoint = await create_endpoint(owner)
+    trigger = {"type": "schedule.tick", "config": {"auth": "hmac", "endpoint_id": endpoint["id"]}}
+    saved = await create_workflow(owner, endpoint["id"], trigger=trigger)
+    tick = NewEvent(
+        UUID(owner.id), "tick", saved["id"], uuid.uuid4().hex, {}, b'{"scheduled_time": "2026-01-01T00:00:00Z"}'
+    )
+    async with pool.acquire() as conn:
+        [stored] = (await insert_events(conn, [tick])).values()
+
+    response = await dry(owner, {"event_ids": [str(stored.event_id)]}, f"/api/workflows/{saved['id']}/dry-run")
+
+    assert response.json()["matched"] == 1, response.text
