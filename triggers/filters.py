@@ -31,6 +31,7 @@ documentation and API validation, but only ``validate_filter`` enforces the limi
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import operator
 import re
@@ -38,6 +39,8 @@ import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from schemas.paths import PATH_PATTERN, PathError, PathNotFound, json_type, parse_path, resolve
 
@@ -54,6 +57,7 @@ OPS = ("equals", "not_equals", *LIST_OPS, *PRESENCE_OPS, "contains", *STRING_OPS
 _MAX_REASON_CHARS = 200
 _SHOWN_VALUE_CHARS = 50
 _SHOWN_PATH_CHARS = 60
+_SHOWN_ITEMS = 4
 # Long enough for any number a sender means; short enough that int() never refuses it.
 _MAX_NUMERIC_STRING_CHARS = 64
 _ANCHOR = "hookyard-filter-node"
@@ -224,7 +228,9 @@ def _check_value(node: Mapping[Any, Any], op: str, where: str) -> None:
 # --- evaluation -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass costs three times as much to build, and the dispatcher builds
+# one per node evaluated for every candidate workflow of every event. Treat it as read-only.
+@dataclass(slots=True)
 class TraceStep:
     """One node of a filter (or one built-in check of a trigger) as it was evaluated.
 
@@ -294,6 +300,15 @@ def evaluate(node: Mapping[str, Any] | None, data: Mapping[str, Any]) -> FilterO
         raise FilterError(f"filter is not valid ({exc}); check it with validate_filter") from exc
 
 
+# Why a node came out as it did, kept unformatted until the end: only the decisive chain is
+# ever turned into text. ("condition", node, actual, matched) | ("not", inner) |
+# ("all", count) | ("none", count, first).
+_Why = tuple[Any, ...]
+
+
+_PENDING = TraceStep("", "", False)  # the place of a group's step until its outcome is known
+
+
 @dataclass(slots=True)
 class _Frame:
     """A group whose children are being evaluated (the walk keeps its own stack)."""
@@ -303,19 +318,22 @@ class _Frame:
     at: str
     step: int | None
     index: int = 0
-    first_reason: str = ""
+    first: _Why = ()
 
 
 class _Recorder:
     """Trace steps, at most MAX_TRACE_STEPS of them."""
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+    def __init__(self) -> None:
         self.steps: list[TraceStep] = []
         self.truncated = False
 
+    @property
+    def full(self) -> bool:
+        return len(self.steps) >= MAX_TRACE_STEPS
+
     def add(self, step: TraceStep) -> int | None:
-        if len(self.steps) >= MAX_TRACE_STEPS:
+        if self.full:
             self.truncated = True
             return None
         self.steps.append(step)
@@ -329,21 +347,21 @@ def trace(node: Mapping[str, Any], data: Mapping[str, Any], *, at: str = "filter
     walk keeps its own stack (no recursion) and short-circuits like ``all()`` and ``any()``;
     the reason explains an ``all`` by its failing child, an ``any`` by its matching one.
     """
-    recorder = _Recorder(at)
+    recorder = _Recorder()
     stack: list[_Frame] = []
     pending: tuple[Mapping[str, Any], str] | None = (node, at)
     matched = False
-    reason = ""
+    why: _Why = ()
     while True:
         if pending is not None:
             current, where = pending
             pending = None
-            kind = next((key for key in GROUP_KEYS if key in current), "condition")
-            if kind == "condition":
-                matched, reason = _trace_condition(current, data, where, recorder)
+            kind = "all" if "all" in current else "any" if "any" in current else "not" if "not" in current else ""
+            if not kind:
+                matched, why = _trace_condition(current, data, where, recorder)
             else:
                 children = [current["not"]] if kind == "not" else list(current[kind])
-                step = recorder.add(TraceStep(where, kind, False))
+                step = recorder.add(_PENDING)
                 stack.append(_Frame(kind, children, where, step))
                 pending = (children[0], _child_at(where, kind, 0))
                 continue
@@ -351,42 +369,62 @@ def trace(node: Mapping[str, Any], data: Mapping[str, Any], *, at: str = "filter
             break
         frame = stack[-1]
         if frame.index == 0:
-            frame.first_reason = reason
+            frame.first = why
         decided = (frame.kind == "all" and not matched) or (frame.kind == "any" and matched)
         if frame.kind != "not" and not decided and frame.index + 1 < len(frame.children):
             frame.index += 1
             pending = (frame.children[frame.index], _child_at(frame.at, frame.kind, frame.index))
             continue
         stack.pop()
-        matched, reason = _group_result(frame, matched, reason)
+        matched, why = _group_result(frame, matched, why)
         if frame.step is not None:
             skipped = len(frame.children) - frame.index - 1
             recorder.steps[frame.step] = TraceStep(frame.at, frame.kind, matched, skipped=skipped)
-    return FilterOutcome(matched, _clip(reason, _MAX_REASON_CHARS), tuple(recorder.steps), recorder.truncated)
+    return FilterOutcome(matched, _reason(why), tuple(recorder.steps), recorder.truncated)
 
 
 def _child_at(where: str, kind: str, index: int) -> str:
     return f"{where}.not" if kind == "not" else f"{where}.{kind}[{index}]"
 
 
-def _group_result(frame: _Frame, child_matched: bool, child_reason: str) -> tuple[bool, str]:
+def _group_result(frame: _Frame, child_matched: bool, child: _Why) -> tuple[bool, _Why]:
     """A finished group's outcome from its last evaluated child (the decisive one)."""
     if frame.kind == "not":
-        return not child_matched, _clip(f"not ({child_reason})", _MAX_REASON_CHARS)
+        return not child_matched, ("not", child)
     count = len(frame.children)
     if count == 1:
         # A group of one is just its condition.
-        return child_matched, child_reason
+        return child_matched, child
     if frame.kind == "all":
-        return child_matched, child_reason if not child_matched else f"all {count} conditions matched"
+        return child_matched, child if not child_matched else ("all", count)
     if child_matched:
-        return True, child_reason
-    return False, _clip(f"none of {count} conditions matched; first: {frame.first_reason}", _MAX_REASON_CHARS)
+        return True, child
+    return False, ("none", count, frame.first)
+
+
+def _reason(why: _Why) -> str:
+    """The text of a chain of whys, unwrapped in a loop and cut at _MAX_REASON_CHARS."""
+    prefix = ""
+    closing = 0
+    while len(prefix) < _MAX_REASON_CHARS:
+        if why[0] == "not":
+            prefix += "not ("
+            closing += 1
+            why = why[1]
+        elif why[0] == "none":
+            prefix += f"none of {why[1]} conditions matched; first: "
+            why = why[2]
+        elif why[0] == "all":
+            return _clip(f"{prefix}all {why[1]} conditions matched{')' * closing}", _MAX_REASON_CHARS)
+        else:
+            _, node, actual, matched = why
+            return _clip(prefix + _condition_reason(node, actual, matched) + ")" * closing, _MAX_REASON_CHARS)
+    return _clip(prefix, _MAX_REASON_CHARS)
 
 
 def _trace_condition(
     node: Mapping[str, Any], data: Mapping[str, Any], where: str, recorder: _Recorder
-) -> tuple[bool, str]:
+) -> tuple[bool, _Why]:
     op: str = node["op"]
     path_text: str = node["path"]
     try:
@@ -402,21 +440,22 @@ def _trace_condition(
         if compare is None:
             raise FilterError(f"unknown op {_short(op)}")
         matched = compare(actual, node["value"])
-    expected = shown_value(node["value"]) if "value" in node else None
-    seen = None if actual is _MISSING else shown_value(actual)
-    recorder.add(
-        TraceStep(
-            where,
-            "condition",
-            matched,
-            path=_clip(path_text, _SHOWN_PATH_CHARS),
-            op=op,
-            expected=expected,
-            seen=seen,
-            missing=actual is _MISSING,
+    if recorder.full:
+        recorder.truncated = True
+    else:
+        recorder.add(
+            TraceStep(
+                where,
+                "condition",
+                matched,
+                path=_clip(path_text, _SHOWN_PATH_CHARS),
+                op=op,
+                expected=shown_value(node["value"]) if "value" in node else None,
+                seen=None if actual is _MISSING else shown_value(actual),
+                missing=actual is _MISSING,
+            )
         )
-    )
-    return matched, _condition_reason(node, actual, matched)
+    return matched, ("condition", node, actual, matched)
 
 
 def _condition_reason(node: Mapping[str, Any], actual: object, matched: bool) -> str:
@@ -436,12 +475,35 @@ def _condition_reason(node: Mapping[str, Any], actual: object, matched: bool) ->
 
 def shown_value(value: object) -> object:
     """A value as a trace shows it: scalars as they are (strings shortened), containers as a
-    short bounded preview string. Never walks more than a few levels of ``value``."""
+    short JSON preview of their first few items. Never walks more than one level of ``value``."""
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
         return _clip(value, _SHOWN_VALUE_CHARS)
-    return _short(value)
+    if isinstance(value, Mapping):
+        items = list(itertools.islice(value.items(), _SHOWN_ITEMS))
+        sample: object = {_clip(str(k), _SHOWN_VALUE_CHARS): _item(v) for k, v in items}
+        more = len(value) > _SHOWN_ITEMS
+    elif isinstance(value, list | tuple):
+        sample = [_item(v) for v in value[:_SHOWN_ITEMS]]
+        more = len(value) > _SHOWN_ITEMS
+    else:
+        return _short(value)
+    try:
+        text = orjson.dumps(sample).decode()
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits
+        return _short(value)
+    if more:
+        text = text[:-1] + ",...]" if text.endswith("]") else text[:-1] + ",...}"
+    return _clip(text, _SHOWN_VALUE_CHARS)
+
+
+def _item(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return _clip(value, _SHOWN_VALUE_CHARS)
+    return "{...}" if isinstance(value, Mapping) else "[...]"
 
 
 # --- operators --------------------------------------------------------------------------
