@@ -235,7 +235,7 @@ async def dry_run(
         for row in rows:
             if time.monotonic() >= deadline:
                 runner.stopped = "deadline"
-            results.append(runner.skip(row) if runner.stopped == "deadline" else runner.run(row))
+            results.append(_skipped(row) if runner.stopped == "deadline" else runner.run(row))
             # Each event's work is bounded, but hundreds of them must not hold the event loop.
             await asyncio.sleep(0)
     return DryRunReport(
@@ -251,14 +251,8 @@ async def dry_run(
 
 async def _not_evaluated(pool: asyncpg.Pool, owner_id: UUID, ids: list[UUID]) -> list[EventResult]:
     async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT id, source_type, source_id, received_at, status FROM events "
-            "WHERE owner_id = $1 AND id = ANY($2::uuid[])",
-            owner_id,
-            ids,
-        )
-    by_id = {row["id"]: row for row in rows}
-    return [_skipped(by_id[i]) for i in ids if i in by_id]
+        rows = await event_store.event_summaries(conn, owner_id, ids)
+    return [_skipped(row) for row in rows]
 
 
 def _skipped(row: Mapping[str, Any]) -> EventResult:
@@ -289,9 +283,6 @@ class _Runner:
         self.trigger = TRIGGERS[workflow.trigger_type]
         key = workflow.routing_key
         self.route = str(workflow_id) if key == WORKFLOW_ROUTE and workflow_id is not None else key
-
-    def skip(self, row: Mapping[str, Any]) -> EventResult:
-        return _skipped(row)
 
     def run(self, row: Mapping[str, Any]) -> EventResult:
         """Route, match and render one event; a failure is this event's row, never the run's."""

@@ -200,3 +200,15 @@ async def events_with_bodies(conn: asyncpg.Connection, owner_id: UUID, ids: Sequ
         list(ids),
     )
     return rows
+
+
+async def event_summaries(conn: asyncpg.Connection, owner_id: UUID, ids: Sequence[UUID]) -> list[asyncpg.Record]:
+    """Id, source, time and status (no bodies) of the owner's events with these ids, in that order."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT e.id, e.source_type, e.source_id, e.received_at, e.status "
+        "FROM unnest($2::uuid[]) WITH ORDINALITY AS wanted(id, n) "
+        "JOIN events e ON e.id = wanted.id AND e.owner_id = $1 ORDER BY wanted.n",
+        owner_id,
+        list(ids),
+    )
+    return rows
