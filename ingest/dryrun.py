@@ -40,13 +40,14 @@ from ingest.errors import Invalid
 from schemas.sanitize import strip_nul
 from schemas.store import events as event_store
 from schemas.store.credentials import credential_provider
+from schemas.store.events import EventSummary, EventWithBody
 from triggers.base import WORKFLOW_ROUTE, InboxEvent
 from triggers.filters import TraceStep, shown_value
 from triggers.registry import TRIGGERS
 
 if TYPE_CHECKING:
-    from hookyard.settings import Settings
     from ingest.api.definitions import Definition
+    from settings import Settings
 
 MAX_EVENTS = 500
 """Events one dry run may look at."""
@@ -255,13 +256,13 @@ async def _not_evaluated(pool: asyncpg.Pool, owner_id: UUID, ids: list[UUID]) ->
     return [_skipped(row) for row in rows]
 
 
-def _skipped(row: Mapping[str, Any]) -> EventResult:
+def _skipped(row: EventSummary | EventWithBody) -> EventResult:
     return EventResult(
-        row["id"],
-        row["source_type"],
-        row["source_id"],
-        row["received_at"],
-        row["status"],
+        row.id,
+        row.source_type,
+        row.source_id,
+        row.received_at,
+        row.status,
         evaluated=False,
         matched=False,
         reason="not evaluated: the dry run's deadline passed first",
@@ -284,9 +285,9 @@ class _Runner:
         key = workflow.routing_key
         self.route = str(workflow_id) if key == WORKFLOW_ROUTE and workflow_id is not None else key
 
-    def run(self, row: Mapping[str, Any]) -> EventResult:
+    def run(self, row: EventWithBody) -> EventResult:
         """Route, match and render one event; a failure is this event's row, never the run's."""
-        base = (row["id"], row["source_type"], row["source_id"], row["received_at"], row["status"])
+        base = (row.id, row.source_type, row.source_id, row.received_at, row.status)
         route = self._route_step(row)
         if not route.matched:
             if self.route == WORKFLOW_ROUTE:
@@ -294,7 +295,16 @@ class _Runner:
             else:
                 reason = f"the trigger listens on {route.expected}; this event came from {route.seen}"
             return EventResult(*base, evaluated=True, matched=False, reason=reason, trace=(route,))
-        event = InboxEvent.from_row(row, self.limits.max_json_depth)
+        event = InboxEvent(
+            id=row.id,
+            owner_id=row.owner_id,
+            source_type=row.source_type,
+            source_id=row.source_id,
+            headers=row.headers,
+            body=row.body,
+            received_at=row.received_at.isoformat(),
+            max_json_depth=self.limits.max_json_depth,
+        )
         try:
             data = strip_nul(self.trigger.trigger_data(event))
             outcome = self.trigger.match(self.workflow.trigger_config, data)
@@ -313,13 +323,13 @@ class _Runner:
             action=action,
         )
 
-    def _route_step(self, row: Mapping[str, Any]) -> TraceStep:
+    def _route_step(self, row: EventWithBody) -> TraceStep:
         expected = f"{self.trigger.source_type}:{self.route}"
-        seen = f"{row['source_type']}:{row['source_id']}"
+        seen = f"{row.source_type}:{row.source_id}"
         return TraceStep(
             "route",
             "route",
-            row["source_type"] == self.trigger.source_type and row["source_id"] == self.route,
+            row.source_type == self.trigger.source_type and row.source_id == self.route,
             path="source",
             op="equals",
             expected=shown_value(expected),

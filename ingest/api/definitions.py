@@ -21,9 +21,9 @@ from actions.base import ActionConfigError
 from actions.registry import ACTIONS
 from actions.templating import TemplateError, check_templates
 from ingest.api.validation import check, compile_schema
-from ingest.errors import Invalid, NotFound
+from ingest.errors import Invalid
 from schemas.store.credentials import credential_provider
-from schemas.store.workflows import get_workflow
+from schemas.store.workflows import Workflow, get_workflow
 from triggers.base import TriggerConfigError
 from triggers.registry import TRIGGERS
 
@@ -98,9 +98,9 @@ class Definition:
     retry_policy: dict[str, Any]
 
     @classmethod
-    def from_row(cls, row: Any) -> Definition:
+    def from_row(cls, row: Workflow) -> Definition:
         """The stored definition of a workflow row."""
-        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})
 
     @property
     def wants_signing_secret(self) -> bool:
@@ -233,10 +233,9 @@ async def validated_patch(
 ) -> Definition:
     """A saved workflow with `patch` applied as `PATCH` applies it, without saving anything.
 
-    Raises `NotFound` for a workflow that is not the owner's, `Invalid` for a bad patch.
+    Raises `schemas.errors.NotFound` for a workflow that is not the owner's (404 in the API),
+    `Invalid` for a bad patch.
     """
     check_patch(patch)
     row = await get_workflow(conn, owner_id, workflow_id)
-    if row is None:
-        raise NotFound("no such workflow")
     return await definition_for_patch(conn, owner_id, Definition.from_row(row), patch)

@@ -11,6 +11,9 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from schemas.errors import NotFound
+from schemas.store.rows import row_of, rows_of
+
 EVENTS_CHANNEL = "hookyard_events"
 
 
@@ -120,6 +123,28 @@ async def mark_rejected(conn: asyncpg.Connection, event_id: UUID, reason: str) -
     return status == "UPDATE 1"
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event as its owner may see it; `body` is read by `get_event` only."""
+
+    id: UUID
+    seq: int
+    source_type: str
+    source_id: str
+    dedup_key: str
+    received_at: datetime
+    headers: dict[str, Any]
+    status: str
+    verification: dict[str, Any]
+    duplicate_count: int
+    last_duplicate_at: datetime | None
+    resolution: Any
+    note: str | None
+    dispatched_at: datetime | None
+    body_size: int
+    body: bytes | None = None
+
+
 _EVENT_COLUMNS = (
     "id, seq, source_type, source_id, dedup_key, received_at, headers, status, verification, "
     "duplicate_count, last_duplicate_at, resolution, note, dispatched_at, octet_length(body) AS body_size"
@@ -129,14 +154,14 @@ _EVENT_COLUMNS = (
 async def list_events(
     conn: asyncpg.Connection,
     owner_id: UUID,
-    limit: int,
-    after_seq: int | None,
     *,
+    limit: int,
+    after_seq: int | None = None,
     status: str | None = None,
     source_id: str | None = None,
-) -> list[asyncpg.Record]:
+) -> list[Event]:
     """A page of the owner's events, newest first (limit+1 rows)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+    rows = await conn.fetch(
         f"SELECT {_EVENT_COLUMNS} FROM events WHERE owner_id = $1 "
         "AND ($2::bigint IS NULL OR seq < $2) AND ($3::text IS NULL OR status = $3) "
         "AND ($4::text IS NULL OR source_id = $4) ORDER BY seq DESC LIMIT $5",
@@ -146,15 +171,17 @@ async def list_events(
         source_id,
         limit + 1,
     )
-    return rows
+    return rows_of(Event, rows)
 
 
-async def get_event(conn: asyncpg.Connection, owner_id: UUID, event_id: UUID) -> asyncpg.Record | None:
-    """One of the owner's events, body included."""
-    row: asyncpg.Record | None = await conn.fetchrow(
+async def get_event(conn: asyncpg.Connection, owner_id: UUID, event_id: UUID) -> Event:
+    """One of the owner's events, body included; `NotFound` if the owner has no such event."""
+    row = await conn.fetchrow(
         f"SELECT {_EVENT_COLUMNS}, body FROM events WHERE id = $1 AND owner_id = $2", event_id, owner_id
     )
-    return row
+    if row is None:
+        raise NotFound("event")
+    return row_of(Event, row)
 
 
 async def pick_event_ids(
@@ -190,25 +217,50 @@ async def pick_event_ids(
     return [row["id"] for row in rows]
 
 
-async def events_with_bodies(conn: asyncpg.Connection, owner_id: UUID, ids: Sequence[UUID]) -> list[asyncpg.Record]:
+@dataclass(frozen=True, slots=True)
+class EventSummary:
+    """Where an event came from, when, and its status; no body."""
+
+    id: UUID
+    source_type: str
+    source_id: str
+    received_at: datetime
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventWithBody:
+    """An event as a trigger reads it, with its status."""
+
+    id: UUID
+    owner_id: UUID
+    source_type: str
+    source_id: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: datetime
+    status: str
+
+
+async def events_with_bodies(conn: asyncpg.Connection, owner_id: UUID, ids: Sequence[UUID]) -> list[EventWithBody]:
     """The owner's events with these ids, bodies included, in the order of `ids`."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+    rows = await conn.fetch(
         "SELECT e.id, e.owner_id, e.source_type, e.source_id, e.headers, e.body, e.received_at, e.status "
         "FROM unnest($2::uuid[]) WITH ORDINALITY AS wanted(id, n) "
         "JOIN events e ON e.id = wanted.id AND e.owner_id = $1 ORDER BY wanted.n",
         owner_id,
         list(ids),
     )
-    return rows
+    return rows_of(EventWithBody, rows)
 
 
-async def event_summaries(conn: asyncpg.Connection, owner_id: UUID, ids: Sequence[UUID]) -> list[asyncpg.Record]:
+async def event_summaries(conn: asyncpg.Connection, owner_id: UUID, ids: Sequence[UUID]) -> list[EventSummary]:
     """Id, source, time and status (no bodies) of the owner's events with these ids, in that order."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+    rows = await conn.fetch(
         "SELECT e.id, e.source_type, e.source_id, e.received_at, e.status "
         "FROM unnest($2::uuid[]) WITH ORDINALITY AS wanted(id, n) "
         "JOIN events e ON e.id = wanted.id AND e.owner_id = $1 ORDER BY wanted.n",
         owner_id,
         list(ids),
     )
-    return rows
+    return rows_of(EventSummary, rows)

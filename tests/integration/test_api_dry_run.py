@@ -13,10 +13,10 @@ import jsonschema
 import orjson
 import pytest
 
-from hookyard.settings import Settings
 from ingest import dryrun
 from ingest.api import definitions
 from schemas.store.events import NewEvent, insert_events
+from settings import Settings
 from tests.conftest import Owner, Receiver
 from tests.integration.api_support import (
     create_credential,
