@@ -47,20 +47,6 @@ class InboxEvent:
     # not JSON to its trigger, so nothing downstream walks or stores an unbounded tree.
     max_json_depth: int = DEFAULT_MAX_DEPTH
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any], max_json_depth: int) -> InboxEvent:
-        """An event row (id, owner_id, source_type, source_id, headers, body, received_at)."""
-        return cls(
-            id=row["id"],
-            owner_id=row["owner_id"],
-            source_type=row["source_type"],
-            source_id=row["source_id"],
-            headers=row["headers"],
-            body=row["body"],
-            received_at=row["received_at"].isoformat(),
-            max_json_depth=max_json_depth,
-        )
-
 
 ConfigCheck = Callable[[asyncpg.Connection, UUID, Mapping[str, Any]], Awaitable[None]]
 

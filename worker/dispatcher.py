@@ -223,7 +223,7 @@ class Dispatcher:
             rows = await event_store.claim_received(conn, self._settings.dispatch_batch_size, only=only)
             if not rows:
                 return 0
-            events = [InboxEvent.from_row(r, self._settings.max_json_depth) for r in rows]
+            events = [_inbox_event(r, self._settings.max_json_depth) for r in rows]
             claimed.extend(e.id for e in events)
             forwarded = await accept_forwarded(conn, self._forwarders, events)
             events = [e for e in events if e.id not in forwarded]
@@ -471,3 +471,16 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, RPCError):
         return f"Temporal error ({exc.status.name}): {exc.message}"[:500]
     return type(exc).__name__
+
+
+def _inbox_event(row: asyncpg.Record, max_json_depth: int) -> InboxEvent:
+    return InboxEvent(
+        id=row["id"],
+        owner_id=row["owner_id"],
+        source_type=row["source_type"],
+        source_id=row["source_id"],
+        headers=row["headers"],
+        body=row["body"],
+        received_at=row["received_at"].isoformat(),
+        max_json_depth=max_json_depth,
+    )
