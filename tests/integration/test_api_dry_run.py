@@ -25,7 +25,7 @@ from tests.integration.api_support import (
     stored_event,
     workflow_body,
 )
-from worker.dispatcher import Dispatcher
+from worker.dispatch.dispatcher import Dispatcher
 
 pytestmark = pytest.mark.integration
 
