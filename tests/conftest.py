@@ -26,7 +26,6 @@ from schemas.store.owners import create_owner
 from settings import Settings, load_settings
 from tests import fake_google
 
-
 # Tests that need the real PostgreSQL, Redis and Temporal: everything under tests/integration/,
 # and any test elsewhere whose fixtures reach the session `stack`. Marked here, once, so
 # `pytest -m "not integration"` runs without those servers (README, "Tests").

@@ -62,7 +62,9 @@ async def list_for_workflow(request: Request) -> Response:
     async with app_state(request).pool.acquire() as conn:
         # A deleted workflow's history stays readable.
         await get_workflow(conn, owner_id, workflow_id, include_deleted=True)
-        rows = await store.list_for_workflow(conn, owner_id, workflow_id, query.limit, query.after_seq, status)
+        rows = await store.list_for_workflow(
+            conn, owner_id, workflow_id, limit=query.limit, after_seq=query.after_seq, status=status
+        )
     return page_response(rows, query, execution_json)
 
 

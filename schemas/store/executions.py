@@ -170,9 +170,10 @@ async def list_for_workflow(
     conn: asyncpg.Connection,
     owner_id: UUID,
     workflow_id: UUID,
+    *,
     limit: int,
-    after_seq: int | None,
-    status: str | None,
+    after_seq: int | None = None,
+    status: str | None = None,
 ) -> list[asyncpg.Record]:
     """A page of a workflow's executions, newest first (limit+1 rows)."""
     rows: list[asyncpg.Record] = await conn.fetch(
