@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test lint bench chaos install clean
+.PHONY: run test lint bench chaos install clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,16 @@ install: $(STAMP)
 run: $(STAMP)  ## start the whole stack (PostgreSQL, Redis, Temporal, api, dispatcher, worker)
 	$(BIN)/hookyard dev $(ARGS)
 
-test: $(STAMP)  ## run the test suite against real PostgreSQL, Redis and Temporal
+test: $(STAMP) chromium  ## run the test suite against real PostgreSQL, Redis and Temporal
 	$(BIN)/pytest $(ARGS)
+
+# The console's browser tests drive Debian's Chromium; installed here when missing (needs root).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y --no-install-recommends chromium || \
+	     (apt-get update && apt-get install -y --no-install-recommends chromium)) >/dev/null; \
+	  else echo "chromium not found and not root: the console's browser tests will be skipped"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
