@@ -217,6 +217,9 @@ def page(handler: Handler) -> Endpoint:
         except STORAGE_ERRORS:
             log.error("console: storage unavailable on %s", request.url.path)
             return error_page(request, 503, "Unavailable", "Storage is unavailable right now; try again shortly.")
+        except Exception:
+            log.exception("console: unhandled error on %s %s", request.method, request.url.path)
+            return error_page(request, 500, "Something went wrong", "The error was logged; try again.")
 
     endpoint.__name__ = handler.__name__
     endpoint.__doc__ = handler.__doc__

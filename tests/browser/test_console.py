@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.browser.conftest import screenshot, sign_in
-from tests.conftest import Owner
-from tests.integration.api_support import create_endpoint, deliver
+from tests.conftest import Owner, Receiver
+from tests.integration.api_support import create_endpoint, create_workflow, deliver, stored_event
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +29,134 @@ async def test_signed_in_owner_sees_a_webhook_arrive_in_the_inbox_and_opens_it(
 
     row = page.locator(f'#event-rows tr[data-id="{event_id}"]')
     await row.wait_for()  # arrives without a reload
-    await screenshot(page, "inbox")
     await row.get_by_role("link").click()
     await page.wait_for_url(f"{base_url}/console/events/{event_id}")
     assert '"total": 250' in await page.locator("#body-pretty").inner_text()
     assert "verified (standard-webhooks" in await page.content()
+
+
+@pytest.mark.usefixtures("pipeline")
+async def test_owner_journey_endpoint_workflow_webhook_trace_execution_replay(
+    page: Any, base_url: str, owner: Owner, http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await sign_in(page, base_url, owner)
+
+    # An endpoint: the secret is shown once, with a ready curl using `hookyard sign`.
+    await page.get_by_role("link", name="Endpoints").click()
+    assert "No endpoints yet" in await page.content()
+    await page.get_by_label("Name").fill("shop")
+    await page.get_by_role("button", name="Create endpoint").click()
+    secret = (await page.locator("#endpoint-secret").inner_text()).strip()
+    assert secret.startswith("whsec_")
+    assert "hookyard sign --secret" in await page.locator("#endpoint-curl").inner_text()
+    await screenshot(page, "endpoint-created")
+    endpoint_id = re.search(r"/hooks/([0-9a-f-]{36})", await page.content()).group(1)  # type: ignore[union-attr]
+
+    # A workflow from the generated form; the API's validation error is shown at the field.
+    await page.get_by_role("link", name="Create a workflow for it").click()
+    await page.get_by_label("Name", exact=True).fill("big orders")
+    big = '{"path": "body.order.total", "op": "gt", "value": 100}'
+    await page.locator("#f-trigger-webhook_received-filter").fill(big)
+    await page.get_by_role("button", name="Create workflow").click()
+    url_input = page.locator("#f-action-http_request-url")
+    assert await url_input.get_attribute("aria-invalid") == "true"
+    assert "action.config.url is required" in await page.locator("#err-f-action-http_request-url").inner_text()
+    await screenshot(page, "workflow-form-error")
+    target = f"/orders/{uuid.uuid4().hex}"
+    await url_input.fill(receiver.url + target)
+    await page.get_by_role("button", name="Create workflow").click()
+    await page.get_by_text("Workflow created").wait_for()
+    workflow_url = page.url.split("?")[0]
+
+    # A signed webhook arrives in the open inbox without a reload.
+    await page.get_by_role("link", name="Inbox").click()
+    body = b'{"order": {"id": "A-1", "total": 250}}'
+    event_id = (await deliver(http, endpoint_id, body, secret=secret)).json()["event_id"]
+    row = page.locator(f'#event-rows tr[data-id="{event_id}"]')
+    await row.wait_for()
+    await row.locator(".status-dispatched").wait_for()  # the row's status updates in place too
+    await screenshot(page, "inbox")
+
+    # The event says why the workflow fired and links to the execution.
+    await row.get_by_role("link").click()
+    trace = page.locator("table.trace")
+    assert "big orders" in await trace.inner_text()
+    assert "fired" in await trace.inner_text()
+    await screenshot(page, "event")
+    await trace.locator("a[href*='/executions/']").first.click()
+
+    # The execution succeeds (the target got the request); replay queues a new one.
+    await page.wait_for_url(re.compile(r"/console/executions/"))
+    for _ in range(50):
+        if "status-succeeded" in await page.locator("#execution-status").inner_html():
+            break
+        await page.wait_for_timeout(200)
+        await page.reload()
+    assert "status-succeeded" in await page.locator("#execution-status").inner_html()
+    assert len(receiver.to(target)) == 1
+    await screenshot(page, "execution")
+    original = page.url
+    await page.get_by_role("button", name="Replay").click()
+    await page.get_by_text("Replay queued").wait_for()
+    assert page.url != original
+
+    # The workflows list shows the last run and the 24-hour success rate.
+    await page.goto(f"{base_url}/console/workflows")
+    assert "big orders" in await page.content()
+    await screenshot(page, "workflows")
+    await page.goto(workflow_url)
+
+
+async def test_sign_out_ends_the_session_on_the_server(page: Any, base_url: str, owner: Owner) -> None:
+    await sign_in(page, base_url, owner)
+    [cookie] = [c for c in await page.context.cookies() if c["name"] == "hookyard_console"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["expires"] > 0
+
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(f"{base_url}/console/sign-in")
+
+    await page.context.add_cookies([cookie])  # the old token, replayed
+    await page.goto(f"{base_url}/console/inbox")
+    assert page.url == f"{base_url}/console/sign-in"
+
+
+async def test_another_owners_ids_in_urls_give_404_pages(
+    page: Any, base_url: str, owner: Owner, other_owner: Owner, http: httpx.AsyncClient
+) -> None:
+    endpoint = (await create_endpoint(owner))["id"]
+    workflow = (await create_workflow(owner, endpoint))["id"]
+    event = await stored_event(http, endpoint)
+    execution = (await owner.client.post(f"/api/workflows/{workflow}/run", json={})).json()["execution_id"]
+    await sign_in(page, base_url, other_owner)
+
+    for path in (
+        f"/events/{event}",
+        f"/workflows/{workflow}",
+        f"/workflows/{workflow}/edit",
+        f"/executions/{execution}",
+        f"/executions?workflow={workflow}",
+    ):
+        response = await page.goto(f"{base_url}/console{path}")
+        assert response.status == 404, path
+        assert await page.get_by_role("heading", name="Not found").is_visible()
+    response = await page.request.post(f"{base_url}/console/workflows/{workflow}/deactivate", form={"csrf_token": "x"})
+    assert response.status == 403  # refused before anything is looked up
+
+
+async def test_posts_without_the_csrf_token_are_refused_and_change_nothing(
+    page: Any, base_url: str, owner: Owner
+) -> None:
+    endpoint = (await create_endpoint(owner))["id"]
+    workflow = (await create_workflow(owner, endpoint))["id"]
+    await sign_in(page, base_url, owner)
+    url = f"{base_url}/console/workflows/{workflow}/deactivate"
+
+    without = await page.request.post(url, form={})
+    wrong = await page.request.post(url, form={"csrf_token": "0" * 64})
+    token = await page.locator("input[name=csrf_token]").first.input_value()
+    foreign = await page.request.post(url, form={"csrf_token": token}, headers={"origin": "https://evil.example"})
+
+    assert (without.status, wrong.status, foreign.status) == (403, 403, 403)
+    assert (await owner.client.get(f"/api/workflows/{workflow}")).json()["active"] is True
+    assert (await page.request.post(url, form={"csrf_token": token})).ok
+    assert (await owner.client.get(f"/api/workflows/{workflow}")).json()["active"] is False

@@ -1,0 +1,49 @@
+"""Read-only summaries for the owner console: workflow health and executions across workflows."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from schemas.store.executions import _COLUMNS as EXECUTION_COLUMNS
+
+# The 24-hour rate looks at most at this many of a workflow's latest executions, so a page of
+# busy workflows stays a bounded read.
+STATS_WINDOW = 10_000
+
+
+async def workflow_stats(conn: asyncpg.Connection, owner_id: UUID, workflow_ids: list[UUID]) -> dict[UUID, Any]:
+    """Per workflow: its last execution's time and status, and the last 24 hours' finished and
+    succeeded counts (among its latest STATS_WINDOW executions)."""
+    rows = await conn.fetch(
+        "SELECT w.id, last.created_at AS last_run_at, last.status AS last_status, "
+        "  day.finished, day.succeeded "
+        "FROM unnest($2::uuid[]) AS w(id) "
+        "LEFT JOIN LATERAL (SELECT x.created_at, x.status FROM executions x "
+        "  WHERE x.workflow_id = w.id AND x.owner_id = $1 ORDER BY x.seq DESC LIMIT 1) last ON true "
+        "LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE x.status IN ('succeeded', 'failed')) AS finished, "
+        "  count(*) FILTER (WHERE x.status = 'succeeded') AS succeeded FROM (SELECT status, created_at "
+        "  FROM executions WHERE workflow_id = w.id AND owner_id = $1 ORDER BY seq DESC LIMIT $3) x "
+        "  WHERE x.created_at > now() - interval '24 hours') day ON true",
+        owner_id,
+        workflow_ids,
+        STATS_WINDOW,
+    )
+    return {r["id"]: r for r in rows}
+
+
+async def list_executions(
+    conn: asyncpg.Connection, owner_id: UUID, limit: int, after_seq: int | None, status: str | None
+) -> list[asyncpg.Record]:
+    """A page of the owner's executions across all workflows, newest first (limit+1 rows)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE owner_id = $1 "
+        "AND ($2::bigint IS NULL OR seq < $2) AND ($3::text IS NULL OR status = $3) ORDER BY seq DESC LIMIT $4",
+        owner_id,
+        after_seq,
+        status,
+        limit + 1,
+    )
+    return rows
