@@ -5,10 +5,14 @@ from __future__ import annotations
 import re
 import uuid
 from typing import Any
+from uuid import UUID
 
+import asyncpg
 import httpx
 import pytest
 
+from oauth.crypto import Keyring
+from schemas.store.credentials import mark_needs_reconnect, upsert_oauth
 from tests.browser.conftest import screenshot, sign_in
 from tests.conftest import Owner, Receiver
 from tests.integration.api_support import create_endpoint, create_workflow, deliver, stored_event
@@ -160,3 +164,25 @@ async def test_posts_without_the_csrf_token_are_refused_and_change_nothing(
     assert (await owner.client.get(f"/api/workflows/{workflow}")).json()["active"] is True
     assert (await page.request.post(url, form={"csrf_token": token})).ok
     assert (await owner.client.get(f"/api/workflows/{workflow}")).json()["active"] is False
+
+
+async def test_a_credential_needing_reconnection_stands_out_with_a_one_click_new_link(
+    page: Any, base_url: str, owner: Owner, pool: asyncpg.Pool, keyring: Keyring
+) -> None:
+    async with pool.acquire() as conn:
+        row, _ = await upsert_oauth(
+            conn, keyring, UUID(owner.id), "google", "ada@example.com", ["openid", "email"], {"access_token": "t"}, None
+        )
+        await mark_needs_reconnect(conn, UUID(owner.id), row["id"], "invalid_grant: token revoked")
+    await sign_in(page, base_url, owner)
+
+    await page.get_by_role("link", name="Credentials").click()
+    flagged = page.locator(f'tr.highlight[data-id="{row["id"]}"]')
+    assert "needs_reconnect" in await flagged.inner_text()
+    await flagged.get_by_role("button", name="New connect link").click()
+
+    link = (await page.locator("#connect-link").inner_text()).strip()
+    assert link.startswith(f"{base_url}/oauth/connect/")
+    assert "for ada@example.com" in await page.content()
+    await page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    await screenshot(page, "credentials-phone")
