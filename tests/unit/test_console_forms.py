@@ -1,8 +1,12 @@
-"""Workflow forms generated from the catalog's schemas, read back into API bodies."""
+"""Workflow forms generated from the catalog's schemas, read back into API bodies; cookie and CSRF rules."""
 
 from __future__ import annotations
 
-from ingest.console import forms
+from types import SimpleNamespace
+
+from starlette.requests import Request
+
+from ingest.console import forms, web
 from ingest.console.executions import temporal_link
 
 
@@ -129,3 +133,29 @@ def test_the_temporal_ui_link_needs_a_configured_url_and_a_handed_over_execution
     assert temporal_link("http://ui/", "default", handed) == (
         "http://ui/namespaces/default/workflows/automation-abc/r%2F1/history"
     )
+
+
+def _request(scheme: str, public_url: str) -> Request:
+    settings = SimpleNamespace(public_url=public_url)
+    app = SimpleNamespace(settings=settings)
+    scope = {
+        "type": "http",
+        "scheme": scheme,
+        "path": "/",
+        "query_string": b"",
+        "server": ("h", 443),
+        "headers": [],
+        "state": {"app": app},
+    }
+    return Request(scope)
+
+
+def test_session_cookies_are_secure_whenever_the_console_is_reached_over_https() -> None:
+    assert web.secure_cookies(_request("https", ""))
+    assert web.secure_cookies(_request("http", "https://hooks.example.com"))  # behind a TLS proxy
+    assert not web.secure_cookies(_request("http", "http://127.0.0.1:8000"))
+
+
+def test_the_csrf_token_is_bound_to_the_session_token() -> None:
+    assert web.csrf_for("a") == web.csrf_for("a")
+    assert web.csrf_for("a") != web.csrf_for("b")
