@@ -8,22 +8,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from tests.browser.support import csrf_of, signed_in
 from tests.conftest import Owner
 from tests.integration.api_support import create_endpoint, deliver
 
 pytestmark = pytest.mark.integration
-
-_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-async def signed_in(base_url: str, key: str) -> httpx.AsyncClient:
-    """A cookie-keeping client signed in through the sign-in form, as a browser would."""
-    client = httpx.AsyncClient(base_url=base_url, timeout=30)
-    form = await client.get("/console/sign-in")
-    token = _CSRF.search(form.text).group(1)  # type: ignore[union-attr]
-    answer = await client.post("/console/sign-in", data={"csrf_token": token, "api_key": key})
-    assert answer.status_code == 303, answer.text
-    return client
 
 
 @pytest.fixture
@@ -31,10 +20,6 @@ async def console(base_url: str, owner: Owner) -> AsyncIterator[httpx.AsyncClien
     client = await signed_in(base_url, owner.key)
     yield client
     await client.aclose()
-
-
-def csrf_of(html: str) -> str:
-    return _CSRF.search(html).group(1)  # type: ignore[union-attr]
 
 
 async def test_an_unknown_key_signs_nobody_in(base_url: str) -> None:
