@@ -166,11 +166,12 @@ def _same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None:  # not every browser sends it on same-origin posts; the token still must match
         return True
-    try:
-        parts = urlsplit(origin)
-    except ValueError:
-        return False
-    return f"{parts.scheme}://{parts.netloc}" == f"{request.url.scheme}://{request.url.netloc}"
+    allowed = {f"{request.url.scheme}://{request.url.netloc}"}
+    public = app_state(request).settings.public_url
+    if public:  # behind a proxy the Host header may name an internal address
+        parts = urlsplit(public)
+        allowed.add(f"{parts.scheme}://{parts.netloc}")
+    return origin in allowed
 
 
 def check_csrf(request: Request, form: dict[str, str], expected: str) -> None:
