@@ -29,10 +29,11 @@ chromium:
 	     (apt-get update && apt-get install -y --no-install-recommends chromium)) >/dev/null; \
 	  else echo "chromium not found and not root: the console's browser tests will be skipped"; fi
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, ruff format, mypy --strict and the import contract (layer order, pyproject)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(BIN)/mypy --strict
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, path_id, read_json
 from ingest.api.operations import ID, Body, Reply, error, operation
-from ingest.errors import Conflict, NotFound
+from ingest.errors import Conflict
 from ingest.state import app_state
 from schemas.store.runs import insert_manual_run
 from schemas.store.workflows import get_workflow, lock_active
@@ -51,8 +51,7 @@ async def run_workflow(request: Request) -> Response:
 async def run_now(pool: asyncpg.Pool, owner_id: UUID, workflow_id: UUID, trigger_data: dict[str, Any]) -> UUID:
     """Queue a manual run of one of the owner's workflows; its execution id (`NotFound`, `Conflict`)."""
     async with pool.acquire() as conn, conn.transaction():
-        if await get_workflow(conn, owner_id, workflow_id) is None:
-            raise NotFound("no such workflow")
+        await get_workflow(conn, owner_id, workflow_id)
         if not await lock_active(conn, [workflow_id]):
             raise Conflict("the workflow is inactive; activate it to run it")
         execution_id: UUID = await insert_manual_run(conn, owner_id, workflow_id, trigger_data)

@@ -262,13 +262,13 @@ def place_error(form: WorkflowForm, api_field: str | None, message: str) -> None
     form.summary = message
 
 
-def keep_secrets(body: dict[str, Any], stored: Mapping[str, Any]) -> None:
+def keep_secrets(body: dict[str, Any], stored_type: str, stored_config: Any) -> None:
     """Write-only fields left empty on an edit keep their stored value (the form never shows it)."""
     action = body["action"]
-    if action["type"] != stored["action_type"] or not isinstance(stored["action_config"], dict):
+    if action["type"] != stored_type or not isinstance(stored_config, dict):
         return
     spec = ACTIONS[action["type"]].config_schema.get("properties", {}) if action["type"] in ACTIONS else {}
     for prop, prop_spec in spec.items():
         wanted = isinstance(prop_spec, dict) and prop_spec.get("writeOnly") and prop not in action["config"]
-        if wanted and prop in stored["action_config"]:
-            action["config"][prop] = stored["action_config"][prop]
+        if wanted and prop in stored_config:
+            action["config"][prop] = stored_config[prop]

@@ -14,9 +14,10 @@ from ingest.api.events import STATUSES, event_json, parsed_body
 from ingest.api.executions import execution_json
 from ingest.console import web
 from ingest.console.web import Session, page, render
-from ingest.errors import STORAGE_ERRORS, ApiError, NotFound
+from ingest.errors import STORAGE_ERRORS, ApiError
 from ingest.state import app_state
 from schemas import jsonlimits
+from schemas.errors import NotFound as NoSuchRow
 from schemas.store import console_sessions, endpoints, events, executions, workflows
 from schemas.store.owners import holder_of_key
 from schemas.store.pagination import BadCursor, decode_cursor
@@ -69,8 +70,9 @@ async def signin(request: Request) -> Response:
         key = form.get("api_key", "").strip()
         state = app_state(request)
         async with state.pool.acquire() as conn:
-            holder = await holder_of_key(conn, key) if key else None
-            if holder is None:
+            try:
+                holder = await holder_of_key(conn, key[:200])
+            except NoSuchRow:
                 return _signin_page(request, "That API key is unknown or revoked.", 401)
             token = await console_sessions.open_session(conn, holder, state.settings.console_session_ttl_s)
     except ApiError as exc:
@@ -126,7 +128,9 @@ async def _inbox_rows(session: Session, request: Request) -> tuple[list[dict[str
     except BadCursor:
         after = None
     async with session.state.pool.acquire() as conn:
-        rows = await events.list_events(conn, session.owner_id, INBOX_PAGE, after, status=status, source_id=source)
+        rows = await events.list_events(
+            conn, session.owner_id, limit=INBOX_PAGE, after_seq=after, status=status, source_id=source
+        )
     items, cursor = paged(rows, INBOX_PAGE)
     return [event_json(row) for row in items], cursor
 
@@ -137,7 +141,7 @@ async def inbox(request: Request, session: Session) -> Response:
     source, status = _filters(request)
     rows, cursor = await _inbox_rows(session, request)
     async with session.state.pool.acquire() as conn:
-        owned = await endpoints.list_endpoints(conn, session.owner_id, 200, None)
+        owned = await endpoints.list_endpoints(conn, session.owner_id, limit=200)
     return render(
         request,
         "inbox.html",
@@ -170,18 +174,18 @@ async def event_page(request: Request, session: Session) -> Response:
     event_id = path_id(request, "event")
     async with session.state.pool.acquire() as conn:
         row = await events.get_event(conn, session.owner_id, event_id)
-        if row is None:
-            raise NotFound("no such event")
         produced = await executions.list_for_event(conn, session.owner_id, event_id)
         names: dict[str, str] = {}
-        for candidate in (row["resolution"] or [])[:NAMED_CANDIDATES]:
-            wf = await workflows.get_workflow(
-                conn, session.owner_id, UUID(candidate["workflow_id"]), include_deleted=True
-            )
-            if wf is not None:
-                names[str(wf["id"])] = wf["name"]
+        for candidate in (row.resolution or [])[:NAMED_CANDIDATES]:
+            try:
+                wf = await workflows.get_workflow(
+                    conn, session.owner_id, UUID(candidate["workflow_id"]), include_deleted=True
+                )
+            except NoSuchRow:
+                continue
+            names[str(wf.id)] = wf.name
     view = event_json(row)
-    body: bytes = row["body"]
+    body = row.body or b""
     parsed = parsed_body(body[: SHOWN_BODY_BYTES + 1], session.state.settings.max_json_depth)
     is_json = not isinstance(parsed, str) and len(body) <= SHOWN_BODY_BYTES
     return render(

@@ -24,10 +24,10 @@ SAMPLE_BODY = '{"hello": "world"}'
 
 async def _endpoints_page(request: Request, session: Session, **extra: Any) -> Response:
     async with session.state.pool.acquire() as conn:
-        rows = await endpoints.list_endpoints(conn, session.owner_id, LISTED, None)
+        rows = await endpoints.list_endpoints(conn, session.owner_id, limit=LISTED)
     base = session.state.settings.base_url
     context = {
-        "endpoints": [endpoints.endpoint_json(r, base) for r in rows[:LISTED]],
+        "endpoints": [endpoints_api.endpoint_json(r, base) for r in rows[:LISTED]],
         "schemes": sorted(SCHEMES),
         "default_scheme": DEFAULT_SCHEME,
         "error": None,
@@ -84,9 +84,7 @@ async def rotate_endpoint(request: Request, session: Session) -> Response:
     rotated = await endpoints_api.rotate(session.state, session.owner_id, endpoint_id, {})
     async with session.state.pool.acquire() as conn:
         row = await endpoints.get_endpoint(conn, session.owner_id, endpoint_id)
-    if row is None:
-        raise NotFound("no such endpoint")
-    view = endpoints.endpoint_json(row, session.state.settings.base_url)
+    view = endpoints_api.endpoint_json(row, session.state.settings.base_url)
     return _secret_page(request, view, rotated["secret"], rotated["previous_valid_until"])
 
 
@@ -99,7 +97,7 @@ async def delete_endpoint(request: Request, session: Session) -> Response:
 
 async def _credentials_page(request: Request, session: Session, **extra: Any) -> Response:
     async with session.state.pool.acquire() as conn:
-        rows = await credentials.list_credentials(conn, session.owner_id, None, LISTED)
+        rows = await credentials.list_credentials(conn, session.owner_id, limit=LISTED)
     context = {
         "credentials": [credentials_api.credential_json(r) for r in rows[:LISTED]],
         "providers": OAUTH_PROVIDERS,
@@ -140,10 +138,10 @@ async def reconnect(request: Request, session: Session) -> Response:
     credential_id = path_id(request, "credential")
     async with session.state.pool.acquire() as conn:
         row = await credentials.get_credential(conn, session.owner_id, credential_id)
-    if row is None or row["kind"] != "oauth2":
+    if row.kind != "oauth2":
         raise NotFound("no such credential")
-    body = {"provider": row["provider"], "scopes": list(row["scopes"])[:30]}
-    return await _link(request, session, body, row["name"])
+    body = {"provider": row.provider, "scopes": list(row.scopes)[:30]}
+    return await _link(request, session, body, row.name)
 
 
 @page

@@ -28,6 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ingest.errors import STORAGE_ERRORS, ApiError, NotFound
 from ingest.hooks import read_body
 from ingest.state import AppState, app_state
+from schemas.errors import NotFound as NoSuchRow
 from schemas.store import console_sessions
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def page(handler: Handler) -> Endpoint:
                 session.form = await read_form(request)
                 check_csrf(request, session.form, session.csrf)
             return harden(await handler(request, session))
-        except NotFound:
+        except (NotFound, NoSuchRow):
             return error_page(request, 404, "Not found", "There is nothing here, or it is not yours.")
         except ApiError as exc:
             return error_page(request, exc.status, "That did not work", exc.message)

@@ -15,10 +15,11 @@ from ingest.api.common import path_id
 from ingest.api.executions import execution_json
 from ingest.console import forms, web
 from ingest.console.web import Session, page, render
-from ingest.errors import Invalid, NotFound
+from ingest.errors import Invalid
 from schemas import jsonlimits
 from schemas.store import credentials, endpoints, executions, overview
 from schemas.store import workflows as store
+from schemas.store.workflows import Workflow
 
 LISTED = 200
 RECENT_EXECUTIONS = 20
@@ -28,13 +29,12 @@ RECENT_EXECUTIONS = 20
 async def list_page(request: Request, session: Session) -> Response:
     """Every workflow with its status, last run and 24-hour success rate."""
     async with session.state.pool.acquire() as conn:
-        rows = await store.list_workflows(conn, session.owner_id, LISTED, None)
-        rows = rows[:LISTED]
-        stats = await overview.workflow_stats(conn, session.owner_id, [r["id"] for r in rows])
-        has_endpoints = bool(await endpoints.list_endpoints(conn, session.owner_id, 1, None))
+        rows = (await store.list_workflows(conn, session.owner_id, limit=LISTED))[:LISTED]
+        stats = await overview.workflow_stats(conn, session.owner_id, [r.id for r in rows])
+        has_endpoints = bool(await endpoints.list_endpoints(conn, session.owner_id, limit=1))
     items = []
     for row in rows:
-        stat = stats.get(row["id"])
+        stat = stats.get(row.id)
         finished = stat["finished"] if stat else 0
         rate = round(100 * stat["succeeded"] / finished) if stat and finished else None
         items.append({"workflow": api.workflow_json(row), "stat": stat, "rate": rate, "finished": finished})
@@ -43,8 +43,8 @@ async def list_page(request: Request, session: Session) -> Response:
 
 async def _choices(session: Session) -> dict[str, Any]:
     async with session.state.pool.acquire() as conn:
-        owned = await endpoints.list_endpoints(conn, session.owner_id, LISTED, None)
-        creds = await credentials.list_credentials(conn, session.owner_id, None, LISTED)
+        owned = await endpoints.list_endpoints(conn, session.owner_id, limit=LISTED)
+        creds = await credentials.list_credentials(conn, session.owner_id, limit=LISTED)
     return {"endpoints": owned[:LISTED], "credentials": creds[:LISTED]}
 
 
@@ -82,12 +82,9 @@ async def create(request: Request, session: Session) -> Response:
     return web.redirect(f"/workflows/{saved['id']}?created=1")
 
 
-async def _owned(session: Session, workflow_id: UUID) -> Any:
+async def _owned(session: Session, workflow_id: UUID) -> Workflow:
     async with session.state.pool.acquire() as conn:
-        row = await store.get_workflow(conn, session.owner_id, workflow_id)
-    if row is None:
-        raise NotFound("no such workflow")
-    return row
+        return await store.get_workflow(conn, session.owner_id, workflow_id)
 
 
 @page
@@ -96,8 +93,6 @@ async def detail(request: Request, session: Session) -> Response:
     workflow_id = path_id(request, "workflow")
     async with session.state.pool.acquire() as conn:
         row = await store.get_workflow(conn, session.owner_id, workflow_id)
-        if row is None:
-            raise NotFound("no such workflow")
         recent = await executions.list_for_workflow(conn, session.owner_id, workflow_id, RECENT_EXECUTIONS, None, None)
     view = api.workflow_json(row)
     return render(
@@ -135,7 +130,7 @@ async def update(request: Request, session: Session) -> Response:
     form, body = forms.read_form(session.form)
     if form.has_errors:
         return await _form_page(request, session, form, view)
-    forms.keep_secrets(body, row)
+    forms.keep_secrets(body, row.action_type, row.action_config)
     try:
         await api.update(session.state, session.owner_id, workflow_id, body)
     except Invalid as exc:
@@ -147,9 +142,7 @@ async def update(request: Request, session: Session) -> Response:
 async def _toggle(request: Request, session: Session, active: bool) -> Response:
     workflow_id = path_id(request, "workflow")
     async with session.state.pool.acquire() as conn:
-        row, _ = await store.set_active(conn, session.owner_id, workflow_id, active)
-    if row is None:
-        raise NotFound("no such workflow")
+        await store.set_active(conn, session.owner_id, workflow_id, active)
     return web.redirect(f"/workflows/{workflow_id}")
 
 
@@ -170,9 +163,7 @@ async def delete(request: Request, session: Session) -> Response:
     """Delete; past executions stay readable."""
     workflow_id = path_id(request, "workflow")
     async with session.state.pool.acquire() as conn:
-        deleted = await store.delete_workflow(conn, session.owner_id, workflow_id)
-    if not deleted:
-        raise NotFound("no such workflow")
+        await store.delete_workflow(conn, session.owner_id, workflow_id)
     return web.redirect("/workflows")
 
 

@@ -173,11 +173,11 @@ async def test_a_credential_needing_reconnection_stands_out_with_a_one_click_new
         row, _ = await upsert_oauth(
             conn, keyring, UUID(owner.id), "google", "ada@example.com", ["openid", "email"], {"access_token": "t"}, None
         )
-        await mark_needs_reconnect(conn, UUID(owner.id), row["id"], "invalid_grant: token revoked")
+        await mark_needs_reconnect(conn, UUID(owner.id), row.id, "invalid_grant: token revoked")
     await sign_in(page, base_url, owner)
 
     await page.get_by_role("link", name="Credentials").click()
-    flagged = page.locator(f'tr.highlight[data-id="{row["id"]}"]')
+    flagged = page.locator(f'tr.highlight[data-id="{row.id}"]')
     assert "needs_reconnect" in await flagged.inner_text()
     await flagged.get_by_role("button", name="New connect link").click()
 

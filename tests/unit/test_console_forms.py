@@ -98,9 +98,7 @@ def test_api_errors_land_on_the_input_they_name() -> None:
 
 def test_an_edit_keeps_write_only_values_left_empty() -> None:
     _, body = forms.read_form({"action_type": "slack.post-message", "action:slack.post-message:text": "hi"})
-    stored = {"action_type": "slack.post-message", "action_config": {"webhook_url": "https://hooks.slack.com/x"}}
-
-    forms.keep_secrets(body, stored)
+    forms.keep_secrets(body, "slack.post-message", {"webhook_url": "https://hooks.slack.com/x"})
 
     assert body["action"]["config"] == {"text": "hi", "webhook_url": "https://hooks.slack.com/x"}
 
