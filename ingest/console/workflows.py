@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+from types import ModuleType
 from typing import Any
 from uuid import UUID
 
@@ -9,7 +11,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingest.api import runs
+from ingest.api import definitions, runs
 from ingest.api import workflows as api
 from ingest.api.common import path_id
 from ingest.api.executions import execution_json
@@ -180,3 +182,94 @@ async def run_now(request: Request, session: Session) -> Response:
         raise Invalid('trigger data must be a JSON object, e.g. {"order": {"id": 1}}', field="trigger_data")
     execution_id = await runs.run_now(session.state.pool, session.owner_id, workflow_id, data)
     return web.redirect(f"/executions/{execution_id}")
+
+
+DRY_RUN_DEFAULT = 20
+DRY_RUN_MAX = 500
+
+
+def _dry_runs() -> ModuleType | None:
+    """`ingest.dryrun` (`dry_run(pool, owner_id, workflow, *, event_ids, since, limit, ...)`), built
+    alongside the console; looked up at run time so the console serves without it."""
+    try:
+        module = import_module("ingest.dryrun")
+    except ModuleNotFoundError:
+        return None
+    return module if hasattr(definitions, "validated_create") else None
+
+
+def _dry_run_limit(session: Session) -> int:
+    text = session.form.get("dry_run_limit", "").strip()
+    limit = int(text) if text.isdigit() else DRY_RUN_DEFAULT
+    return max(1, min(limit, DRY_RUN_MAX))
+
+
+def _dry_run_rows(report: Any) -> dict[str, Any]:
+    shown = report.to_json()
+    rows = []
+    for result in shown["results"]:
+        action = result["action"] or {}
+        rendered = action.get("request") or action.get("config")
+        rows.append(
+            {
+                "event_id": result["event"]["id"],
+                "received_at": result["event"]["received_at"],
+                "matched": result["matched"],
+                "reason": result["reason"],
+                "trace": result["trace"],
+                "error": action.get("error"),
+                "request": None if rendered is None else _pretty(rendered),
+            }
+        )
+    return {"matched": shown["matched"], "total": shown["events"], "rows": rows, "stopped": shown["stopped"]}
+
+
+async def _dry_run(
+    request: Request, session: Session, workflow_id: UUID | None, view: dict[str, Any] | None, stored: Workflow | None
+) -> Response:
+    form, body = forms.read_form(session.form)
+    limit = _dry_run_limit(session)
+    if form.has_errors:
+        return await _form_page(request, session, form, view, dry_run_limit=limit)
+    if stored is not None:
+        forms.keep_secrets(body, stored.action_type, stored.action_config)
+    state = session.state
+    dryrun = _dry_runs()
+    if dryrun is None:
+        unavailable = "Dry runs are not available on this server yet."
+        return await _form_page(request, session, form, view, dry_run_limit=limit, dry_run_error=unavailable)
+    validated: Any = definitions
+    try:
+        async with state.pool.acquire() as conn:
+            if workflow_id is None:
+                draft = await validated.validated_create(conn, session.owner_id, body)
+            else:
+                draft = await validated.validated_patch(conn, session.owner_id, workflow_id, body)
+        report = await dryrun.dry_run(
+            state.pool,
+            session.owner_id,
+            draft,
+            event_ids=None,
+            since=None,
+            limit=limit,
+            workflow_id=workflow_id,
+            limits=dryrun.DryRunLimits.from_settings(state.settings),
+        )
+    except Invalid as exc:
+        forms.place_error(form, exc.field, exc.message)
+        return await _form_page(request, session, form, view, dry_run_limit=limit)
+    return await _form_page(request, session, form, view, dry_run=_dry_run_rows(report), dry_run_limit=limit)
+
+
+@page
+async def dry_run_new(request: Request, session: Session) -> Response:
+    """Try the draft of a new workflow against the latest stored events; nothing is saved or sent."""
+    return await _dry_run(request, session, None, None, None)
+
+
+@page
+async def dry_run_edit(request: Request, session: Session) -> Response:
+    """Try a changed workflow against the latest stored events before saving the change."""
+    workflow_id = path_id(request, "workflow")
+    row = await _owned(session, workflow_id)
+    return await _dry_run(request, session, workflow_id, api.workflow_json(row), row)

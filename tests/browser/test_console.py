@@ -70,7 +70,6 @@ async def test_owner_journey_endpoint_workflow_webhook_trace_execution_replay(
     await url_input.fill(receiver.url + target)
     await page.get_by_role("button", name="Create workflow").click()
     await page.get_by_text("Workflow created").wait_for()
-    workflow_url = page.url.split("?")[0]
 
     # A signed webhook arrives in the open inbox without a reload.
     await page.get_by_role("link", name="Inbox").click()
@@ -108,7 +107,37 @@ async def test_owner_journey_endpoint_workflow_webhook_trace_execution_replay(
     await page.goto(f"{base_url}/console/workflows")
     assert "big orders" in await page.content()
     await screenshot(page, "workflows")
-    await page.goto(workflow_url)
+
+
+async def test_a_filter_change_is_dry_run_against_stored_events_before_it_is_saved(
+    page: Any, base_url: str, owner: Owner, http: httpx.AsyncClient
+) -> None:
+    pytest.importorskip("ingest.dryrun", reason="the dry-run API (ingest/dryrun.py) is not merged yet")
+    endpoint = (await create_endpoint(owner))["id"]
+    big = {"path": "body.order.total", "op": "gt", "value": 100}
+    workflow = await create_workflow(
+        owner,
+        endpoint,
+        name="big orders",
+        trigger={"type": "webhook.received", "config": {"endpoint_id": endpoint, "filter": big}},
+    )
+    await deliver(http, endpoint, b'{"order": {"id": "A-1", "total": 250}}')
+    await sign_in(page, base_url, owner)
+
+    await page.goto(f"{base_url}/console/workflows/{workflow['id']}/edit")
+    await page.get_by_role("button", name="Dry run against stored events").click()
+    panel = page.locator("#dry-run")
+    assert "1 of 1 stored events would fire" in await panel.inner_text()
+    assert "https://example.com/hook" in await panel.inner_text()  # the rendered request, not sent
+    stricter = '{"path": "body.order.total", "op": "gt", "value": 1000}'
+    await page.locator("#f-trigger-webhook_received-filter").fill(stricter)
+    await page.get_by_role("button", name="Dry run against stored events").click()
+
+    assert "0 of 1 stored events would fire" in await panel.inner_text()
+    assert "1000" in await panel.locator("td.reason").inner_text()
+    await screenshot(page, "dry-run")
+    saved = (await owner.client.get(f"/api/workflows/{workflow['id']}")).json()
+    assert saved["trigger"]["config"]["filter"] == big  # nothing was saved
 
 
 async def test_sign_out_ends_the_session_on_the_server(page: Any, base_url: str, owner: Owner) -> None:
