@@ -157,3 +157,35 @@ def test_session_cookies_are_secure_whenever_the_console_is_reached_over_https()
 def test_the_csrf_token_is_bound_to_the_session_token() -> None:
     assert web.csrf_for("a") == web.csrf_for("a")
     assert web.csrf_for("a") != web.csrf_for("b")
+
+
+def test_a_filter_trace_renders_whatever_keys_its_steps_carry() -> None:
+    # Regression: a group step has no `skipped` key when nothing was skipped, and broke the page.
+    macros = web._environment().get_template("_macros.html").module
+    steps = [
+        {"at": "filter", "kind": "all", "matched": False},
+        {
+            "at": "filter.all[0]",
+            "kind": "condition",
+            "matched": True,
+            "path": "body.n",
+            "op": "gt",
+            "expected": 1,
+            "seen": 2,
+        },
+        {
+            "at": "filter.all[1]",
+            "kind": "condition",
+            "matched": False,
+            "path": "body.x",
+            "op": "exists",
+            "expected": None,
+            "seen": None,
+            "missing": True,
+        },
+    ]
+
+    html = str(macros.trace(steps))  # type: ignore[attr-defined]
+
+    assert "all → no" in html and "body.n gt 1" in html and 'saw <span class="mono">2</span>' in html
+    assert "missing" in html
