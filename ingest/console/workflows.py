@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-from types import ModuleType
 from typing import Any
 from uuid import UUID
 
@@ -11,6 +9,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingest import dryrun
 from ingest.api import definitions, runs
 from ingest.api import workflows as api
 from ingest.api.common import path_id
@@ -185,26 +184,15 @@ async def run_now(request: Request, session: Session) -> Response:
 
 
 DRY_RUN_DEFAULT = 20
-DRY_RUN_MAX = 500
-
-
-def _dry_runs() -> ModuleType | None:
-    """`ingest.dryrun` (`dry_run(pool, owner_id, workflow, *, event_ids, since, limit, ...)`), built
-    alongside the console; looked up at run time so the console serves without it."""
-    try:
-        module = import_module("ingest.dryrun")
-    except ModuleNotFoundError:
-        return None
-    return module if hasattr(definitions, "validated_create") else None
 
 
 def _dry_run_limit(session: Session) -> int:
     text = session.form.get("dry_run_limit", "").strip()
     limit = int(text) if text.isdigit() else DRY_RUN_DEFAULT
-    return max(1, min(limit, DRY_RUN_MAX))
+    return max(1, min(limit, dryrun.MAX_EVENTS))
 
 
-def _dry_run_rows(report: Any) -> dict[str, Any]:
+def _dry_run_rows(report: dryrun.DryRunReport) -> dict[str, Any]:
     shown = report.to_json()
     rows = []
     for result in shown["results"]:
@@ -234,17 +222,12 @@ async def _dry_run(
     if stored is not None:
         forms.keep_secrets(body, stored.action_type, stored.action_config)
     state = session.state
-    dryrun = _dry_runs()
-    if dryrun is None:
-        unavailable = "Dry runs are not available on this server yet."
-        return await _form_page(request, session, form, view, dry_run_limit=limit, dry_run_error=unavailable)
-    validated: Any = definitions
     try:
         async with state.pool.acquire() as conn:
             if workflow_id is None:
-                draft = await validated.validated_create(conn, session.owner_id, body)
+                draft = await definitions.validated_create(conn, session.owner_id, body)
             else:
-                draft = await validated.validated_patch(conn, session.owner_id, workflow_id, body)
+                draft = await definitions.validated_patch(conn, session.owner_id, workflow_id, body)
         report = await dryrun.dry_run(
             state.pool,
             session.owner_id,

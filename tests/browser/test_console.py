@@ -112,7 +112,6 @@ async def test_owner_journey_endpoint_workflow_webhook_trace_execution_replay(
 async def test_a_filter_change_is_dry_run_against_stored_events_before_it_is_saved(
     page: Any, base_url: str, owner: Owner, http: httpx.AsyncClient
 ) -> None:
-    pytest.importorskip("ingest.dryrun", reason="the dry-run API (ingest/dryrun.py) is not merged yet")
     endpoint = (await create_endpoint(owner))["id"]
     big = {"path": "body.order.total", "op": "gt", "value": 100}
     workflow = await create_workflow(
