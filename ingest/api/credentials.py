@@ -10,6 +10,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
+from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,7 +20,7 @@ from ingest.api.common import json_response, no_content, page_query, page_respon
 from ingest.api.operations import ID, PAGING, Body, Reply, error, operation, page_of
 from ingest.api.validation import check, compile_schema
 from ingest.errors import Invalid, Unavailable
-from ingest.state import app_state
+from ingest.state import AppState, app_state
 from oauth.google import DEFAULT_SCOPES, OAuthFlowError, ProviderUnavailable
 from oauth.links import link_token
 from oauth.providers import API_KEY_PROVIDERS, OAUTH_PROVIDERS, PROVIDERS, secret_shapes_text
@@ -165,7 +166,12 @@ async def delete_credential(request: Request) -> Response:
     """
     owner_id = await require_owner(request)
     credential_id = path_id(request, "credential")
-    state = app_state(request)
+    await delete(app_state(request), owner_id, credential_id)
+    return no_content()
+
+
+async def delete(state: AppState, owner_id: UUID, credential_id: UUID) -> None:
+    """Revoke at the provider, then delete one of the owner's credentials (`NotFound`, `Unavailable`)."""
     async with state.pool.acquire() as conn:
         row, secret = await store.load_secret(conn, state.keyring, owner_id, credential_id)
         # Google revokes the whole grant of an account for this client, so a token is revoked
@@ -181,7 +187,6 @@ async def delete_credential(request: Request) -> Response:
                 except OAuthFlowError as exc:  # pragma: no cover - revoke maps errors to ProviderUnavailable
                     log.warning("revocation of credential %s failed: %s", credential_id, exc)
         await store.delete_credential(conn, owner_id, credential_id)
-    return no_content()
 
 
 def _check_redirect(url: str) -> None:
@@ -208,8 +213,12 @@ async def create_connect_link(request: Request) -> Response:
     """A signed, expiring, single-use URL that connects an account to the caller."""
     owner_id = await require_owner(request)
     body = await read_json(request)
+    return json_response(await connect_link(app_state(request), owner_id, body), 201)
+
+
+async def connect_link(state: AppState, owner_id: UUID, body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a link body (`Invalid`) and make a connect link for the owner; its view with the URL."""
     check(_LINK, body)
-    state = app_state(request)
     if state.google is None:
         raise Invalid("Google OAuth is not configured on this server (HOOKYARD_GOOGLE_CLIENT_ID)", field="provider")
     redirect_after = body.get("redirect_after")
@@ -221,14 +230,11 @@ async def create_connect_link(request: Request) -> Response:
     async with state.pool.acquire() as conn:
         link = await store.insert_connect_link(conn, owner_id, body["provider"], scopes, redirect_after, expires_at)
     url = f"{state.settings.base_url}/oauth/connect/{link_token(state.keyring, link.id)}"
-    return json_response(
-        {
-            "id": link.id,
-            "provider": link.provider,
-            "scopes": scopes,
-            "url": url,
-            "expires_at": link.expires_at,
-            "redirect_after": redirect_after,
-        },
-        201,
-    )
+    return {
+        "id": link.id,
+        "provider": link.provider,
+        "scopes": scopes,
+        "url": url,
+        "expires_at": link.expires_at,
+        "redirect_after": redirect_after,
+    }

@@ -7,6 +7,10 @@ either wins or cancels it), and the dispatcher hands it to Temporal like any oth
 
 from __future__ import annotations
 
+from typing import Any
+from uuid import UUID
+
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -40,9 +44,15 @@ async def run_workflow(request: Request) -> Response:
     owner_id = await require_owner(request)
     workflow_id = path_id(request, "workflow")
     trigger_data = await read_json(request, optional=True)
-    async with app_state(request).pool.acquire() as conn, conn.transaction():
+    execution_id = await run_now(app_state(request).pool, owner_id, workflow_id, trigger_data)
+    return json_response({"execution_id": execution_id, "status": "queued"}, 202)
+
+
+async def run_now(pool: asyncpg.Pool, owner_id: UUID, workflow_id: UUID, trigger_data: dict[str, Any]) -> UUID:
+    """Queue a manual run of one of the owner's workflows; its execution id (`NotFound`, `Conflict`)."""
+    async with pool.acquire() as conn, conn.transaction():
         await get_workflow(conn, owner_id, workflow_id)
         if not await lock_active(conn, [workflow_id]):
             raise Conflict("the workflow is inactive; activate it to run it")
-        execution_id = await insert_manual_run(conn, owner_id, workflow_id, trigger_data)
-    return json_response({"execution_id": execution_id, "status": "queued"}, 202)
+        execution_id: UUID = await insert_manual_run(conn, owner_id, workflow_id, trigger_data)
+    return execution_id

@@ -264,3 +264,23 @@ async def request_cancel(conn: asyncpg.Connection, execution_id: UUID) -> None:
         "UPDATE executions SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE id = $1",
         execution_id,
     )
+
+
+async def list_for_owner(
+    conn: asyncpg.Connection,
+    owner_id: UUID,
+    *,
+    limit: int,
+    after_seq: int | None = None,
+    status: str | None = None,
+) -> list[Execution]:
+    """A page of the owner's executions across all workflows, newest first (limit+1 rows)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM executions WHERE owner_id = $1 "
+        "AND ($2::bigint IS NULL OR seq < $2) AND ($3::text IS NULL OR status = $3) ORDER BY seq DESC LIMIT $4",
+        owner_id,
+        after_seq,
+        status,
+        limit + 1,
+    )
+    return rows_of(Execution, rows)
