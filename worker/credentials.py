@@ -8,7 +8,7 @@ from uuid import UUID
 
 from actions.base import Credential
 from actions.errors import PermanentActionError, RetryableActionError
-from worker.vault import CredentialNotFound, CredentialUnusable, RefreshUnavailable, Vault
+from oauth.vault import CredentialNotFound, CredentialUnusable, RefreshUnavailable, Vault
 
 
 class OwnerCredentials:

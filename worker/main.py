@@ -18,6 +18,7 @@ from actions.egress import EgressPolicy, guarded_client
 from actions.ratelimit import RedisRateLimiter, rates_with_overrides
 from oauth.crypto import Keyring
 from oauth.google import google_from_settings
+from oauth.vault import Vault
 from schemas import db
 from telemetry.metrics import Metrics, record_credential_refresh_failure
 from telemetry.tracing import NOOP, Tracing
@@ -28,7 +29,6 @@ from worker.gmail.workflow import MailboxWorkflow
 from worker.newsletter import NewsletterActivities, NewsletterWorkflow
 from worker.temporal import connect_with_retry
 from worker.ticks import TickActivities, TickWorkflow
-from worker.vault import Vault
 
 if TYPE_CHECKING:  # the type only: settings are passed in
     from hookyard.settings import Settings

@@ -38,12 +38,12 @@ with workflow.unsafe.imports_passed_through():
     from actions.email import EmailRoute
     from actions.errors import PermanentActionError
     from actions.templating import DEFAULT_MAX_RENDERED_BYTES
+    from oauth.vault import Vault
     from schemas import db
     from schemas.sanitize import strip_nul
     from schemas.store import newsletter as store
     from telemetry.metrics import Metrics, record_failover
     from worker.credentials import OwnerCredentials
-    from worker.vault import Vault
 
 NEWSLETTER_WORKFLOW = "hookyard.newsletter"
 SEND_BATCH_ACTIVITY = "hookyard.newsletter.send_batch"

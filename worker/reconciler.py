@@ -49,8 +49,8 @@ from schemas.store.executions import ATTEMPT_IN_FLIGHT_S
 from schemas.store.gmail import MailboxRef
 from schemas.store.newsletter import set_temporal_ids
 from telemetry.metrics import Metrics
-from triggers.gmail import mailbox_workflow_id, signal_mailbox
 from worker.contracts import automation_id
+from worker.gmail.contract import mailbox_workflow_id, signal_mailbox
 from worker.newsletter import NEWSLETTER_WORKFLOW, NewsletterJob
 
 if TYPE_CHECKING:  # the type only: settings are passed in

@@ -29,7 +29,9 @@ from temporalio.service import RPCError
 from schemas import db
 from schemas.store import trigger_sync as store
 from triggers.base import SyncHook, TriggerSyncContext, TriggerSyncError, WorkflowSyncState
+from triggers.gmail import NAME as GMAIL_TRIGGER
 from triggers.registry import TRIGGERS
+from worker.gmail.sync import sync_mailbox
 from worker.temporal import connect
 
 if TYPE_CHECKING:  # the type only: settings are passed in
@@ -70,9 +72,22 @@ class TemporalUnreachable(RuntimeError):
     """No connection to Temporal could be made; every hook needs one."""
 
 
+# Hooks that speak to Temporal workflows of the worker's own live here, not in the trigger
+# type (triggers describe and match; they never import the worker).
+WORKER_HOOKS: dict[str, SyncHook] = {GMAIL_TRIGGER: sync_mailbox}
+
+
+def sync_hook(trigger_type: str) -> SyncHook | None:
+    """The sync hook of a trigger type, if it keeps outside state."""
+    trigger = TRIGGERS.get(trigger_type)
+    if trigger is None:
+        return None
+    return WORKER_HOOKS.get(trigger_type) or trigger.sync
+
+
 def hooked_types() -> list[str]:
     """Trigger types that keep outside state."""
-    return sorted(name for name, trigger in TRIGGERS.items() if trigger.sync is not None)
+    return sorted(name for name in TRIGGERS if sync_hook(name) is not None)
 
 
 def planned_calls(row: Any) -> list[tuple[SyncHook, WorkflowSyncState]]:
@@ -80,8 +95,8 @@ def planned_calls(row: Any) -> list[tuple[SyncHook, WorkflowSyncState]]:
     calls: list[tuple[SyncHook, WorkflowSyncState]] = []
     before = row["synced_trigger_type"]
     previous_config = row["synced_trigger_config"]
-    old = TRIGGERS.get(before) if before else None
-    if old is not None and old.sync is not None and before != row["trigger_type"]:
+    old = sync_hook(before) if before else None
+    if old is not None and before != row["trigger_type"]:
         undo = WorkflowSyncState(
             id=row["id"],
             owner_id=row["owner_id"],
@@ -91,9 +106,9 @@ def planned_calls(row: Any) -> list[tuple[SyncHook, WorkflowSyncState]]:
             deleted=True,
             previous_config=previous_config,
         )
-        calls.append((old.sync, undo))
-    current = TRIGGERS.get(row["trigger_type"])
-    if current is not None and current.sync is not None:
+        calls.append((old, undo))
+    current = sync_hook(row["trigger_type"])
+    if current is not None:
         state = WorkflowSyncState(
             id=row["id"],
             owner_id=row["owner_id"],
@@ -103,7 +118,7 @@ def planned_calls(row: Any) -> list[tuple[SyncHook, WorkflowSyncState]]:
             deleted=row["deleted"],
             previous_config=previous_config if before == row["trigger_type"] else None,
         )
-        calls.append((current.sync, state))
+        calls.append((current, state))
     return calls
 
 

@@ -23,7 +23,7 @@ from schemas import db
 from tests.conftest import Owner, Receiver, Stack, make_settings, new_owner, serve, wait_for
 from tests.fake_gmail import FakeGmail, FakeMailbox
 from tests.gmail_support import connect_google, gmail_events, mailbox_row, push_body, unique_email
-from triggers.gmail import MAILBOX_WORKFLOW, MailboxInput, mailbox_workflow_id
+from worker.gmail.contract import MAILBOX_WORKFLOW, MailboxInput, mailbox_workflow_id
 
 pytestmark = pytest.mark.integration
 

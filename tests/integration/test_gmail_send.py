@@ -18,13 +18,13 @@ from actions.egress import LOOPBACK, EgressPolicy
 from actions.errors import PermanentActionError, RetryableActionError
 from hookyard import services
 from oauth.crypto import Keyring
+from oauth.vault import Vault
 from schemas.store.credentials import insert_api_key
 from schemas.store.owners import create_owner
 from tests.conftest import serve
 from tests.fake_gmail import FakeGmail, FakeMailbox
 from tests.gmail_support import READ_SCOPE, connect_google, unique_email
 from worker.credentials import OwnerCredentials
-from worker.vault import Vault
 
 pytestmark = pytest.mark.integration
 

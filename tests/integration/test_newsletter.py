@@ -550,8 +550,8 @@ async def test_worker_killed_mid_send_through_postmark_never_sends_anyone_a_seco
 
 
 async def owner_credentials(pool: asyncpg.Pool, keyring: Keyring, owner: Owner, http: httpx.AsyncClient) -> Any:
+    from oauth.vault import Vault
     from worker.credentials import OwnerCredentials
-    from worker.vault import Vault
 
     return OwnerCredentials(Vault(pool, keyring, http), uuid.UUID(owner.id))
 

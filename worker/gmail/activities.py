@@ -27,23 +27,15 @@ import orjson
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from actions.gmail_client import GmailClient, GmailRefused, GmailUnavailable, HistoryGone
+from oauth.vault import CredentialNotFound, CredentialUnusable, RefreshUnavailable, Vault
 from schemas import db
 from schemas.sanitize import strip_nul
 from schemas.store import gmail as store
 from schemas.store.events import NewEvent, insert_events
 from schemas.store.gmail import MailboxRef
-from triggers.gmail import (
-    RECONCILE_ACTIVITY,
-    SOURCE_TYPE,
-    SYNC_ACTIVITY,
-    MailboxJob,
-    SyncResult,
-    WatchResult,
-    message_data,
-    sent_by_hookyard,
-)
-from worker.gmail.client import GmailClient, GmailRefused, GmailUnavailable, HistoryGone
-from worker.vault import CredentialNotFound, CredentialUnusable, RefreshUnavailable, Vault
+from triggers.gmail import SOURCE_TYPE, message_data, sent_by_hookyard
+from worker.gmail.contract import RECONCILE_ACTIVITY, SYNC_ACTIVITY, MailboxJob, SyncResult, WatchResult
 
 if TYPE_CHECKING:  # the type only: settings are passed in
     from hookyard.settings import Settings

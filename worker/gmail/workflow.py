@@ -22,7 +22,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from triggers.gmail import (
+    from worker.gmail.contract import (
         MAILBOX_WORKFLOW,
         NOTIFY_SIGNAL,
         RECONCILE_ACTIVITY,
