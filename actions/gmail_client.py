@@ -1,24 +1,50 @@
-"""The few Gmail REST calls the mailbox sync makes, over the worker's shared httpx client.
+"""hookyard's one Gmail client: the REST calls the mailbox sync and the send action make.
 
-The base URL is a setting (`HOOKYARD_GMAIL_API_BASE`), so tests and stand-ins can serve it.
-Errors are sorted once:
+Async, over the worker's shared httpx client, so every Gmail call goes through the egress
+backend like any other request, shares its connection pool, and is made in the event loop
+instead of a thread per send (google-api-python-client's httplib2 transport could do none of
+these). The base URL is a setting (`HOOKYARD_GMAIL_API_BASE`), so tests and stand-ins can
+serve it. Errors are sorted once:
 
+    TokenRejected (oauth)   401: the access token is refused; the caller's grant refreshes once
+    ScopesMissing (oauth)   403 insufficientPermissions / ACCESS_TOKEN_SCOPE_INSUFFICIENT
     GmailError
      ├── HistoryGone        404 on history.list: the start id is too old, do a full sync
-     ├── GmailRefused       401/403/400 and other 4xx: retrying the same call will not help
+     ├── GmailRefused       403/400 and other 4xx: retrying the same call will not help
      └── GmailUnavailable   429, 5xx, timeouts, network: try again later
+
+Calls are made through `oauth.vault.Grant.call`, which applies the 401 rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from actions.http import parse_retry_after
+from oauth.vault import ScopesMissing, TokenRejected
 
+DEFAULT_API_BASE = "https://gmail.googleapis.com/"
 _TIMEOUT_S = 30.0
+# What Google answers (403) when the grant lacks a scope the call needs.
+_SCOPE_REASONS = frozenset({"insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"})
+
+# The header the send action puts on every message it sends; the sync skips such messages so
+# a workflow that mails its own mailbox cannot trigger itself forever.
+EXECUTION_HEADER = "X-Hookyard-Execution"
+
+
+def sent_by_hookyard(message: Mapping[str, Any]) -> bool:
+    """Whether the send action wrote this message (`users.messages.get`: it carries the header)."""
+    payload = message.get("payload")
+    headers = payload.get("headers") if isinstance(payload, dict) else None
+    wanted = EXECUTION_HEADER.lower()
+    return any(
+        isinstance(h, dict) and isinstance(h.get("name"), str) and h["name"].lower() == wanted
+        for h in (headers if isinstance(headers, list) else [])
+    )
 
 
 class GmailError(Exception):
@@ -115,6 +141,21 @@ class GmailClient:
         """End push notifications for the mailbox."""
         await self._call("POST", "/stop", "stop")
 
+    async def send(self, raw: str, thread_id: str | None = None) -> dict[str, Any]:
+        """`users.messages.send` of a base64url RFC 822 message; returns `id` and `threadId`."""
+        body: dict[str, Any] = {"raw": raw}
+        if thread_id:
+            body["threadId"] = thread_id
+        return await self._call("POST", "/messages/send", "messages.send", json=body)
+
+    async def find(self, rfc822_message_id: str) -> dict[str, Any] | None:
+        """The message with this `Message-ID` header (`id`, `threadId`), if the mailbox has one."""
+        page = await self._call(
+            "GET", "/messages", "messages.list", params={"q": f"rfc822msgid:{rfc822_message_id}", "maxResults": 1}
+        )
+        found = page.get("messages")
+        return found[0] if isinstance(found, list) and found and isinstance(found[0], dict) else None
+
     async def _call(self, method: str, path: str, name: str, **kwargs: Any) -> dict[str, Any]:
         try:
             response = await self._http.request(
@@ -134,11 +175,30 @@ class GmailClient:
                 raise GmailUnavailable(f"Gmail {name} answered with a body that is not JSON") from None
             return value if isinstance(value, dict) else {}
         reason = _reason(response)
+        if status == 401:
+            raise TokenRejected(f"Gmail {name} answered 401{reason}")
+        if status == 403 and _SCOPE_REASONS & _reasons(response):
+            raise ScopesMissing(f"Gmail {name} answered 403{reason}")
         if status == 429 or status >= 500 or (status == 403 and "rateLimitExceeded" in reason):
             raise GmailUnavailable(
                 f"Gmail {name} answered {status}{reason}", parse_retry_after(response.headers.get("retry-after"))
             )
         raise GmailRefused(f"Gmail {name} answered {status}{reason}", status)
+
+
+def _reasons(response: httpx.Response) -> set[str]:
+    """Every machine-readable reason in Google's error body (`errors[].reason`, `details[].reason`)."""
+    try:
+        error = response.json().get("error", {})
+    except (ValueError, AttributeError):
+        return set()
+    found: set[str] = set()
+    for key in ("errors", "details"):
+        items = error.get(key) if isinstance(error, dict) else None
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("reason"), str):
+                found.add(item["reason"])
+    return found
 
 
 def _reason(response: httpx.Response) -> str:

@@ -27,6 +27,7 @@ from schemas import jsonlimits
 from schemas.store.credentials import get_credential
 from triggers.base import (
     InboxEvent,
+    ManualRun,
     TriggerConfigError,
     TriggerType,
     check_filter,
@@ -37,10 +38,6 @@ from triggers.filters import FilterOutcome, filter_schema
 NAME = "gmail.receive-email"
 SOURCE_TYPE = "gmail"
 PUSH_SOURCE_TYPE = "gmail.push"
-
-# The header the send action puts on every message it sends; the sync skips such messages so
-# a workflow that mails its own mailbox cannot trigger itself forever.
-EXECUTION_HEADER = "X-Hookyard-Execution"
 
 GMAIL = "https://www.googleapis.com/auth/"
 # Reading full messages needs one of these (gmail.metadata cannot fetch bodies).
@@ -123,11 +120,6 @@ def message_data(message: Mapping[str, Any], *, mailbox: str, account: str | Non
         "headers": _bounded(headers),
     }
     return data
-
-
-def sent_by_hookyard(message: Mapping[str, Any]) -> bool:
-    """Whether the send action wrote this message (it carries the execution header)."""
-    return EXECUTION_HEADER.lower() in _headers(_object(message.get("payload")))
 
 
 def _text(value: object) -> str | None:
@@ -274,6 +266,12 @@ async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, 
         raise TriggerConfigError(field, f"the Google account is {row['status']}; reconnect it")
 
 
+def _manual(run: ManualRun) -> dict[str, Any]:
+    # Every field a real message has, empty, overlaid with the fields given.
+    empty = message_data({}, mailbox=run.source_id, account=None)
+    return {**empty, **run.given, "event_id": None, "mailbox": run.source_id}
+
+
 TRIGGER = TriggerType(
     name=NAME,
     source_type=SOURCE_TYPE,
@@ -285,4 +283,7 @@ TRIGGER = TriggerType(
     trigger_data=_trigger_data,
     match=_match,
     check_config=_check,
+    manual_data=_manual,
+    manual_doc="The request body gives message fields (from, to, subject, text, labels, thread_id, ...); the rest "
+    "are empty, as in a message without them: trigger data is a message's, with `event_id` null.",
 )

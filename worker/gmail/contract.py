@@ -24,6 +24,10 @@ RECONCILE_SIGNAL = "reconcile"
 RECONCILE_ACTIVITY = "hookyard.gmail_reconcile_watch"
 SYNC_ACTIVITY = "hookyard.gmail_sync"
 
+# Activity error types meaning the mailbox's credential cannot be used until the owner
+# reconnects it: the workflow ends instead of retrying (its workflows are paused meanwhile).
+DEAD_CREDENTIAL = frozenset({"CredentialUnusable", "CredentialNotFound"})
+
 
 def mailbox_workflow_id(credential_id: UUID | str) -> str:
     """Temporal id of a mailbox's workflow: the credential id only, never the address."""
