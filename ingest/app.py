@@ -48,7 +48,7 @@ def create_app(
         http = httpx.AsyncClient(timeout=15.0, follow_redirects=False)
         state = AppState(settings, pool, keyring, inbox, endpoints, redis_client, http, google_from_settings(settings))
         state.metrics, state.tracing = metrics, tracing
-        state.oidc = OidcVerifier(http)
+        state.oidc = OidcVerifier(http, certs_url=settings.google_certs_url)
         pubsub.announce(settings)
         try:
             yield {"app": state}
