@@ -22,9 +22,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
+import orjson
 
 from actions.http import parse_retry_after
 from oauth.vault import ScopesMissing, TokenRejected
+from schemas import jsonlimits
 
 DEFAULT_API_BASE = "https://gmail.googleapis.com/"
 _TIMEOUT_S = 30.0
@@ -170,8 +172,9 @@ class GmailClient:
             return {}
         if 200 <= status < 300:
             try:
-                value = response.json()
-            except ValueError:
+                # orjson: a message nested past its 1,024 levels is an error, not a RecursionError.
+                value = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
                 raise GmailUnavailable(f"Gmail {name} answered with a body that is not JSON") from None
             return value if isinstance(value, dict) else {}
         reason = _reason(response)
@@ -186,30 +189,44 @@ class GmailClient:
         raise GmailRefused(f"Gmail {name} answered {status}{reason}", status)
 
 
-def _reasons(response: httpx.Response) -> set[str]:
-    """Every machine-readable reason in Google's error body (`errors[].reason`, `details[].reason`)."""
+# Google's error bodies are small and shallow; anything larger or deeper is not read.
+_ERROR_BYTES = 65_536
+_ERROR_DEPTH = 16
+
+
+def _error(response: httpx.Response) -> dict[str, Any]:
+    """The `error` object of an error answer, or {}: parsed bounded in size and depth (iteratively)."""
+    if len(response.content) > _ERROR_BYTES:
+        return {}
     try:
-        error = response.json().get("error", {})
-    except (ValueError, AttributeError):
-        return set()
-    found: set[str] = set()
+        body = jsonlimits.loads(response.content, _ERROR_DEPTH)
+    except (orjson.JSONDecodeError, ValueError):
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _reasons_of(error: dict[str, Any]) -> list[str]:
+    """Machine-readable reasons (`errors[].reason`, `details[].reason`), first ten, each cut short."""
+    found: list[str] = []
     for key in ("errors", "details"):
-        items = error.get(key) if isinstance(error, dict) else None
+        items = error.get(key)
         for item in items if isinstance(items, list) else []:
-            if isinstance(item, dict) and isinstance(item.get("reason"), str):
-                found.add(item["reason"])
+            if isinstance(item, dict) and isinstance(item.get("reason"), str) and len(found) < 10:
+                found.append(item["reason"][:100])
     return found
+
+
+def _reasons(response: httpx.Response) -> set[str]:
+    """Every machine-readable reason in Google's error body."""
+    return set(_reasons_of(_error(response)))
 
 
 def _reason(response: httpx.Response) -> str:
     """Google's error reason and message, shortened: enough for the owner to act on."""
-    try:
-        error = response.json().get("error", {})
-    except (ValueError, AttributeError):
-        return ""
-    if not isinstance(error, dict):
-        return ""
-    message = str(error.get("message", ""))[:200]
-    reasons = [str(e.get("reason")) for e in error.get("errors", []) if isinstance(e, dict) and e.get("reason")]
-    parts = [p for p in (", ".join(reasons), message) if p]
+    error = _error(response)
+    message = error.get("message")
+    text = message[:200] if isinstance(message, str) else ""
+    reasons = [r for r in _reasons_of(error) if r]
+    parts = [p for p in (", ".join(reasons), text) if p]
     return f" ({'; '.join(parts)})" if parts else ""
