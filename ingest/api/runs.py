@@ -76,6 +76,8 @@ async def run_workflow(request: Request) -> Response:
         if workflow is None:
             raise NotFound("no such workflow")
         if not await lock_active(conn, [workflow_id]):
+            if workflow["paused_reason"] is not None:
+                raise Conflict(f"the workflow is paused ({workflow['paused_reason']}); reconnect its credential")
             raise Conflict("the workflow is inactive; activate it to run it")
         shape, trigger_data = _trigger_data(workflow, given, raw)
         execution_id = await insert_manual_run(conn, owner_id, workflow_id, trigger_data)

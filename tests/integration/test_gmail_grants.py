@@ -421,3 +421,46 @@ async def _closed(handle: Any) -> bool:
 
 async def _count(receiver: Receiver, path: str, n: int) -> bool:
     return len(receiver.to(path)) >= n
+
+
+async def test_a_dead_grant_is_marked_and_logged_once_however_many_callers_find_out(
+    env, pool, keyring, settings, fake_google_server, caplog
+) -> None:
+    acct = await account(env, pool, fake_google_server)
+    revoke(env, fake_google_server, acct)
+
+    async def profile(loaded: Loaded) -> None:
+        raise TokenRejected("Gmail getProfile answered 401")
+
+    pools = [await db.create_pool(settings.database_url, min_size=1, max_size=2) for _ in range(3)]
+    try:
+        async with httpx.AsyncClient() as http:
+            workers = [Vault(p, keyring, http, google_from_settings(settings)) for p in pools]
+            with caplog.at_level("WARNING", logger="oauth.vault"):
+                results = await asyncio.gather(
+                    *(w.call(UUID(acct.owner.id), UUID(acct.credential_id), {"google"}, profile) for w in workers),
+                    return_exceptions=True,
+                )
+    finally:
+        for p in pools:
+            await p.close()
+    assert all(isinstance(r, CredentialUnusable) and "revoked" in str(r) for r in results)
+    assert len([r for r in caplog.records if "needs reconnecting" in r.getMessage()]) == 1
+    assert len(fake_google_server.refresh_calls) == 1
+
+
+async def test_activating_a_paused_workflow_keeps_it_paused_until_the_reconnect(
+    env, pool, fake_google_server, receiver
+) -> None:
+    acct = await account(env, pool, fake_google_server)
+    reader = await reading(acct, receiver, f"/r/{uuid.uuid4().hex}")
+    send = await sender(acct)
+    await settled(pool, acct)
+    revoke(env, fake_google_server, acct)
+    await run_once(acct, send)
+    response = await acct.owner.client.post(f"/api/workflows/{reader['id']}/activate")
+    assert response.status_code == 200
+    assert response.json()["active"] is True and response.json()["paused_reason"] == "credential_needs_reconnect"
+    assert await pool.fetchval("SELECT active FROM workflows WHERE id = $1", UUID(reader["id"])) is False
+    run = await acct.owner.client.post(f"/api/workflows/{reader['id']}/run", json={})
+    assert run.status_code == 409 and "paused (credential_needs_reconnect)" in run.json()["error"]["message"]
