@@ -153,7 +153,8 @@ async def newsletter_workflow(owner: Owner, **config: Any) -> dict[str, Any]:
 
 
 async def run_now(owner: Owner, workflow: dict[str, Any], trigger: dict[str, Any]) -> str:
-    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json=trigger)
+    # The trigger data exactly as written (these templates read it at the top level).
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run?shape=raw", json=trigger)
     assert response.status_code == 202, response.text
     execution_id: str = response.json()["execution_id"]
     return execution_id
