@@ -30,9 +30,11 @@ import asyncpg
 
 from actions.base import ActionConfigError, ActionContext, ActionType, Credential, OAuthCredentialSource
 from actions.errors import PermanentActionError, RetryableActionError
-from actions.gmail_client import DEFAULT_API_BASE, EXECUTION_HEADER, GmailClient, GmailRefused, GmailUnavailable
+from actions.gmail_client import DEFAULT_API_BASE, GmailClient, GmailRefused, GmailUnavailable
 from actions.ratelimit import acquire
 from actions.templating import TemplateError, render
+from runtime.headers import EXECUTION_HEADER
+from schemas.errors import NotFound
 from schemas.store.credentials import get_credential
 
 SEND_SCOPES = frozenset(
@@ -179,10 +181,13 @@ async def check_config(
     field = "action.credential_id"
     if credential_id is None:
         raise ActionConfigError(field, "gmail.send-email needs a connected Google account")
-    row = await get_credential(conn, owner_id, credential_id)
-    if row is None or row["provider"] != "google":
+    try:
+        row = await get_credential(conn, owner_id, credential_id)
+    except NotFound:
+        raise ActionConfigError(field, "needs a connected Google account of yours") from None
+    if row.provider != "google":
         raise ActionConfigError(field, "needs a connected Google account of yours")
-    if not SEND_SCOPES & set(row["scopes"]):
+    if not SEND_SCOPES & set(row.scopes):
         raise ActionConfigError(field, "the Google account was connected without permission to send mail")
 
 

@@ -26,16 +26,13 @@ import orjson
 
 from actions.http import parse_retry_after
 from oauth.vault import ScopesMissing, TokenRejected
+from runtime.headers import EXECUTION_HEADER
 from schemas import jsonlimits
 
 DEFAULT_API_BASE = "https://gmail.googleapis.com/"
 _TIMEOUT_S = 30.0
 # What Google answers (403) when the grant lacks a scope the call needs.
 _SCOPE_REASONS = frozenset({"insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"})
-
-# The header the send action puts on every message it sends; the sync skips such messages so
-# a workflow that mails its own mailbox cannot trigger itself forever.
-EXECUTION_HEADER = "X-Hookyard-Execution"
 
 
 def sent_by_hookyard(message: Mapping[str, Any]) -> bool:

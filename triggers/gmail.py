@@ -24,6 +24,7 @@ import asyncpg
 import orjson
 
 from schemas import jsonlimits
+from schemas.errors import NotFound
 from schemas.store.credentials import get_credential
 from triggers.base import (
     InboxEvent,
@@ -255,15 +256,16 @@ def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
 async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any]) -> None:
     check_filter(config)
     field = "trigger.config.mailbox"
-    row = await get_credential(conn, owner_id, UUID(str(config["mailbox"])))
-    if row is None:
-        raise TriggerConfigError(field, "no such credential")
-    if row["provider"] != "google" or row["kind"] != "oauth2":
-        raise TriggerConfigError(field, f"credential is for {row['provider']}, not a connected Google account")
-    if not READ_SCOPES & set(row["scopes"]):
+    try:
+        row = await get_credential(conn, owner_id, UUID(str(config["mailbox"])))
+    except NotFound:
+        raise TriggerConfigError(field, "no such credential") from None
+    if row.provider != "google" or row.kind != "oauth2":
+        raise TriggerConfigError(field, f"credential is for {row.provider}, not a connected Google account")
+    if not READ_SCOPES & set(row.scopes):
         raise TriggerConfigError(field, "the Google account was connected without Gmail read access; reconnect it")
-    if row["status"] != "active":
-        raise TriggerConfigError(field, f"the Google account is {row['status']}; reconnect it")
+    if row.status != "active":
+        raise TriggerConfigError(field, f"the Google account is {row.status}; reconnect it")
 
 
 def _manual(run: ManualRun) -> dict[str, Any]:

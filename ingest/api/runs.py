@@ -22,10 +22,10 @@ from starlette.responses import Response
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, path_id, read_json
 from ingest.api.operations import ID, Body, Param, Reply, error, operation
-from ingest.errors import Conflict, NotFound
+from ingest.errors import Conflict
 from ingest.state import app_state
 from schemas.store.runs import insert_manual_run
-from schemas.store.workflows import get_workflow, lock_active
+from schemas.store.workflows import Workflow, get_workflow, lock_active
 from triggers.base import ManualRun
 from triggers.registry import TRIGGERS
 
@@ -73,25 +73,23 @@ async def run_workflow(request: Request) -> Response:
     raw = request.query_params.get("shape") == RAW
     async with app_state(request).pool.acquire() as conn, conn.transaction():
         workflow = await get_workflow(conn, owner_id, workflow_id)
-        if workflow is None:
-            raise NotFound("no such workflow")
         if not await lock_active(conn, [workflow_id]):
-            if workflow["paused_reason"] is not None:
-                raise Conflict(f"the workflow is paused ({workflow['paused_reason']}); reconnect its credential")
+            if workflow.paused_reason is not None:
+                raise Conflict(f"the workflow is paused ({workflow.paused_reason}); reconnect its credential")
             raise Conflict("the workflow is inactive; activate it to run it")
         shape, trigger_data = _trigger_data(workflow, given, raw)
         execution_id = await insert_manual_run(conn, owner_id, workflow_id, trigger_data)
     return json_response({"execution_id": execution_id, "status": "queued", "trigger_shape": shape}, 202)
 
 
-def _trigger_data(workflow: Any, given: dict[str, Any], raw: bool) -> tuple[str, dict[str, Any]]:
-    trigger = TRIGGERS.get(workflow["trigger_type"])
+def _trigger_data(workflow: Workflow, given: dict[str, Any], raw: bool) -> tuple[str, dict[str, Any]]:
+    trigger = TRIGGERS.get(workflow.trigger_type)
     if raw or trigger is None or trigger.manual_data is None:
         return RAW, given
     run = ManualRun(
-        workflow_id=str(workflow["id"]),
-        source_id=str(workflow["routing_key"]),
-        config=workflow["trigger_config"],
+        workflow_id=str(workflow.id),
+        source_id=str(workflow.routing_key),
+        config=workflow.trigger_config,
         given=given,
         now=datetime.now(UTC).isoformat(),
     )

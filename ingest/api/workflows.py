@@ -13,49 +13,49 @@ from ingest.api import definitions
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
 from ingest.api.operations import ID, PAGING, Body, Reply, operation, page_of
-from ingest.errors import NotFound
 from ingest.signatures import generate_secret
 from ingest.state import app_state
 from oauth.crypto import Keyring
 from schemas.store import workflows as store
 from schemas.store.signing import signing_aad
+from schemas.store.workflows import Workflow
 
 
-def workflow_json(row: Any) -> dict[str, Any]:
+def workflow_json(row: Workflow) -> dict[str, Any]:
     """The API view of a workflow row (never its signing secret)."""
     return {
-        "id": row["id"],
-        "name": row["name"],
-        "trigger": {"type": row["trigger_type"], "config": row["trigger_config"]},
+        "id": row.id,
+        "name": row.name,
+        "trigger": {"type": row.trigger_type, "config": row.trigger_config},
         "action": {
-            "type": row["action_type"],
-            "config": _masked(row["action_type"], row["action_config"]),
-            "credential_id": row["credential_id"],
+            "type": row.action_type,
+            "config": _masked(row.action_type, row.action_config),
+            "credential_id": row.credential_id,
         },
-        "active": row["active"],
+        "active": row.active,
         # Set while hookyard holds the workflow paused (e.g. `credential_needs_reconnect`);
         # `active` stays the owner's choice, and curing the cause resumes it.
-        "paused_reason": row["paused_reason"],
-        "concurrency_limit": row["concurrency_limit"],
-        "retry_policy": row["retry_policy"],
-        "signing": row["signing"],
+        "paused_reason": row.paused_reason,
+        "concurrency_limit": row.concurrency_limit,
+        "retry_policy": row.retry_policy,
+        "signing": row.signing,
         "trigger_sync": trigger_sync_json(row),
-        "warnings": _warnings(row["action_type"], row["action_config"]),
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
+        "warnings": _warnings(row.action_type, row.action_config),
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
     }
 
 
-def trigger_sync_json(row: Any) -> dict[str, Any]:
+def trigger_sync_json(row: Workflow) -> dict[str, Any]:
     """Whether outside state the trigger keeps (a Temporal Schedule, a mailbox watch) reflects
     the row yet; for a Gmail trigger, also the mailbox's watch (`watch`)."""
-    error = row["sync_error"]
-    mailbox = row["mailbox"]
-    if error is None and mailbox is not None and mailbox.get("state") == "refused" and row["active"]:
+    error = row.sync_error
+    mailbox = row.mailbox
+    if error is None and mailbox is not None and mailbox.get("state") == "refused" and row.active:
         # The watch is converged by the mailbox workflow after the hook ran: its refusal is
         # this trigger's sync error all the same (mail only arrives by the sweep meanwhile).
         error = str(mailbox.get("error"))
-    state = "error" if error is not None else "pending" if row["sync_pending"] else "synced"
+    state = "error" if error is not None else "pending" if row.sync_pending else "synced"
     sync: dict[str, Any] = {"state": state, "error": error}
     if mailbox is not None:
         sync["watch"] = mailbox
@@ -91,7 +91,7 @@ def _new_signing_secret(keyring: Keyring, owner_id: UUID, workflow_id: UUID) -> 
     return secret, keyring.encrypt(secret.encode(), signing_aad(owner_id, workflow_id))
 
 
-def _shown(row: Any, secret: str | None, **extra: Any) -> dict[str, Any]:
+def _shown(row: Workflow, secret: str | None, **extra: Any) -> dict[str, Any]:
     view = workflow_json(row) | extra
     if secret is not None:
         view["signing_secret"] = secret
@@ -130,7 +130,7 @@ async def list_workflows(request: Request) -> Response:
     owner_id = await require_owner(request)
     query = page_query(request)
     async with app_state(request).pool.acquire() as conn:
-        rows = await store.list_workflows(conn, owner_id, query.limit, query.after_seq)
+        rows = await store.list_workflows(conn, owner_id, limit=query.limit, after_seq=query.after_seq)
     return page_response(rows, query, workflow_json)
 
 
@@ -141,8 +141,6 @@ async def get_workflow(request: Request) -> Response:
     workflow_id = path_id(request, "workflow")
     async with app_state(request).pool.acquire() as conn:
         row = await store.get_workflow(conn, owner_id, workflow_id)
-    if row is None:
-        raise NotFound("no such workflow")
     return json_response(workflow_json(row))
 
 
@@ -164,12 +162,10 @@ async def update_workflow(request: Request) -> Response:
     state = app_state(request)
     async with state.pool.acquire() as conn, conn.transaction():
         row = await store.get_workflow(conn, owner_id, workflow_id, for_update=True)
-        if row is None:
-            raise NotFound("no such workflow")
         current = definitions.Definition.from_row(row)
         updated = await definitions.definition_for_patch(conn, owner_id, current, body)
         secret = token = None
-        if updated.wants_signing_secret and not row["signing"]:
+        if updated.wants_signing_secret and not row.signing:
             secret, token = _new_signing_secret(state.keyring, owner_id, workflow_id)
         row = await store.update_workflow(conn, owner_id, workflow_id, updated.values() | {"signing_secret": token})
         if "active" not in body:
@@ -186,9 +182,7 @@ async def delete_workflow(request: Request) -> Response:
     owner_id = await require_owner(request)
     workflow_id = path_id(request, "workflow")
     async with app_state(request).pool.acquire() as conn:
-        deleted = await store.delete_workflow(conn, owner_id, workflow_id)
-    if not deleted:
-        raise NotFound("no such workflow")
+        await store.delete_workflow(conn, owner_id, workflow_id)
     return no_content()
 
 
@@ -197,8 +191,6 @@ async def _set_active(request: Request, active: bool) -> Response:
     workflow_id = path_id(request, "workflow")
     async with app_state(request).pool.acquire() as conn:
         row, cancelled = await store.set_active(conn, owner_id, workflow_id, active)
-    if row is None:
-        raise NotFound("no such workflow")
     return json_response(workflow_json(row) | {"cancelled_executions": cancelled})
 
 

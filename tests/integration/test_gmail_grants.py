@@ -23,11 +23,11 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from hookyard import services
-from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from oauth.google import google_from_settings
 from oauth.vault import CredentialUnusable, Loaded, TokenRejected, Vault
 from schemas import db
+from settings import Settings
 from tests.conftest import Owner, Receiver, Stack, make_settings, new_owner, serve, wait_for
 from tests.fake_gmail import FakeGmail, FakeMailbox
 from tests.fake_google import FakeGoogle

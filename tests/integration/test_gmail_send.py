@@ -17,12 +17,12 @@ from actions.base import ActionConfigError, ActionContext
 from actions.egress import LOOPBACK, EgressPolicy
 from actions.errors import PermanentActionError, RetryableActionError
 from hookyard import services
-from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from oauth.google import google_from_settings
 from oauth.vault import Vault
 from schemas.store.credentials import insert_api_key
 from schemas.store.owners import create_owner
+from settings import Settings
 from tests.conftest import serve
 from tests.fake_gmail import FakeGmail, FakeMailbox
 from tests.fake_google import FakeGoogle
@@ -207,7 +207,7 @@ async def test_the_config_check_wants_an_own_google_account_allowed_to_send(pool
         )
     )
     async with pool.acquire() as conn:
-        slack = (await insert_api_key(conn, keyring, owner_id, "slack", "bot", {"bot_token": "xoxb-1"}))["id"]
+        slack = (await insert_api_key(conn, keyring, owner_id, "slack", "bot", {"bot_token": "xoxb-1"})).id
         await gmail.check_config(conn, owner_id, CONFIG, can_send)
         for credential, problem in [
             (None, "needs a connected Google account"),

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -35,6 +35,7 @@ from schemas.sanitize import strip_nul
 from schemas.store import gmail as store
 from schemas.store.events import NewEvent, insert_events
 from schemas.store.gmail import MailboxRef
+from settings import Settings
 from triggers.gmail import SOURCE_TYPE, message_data
 from worker.gmail.contract import (
     DEAD_CREDENTIAL,
@@ -44,9 +45,6 @@ from worker.gmail.contract import (
     SyncResult,
     WatchResult,
 )
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -8,15 +8,12 @@ to the workflow through this module only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from uuid import UUID
 
+from temporalio.client import Client
+
 from schemas.store.gmail import MailboxRef
-
-if TYPE_CHECKING:
-    from temporalio.client import Client
-
-    from hookyard.settings import Settings
+from settings import Settings
 
 MAILBOX_WORKFLOW = "hookyard.gmail_mailbox"
 NOTIFY_SIGNAL = "notify"
