@@ -66,7 +66,7 @@ class ActionContext:
     limiter: RateLimiter | None = None
     # Provider API base URLs that differ from the public ones (regional endpoints, stand-ins).
     api_bases: Mapping[str, str] = field(default_factory=dict)
-    # Where clients that cannot use `http` (httplib2) may connect; `http` applies it itself.
+    # The egress policy, for a check a client cannot make itself; `http` applies it on every request.
     egress: EgressPolicy = field(default_factory=EgressPolicy)
     # Counts a failover between providers (the worker's metrics); a no-op by default.
     record_failover: Callable[[str, str], None] = lambda from_provider, to_provider: None

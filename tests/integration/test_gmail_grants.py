@@ -464,3 +464,24 @@ async def test_activating_a_paused_workflow_keeps_it_paused_until_the_reconnect(
     assert await pool.fetchval("SELECT active FROM workflows WHERE id = $1", UUID(reader["id"])) is False
     run = await acct.owner.client.post(f"/api/workflows/{reader['id']}/run", json={})
     assert run.status_code == 409 and "paused (credential_needs_reconnect)" in run.json()["error"]["message"]
+
+
+async def test_a_reconnect_after_the_cursor_expired_syncs_the_newest_mail_once(
+    env, pool, fake_google_server, receiver
+) -> None:
+    acct = await account(env, pool, fake_google_server)
+    path = f"/r/{uuid.uuid4().hex}"
+    await reading(acct, receiver, path)
+    send = await sender(acct)
+    await settled(pool, acct)
+    revoke(env, fake_google_server, acct)
+    await run_once(acct, send)
+    acct.box.deliver(subject="while disconnected, long ago")
+    acct.box.expire_history()  # Google kept no history from before: the cursor is gone
+
+    await connect(env, fake_google_server, acct.owner, acct.email)
+
+    await wait_for(lambda: _count(receiver, path, 1), timeout=30)
+    await asyncio.sleep(1.5)
+    assert [orjson.loads(r.body)["subject"] for r in receiver.to(path)] == ["while disconnected, long ago"]
+    assert "GET /messages" in acct.box.calls  # the bounded full sync, not history
