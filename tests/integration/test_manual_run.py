@@ -197,5 +197,37 @@ async def test_a_gmail_manual_run_has_the_fields_of_a_message(owner: Owner, rece
     assert execution["trigger_data"]["mailbox"] == mailbox and execution["trigger_data"]["labels"] == []
 
 
+async def test_a_tick_template_renders_the_same_on_a_real_tick_and_a_manual_run(
+    owner: Owner, receiver: Receiver, http
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.factories import signed
+
+    target = f"/run/{uuid.uuid4().hex}"
+    endpoint = await create_endpoint(owner.client)
+    body = {
+        "name": "nightly",
+        "trigger": {"type": "schedule.tick", "config": {"auth": "hmac", "endpoint_id": endpoint["id"]}},
+        "action": {
+            "type": "http.request",
+            "config": {"url": receiver.url + target, "body": {"job": "{{ trigger.body.job }}"}},
+        },
+    }
+    created = await owner.client.post("/api/workflows", json=body)
+    assert created.status_code == 201, created.text
+    workflow = created.json()
+    tick = b'{"job": "nightly", "scheduled_time": "2026-01-31T02:00:00Z"}'
+    real = await http.post(
+        f"/ingest/ticks/{workflow['id']}", content=tick, headers=signed("standard-webhooks", endpoint["secret"], tick)
+    )
+    assert real.status_code == 202, real.text
+    await wait_for(lambda: _received(receiver, target, 1))
+
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json={"job": "nightly"})
+
+    assert response.status_code == 202 and response.json()["trigger_shape"] == "schedule.tick"
+    await wait_for(lambda: _received(receiver, target, 2))
+    assert [json.loads(r.body) for r in receiver.to(target)] == [{"job": "nightly"}, {"job": "nightly"}]
+
+
 async def _received(receiver: Receiver, target: str, n: int) -> bool:
     return len(receiver.to(target)) >= n
