@@ -272,6 +272,18 @@ async def resume_paused(conn: asyncpg.Connection, owner_id: UUID, credential_id:
         str(credential_id),
         PAUSED_NEEDS_RECONNECT,
     )
+    # Workflows on the mailbox that were active without being paused (activated by the owner
+    # while the grant was dead) saw their mailbox stopped: have the sync loop watch it again.
+    touched = await conn.execute(
+        "UPDATE workflows SET sync_version = sync_version + 1, sync_attempts = 0, sync_retry_at = NULL "
+        "WHERE owner_id = $1 AND routing_key = $2 AND active AND deleted_at IS NULL AND trigger_type LIKE 'gmail.%' "
+        "AND NOT (id = ANY($3::uuid[]))",
+        owner_id,
+        str(credential_id),
+        [row["id"] for row in rows],
+    )
+    if touched != "UPDATE 0":
+        await conn.execute("SELECT pg_notify('hookyard_trigger_sync', '')")
     return [row["id"] for row in rows]
 
 

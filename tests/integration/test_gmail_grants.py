@@ -485,3 +485,35 @@ async def test_a_reconnect_after_the_cursor_expired_syncs_the_newest_mail_once(
     await asyncio.sleep(1.5)
     assert [orjson.loads(r.body)["subject"] for r in receiver.to(path)] == ["while disconnected, long ago"]
     assert "GET /messages" in acct.box.calls  # the bounded full sync, not history
+
+
+async def test_a_workflow_the_owner_activated_while_the_grant_was_dead_is_watched_again_after_the_reconnect(
+    env, pool, fake_google_server, receiver
+) -> None:
+    acct = await account(env, pool, fake_google_server)
+    path = f"/r/{uuid.uuid4().hex}"
+    off = await reading(acct, receiver, path)
+    await acct.owner.client.post(f"/api/workflows/{off['id']}/deactivate")
+    send = await sender(acct)
+    revoke(env, fake_google_server, acct)
+    await run_once(acct, send)
+    # Activated by its owner while the grant is dead: it is not hookyard's pause, and its
+    # mailbox workflow meets the dead grant and stops.
+    assert (await acct.owner.client.post(f"/api/workflows/{off['id']}/activate")).status_code == 200
+    handle = env.temporal.get_workflow_handle(mailbox_workflow_id(acct.credential_id))
+    await wait_for(lambda: _stopped_mailbox(pool, acct), timeout=30)
+    await wait_for(lambda: _closed(handle), timeout=30)
+    watches = len(acct.box.watches)
+
+    await connect(env, fake_google_server, acct.owner, acct.email)
+
+    await wait_for(lambda: _true(len(acct.box.watches) > watches), timeout=30)
+    await wait_for(lambda: _synced(pool, acct), timeout=30)
+    acct.box.deliver(subject="after the reconnect")
+    await push(env, acct)
+    await wait_for(lambda: _count(receiver, path, 1), timeout=30)
+    assert [orjson.loads(r.body)["subject"] for r in receiver.to(path)] == ["after the reconnect"]
+
+
+async def _stopped_mailbox(pool: asyncpg.Pool, acct: Account) -> bool:
+    return bool((await mailbox_row(pool, acct.credential_id))["status"] == "stopped")
