@@ -336,6 +336,19 @@ async def test_a_refused_watch_is_a_trigger_sync_error_with_gmails_reason(
 
     workflow = await wait_for(watching, timeout=30)
     assert workflow["trigger_sync"]["state"] == "synced" and workflow["trigger_sync"]["watch"]["last_watched_at"]
+    assert workflow["trigger_sync"]["watch"]["error"] is None and workflow["trigger_sync"]["watch"]["expires_at"]
+    await push(env, acct)
+
+    async def pushed() -> object:
+        return (await shown(acct, f"workflows/{reader['id']}"))["trigger_sync"]["watch"]["last_push_at"]
+
+    await wait_for(pushed, timeout=30)  # noted when the dispatcher forwards the push
+    # Renewals failing for days: the watch is about to lapse.
+    await pool.execute(
+        "UPDATE gmail_mailboxes SET watch_expiration = now() + interval '1 day' WHERE credential_id = $1",
+        UUID(acct.credential_id),
+    )
+    assert (await shown(acct, f"credentials/{acct.credential_id}"))["mailbox"]["state"] == "expiring"
 
 
 async def test_deleting_a_credential_in_use_is_refused_naming_the_workflows(
