@@ -27,11 +27,13 @@ from oauth.crypto import Keyring
 from oauth.google import google_from_settings
 from oauth.vault import CredentialUnusable, Loaded, TokenRejected, Vault
 from schemas import db
+from schemas.store.gmail import mailbox_health
+from schemas.store.owners import create_owner
 from settings import Settings
 from tests.conftest import Owner, Receiver, Stack, make_settings, new_owner, serve, wait_for
 from tests.fake_gmail import FakeGmail, FakeMailbox
 from tests.fake_google import FakeGoogle
-from tests.gmail_support import gmail_events, mailbox_row, push_body, unique_email
+from tests.gmail_support import connect_google, gmail_events, mailbox_row, push_body, unique_email
 from tests.integration.api_support import create_endpoint
 from worker.gmail.contract import mailbox_workflow_id
 
@@ -343,12 +345,20 @@ async def test_a_refused_watch_is_a_trigger_sync_error_with_gmails_reason(
         return (await shown(acct, f"workflows/{reader['id']}"))["trigger_sync"]["watch"]["last_push_at"]
 
     await wait_for(pushed, timeout=30)  # noted when the dispatcher forwards the push
-    # Renewals failing for days: the watch is about to lapse.
+
+
+async def test_a_watch_whose_renewals_have_failed_for_days_shows_as_expiring(pool, keyring) -> None:
+    async with pool.acquire() as conn:
+        owner_id, _ = await create_owner(conn, "expiring")
+    credential = await connect_google(pool, keyring, owner_id, unique_email(), "tok-expiring")
     await pool.execute(
-        "UPDATE gmail_mailboxes SET watch_expiration = now() + interval '1 day' WHERE credential_id = $1",
-        UUID(acct.credential_id),
+        "UPDATE gmail_mailboxes SET watch_expiration = now() + interval '1 day', watch_renewed_at = now() "
+        "- interval '6 days' WHERE credential_id = $1",
+        UUID(credential),
     )
-    assert (await shown(acct, f"credentials/{acct.credential_id}"))["mailbox"]["state"] == "expiring"
+    async with pool.acquire() as conn:
+        health = await mailbox_health(conn, owner_id, UUID(credential))
+    assert health is not None and health["state"] == "expiring" and health["error"] is None
 
 
 async def test_deleting_a_credential_in_use_is_refused_naming_the_workflows(

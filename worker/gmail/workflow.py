@@ -41,6 +41,8 @@ _RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=60),
     maximum_attempts=5,
 )
+# Marks histories whose reconciles are followed by a sync (older runs replay without one).
+_SYNC_ON_RECONCILE = "sync-on-reconcile"
 # After the activity's own retries are spent: wait this long, doubling, before trying again.
 _FIRST_BACKOFF_S = 60.0
 
@@ -81,7 +83,7 @@ class MailboxWorkflow:
             seen = self._changes
             now = workflow.now().timestamp()
             if self._reconcile or now >= watch_due:
-                self._reconcile = False
+                reconciling, self._reconcile = self._reconcile, False
                 try:
                     watch = await self._reconcile_watch(job)
                 except ActivityError as exc:
@@ -100,6 +102,10 @@ class MailboxWorkflow:
                             continue  # re-activated while stopping
                         return
                     watch_due = now + state.watch_renew_s
+                    if reconciling and workflow.patched(_SYNC_ON_RECONCILE):
+                        # The workflows reading the mailbox changed (e.g. resumed by a reconnect):
+                        # read what arrived meanwhile now, from the cursor, not at the next sweep.
+                        sweep_due = min(sweep_due, now)
             if (self._notified > handled and now >= sync_retry_at) or now >= sweep_due:
                 announced = self._notified
                 try:
