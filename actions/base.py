@@ -84,10 +84,74 @@ class RateLimiter(Protocol):
     async def acquire(self, provider: str, key: str) -> None: ...
 
 
+MASK = "********"
+"""What a preview shows instead of a secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewContext:
+    """What a preview may use: the template context and budget of a real attempt, and which
+    credential the workflow names (its id and provider only; nothing is decrypted)."""
+
+    template_context: Mapping[str, Any]
+    budget: RenderBudget
+    execution_id: str
+    credential_id: str | None = None
+    credential_provider: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPreview:
+    """The HTTP request an action would send, built without sending it; secrets masked.
+
+    `body` is the JSON value sent, the text sent, or None; `notes` say what is added only
+    at send time (a credential's headers, a signature).
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: object = None
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape shown by dry runs."""
+        return {
+            "method": self.method,
+            "url": self.url,
+            "headers": dict(self.headers),
+            "body": self.body,
+            "notes": list(self.notes),
+        }
+
+
+# Renders what one attempt would send; raises `TemplateError` or `PermanentActionError` as the
+# attempt would. Must not send, decrypt or call any provider.
+ActionPreview = Callable[[PreviewContext, Mapping[str, Any]], RequestPreview]
+
 ActionRun = Callable[[ActionContext, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 # Checks a config against the owner's data (e.g. that named credentials are theirs);
 # raise `ActionConfigError` to answer 422.
 ActionConfigCheck = Callable[[asyncpg.Connection, UUID, Mapping[str, Any], UUID | None], Awaitable[None]]
+
+
+# Asks a running execution of an action with a workflow of its own to stop, inside the API's
+# transaction holding the execution's row lock; `reason` is the error kept if it ends at once.
+CancelOwnWorkflow = Callable[[asyncpg.Connection, UUID, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class OwnWorkflow:
+    """Declares an action that outlives one attempt and runs as a Temporal workflow of its own.
+
+    The worker's batch activity never calls such an action's `run`: it hands the claimed
+    execution to the worker capability that serves the action (worker/<capability>/), which
+    starts the workflow; the workflow records the execution's outcome. The worker refuses to
+    start while a registered action of this kind has no capability serving it.
+    """
+
+    # What the API's cancel does once the execution is running (queued ones are just cancelled).
+    cancel: CancelOwnWorkflow
 
 
 class ActionConfigError(ValueError):
@@ -112,6 +176,10 @@ class ActionType:
     check_config: ActionConfigCheck | None = None
     # Warnings for secrets kept in plain config that belong in a credential (shown by the API).
     plain_secrets: Callable[[Mapping[str, Any]], list[str]] = lambda config: []
+    # Set for an action handed over to a workflow of its own (a newsletter); None runs inline.
+    own_workflow: OwnWorkflow | None = None
+    # The request an attempt would send, for dry runs; None: dry runs show the rendered config.
+    preview: ActionPreview | None = None
 
 
 def json_object(response: httpx.Response) -> dict[str, Any]:

@@ -48,6 +48,10 @@ class Settings:
     body_read_timeout_s: float = 30.0
     # Bytes the templates of one outgoing action request may produce; more fails the execution.
     max_rendered_bytes: int = 1024 * 1024
+    # Dry runs (ingest/dryrun.py): one deadline for the whole run, and the rendered output one
+    # report may carry (the last request may overshoot it by max_rendered_bytes).
+    dry_run_timeout_s: float = 10.0
+    dry_run_max_output_bytes: int = 4 * 1024 * 1024
     # Untrusted JSON nested deeper than this is not parsed: webhook bodies reach triggers as
     # text, API bodies answer 422 (schemas/jsonlimits.py).
     max_json_depth: int = 128
@@ -126,6 +130,46 @@ class Settings:
         """A copy with some settings changed (used by the dev supervisor and tests)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
+    def for_triggers(self) -> TriggerSettings:
+        """The few settings trigger types' sync hooks read."""
+        return TriggerSettings(self.task_queue, self.gmail_sweep_interval_s, self.gmail_watch_renew_s)
+
+    def for_google(self) -> GoogleSettings:
+        """The few settings the Google OAuth client is built from (oauth/google.py)."""
+        return GoogleSettings(
+            client_id=self.google_client_id,
+            client_secret=self.google_client_secret,
+            redirect_uri=self.oauth_redirect_uri or f"{self.base_url}/oauth/callback",
+            authorize_url=self.google_authorize_url,
+            token_url=self.google_token_url,
+            revoke_url=self.google_revoke_url,
+        )
+
+
+# Slices of Settings for the packages that read only a few: each receives its slice, not the
+# whole Settings, so what a package depends on is visible in its signatures.
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerSettings:
+    """What trigger types (their sync hooks) read: `Settings.for_triggers()`."""
+
+    task_queue: str
+    gmail_sweep_interval_s: float
+    gmail_watch_renew_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class GoogleSettings:
+    """What oauth's Google client is built from: `Settings.for_google()`. No client id: none is."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    redirect_uri: str
+    authorize_url: str
+    token_url: str
+    revoke_url: str
+
 
 def _flag(value: str) -> bool:
     """A strict boolean: a typo must not silently turn a security setting off."""
@@ -179,6 +223,8 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_MAX_BODY_BYTES": ("max_body_bytes", int),
     "HOOKYARD_BODY_READ_TIMEOUT_S": ("body_read_timeout_s", float),
     "HOOKYARD_MAX_RENDERED_BYTES": ("max_rendered_bytes", int),
+    "HOOKYARD_DRY_RUN_TIMEOUT_S": ("dry_run_timeout_s", float),
+    "HOOKYARD_DRY_RUN_MAX_OUTPUT_BYTES": ("dry_run_max_output_bytes", int),
     "HOOKYARD_MAX_JSON_DEPTH": ("max_json_depth", int),
     "HOOKYARD_SIGNATURE_TOLERANCE_S": ("signature_tolerance_s", int),
     "HOOKYARD_SECRET_ROTATION_GRACE_S": ("secret_rotation_grace_s", int),

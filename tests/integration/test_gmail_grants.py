@@ -55,7 +55,7 @@ class Env:
 @pytest.fixture(scope="module")
 async def env(stack: Stack, keyring: Keyring) -> AsyncIterator[Env]:
     from ingest.app import create_app
-    from worker.dispatcher import Dispatcher
+    from worker.dispatch.dispatcher import Dispatcher
     from worker.main import run_worker
 
     gmail = FakeGmail()
@@ -402,7 +402,7 @@ async def test_a_rotated_token_is_refreshed_once_across_two_workers_and_both_cal
     pools = [await db.create_pool(settings.database_url, min_size=1, max_size=2) for _ in range(2)]
     try:
         async with httpx.AsyncClient() as http:
-            workers = [Vault(p, keyring, http, google_from_settings(settings)) for p in pools]
+            workers = [Vault(p, keyring, http, google_from_settings(settings.for_google())) for p in pools]
             answers = await asyncio.gather(*(w.call(owner_id, credential_id, {"google"}, profile) for w in workers))
     finally:
         for p in pools:
@@ -425,7 +425,7 @@ async def test_a_second_401_with_a_fresh_token_marks_the_grant_revoked(
         raise TokenRejected("Gmail send answered 401")
 
     async with httpx.AsyncClient() as http:
-        vault = Vault(pool, keyring, http, google_from_settings(settings))
+        vault = Vault(pool, keyring, http, google_from_settings(settings.for_google()))
         with pytest.raises(CredentialUnusable, match="revoked"):
             await vault.call(UUID(acct.owner.id), UUID(acct.credential_id), {"google"}, refused)
     assert calls == 2 and len(fake_google_server.refresh_calls) == 1
@@ -458,7 +458,7 @@ async def test_a_dead_grant_is_marked_and_logged_once_however_many_callers_find_
     pools = [await db.create_pool(settings.database_url, min_size=1, max_size=2) for _ in range(3)]
     try:
         async with httpx.AsyncClient() as http:
-            workers = [Vault(p, keyring, http, google_from_settings(settings)) for p in pools]
+            workers = [Vault(p, keyring, http, google_from_settings(settings.for_google())) for p in pools]
             with caplog.at_level("WARNING", logger="oauth.vault"):
                 results = await asyncio.gather(
                     *(w.call(UUID(acct.owner.id), UUID(acct.credential_id), {"google"}, profile) for w in workers),

@@ -27,7 +27,7 @@ from tests.conftest import serve
 from tests.fake_gmail import FakeGmail, FakeMailbox
 from tests.fake_google import FakeGoogle
 from tests.gmail_support import READ_SCOPE, connect_google, unique_email
-from worker.credentials import OwnerCredentials
+from worker.automation.credentials import OwnerCredentials
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ async def sender(
     fake_google_server.refresh_owner["refresh-" + token] = email
     fake.accept_tokens_from(fake_google_server)
     async with httpx.AsyncClient() as http:
-        vault = Vault(pool, keyring, http, google_from_settings(settings))
+        vault = Vault(pool, keyring, http, google_from_settings(settings.for_google()))
         sender = Sender(owner_id, credential, box, vault, http)
         sender.box_url = fake.url
         yield sender

@@ -13,7 +13,7 @@ from uuid import UUID
 from temporalio.client import Client
 
 from schemas.store.gmail import MailboxRef
-from settings import Settings
+from settings import TriggerSettings
 
 MAILBOX_WORKFLOW = "hookyard.gmail_mailbox"
 NOTIFY_SIGNAL = "notify"
@@ -80,7 +80,9 @@ class SyncResult:
     full_sync: bool = False
 
 
-async def signal_mailbox(client: Client, settings: Settings, ref: MailboxRef, *, history_id: int | None = None) -> None:
+async def signal_mailbox(
+    client: Client, settings: TriggerSettings, ref: MailboxRef, *, history_id: int | None = None
+) -> None:
     """Signal-with-start the mailbox workflow: a push (`history_id`) or a reconcile of its watch."""
     start = MailboxInput(
         owner_id=str(ref.owner_id),

@@ -5,7 +5,7 @@ holds up event resolution. Safe in any number of replicas: rows are leased under
 `FOR UPDATE SKIP LOCKED`, and a lease keeps other loops away while the hooks run.
 
 Each pass takes lagging workflows (whose `sync_version` moved past `synced_version`), calls
-the trigger type's `sync` hook with the row as it is now, and records the version reached, or
+the trigger type's sync hook with the row as it is now, and records the version reached, or
 the error and a retry time (doubling from 1 s to 60 s). Hooks are idempotent and converge to
 the current row, so a retry, a duplicate, or a change made while a hook ran is harmless: the
 row simply lags again and is synced once more. A workflow that moves to another trigger type
@@ -34,6 +34,7 @@ from triggers.base import SyncHook, TriggerSyncContext, TriggerSyncError, Workfl
 from triggers.gmail import NAME as GMAIL_TRIGGER
 from triggers.registry import TRIGGERS
 from worker.gmail.sync import sync_mailbox
+from worker.schedule_cron import schedule as schedule_cron
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class TemporalUnreachable(RuntimeError):
 
 # Hooks that speak to Temporal workflows of the worker's own live here, not in the trigger
 # type (triggers describe and match; they never import the worker).
-WORKER_HOOKS: dict[str, SyncHook] = {GMAIL_TRIGGER: sync_mailbox}
+WORKER_HOOKS: dict[str, SyncHook] = {**schedule_cron.SYNC_HOOKS, GMAIL_TRIGGER: sync_mailbox}
 
 
 def sync_hook(trigger_type: str) -> SyncHook | None:
@@ -165,7 +166,7 @@ class TriggerSyncer:
             for row in rows:
                 await self._record(row, exc)
             return settled + len(rows)
-        ctx = TriggerSyncContext(temporal=client, settings=self._settings, pool=self._pool)
+        ctx = TriggerSyncContext(temporal=client, settings=self._settings.for_triggers(), pool=self._pool)
         limit = asyncio.Semaphore(PARALLEL)
 
         async def one(row: Any) -> None:
@@ -185,8 +186,7 @@ class TriggerSyncer:
         except Exception as exc:  # any failure of a hook is recorded and retried, never fatal
             await self._record(row, exc)
             return
-        current = TRIGGERS.get(row["trigger_type"])
-        keeps_state = current is not None and current.sync is not None and not row["deleted"]
+        keeps_state = sync_hook(row["trigger_type"]) is not None and not row["deleted"]
         async with self._pool.acquire() as conn:
             await store.record_synced(
                 conn,
