@@ -47,7 +47,7 @@ def create_app(
             settings, pool, keyring, inbox, endpoints, redis_client, http, google_from_settings(settings.for_google())
         )
         state.metrics, state.tracing = metrics, tracing
-        state.oidc = OidcVerifier(http)
+        state.oidc = OidcVerifier(http, certs_url=settings.google_certs_url)
         pubsub.announce(settings)
         try:
             yield {"app": state}

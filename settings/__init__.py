@@ -81,6 +81,9 @@ class Settings:
     pubsub_audience: str = ""
     pubsub_service_account: str = ""
     pubsub_verify: bool = True
+    # Where Google's token-signing keys are published (OIDC pushes and ticks). For testing only:
+    # a local signer's JWKS lets the verified push path run end to end; production keeps Google's.
+    google_certs_url: str = "https://www.googleapis.com/oauth2/v3/certs"
     gmail_topic: str = ""
     gmail_api_base: str = "https://gmail.googleapis.com/"
     gmail_sweep_interval_s: float = 900.0
@@ -212,6 +215,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_PUBSUB_AUDIENCE": ("pubsub_audience", str),
     "HOOKYARD_PUBSUB_SERVICE_ACCOUNT": ("pubsub_service_account", str),
     "HOOKYARD_PUBSUB_VERIFY": ("pubsub_verify", _flag),
+    "HOOKYARD_GOOGLE_CERTS_URL": ("google_certs_url", str),
     "HOOKYARD_GMAIL_TOPIC": ("gmail_topic", str),
     "HOOKYARD_GMAIL_API_BASE": ("gmail_api_base", str),
     "HOOKYARD_GMAIL_SWEEP_INTERVAL_S": ("gmail_sweep_interval_s", float),

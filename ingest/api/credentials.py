@@ -19,13 +19,14 @@ from ingest.api.auth import require_owner
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
 from ingest.api.operations import ID, PAGING, Body, Reply, error, operation, page_of
 from ingest.api.validation import check, compile_schema
-from ingest.errors import Invalid, Unavailable
+from ingest.errors import Conflict, Invalid, Unavailable
 from ingest.state import AppState, app_state
 from oauth.google import DEFAULT_SCOPES, OAuthFlowError, ProviderUnavailable
 from oauth.links import link_token
 from oauth.providers import API_KEY_PROVIDERS, OAUTH_PROVIDERS, PROVIDERS, secret_shapes_text
 from schemas.store import credentials as store
 from schemas.store.credentials import Credential
+from schemas.store.gmail import mailbox_health
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,11 @@ async def get_credential(request: Request) -> Response:
     credential_id = path_id(request, "credential")
     async with app_state(request).pool.acquire() as conn:
         row = await store.get_credential(conn, owner_id, credential_id)
-    return json_response(credential_json(row))
+        mailbox = await mailbox_health(conn, owner_id, credential_id)
+    body = credential_json(row)
+    if mailbox is not None:
+        body["mailbox"] = mailbox
+    return json_response(body)
 
 
 @operation(
@@ -156,11 +161,17 @@ async def get_credential(request: Request) -> Response:
     "credentials",
     {204: Reply("Deleted.")},
     params=[ID],
-    errors={503: error("Storage or the provider could not be reached; nothing deleted.")},
+    errors={
+        409: error("Workflows use the credential (listed); delete them or give them another credential first."),
+        503: error("Storage or the provider could not be reached; nothing deleted."),
+    },
 )
 async def delete_credential(request: Request) -> Response:
     """Revoke the credential at its provider (OAuth2), then delete it.
 
+    A credential a live workflow uses (as its action's credential, or as the mailbox its
+    trigger reads) is not deleted: 409 lists those workflows, and nothing is revoked, so no
+    workflow is left sending with a credential that is gone or reading an unwatched mailbox.
     If the provider cannot be reached the credential is kept and the answer is 503, so the
     owner can retry rather than believe access was withdrawn when it was not.
     """
@@ -174,6 +185,15 @@ async def delete(state: AppState, owner_id: UUID, credential_id: UUID) -> None:
     """Revoke at the provider, then delete one of the owner's credentials (`NotFound`, `Unavailable`)."""
     async with state.pool.acquire() as conn:
         row, secret = await store.load_secret(conn, state.keyring, owner_id, credential_id)
+        users = await store.workflows_using(conn, owner_id, credential_id)
+        if users:
+            named = ", ".join(f"{u.id} ({u.name})" for u in users[:20])
+            more = f" and {len(users) - 20} more" if len(users) > 20 else ""
+            raise Conflict(
+                f"the credential is used by {len(users)} workflow(s): {named}{more}; delete them or give them "
+                "another credential first",
+                code="credential_in_use",
+            )
         # Google revokes the whole grant of an account for this client, so a token is revoked
         # only when no other credential (another owner's, say) uses the same account.
         shared = row.kind == "oauth2" and await store.account_shared(conn, credential_id)

@@ -37,6 +37,9 @@ def workflow_json(row: Workflow) -> dict[str, Any]:
             "credential_id": row.credential_id,
         },
         "active": row.active,
+        # Set while hookyard holds the workflow paused (e.g. `credential_needs_reconnect`);
+        # `active` stays the owner's choice, and curing the cause resumes it.
+        "paused_reason": row.paused_reason,
         "concurrency_limit": row.concurrency_limit,
         "retry_policy": row.retry_policy,
         "signing": row.signing,
@@ -48,10 +51,19 @@ def workflow_json(row: Workflow) -> dict[str, Any]:
 
 
 def trigger_sync_json(row: Workflow) -> dict[str, Any]:
-    """Whether outside state the trigger keeps (e.g. a Temporal Schedule) reflects the row yet."""
+    """Whether outside state the trigger keeps (a Temporal Schedule, a mailbox watch) reflects
+    the row yet; for a Gmail trigger, also the mailbox's watch (`watch`)."""
     error = row.sync_error
+    mailbox = row.mailbox
+    if error is None and mailbox is not None and mailbox.get("state") == "refused" and row.active:
+        # The watch is converged by the mailbox workflow after the hook ran: its refusal is
+        # this trigger's sync error all the same (mail only arrives by the sweep meanwhile).
+        error = str(mailbox.get("error"))
     state = "error" if error is not None else "pending" if row.sync_pending else "synced"
-    return {"state": state, "error": error}
+    sync: dict[str, Any] = {"state": state, "error": error}
+    if mailbox is not None:
+        sync["watch"] = mailbox
+    return sync
 
 
 _MASK = "********"

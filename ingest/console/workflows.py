@@ -170,7 +170,7 @@ async def delete(request: Request, session: Session) -> Response:
 
 @page
 async def run_now(request: Request, session: Session) -> Response:
-    """Queue a run with the given JSON as trigger data (the filter is skipped)."""
+    """Queue a run with the given JSON, shaped as the trigger shapes its data (the filter is skipped)."""
     workflow_id = path_id(request, "workflow")
     text = session.form.get("trigger_data", "").strip() or "{}"
     try:
@@ -179,7 +179,7 @@ async def run_now(request: Request, session: Session) -> Response:
         data = None
     if not isinstance(data, dict):
         raise Invalid('trigger data must be a JSON object, e.g. {"order": {"id": 1}}', field="trigger_data")
-    execution_id = await runs.run_now(session.state.pool, session.owner_id, workflow_id, data)
+    execution_id, _shape = await runs.run_now(session.state.pool, session.owner_id, workflow_id, data)
     return web.redirect(f"/executions/{execution_id}")
 
 

@@ -30,6 +30,7 @@ from actions.errors import PermanentActionError, RetryableActionError
 from actions.registry import UnknownAction, get_action
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES
 from oauth.crypto import Keyring
+from oauth.vault import Vault
 from schemas.db import is_storage_error
 from schemas.sanitize import strip_nul
 from schemas.store import executions as store
@@ -40,7 +41,6 @@ from telemetry.tracing import NOOP, Tracing
 from worker.automation.contract import RUN_BATCH_ACTIVITY, BatchInput, Outcome
 from worker.automation.credentials import OwnerCredentials
 from worker.automation.retry import next_delay
-from worker.vault import Vault
 
 log = logging.getLogger(__name__)
 
