@@ -578,7 +578,32 @@ def _as_httpx(exc: Exception, request: httpx.Request, *, connecting: bool) -> Ex
     return exc
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing and sends nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Never keep a cookie a target sets."""
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        """Never send a kept cookie."""
+
+
+class _GuardedClient(httpx.AsyncClient):
+    """httpx's client without a cookie jar: it serves every owner's actions, so a cookie one
+    owner's target sets must never reach a request of another (or of the same owner, later)."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        """Always empty."""
+        return _NoCookies()
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        """Ignored: nothing is kept."""
+
+
 def guarded_client(policy: EgressPolicy, *, limits: httpx.Limits | None = None) -> httpx.AsyncClient:
-    """The client actions get: every connection checked, no redirects, no proxy from the environment."""
+    """The client actions get: every connection checked, no redirects, no proxy from the
+    environment, no cookies kept between requests."""
     transport = EgressTransport(policy, limits=limits)
-    return httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
+    return _GuardedClient(transport=transport, follow_redirects=False, trust_env=False)
