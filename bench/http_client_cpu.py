@@ -20,8 +20,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,9 +30,10 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 import httpx
 import orjson
 
-from actions.egress import EgressPolicy, guarded_client, parse_allow
+from actions.egress import EgressPolicy, guarded_client
 from bench.common import Processes, python_module, wait_http
 from hookyard import services
+from settings.egress import parse_allow
 
 Send = Callable[[str, bytes], Awaitable[int]]
 
@@ -98,7 +100,7 @@ def main() -> int:
         wait_http(f"{url}/stats", procs.spawn("receiver", python_module("bench.receiver", "--port", str(port))))
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         tuned = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        clients: dict[str, Callable[[], Awaitable[float]]] = {
+        clients: dict[str, Callable[[], Coroutine[Any, Any, float]]] = {
             "guarded (worker limits 200/50)": lambda: measure_guarded(
                 f"{url}/r", port, args.requests, args.concurrency, limits
             ),

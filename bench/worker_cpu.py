@@ -38,14 +38,15 @@ import httpx
 from temporalio.converter import DataConverter
 from temporalio.testing import ActivityEnvironment
 
-from actions.egress import EgressPolicy, guarded_client, parse_allow
+from actions.egress import EgressPolicy, guarded_client
 from bench.common import Processes, create_routes, master_key, python_module, wait_http
 from hookyard import services
-from hookyard.migrate import migrate
 from oauth.crypto import Keyring
+from runtime.codec import encrypted_data_converter
 from schemas import db
+from schemas.migrate import migrate
+from settings.egress import parse_allow
 from worker.activities import AutomationActivities
-from worker.codec import encrypted_data_converter
 from worker.contracts import BatchInput, Outcome
 
 # As worker/main.py builds the actions' client.
