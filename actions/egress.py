@@ -398,6 +398,10 @@ class _EgressResolver(AbstractResolver):
         """Nothing to release."""
 
 
+# How many checked (host, port) pairs are remembered before starting over.
+_CHECKED_TARGETS = 4096
+
+
 class _AiohttpEngine:
     """aiohttp's pool behind EgressTransport: one session, opened in the running event loop."""
 
@@ -407,6 +411,8 @@ class _AiohttpEngine:
         self._ssl_context = ssl_context
         self._cap = cap
         self._session: aiohttp.ClientSession | None = None
+        # (host, port) pairs needing no check before aiohttp: the policy never changes.
+        self._checked: set[tuple[str, int]] = set()
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -432,8 +438,13 @@ class _AiohttpEngine:
         """Send one request; aiohttp's errors are raised as httpx's."""
         url = request.url
         port = url.port or (443 if url.scheme == "https" else 80)
-        if numeric_address(url.host) is not None:  # aiohttp dials literals without its resolver
-            await self._policy.resolve(url.host, port)
+        target = (url.host, port)
+        if target not in self._checked:
+            if numeric_address(url.host) is not None:  # aiohttp dials literals without its resolver
+                await self._policy.resolve(url.host, port)  # raises EgressRefused if refused
+            if len(self._checked) >= _CHECKED_TARGETS:
+                self._checked.clear()
+            self._checked.add(target)  # an allowed literal, or a name the resolver checks
         timeout = request.extensions.get("timeout", {})
         connect, pool = timeout.get("connect"), timeout.get("pool")
         limits = aiohttp.ClientTimeout(

@@ -67,7 +67,7 @@ def sign_standard_webhook(secret: str, msg_id: str, timestamp: int, body: bytes)
     return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp), "webhook-signature": f"v1,{digest}"}
 
 
-def _build(ctx: ActionContext, config: Mapping[str, Any]) -> tuple[str, dict[str, str], bytes | None]:
+def _build(ctx: ActionContext, config: Mapping[str, Any]) -> tuple[httpx.URL, dict[str, str], bytes | None]:
     budget = ctx.render_budget()
     try:
         url = render(config["url"], ctx.template_context, field="url", budget=budget)
@@ -85,7 +85,7 @@ def _build(ctx: ActionContext, config: Mapping[str, Any]) -> tuple[str, dict[str
     if _has_control(url):
         raise PermanentActionError("url contains a control character after templating")
     try:
-        httpx.URL(url)
+        parsed = httpx.URL(url)  # parsed once: the request takes it as it is
     except httpx.InvalidURL:
         raise PermanentActionError("url is not a valid URL after templating") from None
     out_headers = {str(k): str(v) for k, v in dict(headers).items()}  # type: ignore[call-overload]
@@ -99,7 +99,7 @@ def _build(ctx: ActionContext, config: Mapping[str, Any]) -> tuple[str, dict[str
     elif body is not None:
         content = orjson.dumps(body)
         out_headers.setdefault("content-type", "application/json")
-    return url, out_headers, content
+    return parsed, out_headers, content
 
 
 async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,9 +206,9 @@ def _has_control(text: str) -> bool:
     return any(ord(char) < 32 or 127 <= ord(char) < 160 for char in text)
 
 
-def _host(url: str) -> str:
+def _host(url: httpx.URL) -> str:
     # Error messages name the host only: paths and queries may carry tokens.
-    return httpx.URL(url).host or "the target"
+    return url.host or "the target"
 
 
 ACTION = ActionType(

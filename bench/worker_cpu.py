@@ -59,6 +59,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=10, help="executions per batch (a workflow's concurrency)")
     parser.add_argument("--parallel", type=int, default=10, help="batches running at once (workflows)")
     parser.add_argument("--warmup", type=int, default=200, help="executions run first and not counted")
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop (the worker runs asyncio's)"
+    )
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the measured part to FILE")
     parser.add_argument("--top", type=int, default=25, help="profile lines printed (with --profile)")
     return parser.parse_args()
@@ -271,7 +274,12 @@ def main() -> int:
         wait_http(
             f"{receiver}/stats", procs.spawn("receiver", python_module("bench.receiver", "--port", str(receiver_port)))
         )
-        result = asyncio.run(measure(args, database_url, proxied_url, counter, receiver))
+        if args.loop == "uvloop":
+            import uvloop  # installed with uvicorn[standard]
+
+            result = uvloop.run(measure(args, database_url, proxied_url, counter, receiver))
+        else:
+            result = asyncio.run(measure(args, database_url, proxied_url, counter, receiver))
         print(
             f"worker CPU: {result['cpu_us_per_execution']:,.0f} µs per execution, "
             f"{result['pg_round_trips_per_execution']:.2f} PostgreSQL round trips per execution "
