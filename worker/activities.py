@@ -159,7 +159,8 @@ class AutomationActivities:
         KEPT_WRITE_AFTER_CANCEL_S, since no retry of this activity may ever come to write it from
         the heartbeat details. Past that deadline it raises TimeoutError."""
         write = self._outcomes.submit(record, deadline_s=KEPT_WRITE_AFTER_CANCEL_S)
-        await asyncio.wait_for(asyncio.shield(write), KEPT_WRITE_AFTER_CANCEL_S)
+        async with asyncio.timeout(KEPT_WRITE_AFTER_CANCEL_S):  # no task of its own, unlike wait_for
+            await asyncio.shield(write)
 
     async def _attempt(self, row: asyncpg.Record) -> dict[str, Any]:
         execution_id = row["id"]
