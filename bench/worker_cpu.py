@@ -46,8 +46,8 @@ from runtime.codec import encrypted_data_converter
 from schemas import db
 from schemas.migrate import migrate
 from settings.egress import parse_allow
-from worker.activities import AutomationActivities
-from worker.contracts import BatchInput, Outcome
+from worker.automation.activities import AutomationActivities
+from worker.automation.contract import BatchInput, Outcome
 
 # As worker/main.py builds the actions' client.
 WORKER_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50)
