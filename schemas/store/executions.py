@@ -120,30 +120,28 @@ async def claim_for_run(
     flight (that run was terminated or reset under it), so it is skipped too; the same run may
     take it again (its activity is retried after the worker running it was lost).
     """
-    async with conn.transaction():
-        await conn.execute(
-            "UPDATE executions x SET status = 'cancelled', finished_at = now(), next_attempt_at = NULL, "
-            "error = 'workflow was deactivated before this execution ran' FROM workflows w "
-            "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
-            "AND NOT (w.active AND w.deleted_at IS NULL)",
-            ids,
-        )
-        rows: list[asyncpg.Record] = await conn.fetch(
-            "UPDATE executions x SET status = 'running', attempts = x.attempts + 1, "
-            "started_at = coalesce(x.started_at, now()), next_attempt_at = NULL, attempt_started_at = now(), "
-            "temporal_workflow_id = $2, temporal_run_id = $3 FROM workflows w "
-            "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
-            "AND w.active AND w.deleted_at IS NULL "
-            "AND NOT (x.status = 'running' AND x.next_attempt_at IS NULL AND x.temporal_workflow_id = $2 "
-            "AND x.temporal_run_id IS DISTINCT FROM $3 "
-            "AND coalesce(x.attempt_started_at, '-infinity') > now() - make_interval(secs => $4)) "
-            "RETURNING x.id, x.owner_id, x.workflow_id, x.event_id, x.trigger_data, x.attempts, "
-            "w.name AS workflow_name, w.action_type, w.action_config, w.credential_id, w.retry_policy",
-            ids,
-            temporal_workflow_id,
-            temporal_run_id,
-            ATTEMPT_IN_FLIGHT_S,
-        )
+    # One statement (its own transaction): the cancelling and the claiming updates touch
+    # disjoint rows (inactive vs active workflows), so one round trip does both.
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "WITH cancelled AS (UPDATE executions x SET status = 'cancelled', finished_at = now(), "
+        "next_attempt_at = NULL, error = 'workflow was deactivated before this execution ran' FROM workflows w "
+        "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
+        "AND NOT (w.active AND w.deleted_at IS NULL) RETURNING x.id) "
+        "UPDATE executions x SET status = 'running', attempts = x.attempts + 1, "
+        "started_at = coalesce(x.started_at, now()), next_attempt_at = NULL, attempt_started_at = now(), "
+        "temporal_workflow_id = $2, temporal_run_id = $3 FROM workflows w "
+        "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
+        "AND w.active AND w.deleted_at IS NULL "
+        "AND NOT (x.status = 'running' AND x.next_attempt_at IS NULL AND x.temporal_workflow_id = $2 "
+        "AND x.temporal_run_id IS DISTINCT FROM $3 "
+        "AND coalesce(x.attempt_started_at, '-infinity') > now() - make_interval(secs => $4)) "
+        "RETURNING x.id, x.owner_id, x.workflow_id, x.event_id, x.trigger_data, x.attempts, "
+        "w.name AS workflow_name, w.action_type, w.action_config, w.credential_id, w.retry_policy",
+        ids,
+        temporal_workflow_id,
+        temporal_run_id,
+        ATTEMPT_IN_FLIGHT_S,
+    )
     return rows
 
 
