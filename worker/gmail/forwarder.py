@@ -1,4 +1,4 @@
-"""Forwards stored Gmail pushes to the mailbox workflows (see worker/forwarding.py).
+"""Forwards stored Gmail pushes to the mailbox workflows (see worker/dispatch/forwarding.py).
 
 Accepting a push raises its mailbox's announced history id and bumps `notify_seq`; hand-over
 signals each mailbox whose pushes are ahead of what it was told (one signal per mailbox, with
