@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from functools import partial
 from types import FrameType
@@ -18,6 +19,7 @@ from telemetry.metrics import Metrics, install_temporal_runtime, serve_metrics
 from telemetry.tracing import Tracing, setup_tracing
 
 log = logging.getLogger(__name__)
+_BACKLOG = 2048
 
 
 def keyring_from(settings: Settings) -> Keyring:
@@ -64,7 +66,34 @@ def telemetry(settings: Settings, process: str) -> tuple[Metrics, Tracing, Calla
 
 
 def serve(settings: Settings) -> None:
-    """The API and ingest server; uvicorn drains in-flight requests on SIGTERM."""
+    """The API and ingest server; uvicorn drains in-flight requests on SIGTERM.
+
+    With `serve_workers` > 1, that many processes accept on one listening socket, bound here
+    before they are forked (hookyard/copies.py); each drains on its own.
+    """
+    from hookyard.copies import resolve_count, run_copies
+
+    workers = resolve_count(settings.serve_workers)
+    if workers == 1:
+        _serve_one(settings, None)
+        return
+    sock = _listen(settings.host, settings.port)
+    raise SystemExit(run_copies(workers, lambda _: _serve_one(settings, [sock]), "api"))
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The api's listening socket, shared by its processes."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(_BACKLOG)
+    return sock
+
+
+def _serve_one(settings: Settings, sockets: list[socket.socket] | None) -> None:
     from ingest.app import create_app
 
     metrics, tracing, close_telemetry = telemetry(settings, "api")
@@ -76,7 +105,7 @@ def serve(settings: Settings) -> None:
         lifespan="on",
         log_config=None,
         timeout_graceful_shutdown=30,
-        backlog=2048,
+        backlog=_BACKLOG,
     )
     server = uvicorn.Server(config)
     # After draining, uvicorn restores the previous handlers and raises the signal again; the
@@ -86,7 +115,7 @@ def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, partial(_after_drain, server))
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         close_telemetry()
 
@@ -125,7 +154,25 @@ def dispatch(settings: Settings) -> None:
 
 
 def worker(settings: Settings) -> None:
-    """The Temporal worker."""
+    """The Temporal worker; with `worker_processes` > 1, that many polling the same task queue.
+
+    Copy i serves its metrics on the configured ports + i, so each stays scrapeable.
+    """
+    from hookyard.copies import resolve_count, run_copies
+
+    count = resolve_count(settings.worker_processes)
+    if count == 1:
+        _worker_one(settings)
+        return
+
+    def copy(index: int) -> None:
+        ports = {"metrics_port": settings.metrics_port, "temporal_metrics_port": settings.temporal_metrics_port}
+        _worker_one(settings.replace(**{name: port + index if port else 0 for name, port in ports.items()}))
+
+    raise SystemExit(run_copies(count, copy, "worker"))
+
+
+def _worker_one(settings: Settings) -> None:
     from worker.main import run_worker
 
     keyring = keyring_from(settings)

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # the type only: settings are passed in
 
 # Every route comes from a declared operation (ingest/api/operations.py), as does the OpenAPI document.
 ROUTES = api.all_routes()
+# Concurrent group commits: one fills while the other commits.
+INBOX_FLUSHERS = 2
 
 
 def create_app(
@@ -41,7 +43,12 @@ def create_app(
         pool = await db.wait_for_pool(
             settings.database_url, None, min_size=settings.db_pool_min, max_size=settings.db_pool_max
         )
-        inbox = InboxWriter(pool)
+        # The inbox's own connections, one per flusher: they only ever run the one autocommit
+        # insert statement, so no session state can be left behind and release skips the reset.
+        inbox_pool = await db.wait_for_pool(
+            settings.database_url, None, min_size=INBOX_FLUSHERS, max_size=INBOX_FLUSHERS, reset_on_release=False
+        )
+        inbox = InboxWriter(inbox_pool, flushers=INBOX_FLUSHERS)
         endpoints = EndpointCache(pool, keyring, settings.database_url)
         endpoints.start()
         redis_client = redis.from_url(settings.redis_url)
@@ -56,6 +63,7 @@ def create_app(
             await http.aclose()
             # In-flight requests are done by now (uvicorn drains them first); flush the inbox last.
             await inbox.close()
+            await inbox_pool.close()
             await endpoints.close()
             await redis_client.aclose()
             await pool.close()
