@@ -86,7 +86,7 @@ async def receive_webhook(request: Request) -> Response:
     state = app_state(request)
     with state.tracing.server_span("POST /hooks/{endpoint_id}", request.headers) as span:
         try:
-            response = await _receive_webhook(request)
+            response = await _receive_webhook(request, state)
         except ClientGone as exc:
             # Not a refusal: the sender left; it will retry (or not) on its own.
             span.set_status_code(exc.status)
@@ -99,8 +99,7 @@ async def receive_webhook(request: Request) -> Response:
         return response
 
 
-async def _receive_webhook(request: Request) -> Response:
-    state = app_state(request)
+async def _receive_webhook(request: Request, state: AppState) -> Response:
     started = time.perf_counter()
     try:
         endpoint_id = UUID(request.path_params["endpoint_id"])

@@ -43,6 +43,6 @@ class AppState:
 
 
 def app_state(request: Request) -> AppState:
-    """The running app's state."""
-    state: AppState = request.state.app
+    """The running app's state (read from the scope: `request.state` builds a wrapper per request)."""
+    state: AppState = request.scope["state"]["app"]
     return state
