@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -55,6 +55,20 @@ def resolve_count(count: int) -> int:
     if count < 0:
         raise SystemExit(f"the number of processes must be 0 (one per CPU) or more, not {count}")
     return count if count > 0 else available_cpus()
+
+
+def copy_ports(ports: Sequence[int], count: int) -> list[list[int]]:
+    """The listening ports of each of `count` copies: copy i gets each port + i * (ports in use).
+
+    0 stays 0 (off). With the default neighbours 9100 and 9101, copy 1 gets 9102 and 9103.
+    Refuses (SystemExit) a layout where two copies would share a port.
+    """
+    stride = max(1, sum(1 for p in ports if p))
+    layout = [[p + i * stride if p else 0 for p in ports] for i in range(count)]
+    used = [p for copy in layout for p in copy if p]
+    if len(used) != len(set(used)):
+        raise SystemExit(f"ports {list(ports)} overlap across {count} processes; set them further apart")
+    return layout
 
 
 def run_copies(count: int, copy: Callable[[int], None], name: str) -> int:

@@ -156,18 +156,20 @@ def dispatch(settings: Settings) -> None:
 def worker(settings: Settings) -> None:
     """The Temporal worker; with `worker_processes` > 1, that many polling the same task queue.
 
-    Copy i serves its metrics on the configured ports + i, so each stays scrapeable.
+    Each copy serves its metrics on ports of its own (hookyard.copies.copy_ports), so each stays
+    scrapeable.
     """
-    from hookyard.copies import resolve_count, run_copies
+    from hookyard.copies import copy_ports, resolve_count, run_copies
 
     count = resolve_count(settings.worker_processes)
     if count == 1:
         _worker_one(settings)
         return
+    ports = copy_ports((settings.metrics_port, settings.temporal_metrics_port), count)
 
     def copy(index: int) -> None:
-        ports = {"metrics_port": settings.metrics_port, "temporal_metrics_port": settings.temporal_metrics_port}
-        _worker_one(settings.replace(**{name: port + index if port else 0 for name, port in ports.items()}))
+        metrics, temporal = ports[index]
+        _worker_one(settings.replace(metrics_port=metrics, temporal_metrics_port=temporal))
 
     raise SystemExit(run_copies(count, copy, "worker"))
 
