@@ -51,7 +51,7 @@ async def test_one_statement_stores_the_batch_and_notifies_once_when_it_commits(
     finally:
         await listener.close()
     assert [s.duplicate for s in stored.values()] == [False, False]
-    assert list(again.values())[0] == Stored(stored[("webhook", f"inbox-{owner_id}", "a")].event_id, True)
+    assert next(iter(again.values())) == Stored(stored[("webhook", f"inbox-{owner_id}", "a")].event_id, True)
     assert got == ["", ""]  # one per statement, not one per row
 
 
