@@ -11,6 +11,7 @@ import redis.asyncio as redis
 from starlette.applications import Starlette
 
 from ingest import api, codec_server, pubsub
+from ingest.deadlines import BodyDeadlines
 from ingest.endpoint_cache import EndpointCache
 from ingest.errors import EXCEPTION_HANDLERS
 from ingest.inbox import InboxWriter
@@ -56,11 +57,14 @@ def create_app(
         state = AppState(settings, pool, keyring, inbox, endpoints, redis_client, http, google_from_settings(settings))
         state.metrics, state.tracing = metrics, tracing
         state.oidc = OidcVerifier(http)
+        # A tenth of the timeout between sweeps: a slow body is cut off at most 10 % late.
+        state.body_deadlines = BodyDeadlines(tick_s=min(0.5, settings.body_read_timeout_s / 10))
         pubsub.announce(settings)
         try:
             yield {"app": state}
         finally:
             await http.aclose()
+            await state.body_deadlines.close()
             # In-flight requests are done by now (uvicorn drains them first); flush the inbox last.
             await inbox.close()
             await inbox_pool.close()

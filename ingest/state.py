@@ -10,6 +10,7 @@ import httpx
 import redis.asyncio as redis
 from starlette.requests import Request
 
+from ingest.deadlines import BodyDeadlines
 from ingest.endpoint_cache import EndpointCache
 from ingest.inbox import InboxWriter
 from ingest.oidc import OidcVerifier
@@ -40,6 +41,8 @@ class AppState:
     tracing: Tracing = NOOP
     # Checks Google-signed OIDC tokens (Pub/Sub pushes, Cloud Scheduler ticks); one key cache.
     oidc: OidcVerifier | None = None
+    # Body-read deadlines of webhook requests, kept by one sweeper (ingest/deadlines.py).
+    body_deadlines: BodyDeadlines | None = None
 
 
 def app_state(request: Request) -> AppState:
