@@ -96,19 +96,22 @@ class CountingProxy:
                 writer.write(data)
                 await writer.drain()
 
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            _, pending = await asyncio.wait(
-                [asyncio.create_task(client_to_server()), asyncio.create_task(server_to_client())],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            for task in pending:
-                task.cancel()
-        for w in (writer, up_writer):
-            w.close()
+        pipes = [asyncio.create_task(client_to_server()), asyncio.create_task(server_to_client())]
+        try:
+            with contextlib.suppress(OSError):
+                await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pipe in pipes:
+                pipe.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
+            for w in (writer, up_writer):
+                w.close()
 
     async def close(self) -> None:
         """Stop listening and drop every relayed connection."""
         for server in self._servers:
             server.close()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
