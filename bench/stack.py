@@ -37,9 +37,9 @@ from bench.common import (
 )
 from bench.pgcount import CountingProxy
 from hookyard import services
-from hookyard.migrate import migrate
 from oauth.crypto import Keyring
 from schemas import db
+from schemas.migrate import migrate
 
 T = TypeVar("T")
 TASK_QUEUE = "hookyard-bench"

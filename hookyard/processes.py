@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import signal
 import socket
@@ -13,23 +14,23 @@ from types import FrameType
 import uvicorn
 from prometheus_client import disable_created_metrics
 
-from hookyard.settings import Settings
+from hookyard.copies import copy_ports, resolve_count, run_copies
+from ingest.app import create_app
 from oauth.crypto import Keyring, generate_key
+from schemas import db
+from settings import Settings, require_master_keys
 from telemetry.metrics import Metrics, install_temporal_runtime, serve_metrics
 from telemetry.tracing import Tracing, setup_tracing
+from worker.dispatcher import Dispatcher
+from worker.main import run_worker
 
 log = logging.getLogger(__name__)
 _BACKLOG = 2048
 
 
 def keyring_from(settings: Settings) -> Keyring:
-    """The master keyring; refuses to start without keys (secrets would be unreadable later)."""
-    if not settings.master_keys:
-        raise SystemExit(
-            "HOOKYARD_MASTER_KEYS is not set. Generate a key with `hookyard keys generate` and set "
-            "HOOKYARD_MASTER_KEYS=<id>:<base64 key> (or HOOKYARD_MASTER_KEYS_FILE)."
-        )
-    return Keyring(settings.master_keys)
+    """The master keyring; `MasterKeysMissing` without keys (secrets would be unreadable later)."""
+    return Keyring(require_master_keys(settings))
 
 
 def stop_event() -> asyncio.Event:
@@ -71,8 +72,6 @@ def serve(settings: Settings) -> None:
     With `serve_workers` > 1, that many processes accept on one listening socket, bound here
     before they are forked (hookyard/copies.py); each drains on its own.
     """
-    from hookyard.copies import resolve_count, run_copies
-
     workers = resolve_count(settings.serve_workers)
     if workers == 1:
         _serve_one(settings, None)
@@ -94,8 +93,6 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _serve_one(settings: Settings, sockets: list[socket.socket] | None) -> None:
-    from ingest.app import create_app
-
     metrics, tracing, close_telemetry = telemetry(settings, "api")
     app = create_app(settings, keyring_from(settings), metrics, tracing)
     config = uvicorn.Config(
@@ -128,9 +125,6 @@ def _after_drain(server: uvicorn.Server, signum: int, frame: FrameType | None) -
 
 def dispatch(settings: Settings) -> None:
     """The dispatcher loop."""
-    from schemas import db
-    from worker.dispatcher import Dispatcher
-
     # Signals to Temporal are encrypted with keys derived from the master keys: fail at start,
     # not on every hand-over.
     keyring_from(settings)
@@ -159,8 +153,6 @@ def worker(settings: Settings) -> None:
     Each copy serves its metrics on ports of its own (hookyard.copies.copy_ports), so each stays
     scrapeable.
     """
-    from hookyard.copies import copy_ports, resolve_count, run_copies
-
     count = resolve_count(settings.worker_processes)
     if count == 1:
         _worker_one(settings)
@@ -175,8 +167,6 @@ def worker(settings: Settings) -> None:
 
 
 def _worker_one(settings: Settings) -> None:
-    from worker.main import run_worker
-
     keyring = keyring_from(settings)
     metrics, tracing, close_telemetry = telemetry(settings, "worker")
 
@@ -191,6 +181,4 @@ def _worker_one(settings: Settings) -> None:
 
 def new_master_key_line(key_id: str) -> str:
     """A `kid:base64` entry for HOOKYARD_MASTER_KEYS."""
-    import base64
-
     return f"{key_id}:{base64.b64encode(generate_key()).decode()}"
