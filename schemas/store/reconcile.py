@@ -1,6 +1,6 @@
 """Bookkeeping of the reconciler: what Temporal was given long enough ago to be checked.
 
-The reconciler (worker/reconciler.py) leases one Temporal workflow id at a time (an
+The reconciler (worker/dispatch/reconciler.py) leases one Temporal workflow id at a time (an
 automation, a newsletter or a mailbox workflow) in `reconcile_leases`, asks Temporal whether it
 runs, and hands back the rows it owns that are stranded. The lease doubles as the spacing of
 checks: a workflow checked once is not looked at again before its lease ends.

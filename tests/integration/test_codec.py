@@ -30,7 +30,7 @@ from runtime.temporal import connect
 from settings import Settings
 from tests.conftest import Owner, Receiver, Stack, make_settings, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
-from worker.contracts import automation_id
+from worker.automation.contract import automation_id
 
 TOKEN = "codec-token-" + "x" * 40
 QUEUE = f"codec-test-{uuid.uuid4().hex}"
