@@ -57,6 +57,7 @@ class CountingProxy:
         self.counts: Counter[str] = Counter()
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pipes: set[asyncio.Task[None]] = set()
 
     async def listen(self, name: str) -> int:
         """A new listener whose round trips count as `name`; returns its port."""
@@ -97,6 +98,7 @@ class CountingProxy:
                 await writer.drain()
 
         pipes = [asyncio.create_task(client_to_server()), asyncio.create_task(server_to_client())]
+        self._pipes.update(pipes)
         try:
             with contextlib.suppress(OSError):
                 await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
@@ -104,6 +106,7 @@ class CountingProxy:
             for pipe in pipes:
                 pipe.cancel()
             await asyncio.gather(*pipes, return_exceptions=True)
+            self._pipes.difference_update(pipes)
             for w in (writer, up_writer):
                 w.close()
 
@@ -111,7 +114,8 @@ class CountingProxy:
         """Stop listening and drop every relayed connection."""
         for server in self._servers:
             server.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Ending the pipes ends each relay normally (a cancelled connection task would be
+        # reported by asyncio's stream machinery).
+        for pipe in list(self._pipes):
+            pipe.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
