@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from uuid import UUID
 
 import asyncpg
@@ -12,6 +12,8 @@ import httpx
 
 from actions.egress import EgressPolicy
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES, RenderBudget
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,19 @@ class CredentialSource(Protocol):
     async def load(self, credential_id: str, providers: Collection[str]) -> Credential: ...
 
 
+@runtime_checkable
+class OAuthCredentialSource(CredentialSource, Protocol):
+    """A credential source that can also make provider calls under OAuth's 401 rule."""
+
+    async def call(
+        self, credential_id: str, providers: Collection[str], use: Callable[[Credential], Awaitable[T]]
+    ) -> T:
+        """Run one provider call with the credential under OAuth's 401 rule (oauth/vault.py):
+        `use` raises `oauth.vault.TokenRejected` on a 401 and is retried once with a refreshed
+        token; a dead grant becomes a `PermanentActionError` naming the reason."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ActionContext:
     """Everything one attempt may use. Secrets arrive here already decrypted, never in config."""
@@ -51,7 +66,7 @@ class ActionContext:
     limiter: RateLimiter | None = None
     # Provider API base URLs that differ from the public ones (regional endpoints, stand-ins).
     api_bases: Mapping[str, str] = field(default_factory=dict)
-    # Where clients that cannot use `http` (httplib2) may connect; `http` applies it itself.
+    # The egress policy, for a check a client cannot make itself; `http` applies it on every request.
     egress: EgressPolicy = field(default_factory=EgressPolicy)
     # Counts a failover between providers (the worker's metrics); a no-op by default.
     record_failover: Callable[[str, str], None] = lambda from_provider, to_provider: None
@@ -68,6 +83,51 @@ class RateLimiter(Protocol):
 
     async def acquire(self, provider: str, key: str) -> None: ...
 
+
+MASK = "********"
+"""What a preview shows instead of a secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewContext:
+    """What a preview may use: the template context and budget of a real attempt, and which
+    credential the workflow names (its id and provider only; nothing is decrypted)."""
+
+    template_context: Mapping[str, Any]
+    budget: RenderBudget
+    execution_id: str
+    credential_id: str | None = None
+    credential_provider: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPreview:
+    """The HTTP request an action would send, built without sending it; secrets masked.
+
+    `body` is the JSON value sent, the text sent, or None; `notes` say what is added only
+    at send time (a credential's headers, a signature).
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: object = None
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape shown by dry runs."""
+        return {
+            "method": self.method,
+            "url": self.url,
+            "headers": dict(self.headers),
+            "body": self.body,
+            "notes": list(self.notes),
+        }
+
+
+# Renders what one attempt would send; raises `TemplateError` or `PermanentActionError` as the
+# attempt would. Must not send, decrypt or call any provider.
+ActionPreview = Callable[[PreviewContext, Mapping[str, Any]], RequestPreview]
 
 ActionRun = Callable[[ActionContext, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 # Checks a config against the owner's data (e.g. that named credentials are theirs);
@@ -118,6 +178,8 @@ class ActionType:
     plain_secrets: Callable[[Mapping[str, Any]], list[str]] = lambda config: []
     # Set for an action handed over to a workflow of its own (a newsletter); None runs inline.
     own_workflow: OwnWorkflow | None = None
+    # The request an attempt would send, for dry runs; None: dry runs show the rendered config.
+    preview: ActionPreview | None = None
 
 
 def json_object(response: httpx.Response) -> dict[str, Any]:

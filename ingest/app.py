@@ -9,7 +9,7 @@ import httpx
 import redis.asyncio as redis
 from starlette.applications import Starlette
 
-from ingest import api, codec_server, pubsub
+from ingest import api, codec_server, console, pubsub
 from ingest.deadlines import BodyDeadlines
 from ingest.endpoint_cache import EndpointCache
 from ingest.errors import EXCEPTION_HANDLERS
@@ -55,7 +55,7 @@ def create_app(
             settings, pool, keyring, inbox, endpoints, redis_client, http, google_from_settings(settings.for_google())
         )
         state.metrics, state.tracing = metrics, tracing
-        state.oidc = OidcVerifier(http)
+        state.oidc = OidcVerifier(http, certs_url=settings.google_certs_url)
         # A tenth of the timeout between sweeps: a slow body is cut off at most 10 % late.
         state.body_deadlines = BodyDeadlines(tick_s=min(0.5, settings.body_read_timeout_s / 10))
         pubsub.announce(settings)
@@ -72,5 +72,6 @@ def create_app(
             await pool.close()
             tracing.flush()
 
-    routes = [*ROUTES, *codec_server.routes(settings)]  # codec routes exist only with a token
+    # Codec routes exist only with a token; the console's pages are not part of the API document.
+    routes = [*ROUTES, *codec_server.routes(settings), *console.routes()]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

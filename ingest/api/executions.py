@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,6 +18,7 @@ from ingest.errors import Conflict, NotFound
 from ingest.state import app_state
 from schemas.store import executions as store
 from schemas.store import newsletter as newsletter_store
+from schemas.store.executions import Execution
 from schemas.store.workflows import get_workflow, lock_active
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -23,23 +26,23 @@ CANCELLED_BY_OWNER = "cancelled by the owner"
 _TAG = "executions"
 
 
-def execution_json(row: Any, progress: dict[str, Any] | None = None) -> dict[str, Any]:
+def execution_json(row: Execution, progress: dict[str, Any] | None = None) -> dict[str, Any]:
     """The API view of an execution row; a newsletter's also shows its `progress`."""
     body = {
-        "id": row["id"],
-        "workflow_id": row["workflow_id"],
-        "event_id": row["event_id"],
-        "replay_of": row["replay_of"],
-        "status": row["status"],
-        "trigger_data": row["trigger_data"],
-        "result": row["result"],
-        "error": row["error"],
-        "attempts": row["attempts"],
-        "created_at": row["created_at"],
-        "started_at": row["started_at"],
-        "finished_at": row["finished_at"],
-        "next_attempt_at": row["next_attempt_at"],
-        "temporal": {"workflow_id": row["temporal_workflow_id"], "run_id": row["temporal_run_id"]},
+        "id": row.id,
+        "workflow_id": row.workflow_id,
+        "event_id": row.event_id,
+        "replay_of": row.replay_of,
+        "status": row.status,
+        "trigger_data": row.trigger_data,
+        "result": row.result,
+        "error": row.error,
+        "attempts": row.attempts,
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "next_attempt_at": row.next_attempt_at,
+        "temporal": {"workflow_id": row.temporal_workflow_id, "run_id": row.temporal_run_id},
     }
     if progress is not None:
         body["progress"] = progress
@@ -68,7 +71,9 @@ async def list_for_workflow(request: Request) -> Response:
     async with app_state(request).pool.acquire() as conn:
         # A deleted workflow's history stays readable.
         await get_workflow(conn, owner_id, workflow_id, include_deleted=True)
-        rows = await store.list_for_workflow(conn, owner_id, workflow_id, query.limit, query.after_seq, status)
+        rows = await store.list_for_workflow(
+            conn, owner_id, workflow_id, limit=query.limit, after_seq=query.after_seq, status=status
+        )
     return page_response(rows, query, execution_json)
 
 
@@ -79,8 +84,6 @@ async def get_execution(request: Request) -> Response:
     execution_id = path_id(request, "execution")
     async with app_state(request).pool.acquire() as conn:
         row = await store.get_execution(conn, owner_id, execution_id)
-        if row is None:
-            raise NotFound("no such execution")
         progress = await newsletter_store.progress(conn, execution_id)
     return json_response(execution_json(row, progress))
 
@@ -98,19 +101,21 @@ async def replay_execution(request: Request) -> Response:
     """Queue a new run with the same event and trigger data; the original is left as it was."""
     owner_id = await require_owner(request)
     execution_id = path_id(request, "execution")
-    async with app_state(request).pool.acquire() as conn, conn.transaction():
+    return json_response(execution_json(await replay(app_state(request).pool, owner_id, execution_id)), 202)
+
+
+async def replay(pool: asyncpg.Pool, owner_id: UUID, execution_id: UUID) -> Any:
+    """Insert the replay of one of the owner's executions; its row (`NotFound`, `Conflict`)."""
+    async with pool.acquire() as conn, conn.transaction():
         original = await store.get_execution(conn, owner_id, execution_id)
-        if original is None:
-            raise NotFound("no such execution")
         # Share-locks the workflow row, so a concurrent deactivation cannot slip in between.
-        active = await lock_active(conn, [original["workflow_id"]])
+        active = await lock_active(conn, [original.workflow_id])
         if not active:
             raise Conflict("the workflow is inactive or deleted; activate it to replay its executions")
         new_id = await store.insert_replay(conn, owner_id, execution_id)
         if new_id is None:
             raise NotFound("no such execution, or its workflow was deleted")
-        row = await store.get_execution(conn, owner_id, new_id)
-    return json_response(execution_json(row), 202)
+        return await store.get_execution(conn, owner_id, new_id)
 
 
 @operation(
@@ -131,7 +136,13 @@ async def cancel_execution(request: Request) -> Response:
     """
     owner_id = await require_owner(request)
     execution_id = path_id(request, "execution")
-    async with app_state(request).pool.acquire() as conn, conn.transaction():
+    updated, progress = await cancel(app_state(request).pool, owner_id, execution_id)
+    return json_response(execution_json(updated, progress), 202)
+
+
+async def cancel(pool: asyncpg.Pool, owner_id: UUID, execution_id: UUID) -> tuple[Any, dict[str, Any] | None]:
+    """Cancel (or ask to stop) one of the owner's executions: its row and newsletter progress."""
+    async with pool.acquire() as conn, conn.transaction():
         row = await store.lock_for_cancel(conn, owner_id, execution_id)
         if row is None:
             raise NotFound("no such execution")
@@ -148,4 +159,4 @@ async def cancel_execution(request: Request) -> Response:
             raise Conflict("an attempt of this execution is in flight and cannot be recalled; it finishes on its own")
         updated = await store.get_execution(conn, owner_id, execution_id)
         progress = await newsletter_store.progress(conn, execution_id)
-    return json_response(execution_json(updated, progress), 202)
+    return updated, progress

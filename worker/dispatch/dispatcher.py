@@ -293,6 +293,8 @@ class Dispatcher:
                     "trigger": trigger.name,
                     "matched": outcome.matched,
                     "reason": outcome.reason,
+                    # Which conditions were evaluated and what each saw (the same trace a dry run shows).
+                    "trace": outcome.trace_json(),
                     "execution_id": None,
                     "trigger_data": data,
                 }
