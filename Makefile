@@ -53,6 +53,8 @@ lint: $(STAMP)  ## ruff, ruff format, mypy --strict and the import contract (lay
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.e2e
+	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.cost
 
 chaos: $(STAMP)  ## the fault ledger: bench/chaos.py against its own `hookyard dev` stack (ARGS=--events N ...)
 	$(BIN)/python -m bench.chaos $(ARGS)

@@ -6,6 +6,12 @@ every event durably (PostgreSQL, fsync on) before it answers. wrk drives each ta
 Afterwards every event id hookyard answered 2xx for is looked up in `events`: nothing lost.
 
 Run: `python -m bench.ingest [--quick]` (needs `wrk`: `apt-get install -y wrk`).
+
+`--compare NAME=DIR` adds another source tree of hookyard (e.g. an earlier revision, unpacked
+with `git archive REV | tar -x -C DIR`) as one more target in the same interleaving, served by
+this environment's interpreter with DIR first on the import path: A/B runs of a change on the
+same machine minute. The figure to compare on a shared machine is the serve process's CPU time
+per request, not the request rate.
 """
 
 from __future__ import annotations
@@ -59,6 +65,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--requests", type=int, default=100_000, help="distinct signed requests per run")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 s runs, 1 round, 30k requests")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also serve the hookyard source tree DIR as target NAME, interleaved (repeatable)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.rounds, args.warmup, args.requests = 3.0, 1, 1.0, 30_000
@@ -134,14 +147,26 @@ def main() -> int:
         }
         serve = procs.spawn("serve", hookyard_argv("serve"), env)
         targets = {"bare": f"http://127.0.0.1:{bare_port}", "hookyard": f"http://127.0.0.1:{hy_port}"}
+        servers = {"bare": "bare", "hookyard": "serve"}  # target -> process whose CPU it is
         wait_http(f"{targets['bare']}/healthz", bare)
         wait_http(f"{targets['hookyard']}/readyz", serve)
+        for spec in args.compare:
+            name, _, tree = spec.partition("=")
+            port = services.free_port()
+            other_env = {**env, "HOOKYARD_PORT": str(port), "PYTHONPATH": str(Path(tree).resolve())}
+            # -P: the tree, not the working directory, comes first on the import path.
+            argv = [sys.executable, "-P", "-m", "hookyard.cli", "serve"]
+            other = procs.spawn(f"serve@{name}", argv, other_env)
+            targets[name], servers[name] = f"http://127.0.0.1:{port}", f"serve@{name}"
+            wait_http(f"{targets[name]}/readyz", other)
 
         data = work / "requests.tsv"
         runs: list[dict[str, Any]] = []
         hookyard_ids: list[str] = []
-        plan = [("warmup", name) for name in targets] + [
-            (f"round {r + 1}", name) for r in range(args.rounds) for name in targets
+        # Each round starts one target later, so no target always follows the same one.
+        names = list(targets)
+        plan = [("warmup", name) for name in names] + [
+            (f"round {r + 1}", names[(r + i) % len(names)]) for r in range(args.rounds) for i in range(len(names))
         ]
         for n, (label, name) in enumerate(plan):
             write_requests(data, endpoint_id, secret, args.requests, f"{n}")
@@ -152,10 +177,11 @@ def main() -> int:
             # Servers idle while wrk loads its data, so their CPU over the load time is close.
             used = cpu_share(before, procs.cpu_seconds(), result["duration_us"] / 1e6)
             result["cpu_cores"] = used
-            if name == "hookyard":
-                hookyard_ids += result.pop("ids")
-            else:
+            result["cpu_us_per_request"] = used[servers[name]] * 1e6 / max(result["ok_rps"], 1.0)
+            if name == "bare":
                 result.pop("ids")
+            else:  # every hookyard target stores into the same database: check them all
+                hookyard_ids += result.pop("ids")
             runs.append({"label": label, "target": name, **result})
             if result["wrapped"]:
                 print(f"  note: {name} used all {args.requests} requests; raise --requests", flush=True)
@@ -167,6 +193,8 @@ def main() -> int:
                 "rps": sum(r["ok_rps"] for r in measured if r["target"] == name) / args.rounds,
                 "p50_ms": sum(r["latency_us"]["p50"] for r in measured if r["target"] == name) / args.rounds / 1000,
                 "p99_ms": sum(r["latency_us"]["p99"] for r in measured if r["target"] == name) / args.rounds / 1000,
+                "cpu_us_per_request": sum(r["cpu_us_per_request"] for r in measured if r["target"] == name)
+                / args.rounds,
             }
             for name in targets
         }
@@ -179,7 +207,8 @@ def main() -> int:
                 r["ok_rps"],
                 r["latency_us"]["p50"] / 1000,
                 r["latency_us"]["p99"] / 1000,
-                r["cpu_cores"]["bare" if r["target"] == "bare" else "serve"],
+                r["cpu_cores"][servers[r["target"]]],
+                r["cpu_us_per_request"],
                 r["cpu_cores"]["postgres"],
                 r["cpu_cores"]["(client)"],
                 r["cpu_cores"]["(other)"],
@@ -187,16 +216,30 @@ def main() -> int:
             ]
             for r in measured
         ]
-        rows += [["mean", name, s["rps"], s["p50_ms"], s["p99_ms"], "", "", "", "", ""] for name, s in summary.items()]
-        headers = ["run", "target", "2xx req/s", "p50 ms", "p99 ms", "CPU: server", "postgres", "wrk", "other"]
+        rows += [
+            ["mean", name, s["rps"], s["p50_ms"], s["p99_ms"], "", s["cpu_us_per_request"], "", "", "", ""]
+            for name, s in summary.items()
+        ]
+        headers = ["run", "target", "2xx req/s", "p50 ms", "p99 ms", "CPU: server", "µs/req", "postgres", "wrk"]
+        headers += ["other"]
         print_table([*headers, "errors"], rows)
         note = disturbance_note(r["cpu_cores"] for r in measured)
         if note:
             print(note)
         verdict = "meets" if ratio >= TARGET_RATIO else "misses"
         print(f"\nhookyard / bare = {ratio:.0%} (target >= {TARGET_RATIO:.0%}: {verdict})")
+        cpu_ratio = summary["bare"]["cpu_us_per_request"] / summary["hookyard"]["cpu_us_per_request"]
+        print(f"server CPU per request, bare / hookyard = {cpu_ratio:.0%} (the rate ratio a quiet machine would show)")
+        for name in targets:
+            if name not in ("bare", "hookyard"):
+                base = summary[name]["cpu_us_per_request"]
+                change = summary["hookyard"]["cpu_us_per_request"] / base - 1
+                print(
+                    f"hookyard vs {name}: {change:+.0%} serve CPU per request ({base:.0f} -> "
+                    f"{summary['hookyard']['cpu_us_per_request']:.0f} µs)"
+                )
         extra = stored["rows"] - stored["distinct_acknowledged"]
-        hy_runs = sum(1 for r in runs if r["target"] == "hookyard")
+        hy_runs = sum(1 for r in runs if r["target"] != "bare")
         print(
             f"stored: {stored['rows']} rows in events; {stored['acknowledged']} 2xx answers from hookyard, "
             f"{stored['missing']} of them missing from events (lost); {extra} rows more than 2xx answers "
@@ -209,6 +252,7 @@ def main() -> int:
                 "runs": runs,
                 "summary": summary,
                 "ratio": ratio,
+                "cpu_ratio": cpu_ratio,
                 "target_ratio": TARGET_RATIO,
                 "stored": stored,
             },

@@ -52,9 +52,18 @@ def _parser() -> argparse.ArgumentParser:
         help="the apps reach PostgreSQL on this port, e.g. through a proxy (default: --postgres-port)",
     )
 
-    sub.add_parser("serve", help="run the API and ingest server")
+    serve = sub.add_parser("serve", help="run the API and ingest server")
+    serve.add_argument(
+        "--workers", type=int, default=None, help="processes (default HOOKYARD_SERVE_WORKERS or 1; 0 = one per CPU)"
+    )
     sub.add_parser("dispatch", help="run the dispatcher")
-    sub.add_parser("worker", help="run the Temporal worker")
+    worker = sub.add_parser("worker", help="run the Temporal worker")
+    worker.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="processes (default HOOKYARD_WORKER_PROCESSES or 1; 0 = one per CPU)",
+    )
     sub.add_parser("migrate", help="apply database migrations (idempotent)")
 
     owners = sub.add_parser("owners", help="manage owners").add_subparsers(dest="owners_command", required=True)
@@ -292,6 +301,10 @@ def _run(args: argparse.Namespace) -> int:
         applied = asyncio.run(migrate(settings.database_url))
         print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
         return 0
+    if getattr(args, "workers", None) is not None:
+        settings = settings.replace(serve_workers=args.workers)
+    if getattr(args, "processes", None) is not None:
+        settings = settings.replace(worker_processes=args.processes)
     {"serve": processes.serve, "dispatch": processes.dispatch, "worker": processes.worker}[args.command](settings)
     return 0
 

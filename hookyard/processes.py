@@ -6,6 +6,7 @@ import asyncio
 import base64
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from functools import partial
 from types import FrameType
@@ -13,6 +14,7 @@ from types import FrameType
 import uvicorn
 from prometheus_client import disable_created_metrics
 
+from hookyard.copies import copy_ports, resolve_count, run_copies
 from ingest.app import create_app
 from oauth.crypto import Keyring, generate_key
 from schemas import db
@@ -23,6 +25,7 @@ from worker.dispatch.dispatcher import Dispatcher
 from worker.main import run_worker
 
 log = logging.getLogger(__name__)
+_BACKLOG = 2048
 
 
 def keyring_from(settings: Settings) -> Keyring:
@@ -64,7 +67,32 @@ def telemetry(settings: Settings, process: str) -> tuple[Metrics, Tracing, Calla
 
 
 def serve(settings: Settings) -> None:
-    """The API and ingest server; uvicorn drains in-flight requests on SIGTERM."""
+    """The API and ingest server; uvicorn drains in-flight requests on SIGTERM.
+
+    With `serve_workers` > 1, that many processes accept on one listening socket, bound here
+    before they are forked (hookyard/copies.py); each drains on its own.
+    """
+    workers = resolve_count(settings.serve_workers)
+    if workers == 1:
+        _serve_one(settings, None)
+        return
+    sock = _listen(settings.host, settings.port)
+    raise SystemExit(run_copies(workers, lambda _: _serve_one(settings, [sock]), "api"))
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The api's listening socket, shared by its processes."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(_BACKLOG)
+    return sock
+
+
+def _serve_one(settings: Settings, sockets: list[socket.socket] | None) -> None:
     metrics, tracing, close_telemetry = telemetry(settings, "api")
     app = create_app(settings, keyring_from(settings), metrics, tracing)
     config = uvicorn.Config(
@@ -74,7 +102,7 @@ def serve(settings: Settings) -> None:
         lifespan="on",
         log_config=None,
         timeout_graceful_shutdown=30,
-        backlog=2048,
+        backlog=_BACKLOG,
     )
     server = uvicorn.Server(config)
     # After draining, uvicorn restores the previous handlers and raises the signal again; the
@@ -84,7 +112,7 @@ def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, partial(_after_drain, server))
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         close_telemetry()
 
@@ -120,7 +148,25 @@ def dispatch(settings: Settings) -> None:
 
 
 def worker(settings: Settings) -> None:
-    """The Temporal worker."""
+    """The Temporal worker; with `worker_processes` > 1, that many polling the same task queue.
+
+    Each copy serves its metrics on ports of its own (hookyard.copies.copy_ports), so each stays
+    scrapeable.
+    """
+    count = resolve_count(settings.worker_processes)
+    if count == 1:
+        _worker_one(settings)
+        return
+    ports = copy_ports((settings.metrics_port, settings.temporal_metrics_port), count)
+
+    def copy(index: int) -> None:
+        metrics, temporal = ports[index]
+        _worker_one(settings.replace(metrics_port=metrics, temporal_metrics_port=temporal))
+
+    raise SystemExit(run_copies(count, copy, "worker"))
+
+
+def _worker_one(settings: Settings) -> None:
     keyring = keyring_from(settings)
     metrics, tracing, close_telemetry = telemetry(settings, "worker")
 

@@ -10,6 +10,7 @@ import redis.asyncio as redis
 from starlette.applications import Starlette
 
 from ingest import api, codec_server, console, pubsub
+from ingest.deadlines import BodyDeadlines
 from ingest.endpoint_cache import EndpointCache
 from ingest.errors import EXCEPTION_HANDLERS
 from ingest.inbox import InboxWriter
@@ -24,6 +25,8 @@ from telemetry.tracing import NOOP, Tracing
 
 # Every route comes from a declared operation (ingest/api/operations.py), as does the OpenAPI document.
 ROUTES = api.all_routes()
+# Concurrent group commits: one fills while the other commits.
+INBOX_FLUSHERS = 2
 
 
 def create_app(
@@ -38,7 +41,12 @@ def create_app(
         pool = await db.wait_for_pool(
             settings.database_url, None, min_size=settings.db_pool_min, max_size=settings.db_pool_max
         )
-        inbox = InboxWriter(pool)
+        # The inbox's own connections, one per flusher: they only ever run the one autocommit
+        # insert statement, so no session state can be left behind and release skips the reset.
+        inbox_pool = await db.wait_for_pool(
+            settings.database_url, None, min_size=INBOX_FLUSHERS, max_size=INBOX_FLUSHERS, reset_on_release=False
+        )
+        inbox = InboxWriter(inbox_pool, flushers=INBOX_FLUSHERS)
         endpoints = EndpointCache(pool, keyring, settings.database_url)
         endpoints.start()
         redis_client = redis.from_url(settings.redis_url)
@@ -48,13 +56,17 @@ def create_app(
         )
         state.metrics, state.tracing = metrics, tracing
         state.oidc = OidcVerifier(http, certs_url=settings.google_certs_url)
+        # A tenth of the timeout between sweeps: a slow body is cut off at most 10 % late.
+        state.body_deadlines = BodyDeadlines(tick_s=min(0.5, settings.body_read_timeout_s / 10))
         pubsub.announce(settings)
         try:
             yield {"app": state}
         finally:
             await http.aclose()
+            await state.body_deadlines.close()
             # In-flight requests are done by now (uvicorn drains them first); flush the inbox last.
             await inbox.close()
+            await inbox_pool.close()
             await endpoints.close()
             await redis_client.aclose()
             await pool.close()

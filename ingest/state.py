@@ -9,6 +9,7 @@ import httpx
 import redis.asyncio as redis
 from starlette.requests import Request
 
+from ingest.deadlines import BodyDeadlines
 from ingest.endpoint_cache import EndpointCache
 from ingest.inbox import InboxWriter
 from ingest.oidc import OidcVerifier
@@ -37,9 +38,11 @@ class AppState:
     tracing: Tracing = NOOP
     # Checks Google-signed OIDC tokens (Pub/Sub pushes, Cloud Scheduler ticks); one key cache.
     oidc: OidcVerifier | None = None
+    # Body-read deadlines of webhook requests, kept by one sweeper (ingest/deadlines.py).
+    body_deadlines: BodyDeadlines | None = None
 
 
 def app_state(request: Request) -> AppState:
-    """The running app's state."""
-    state: AppState = request.state.app
+    """The running app's state (read from the scope: `request.state` builds a wrapper per request)."""
+    state: AppState = request.scope["state"]["app"]
     return state

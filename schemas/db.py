@@ -52,22 +52,41 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typename, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections read and write json/jsonb as Python values."""
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset query on release: for pools whose users leave no session state (see `create_pool`)."""
+
+
+async def create_pool(
+    url: str, *, min_size: int = 2, max_size: int = 10, reset_on_release: bool = True
+) -> asyncpg.Pool:
+    """A pool whose connections read and write json/jsonb as Python values.
+
+    `reset_on_release=False` skips the reset round trip (UNLISTEN, RESET ALL, advisory unlocks,
+    CLOSE ALL) on every release. Only for a pool whose users run single autocommit statements
+    and nothing that sets session state (SET, LISTEN, advisory locks, cursors); asyncpg still
+    rolls back a transaction left open and drops listeners client-side.
+    """
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=30,
+        reset=None if reset_on_release else _keep_session,
     )
     return pool
 
 
 @overload
-async def wait_for_pool(url: str, stop: None, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool: ...
+async def wait_for_pool(
+    url: str, stop: None, *, min_size: int = 2, max_size: int = 10, reset_on_release: bool = True
+) -> asyncpg.Pool: ...
 @overload
 async def wait_for_pool(
-    url: str, stop: asyncio.Event, *, min_size: int = 2, max_size: int = 10
+    url: str, stop: asyncio.Event, *, min_size: int = 2, max_size: int = 10, reset_on_release: bool = True
 ) -> asyncpg.Pool | None: ...
 async def wait_for_pool(
-    url: str, stop: asyncio.Event | None, *, min_size: int = 2, max_size: int = 10
+    url: str, stop: asyncio.Event | None, *, min_size: int = 2, max_size: int = 10, reset_on_release: bool = True
 ) -> asyncpg.Pool | None:
     """`create_pool`, retried with backoff (to 10 s) while PostgreSQL is not up yet.
 
@@ -77,7 +96,7 @@ async def wait_for_pool(
     delay = 0.5
     while stop is None or not stop.is_set():
         try:
-            return await create_pool(url, min_size=min_size, max_size=max_size)
+            return await create_pool(url, min_size=min_size, max_size=max_size, reset_on_release=reset_on_release)
         except Exception as exc:
             if not is_storage_error(exc):
                 raise

@@ -111,6 +111,10 @@ class Settings:
     reconcile_grace_s: float = 30.0
     worker_max_concurrent_activities: int = 100
     worker_graceful_shutdown_s: float = 30.0
+    # Processes of `hookyard serve` and `hookyard worker` (flags --workers / --processes
+    # override); 0 = one per available CPU (a container's CPU quota counts), see hookyard/copies.py.
+    serve_workers: int = 1
+    worker_processes: int = 1
     log_level: str = "INFO"
     log_json: bool = False
     # Observability: Prometheus listeners of dispatch/worker (0 = off) and OTLP traces (empty = off).
@@ -248,6 +252,8 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_RECONCILE_GRACE_S": ("reconcile_grace_s", float),
     "HOOKYARD_WORKER_MAX_CONCURRENT_ACTIVITIES": ("worker_max_concurrent_activities", int),
     "HOOKYARD_WORKER_GRACEFUL_SHUTDOWN_S": ("worker_graceful_shutdown_s", float),
+    "HOOKYARD_SERVE_WORKERS": ("serve_workers", int),
+    "HOOKYARD_WORKER_PROCESSES": ("worker_processes", int),
     "HOOKYARD_LOG_LEVEL": ("log_level", str),
     "HOOKYARD_LOG_JSON": ("log_json", lambda v: v.lower() in {"1", "true", "yes", "on"}),
     "HOOKYARD_METRICS_HOST": ("metrics_host", str),

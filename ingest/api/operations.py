@@ -187,7 +187,10 @@ class Operation:
         return response
 
     def _check_documented(self, status: int) -> None:
-        # A tripwire for drift the fuzz run did not reach: the answer still goes out.
+        # A tripwire for drift the fuzz run did not reach: the answer still goes out. The common
+        # answers are checked against a set built once, not by building `statuses()` again.
+        if status in self.replies:
+            return
         if status not in self.statuses():
             log.error("%s %s answered %d, which its declaration does not list", self.method, self.path, status)
 

@@ -43,33 +43,39 @@ class Stored:
     duplicate: bool
 
 
+# One statement, so in autocommit one round trip and one implicit transaction: the insert, and
+# the NOTIFY that wakes the dispatcher (sent by PostgreSQL when that transaction commits). The
+# `note` CTE is referenced, so it runs exactly once; a data-modifying CTE always runs.
 _INSERT = """
-INSERT INTO events (owner_id, source_type, source_id, dedup_key, headers, body, verification)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[], $7::jsonb[])
-ON CONFLICT (source_type, source_id, dedup_key) DO UPDATE
-    SET duplicate_count = events.duplicate_count + 1, last_duplicate_at = now()
-RETURNING id, source_type, source_id, dedup_key, (xmax <> 0) AS duplicate
+WITH ins AS (
+    INSERT INTO events (owner_id, source_type, source_id, dedup_key, headers, body, verification)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[], $7::jsonb[])
+    ON CONFLICT (source_type, source_id, dedup_key) DO UPDATE
+        SET duplicate_count = events.duplicate_count + 1, last_duplicate_at = now()
+    RETURNING id, source_type, source_id, dedup_key, (xmax <> 0) AS duplicate
+), note AS (SELECT pg_notify($8, ''))
+SELECT ins.* FROM ins, note
 """
 
 
 async def insert_events(conn: asyncpg.Connection, events: Sequence[NewEvent]) -> dict[tuple[str, str, str], Stored]:
-    """Store many events in one statement and one commit; keys must be distinct.
+    """Store many events in one statement (one commit outside a transaction); keys must be distinct.
 
     A key already present counts a duplicate delivery instead of storing it again. The
-    dispatcher is notified when the transaction commits.
+    dispatcher is notified when the transaction commits. Inside a caller's transaction the
+    statement is part of it, as before.
     """
-    async with conn.transaction():
-        rows = await conn.fetch(
-            _INSERT,
-            [e.owner_id for e in events],
-            [e.source_type for e in events],
-            [e.source_id for e in events],
-            [e.dedup_key for e in events],
-            [e.headers for e in events],
-            [e.body for e in events],
-            [e.verification for e in events],
-        )
-        await conn.execute("SELECT pg_notify($1, '')", EVENTS_CHANNEL)
+    rows = await conn.fetch(
+        _INSERT,
+        [e.owner_id for e in events],
+        [e.source_type for e in events],
+        [e.source_id for e in events],
+        [e.dedup_key for e in events],
+        [e.headers for e in events],
+        [e.body for e in events],
+        [e.verification for e in events],
+        EVENTS_CHANNEL,
+    )
     return {(r["source_type"], r["source_id"], r["dedup_key"]): Stored(r["id"], r["duplicate"]) for r in rows}
 
 
