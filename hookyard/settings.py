@@ -95,6 +95,12 @@ class Settings:
     automation_history_limit: int = 1000
     # Unfinished executions handed to one automation workflow at most; the rest wait in PostgreSQL.
     automation_max_pending: int = 5000
+    # Lane workflows per task queue (docs/architecture.md, "Execution lanes"); 0 keeps one
+    # automation workflow per user workflow. A changed count moves only new workflows.
+    lanes: int = 16
+    # Unfinished executions handed to one lane at most (all its workflows together); the rest
+    # wait in PostgreSQL. Bounds what a lane's continue-as-new carries.
+    lane_max_pending: int = 10000
     # The reconciler: how often it checks, and how long a hand-over may settle before it does.
     reconcile_interval_s: float = 15.0
     reconcile_grace_s: float = 30.0
@@ -188,6 +194,8 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_AUTOMATION_MAX_BATCH": ("automation_max_batch", int),
     "HOOKYARD_AUTOMATION_HISTORY_LIMIT": ("automation_history_limit", int),
     "HOOKYARD_AUTOMATION_MAX_PENDING": ("automation_max_pending", int),
+    "HOOKYARD_LANES": ("lanes", int),
+    "HOOKYARD_LANE_MAX_PENDING": ("lane_max_pending", int),
     "HOOKYARD_RECONCILE_INTERVAL_S": ("reconcile_interval_s", float),
     "HOOKYARD_RECONCILE_GRACE_S": ("reconcile_grace_s", float),
     "HOOKYARD_WORKER_MAX_CONCURRENT_ACTIVITIES": ("worker_max_concurrent_activities", int),

@@ -25,6 +25,7 @@ from worker.activities import AutomationActivities
 from worker.automation import AutomationWorkflow
 from worker.gmail.activities import GmailActivities
 from worker.gmail.workflow import MailboxWorkflow
+from worker.lane import LaneWorkflow
 from worker.newsletter import NewsletterActivities, NewsletterWorkflow
 from worker.temporal import connect_with_retry
 from worker.ticks import TickActivities, TickWorkflow
@@ -53,6 +54,9 @@ def build_worker(
         client,
         task_queue=settings.task_queue,
         workflows=[
+            LaneWorkflow,
+            # Still registered for one release: automations started before lanes drain what they
+            # hold and complete when idle (docs/architecture.md, "Execution lanes").
             AutomationWorkflow,
             *([TickWorkflow] if ticks else []),
             *([MailboxWorkflow] if gmail else []),

@@ -108,7 +108,7 @@ async def create_workflow(request: Request) -> Response:
         if definition.wants_signing_secret:
             secret, token = _new_signing_secret(state.keyring, owner_id, workflow_id)
         values = definition.values() | {"id": workflow_id, "signing_secret": token}
-        row = await store.insert_workflow(conn, owner_id, values)
+        row = await store.insert_workflow(conn, owner_id, values, state.settings.lanes)
     return json_response(_shown(row, secret), 201)
 
 
