@@ -243,3 +243,27 @@ async def test_a_lane_terminated_mid_batch_is_reconciled_and_runs_each_execution
 
 async def _truthy(value: bool) -> bool:
     return value
+
+
+async def test_an_execution_signalled_to_a_lanes_ended_run_is_rerun_though_a_new_run_is_up(
+    temporal: Client, owner: Owner, pool: asyncpg.Pool, target: Target
+) -> None:
+    path = f"/orphan/{uuid.uuid4().hex}"
+    endpoint = await create_endpoint(owner.client)
+    workflow = await create_workflow(owner.client, endpoint["id"], target.url + path)
+    lane = await _in_one_lane(pool, [workflow])
+    async with httpx.AsyncClient(base_url=owner.client.base_url) as http:
+        assert (await send(http, endpoint, b'{"n": 1}')).status_code == 202  # starts the lane
+    await wait_for(lambda: _all(owner, workflow, "succeeded", 1), timeout=30)
+    async with pool.acquire() as conn:
+        # Handed to this lane before its running chain of runs began (that chain never had it).
+        orphan = await conn.fetchval(
+            "INSERT INTO executions (owner_id, workflow_id, trigger_data, signalled_at, lane) "
+            "VALUES ($1, $2, '{}'::jsonb, now() - interval '1 day', $3) RETURNING id",
+            uuid.UUID(owner.id),
+            uuid.UUID(workflow["id"]),
+            lane,
+        )
+    await wait_for(lambda: _all(owner, workflow, "succeeded", 2), timeout=30)
+    await asyncio.sleep(1.5)
+    assert target.seen[path].count(str(orphan)) == 1
