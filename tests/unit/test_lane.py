@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from hookyard.settings import SettingsError, load_settings
 from worker.contracts import LaneEnqueue, LaneState, LaneWork, Retry
 from worker.lane import RECENT_KEPT, LaneWorkflow
 
@@ -89,3 +92,11 @@ def test_continue_as_new_carries_each_workflows_queue_and_retries() -> None:
         "c": (10, ["c0"], []),
     }
     assert again._open == {"a0", "a1", "b0", "b9", "c0"}
+
+
+def test_a_lane_count_outside_what_workflows_can_store_is_refused_at_start() -> None:
+    with pytest.raises(SettingsError, match="HOOKYARD_LANES"):
+        load_settings({"HOOKYARD_LANES": "5000"})
+    with pytest.raises(SettingsError, match="HOOKYARD_LANE_MAX_PENDING"):
+        load_settings({"HOOKYARD_LANE_MAX_PENDING": "1000000"})
+    assert load_settings({"HOOKYARD_LANES": "0"}).lanes == 0
