@@ -81,6 +81,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--spread", default="10,200,1000", help="(d) workflow counts, comma-separated; '' skips (d)")
     parser.add_argument("--rounds", type=int, default=2, help="(d) rounds of each workflow count (default 2)")
     parser.add_argument("--lanes", default="16", help="(d) HOOKYARD_LANES settings to compare, e.g. 0,16")
+    parser.add_argument("--spread-only", action="store_true", help="run (d) alone")
     args = parser.parse_args()
     if args.quick:
         args.events, args.samples, args.rounds = min(args.events, 200), 10, 1
@@ -292,7 +293,7 @@ def spread(
             # One event per workflow: endpoint caches filled (and, lanes off, automations started).
             ok_before = (await executions_done(database_url))[0]
             await post_all(port, signed_requests(routes[k], [f"warm{lanes}-{k}-{n}" for n in range(k)]), 32)
-            await wait_until(lambda: _succeeded_since(database_url, ok_before + k), 300)
+            await wait_until(lambda: _succeeded_since(database_url, ok_before + k), args.timeout)
 
         for k in args.spread_counts:
             asyncio.run(warm(k))
@@ -468,6 +469,11 @@ def main() -> int:
 
         apps = [start_app(name) for name in ("serve", "dispatch", "worker")]
         wait_http(f"http://127.0.0.1:{port}/readyz", apps[0])
+        if args.spread_only:
+            spread_report(
+                args, spread(args, procs, apps, start_app, port, database_url, temporal_address, keyring, receiver)
+            )
+            return 0
 
         print(f"(a) hookyard: {args.events} events over {args.workflows} workflows ...", flush=True)
         hy = asyncio.run(hookyard_throughput(args, procs, port, database_url, routes, receiver))
