@@ -21,10 +21,11 @@ run: $(STAMP)  ## start the whole stack (PostgreSQL, Redis, Temporal, api, dispa
 test: $(STAMP)  ## run the test suite against real PostgreSQL, Redis and Temporal
 	$(BIN)/pytest $(ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, ruff format, mypy --strict and the import contract (layer order, pyproject)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(BIN)/mypy --strict
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest

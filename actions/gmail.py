@@ -40,8 +40,9 @@ from actions.errors import PermanentActionError, RetryableActionError
 from actions.http import parse_retry_after
 from actions.ratelimit import acquire
 from actions.templating import TemplateError, render
+from runtime.headers import EXECUTION_HEADER
+from schemas.errors import NotFound
 from schemas.store.credentials import get_credential
-from triggers.gmail import EXECUTION_HEADER
 
 DEFAULT_API_BASE = "https://gmail.googleapis.com/"
 SEND_SCOPES = frozenset(
@@ -223,10 +224,13 @@ async def check_config(
     field = "action.credential_id"
     if credential_id is None:
         raise ActionConfigError(field, "gmail.send-email needs a connected Google account")
-    row = await get_credential(conn, owner_id, credential_id)
-    if row is None or row["provider"] != "google":
+    try:
+        row = await get_credential(conn, owner_id, credential_id)
+    except NotFound:
+        raise ActionConfigError(field, "needs a connected Google account of yours") from None
+    if row.provider != "google":
         raise ActionConfigError(field, "needs a connected Google account of yours")
-    if not SEND_SCOPES & set(row["scopes"]):
+    if not SEND_SCOPES & set(row.scopes):
         raise ActionConfigError(field, "the Google account was connected without permission to send mail")
 
 

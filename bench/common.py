@@ -196,8 +196,8 @@ async def create_routes(
                 values = {
                     "name": f"bench-{i}",
                     "trigger_type": "webhook.received",
-                    "trigger_config": {"endpoint_id": str(ep["id"])},
-                    "routing_key": str(ep["id"]),
+                    "trigger_config": {"endpoint_id": str(ep.id)},
+                    "routing_key": str(ep.id),
                     "action_type": "http.request",
                     "action_config": {"url": action_url, "body": {"id": "{{ trigger.body.id }}"}},
                     "credential_id": None,
@@ -205,8 +205,8 @@ async def create_routes(
                     "concurrency_limit": concurrency_limit,
                     "retry_policy": {},
                 }
-                wf_id = (await insert_workflow(conn, owner_id, values))["id"]
-            routes.append(Route(ep["id"], secret, wf_id))
+                wf_id = (await insert_workflow(conn, owner_id, values)).id
+            routes.append(Route(ep.id, secret, wf_id))
         return owner_id, routes
     finally:
         await conn.close()

@@ -58,9 +58,9 @@ from bench.common import (
     write_results,
 )
 from hookyard import services
-from hookyard.migrate import migrate
 from oauth.crypto import Keyring
 from schemas import db
+from schemas.migrate import migrate
 
 TARGET_RATIO = 10.0
 TARGET_P50_MS = 150.0

@@ -42,9 +42,9 @@ from bench.common import (
     write_results,
 )
 from hookyard import services
-from hookyard.migrate import migrate
 from oauth.crypto import Keyring
 from schemas import db
+from schemas.migrate import migrate
 
 LUA = Path(__file__).resolve().parent / "wrk_signed.lua"
 TARGET_RATIO = 0.60

@@ -58,8 +58,8 @@ from bench.common import (
     write_results,
 )
 from hookyard import services
-from hookyard.migrate import migrate
 from schemas import db
+from schemas.migrate import migrate
 from schemas.store.owners import create_owner
 from schemas.store.workflows import DEFAULT_LANES
 from worker.contracts import lane_id
@@ -114,7 +114,7 @@ def bench_worker(resend_url: str) -> None:
     """`hookyard worker`, with Resend's API address pointed at the fake (the only change)."""
     from actions import email
     from hookyard.processes import worker
-    from hookyard.settings import load_settings
+    from settings import load_settings
 
     email.RESEND_URL = resend_url  # read at each request by actions.email.send_resend
     worker(load_settings())

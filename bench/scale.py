@@ -22,9 +22,9 @@ import asyncpg
 
 from bench.common import exit_on_sigterm, print_table, write_results
 from hookyard import services
-from hookyard.migrate import migrate
 from oauth.crypto import Keyring, generate_key
 from schemas import db
+from schemas.migrate import migrate
 from schemas.store import endpoints, events, executions, telemetry, workflows
 
 BIG_TABLES = {"endpoints", "endpoint_secrets", "workflows", "events", "executions"}
@@ -164,15 +164,15 @@ async def cases(conn: asyncpg.Connection) -> dict[str, list[tuple[str, tuple[Any
         "workflows.active_for_route": lambda c: workflows.active_for_route(c, "webhook.received", source),
         "workflows.routing_version": workflows.routing_version,
         "workflows.lock_active": lambda c: workflows.lock_active(c, [r["id"] for r in route]),
-        "workflows.list_workflows first page": lambda c: workflows.list_workflows(c, owner, 50, None),
-        "workflows.list_workflows deep cursor": lambda c: workflows.list_workflows(c, owner, 50, deep),
+        "workflows.list_workflows first page": lambda c: workflows.list_workflows(c, owner, limit=50),
+        "workflows.list_workflows deep cursor": lambda c: workflows.list_workflows(c, owner, limit=50, after_seq=deep),
         "events.claim_received (500)": lambda c: events.claim_received(c, 500),
         # The resolve pass's event-by-event retry after a failed batch, and every api /readyz.
         "events.claim_received (one)": lambda c: events.claim_received(c, 1, only=event_id),
         "telemetry.oldest_waiting_age": telemetry.oldest_waiting_age,
-        "events.list_events first page": lambda c: events.list_events(c, owner, 50, None),
-        "events.list_events status": lambda c: events.list_events(c, owner, 50, None, status="received"),
-        "events.list_events source_id": lambda c: events.list_events(c, owner, 50, None, source_id=source),
+        "events.list_events first page": lambda c: events.list_events(c, owner, limit=50),
+        "events.list_events status": lambda c: events.list_events(c, owner, limit=50, status="received"),
+        "events.list_events source_id": lambda c: events.list_events(c, owner, limit=50, source_id=source),
         "events.get_event": lambda c: events.get_event(c, owner, event_id),
         "executions.handover_workflows": lambda c: executions.handover_workflows(c, 5000),
         "executions.claim_handover (500)": lambda c: executions.claim_handover(c, [wf_id], 500, 5000),
@@ -183,7 +183,7 @@ async def cases(conn: asyncpg.Connection) -> dict[str, list[tuple[str, tuple[Any
         "executions.list_for_event": lambda c: executions.list_for_event(c, owner, event_id),
         "executions.get_execution": lambda c: executions.get_execution(c, owner, execution_id),
         "endpoints.load_auth": lambda c: endpoints.load_auth(c, keyring, endpoint_id),
-        "endpoints.list_endpoints": lambda c: endpoints.list_endpoints(c, owner, 50, None),
+        "endpoints.list_endpoints": lambda c: endpoints.list_endpoints(c, owner, limit=50),
         # Writers last: their rolled-back rows leave dead index entries behind.
         "events.insert_events (500 new)": lambda c: events.insert_events(c, new_events),
         "executions.claim_for_run (50)": lambda c: executions.claim_for_run(c, queued, "wf-bench", "run-bench"),

@@ -6,10 +6,24 @@ import argparse
 import asyncio
 import os
 import sys
+import time
+import uuid
 from pathlib import Path
+from uuid import UUID
 
-from hookyard.settings import Settings, SettingsError, load_settings
+from hookyard import processes
+from hookyard.dev import DevPorts, master_keys_file, read_stack, run_dev
+from hookyard.gmail_setup import GmailSetup, SetupError, run_setup
+from hookyard.processes import keyring_from, new_master_key_line
+from ingest.signatures import get_scheme
 from oauth.crypto import Keyring
+from schemas import db
+from schemas.errors import NotFound
+from schemas.migrate import migrate
+from schemas.store import master_keys as keys
+from schemas.store import owners
+from schemas.store.owners import create_owner
+from settings import Settings, SettingsError, load_settings, parse_master_keys
 from telemetry import logs
 
 DEFAULT_DATA_DIR = ".hookyard"
@@ -101,8 +115,6 @@ def _database_url(data_dir: str) -> str:
     """DATABASE_URL if set, else the running dev stack's for this data dir."""
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
-    from hookyard.dev import read_stack
-
     stack = read_stack(Path(data_dir))
     if stack is None:
         raise SystemExit(
@@ -113,9 +125,6 @@ def _database_url(data_dir: str) -> str:
 
 
 async def _create_owner(url: str, name: str) -> tuple[str, str]:
-    from schemas import db
-    from schemas.store.owners import create_owner
-
     conn = await db.connect(url)
     try:
         owner_id, key = await create_owner(conn, name)
@@ -125,24 +134,19 @@ async def _create_owner(url: str, name: str) -> tuple[str, str]:
 
 
 async def _owner_keys(url: str, args: argparse.Namespace) -> int:
-    from uuid import UUID
-
-    from schemas import db
-    from schemas.store import owners
-
     conn = await db.connect(url)
     try:
         found = await owners.find_owner(conn, args.owner)
         if not found:
             raise SystemExit(f"no owner with id or name {args.owner!r}")
         if len(found) > 1:
-            ids = ", ".join(str(row["id"]) for row in found)
+            ids = ", ".join(str(row.id) for row in found)
             raise SystemExit(f"{len(found)} owners are named {args.owner!r}; pass one of their ids: {ids}")
-        owner_id, owner_name = found[0]["id"], found[0]["name"]
+        owner_id, owner_name = found[0].id, found[0].name
         if args.keys_command == "create":
             row, key = await owners.create_key(conn, owner_id, args.name)
             print(
-                f"API key {row['name']!r} created for owner {owner_name!r}\n  id:      {row['id']}\n  API key: {key}\n"
+                f"API key {row.name!r} created for owner {owner_name!r}\n  id:      {row.id}\n  API key: {key}\n"
                 "The key is shown once; store it now. Use it as: Authorization: Bearer <key>"
             )
             return 0
@@ -153,9 +157,10 @@ async def _owner_keys(url: str, args: argparse.Namespace) -> int:
                 raise SystemExit(
                     f"{args.key_id!r} is not a key id; see `hookyard owners keys list {args.owner}`"
                 ) from None
-            outcome = await owners.revoke_key(conn, owner_id, key_id)
-            if outcome is owners.Revoked.NOT_FOUND:
-                raise SystemExit(f"owner {owner_name!r} has no key {key_id}")
+            try:
+                outcome = await owners.revoke_key(conn, owner_id, key_id)
+            except NotFound:
+                raise SystemExit(f"owner {owner_name!r} has no key {key_id}") from None
             print(f"key {key_id} {'was already revoked' if outcome is owners.Revoked.ALREADY else 'revoked'}")
             if not await owners.active_keys(conn, owner_id):
                 print(
@@ -170,19 +175,14 @@ async def _owner_keys(url: str, args: argparse.Namespace) -> int:
     if not rows:
         print("  none")
     for row in rows[:_LISTED_KEYS]:
-        state = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "active"
-        print(f"  {row['id']}  {row['prefix']}…  {row['name']!r}  created {row['created_at']:%Y-%m-%d %H:%M}  {state}")
+        state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+        print(f"  {row.id}  {row.prefix}…  {row.name!r}  created {row.created_at:%Y-%m-%d %H:%M}  {state}")
     if len(rows) > _LISTED_KEYS:
         print(f"  ... only the newest {_LISTED_KEYS} are shown")
     return 0
 
 
 def _sign(scheme_name: str, secret: str, body: str, curl: bool) -> int:
-    import time
-    import uuid
-
-    from ingest.signatures import get_scheme
-
     try:
         scheme = get_scheme(scheme_name)
     except ValueError as exc:
@@ -197,10 +197,6 @@ def _sign(scheme_name: str, secret: str, body: str, curl: bool) -> int:
 
 
 def _keyring_for(data_dir: str) -> Keyring:
-    from hookyard.dev import master_keys_file
-    from hookyard.processes import keyring_from
-    from hookyard.settings import parse_master_keys
-
     settings = _settings()
     if not settings.master_keys and (Path(data_dir) / "master.keys").exists():
         settings = settings.replace(master_keys=parse_master_keys(master_keys_file(Path(data_dir)).read_text()))
@@ -208,9 +204,6 @@ def _keyring_for(data_dir: str) -> Keyring:
 
 
 async def _keys(command: str, data_dir: str) -> int:
-    from hookyard import keys
-    from schemas import db
-
     keyring = _keyring_for(data_dir)
     conn = await db.connect(_database_url(data_dir))
     try:
@@ -240,11 +233,16 @@ async def _keys(command: str, data_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one `hookyard` command."""
+    """Run one `hookyard` command; a configuration error ends it with a message naming the setting."""
     args = _parser().parse_args(argv)
-    if args.command == "dev":
-        from hookyard.dev import DevPorts, run_dev
+    try:
+        return _run(args)
+    except SettingsError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
 
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "dev":
         logs.configure("WARNING")
         ports = DevPorts(
             args.port,
@@ -269,15 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sign":
         return _sign(args.scheme, args.secret, args.body, args.curl)
     if args.command == "keys" and args.keys_command == "generate":
-        from hookyard.processes import new_master_key_line
-
         print(new_master_key_line(args.id))
         return 0
     if args.command == "keys":
         return asyncio.run(_keys(args.keys_command, args.data_dir))
     if args.command == "gmail":
-        from hookyard.gmail_setup import GmailSetup, SetupError, run_setup
-
         try:
             run_setup(
                 GmailSetup(
@@ -295,13 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = _settings()
     logs.configure(settings.log_level, settings.log_json, args.command)
     if args.command == "migrate":
-        from hookyard.migrate import migrate
-
         applied = asyncio.run(migrate(settings.database_url))
         print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
         return 0
-    from hookyard import processes
-
     {"serve": processes.serve, "dispatch": processes.dispatch, "worker": processes.worker}[args.command](settings)
     return 0
 

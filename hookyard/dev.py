@@ -10,6 +10,7 @@ a stop caused by a failure (a server that cannot be brought back) exits 1.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -27,6 +28,7 @@ from urllib.parse import quote, urlsplit
 from hookyard import services
 from hookyard.devui import ReadOnlyUIProxy
 from hookyard.processes import new_master_key_line
+from schemas.migrate import migrate
 
 
 @dataclass
@@ -304,10 +306,6 @@ class Supervisor:
 
 def run_dev(data_dir: Path, ports: DevPorts) -> int:
     """Bring the stack up, print its URLs, supervise until interrupted."""
-    import asyncio
-
-    from hookyard.migrate import migrate
-
     sup = Supervisor(data_dir, ports)
     signal.signal(signal.SIGTERM, sup.request_stop)
     signal.signal(signal.SIGINT, sup.request_stop)

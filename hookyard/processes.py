@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import signal
 from collections.abc import Callable
@@ -12,22 +13,21 @@ from types import FrameType
 import uvicorn
 from prometheus_client import disable_created_metrics
 
-from hookyard.settings import Settings
+from ingest.app import create_app
 from oauth.crypto import Keyring, generate_key
+from schemas import db
+from settings import Settings, require_master_keys
 from telemetry.metrics import Metrics, install_temporal_runtime, serve_metrics
 from telemetry.tracing import Tracing, setup_tracing
+from worker.dispatcher import Dispatcher
+from worker.main import run_worker
 
 log = logging.getLogger(__name__)
 
 
 def keyring_from(settings: Settings) -> Keyring:
-    """The master keyring; refuses to start without keys (secrets would be unreadable later)."""
-    if not settings.master_keys:
-        raise SystemExit(
-            "HOOKYARD_MASTER_KEYS is not set. Generate a key with `hookyard keys generate` and set "
-            "HOOKYARD_MASTER_KEYS=<id>:<base64 key> (or HOOKYARD_MASTER_KEYS_FILE)."
-        )
-    return Keyring(settings.master_keys)
+    """The master keyring; `MasterKeysMissing` without keys (secrets would be unreadable later)."""
+    return Keyring(require_master_keys(settings))
 
 
 def stop_event() -> asyncio.Event:
@@ -65,8 +65,6 @@ def telemetry(settings: Settings, process: str) -> tuple[Metrics, Tracing, Calla
 
 def serve(settings: Settings) -> None:
     """The API and ingest server; uvicorn drains in-flight requests on SIGTERM."""
-    from ingest.app import create_app
-
     metrics, tracing, close_telemetry = telemetry(settings, "api")
     app = create_app(settings, keyring_from(settings), metrics, tracing)
     config = uvicorn.Config(
@@ -99,9 +97,6 @@ def _after_drain(server: uvicorn.Server, signum: int, frame: FrameType | None) -
 
 def dispatch(settings: Settings) -> None:
     """The dispatcher loop."""
-    from schemas import db
-    from worker.dispatcher import Dispatcher
-
     # Signals to Temporal are encrypted with keys derived from the master keys: fail at start,
     # not on every hand-over.
     keyring_from(settings)
@@ -126,8 +121,6 @@ def dispatch(settings: Settings) -> None:
 
 def worker(settings: Settings) -> None:
     """The Temporal worker."""
-    from worker.main import run_worker
-
     keyring = keyring_from(settings)
     metrics, tracing, close_telemetry = telemetry(settings, "worker")
 
@@ -142,6 +135,4 @@ def worker(settings: Settings) -> None:
 
 def new_master_key_line(key_id: str) -> str:
     """A `kid:base64` entry for HOOKYARD_MASTER_KEYS."""
-    import base64
-
     return f"{key_id}:{base64.b64encode(generate_key()).decode()}"

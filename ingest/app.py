@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 import httpx
 import redis.asyncio as redis
@@ -19,11 +18,9 @@ from ingest.state import AppState
 from oauth.crypto import Keyring
 from oauth.google import google_from_settings
 from schemas import db
+from settings import Settings
 from telemetry.metrics import Metrics
 from telemetry.tracing import NOOP, Tracing
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 # Every route comes from a declared operation (ingest/api/operations.py), as does the OpenAPI document.
 ROUTES = api.all_routes()

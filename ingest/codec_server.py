@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
 
 import orjson
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
@@ -28,7 +27,8 @@ from temporalio.api.common.v1 import Payload, Payloads
 
 from ingest.errors import error_response
 from oauth.crypto import CryptoError
-from worker.codec import EncryptionCodec
+from runtime.codec import EncryptionCodec
+from settings import Settings
 
 # One request carries at most what one gRPC message may (4 MiB), with room for base64.
 MAX_BODY_BYTES = 6 * 1024 * 1024
@@ -36,10 +36,6 @@ MIN_TOKEN_CHARS = 32
 _ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
 
 Convert = Callable[[Sequence[Payload]], Awaitable[list[Payload]]]
-
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 
 class CodecSettingsError(ValueError):

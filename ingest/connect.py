@@ -24,6 +24,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ingest.state import AppState, app_state
 from oauth.google import OAuthFlowError, ProviderUnavailable, new_pkce_verifier, new_state
 from oauth.links import BadLink, verify_link_token
+from schemas.errors import NotFound
 from schemas.store import credentials as store
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,13 @@ async def start_connect(request: Request) -> Response:
             raise ConnectFailed(503, "Not available", "Google sign-in is not configured on this server.")
         state, verifier = new_state(), new_pkce_verifier()
         async with app.pool.acquire() as conn:
-            link = await store.get_connect_link(conn, link_id)
-        assert link is not None  # checked by _usable_link
+            link = await store.get_connect_link(conn, link_id)  # checked by _usable_link
         record = orjson.dumps({"link_id": str(link_id), "verifier": verifier})
         try:
             await app.redis.set(_STATE_KEY + _state_digest(state), record, ex=app.settings.oauth_state_ttl_s)
         except (redis.RedisError, OSError):
             raise ConnectFailed(503, "Try again shortly", "The service is briefly unavailable.") from None
-        url = app.google.authorization_url(list(link["scopes"]), state, verifier)
+        url = app.google.authorization_url(list(link.scopes), state, verifier)
     except ConnectFailed as exc:
         return page(exc.status, exc.title, exc.detail)
     response = RedirectResponse(url, status_code=302, headers={"cache-control": "no-store"})
@@ -94,13 +94,14 @@ async def _usable_link(app: AppState, token: str) -> UUID:
         link_id = verify_link_token(app.keyring, token)
     except BadLink:
         raise ConnectFailed(400, "Invalid link", "This connect link is not valid. Ask for a new one.") from None
-    async with app.pool.acquire() as conn:
-        link = await store.get_connect_link(conn, link_id)
-    if link is None:
-        raise ConnectFailed(404, "Link not found", "This connect link does not exist (any more).")
-    if link["used_at"] is not None:
+    try:
+        async with app.pool.acquire() as conn:
+            link = await store.get_connect_link(conn, link_id)
+    except NotFound:
+        raise ConnectFailed(404, "Link not found", "This connect link does not exist (any more).") from None
+    if link.used_at is not None:
         raise ConnectFailed(410, "Link already used", "This connect link has been used. Ask for a new one.")
-    if link["expired"]:
+    if link.expired:
         raise ConnectFailed(410, "Link expired", "This connect link has expired. Ask for a new one.")
     return link_id
 
@@ -150,26 +151,30 @@ async def _finish(app: AppState, request: Request) -> Response:
         raise ConnectFailed(400, "Not connected", f"{exc}. Nothing was stored.") from None
     if not tokens.email:
         raise ConnectFailed(400, "Not connected", "Google did not say which account this is. Nothing was stored.")
+    gone = ConnectFailed(410, "Link no longer valid", "This connect link was used or has expired.")
     async with app.pool.acquire() as conn, conn.transaction():
-        link = await store.get_connect_link(conn, link_id)
-        if link is None or link["used_at"] is not None or link["expired"]:
-            raise ConnectFailed(410, "Link no longer valid", "This connect link was used or has expired.")
-        scopes = tokens.scopes or list(link["scopes"])
+        try:
+            link = await store.get_connect_link(conn, link_id)
+        except NotFound:
+            raise gone from None
+        if link.used_at is not None or link.expired:
+            raise gone
+        scopes = tokens.scopes or list(link.scopes)
         row, created = await store.upsert_oauth(
             conn,
             app.keyring,
-            link["owner_id"],
-            link["provider"],
+            link.owner_id,
+            link.provider,
             tokens.email,
             scopes,
             tokens.secret(),
             tokens.expires_at,
         )
-        if not await store.use_connect_link(conn, link_id, row["id"]):
-            raise ConnectFailed(410, "Link no longer valid", "This connect link was used or has expired.")
-    log.info("credential %s %s via connect link %s", row["id"], "connected" if created else "reconnected", link_id)
-    if link["redirect_after"]:
-        target = _with_query(link["redirect_after"], {"credential_id": str(row["id"]), "status": "connected"})
+        if not await store.use_connect_link(conn, link_id, row.id):
+            raise gone
+    log.info("credential %s %s via connect link %s", row.id, "connected" if created else "reconnected", link_id)
+    if link.redirect_after:
+        target = _with_query(link.redirect_after, {"credential_id": str(row.id), "status": "connected"})
         response: Response = RedirectResponse(target, status_code=303)
     else:
         response = page(200, "Connected", f"{tokens.email} is connected. You can close this page.")

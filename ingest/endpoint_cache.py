@@ -15,6 +15,7 @@ import asyncpg
 
 from oauth.crypto import Keyring
 from schemas import db
+from schemas.errors import NotFound
 from schemas.store.endpoints import ENDPOINTS_CHANNEL, EndpointAuth, load_auth
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,10 @@ class EndpointCache:
         hit = self._entries.get(endpoint_id)
         if hit is not None and hit[1] > now:
             return hit[0]
+        auth: EndpointAuth | None = None
         async with self._pool.acquire(timeout=10) as conn:
-            auth = await load_auth(conn, self._keyring, endpoint_id)
+            with suppress(NotFound):
+                auth = await load_auth(conn, self._keyring, endpoint_id)
         # Unknown ids are cached briefly only, so a burst of junk cannot pin memory for long.
         self._entries[endpoint_id] = (auth, now + (self._ttl if auth else 2.0))
         if len(self._entries) > 100_000:

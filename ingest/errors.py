@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from ingest.inbox import InboxClosed
 from schemas import db
+from schemas.errors import NotFound as NoSuchRow
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.code, exc.message, exc.field)
 
 
+async def _no_such_row(request: Request, exc: Exception) -> Response:
+    # The store found no row for this owner: the same 404 as an unknown id in the path.
+    assert isinstance(exc, NoSuchRow)
+    return error_response(NotFound.status, NotFound.code, str(exc))
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
@@ -124,6 +131,7 @@ async def _unstorable(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     ApiError: _api_error,
+    NoSuchRow: _no_such_row,
     HTTPException: _http_error,
     **{exc: _storage_down for exc in STORAGE_ERRORS},
     asyncpg.DataError: _unstorable,

@@ -17,7 +17,7 @@ import binascii
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -30,9 +30,7 @@ from ingest.state import app_state
 from schemas import jsonlimits
 from schemas.store.events import NewEvent
 from schemas.store.gmail import mailboxes_for_email
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
+from settings import Settings
 
 log = logging.getLogger(__name__)
 

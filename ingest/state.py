@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import asyncpg
 import httpx
@@ -15,11 +14,9 @@ from ingest.inbox import InboxWriter
 from ingest.oidc import OidcVerifier
 from oauth.crypto import Keyring
 from oauth.google import GoogleOAuth
+from settings import Settings
 from telemetry.metrics import Metrics
 from telemetry.tracing import NOOP, Tracing
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 
 @dataclass

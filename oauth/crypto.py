@@ -25,10 +25,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from schemas.sealed import SealError
+
 _VERSION = "v1"
 
 
-class CryptoError(Exception):
+class CryptoError(SealError):
     """A secret could not be encrypted or decrypted."""
 
 
@@ -124,8 +126,3 @@ class Keyring:
         if len(parts) != 4 or parts[0] != _VERSION:
             raise DecryptionFailed("not a hookyard ciphertext")
         return parts[0], parts[1], parts[2], parts[3]
-
-
-def record_aad(table: str, owner_id: str, row_id: str, column: str) -> bytes:
-    """Associated data binding a ciphertext to one column of one owner's row."""
-    return f"hookyard|{table}|{owner_id}|{row_id}|{column}".encode()

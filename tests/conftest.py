@@ -19,11 +19,11 @@ from starlette.types import ASGIApp
 
 from actions.egress import LOOPBACK
 from hookyard import services
-from hookyard.migrate import migrate
-from hookyard.settings import Settings, load_settings
 from oauth.crypto import Keyring, generate_key
 from schemas import db
+from schemas.migrate import migrate
 from schemas.store.owners import create_owner
+from settings import Settings, load_settings
 from tests import fake_google
 
 

@@ -43,8 +43,8 @@ async def connect_google(
             datetime.now(UTC) + timedelta(hours=1),
         )
         if mailbox:
-            assert await activate_mailbox(conn, MailboxRef(owner, row["id"]))
-    return str(row["id"])
+            assert await activate_mailbox(conn, MailboxRef(owner, row.id))
+    return str(row.id)
 
 
 def push_body(

@@ -28,8 +28,8 @@ import asyncpg
 import httpx
 
 from hookyard import services
-from hookyard.migrate import migrate
 from schemas import db
+from schemas.migrate import migrate
 from schemas.store.owners import create_owner
 from tests.conftest import MASTER_KEY, Receiver, Stack, wait_for
 from tests.factories import signed

@@ -9,14 +9,15 @@ from uuid import UUID
 
 import asyncpg
 
+from schemas.errors import NotFound
 from schemas.jsonlimits import DEFAULT_MAX_DEPTH
 from schemas.store.endpoints import get_endpoint
+from settings import Settings
 from triggers.filters import FilterOutcome, evaluate, validate_filter
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-    from hookyard.settings import Settings
 
 WORKFLOW_ROUTE = "@workflow"
 """A routing key meaning "the workflow's own id": for triggers whose events name the workflow
@@ -122,5 +123,7 @@ def check_filter(config: Mapping[str, Any]) -> None:
 
 async def check_endpoint(conn: asyncpg.Connection, owner_id: UUID, endpoint_id: str) -> None:
     """The config's `endpoint_id` must name one of the owner's live endpoints."""
-    if await get_endpoint(conn, owner_id, UUID(str(endpoint_id))) is None:
-        raise TriggerConfigError("trigger.config.endpoint_id", "no such endpoint")
+    try:
+        await get_endpoint(conn, owner_id, UUID(str(endpoint_id)))
+    except NotFound:
+        raise TriggerConfigError("trigger.config.endpoint_id", "no such endpoint") from None

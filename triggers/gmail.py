@@ -27,9 +27,12 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from runtime.headers import EXECUTION_HEADER
 from schemas import jsonlimits
+from schemas.errors import NotFound
 from schemas.store.credentials import get_credential
 from schemas.store.gmail import MailboxRef, activate_mailbox, get_mailbox
+from settings import Settings
 from triggers.base import (
     InboxEvent,
     TriggerConfigError,
@@ -45,7 +48,6 @@ from triggers.filters import FilterOutcome, filter_schema
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-    from hookyard.settings import Settings
 
 NAME = "gmail.receive-email"
 SOURCE_TYPE = "gmail"
@@ -56,10 +58,6 @@ NOTIFY_SIGNAL = "notify"
 RECONCILE_SIGNAL = "reconcile"
 RECONCILE_ACTIVITY = "hookyard.gmail_reconcile_watch"
 SYNC_ACTIVITY = "hookyard.gmail_sync"
-
-# The header the send action puts on every message it sends; the sync skips such messages so
-# a workflow that mails its own mailbox cannot trigger itself forever.
-EXECUTION_HEADER = "X-Hookyard-Execution"
 
 GMAIL = "https://www.googleapis.com/auth/"
 # Reading full messages needs one of these (gmail.metadata cannot fetch bodies).
@@ -358,15 +356,16 @@ def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
 async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any]) -> None:
     check_filter(config)
     field = "trigger.config.mailbox"
-    row = await get_credential(conn, owner_id, UUID(str(config["mailbox"])))
-    if row is None:
-        raise TriggerConfigError(field, "no such credential")
-    if row["provider"] != "google" or row["kind"] != "oauth2":
-        raise TriggerConfigError(field, f"credential is for {row['provider']}, not a connected Google account")
-    if not READ_SCOPES & set(row["scopes"]):
+    try:
+        row = await get_credential(conn, owner_id, UUID(str(config["mailbox"])))
+    except NotFound:
+        raise TriggerConfigError(field, "no such credential") from None
+    if row.provider != "google" or row.kind != "oauth2":
+        raise TriggerConfigError(field, f"credential is for {row.provider}, not a connected Google account")
+    if not READ_SCOPES & set(row.scopes):
         raise TriggerConfigError(field, "the Google account was connected without Gmail read access; reconnect it")
-    if row["status"] != "active":
-        raise TriggerConfigError(field, f"the Google account is {row['status']}; reconnect it")
+    if row.status != "active":
+        raise TriggerConfigError(field, f"the Google account is {row.status}; reconnect it")
 
 
 async def sync_mailbox(ctx: TriggerSyncContext, state: WorkflowSyncState) -> None:

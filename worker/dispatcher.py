@@ -25,19 +25,21 @@ from collections import defaultdict
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from runtime.temporal import connect
 from schemas import db, jsonlimits
 from schemas.sanitize import strip_nul
 from schemas.store import events as event_store
 from schemas.store import executions as execution_store
 from schemas.store import telemetry
 from schemas.store.workflows import lock_active
+from settings import Settings
 from telemetry.metrics import Metrics
 from telemetry.tracing import NOOP, Tracing
 from triggers.base import InboxEvent
@@ -58,11 +60,7 @@ from worker.contracts import (
 )
 from worker.forwarding import ForwardFailed, accept_forwarded, build_forwarders, handover_forwarded
 from worker.reconciler import Reconciler
-from worker.temporal import connect
 from worker.trigger_sync import TriggerSyncer
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 from uuid import UUID
 
 import asyncpg
 from temporalio.client import Client
 
 from schemas.store import events as event_store
+from settings import Settings
 from triggers.base import InboxEvent
 from worker.gmail.forwarder import GmailPushForwarder
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 
 class ForwardFailed(RuntimeError):

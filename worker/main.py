@@ -6,7 +6,6 @@ import asyncio
 import logging
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING
 
 import httpx
 import redis.asyncio as redis
@@ -18,7 +17,9 @@ from actions.egress import EgressPolicy, guarded_client
 from actions.ratelimit import RedisRateLimiter, rates_with_overrides
 from oauth.crypto import Keyring
 from oauth.google import google_from_settings
+from runtime.temporal import connect_with_retry
 from schemas import db
+from settings import Settings
 from telemetry.metrics import Metrics, record_credential_refresh_failure
 from telemetry.tracing import NOOP, Tracing
 from worker.activities import AutomationActivities
@@ -27,12 +28,8 @@ from worker.gmail.activities import GmailActivities
 from worker.gmail.workflow import MailboxWorkflow
 from worker.lane import LaneWorkflow
 from worker.newsletter import NewsletterActivities, NewsletterWorkflow
-from worker.temporal import connect_with_retry
 from worker.ticks import TickActivities, TickWorkflow
 from worker.vault import Vault
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

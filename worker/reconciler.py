@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -50,13 +50,11 @@ from schemas.store import reconcile as store
 from schemas.store.executions import ATTEMPT_IN_FLIGHT_S
 from schemas.store.gmail import MailboxRef
 from schemas.store.newsletter import set_temporal_ids
+from settings import Settings
 from telemetry.metrics import Metrics
 from triggers.gmail import mailbox_workflow_id, signal_mailbox
 from worker.contracts import automation_id, lane_id, lane_prefix
 from worker.newsletter import NEWSLETTER_WORKFLOW, NewsletterJob
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -20,20 +20,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from runtime.temporal import connect
 from schemas import db
 from schemas.store import trigger_sync as store
+from settings import Settings
 from triggers.base import SyncHook, TriggerSyncContext, TriggerSyncError, WorkflowSyncState
 from triggers.registry import TRIGGERS
-from worker.temporal import connect
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

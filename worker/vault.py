@@ -25,7 +25,9 @@ import httpx
 
 from oauth.crypto import Keyring
 from oauth.google import GoogleOAuth, InvalidGrant, OAuthFlowError
+from schemas.errors import NotFound
 from schemas.store import credentials as store
+from schemas.store.credentials import Credential
 
 log = logging.getLogger(__name__)
 
@@ -72,44 +74,44 @@ class Vault:
 
     async def load(self, owner_id: UUID, credential_id: UUID, providers: Collection[str] = ()) -> Loaded:
         """The owner's credential, with a fresh access token for OAuth2 ones."""
-        async with self.pool.acquire() as conn:
-            found = await store.load_secret(conn, self.keyring, owner_id, credential_id)
-        if found is None:
-            raise CredentialNotFound(f"credential {credential_id} not found")
-        row, secret = found
+        try:
+            async with self.pool.acquire() as conn:
+                row, secret = await store.load_secret(conn, self.keyring, owner_id, credential_id)
+        except NotFound:
+            raise CredentialNotFound(f"credential {credential_id} not found") from None
         _check_usable(row, providers)
-        if row["kind"] == "oauth2" and _due(row["expires_at"]):
+        if row.kind == "oauth2" and _due(row.expires_at):
             return await self._refresh(owner_id, credential_id, providers)
-        return Loaded(row["id"], row["provider"], row["account_email"], secret)
+        return Loaded(row.id, row.provider, row.account_email, secret)
 
     async def _refresh(self, owner_id: UUID, credential_id: UUID, providers: Collection[str]) -> Loaded:
         dead: str | None = None
         async with self.pool.acquire() as conn, conn.transaction():
-            found = await store.load_secret(conn, self.keyring, owner_id, credential_id, for_update=True)
-            if found is None:
-                raise CredentialNotFound(f"credential {credential_id} not found")
-            row, secret = found
+            try:
+                row, secret = await store.load_secret(conn, self.keyring, owner_id, credential_id, for_update=True)
+            except NotFound:
+                raise CredentialNotFound(f"credential {credential_id} not found") from None
             _check_usable(row, providers)
-            if not _due(row["expires_at"]):  # another process refreshed while we waited
-                return Loaded(row["id"], row["provider"], row["account_email"], secret)
-            client = self._client_for(row["provider"])
+            if not _due(row.expires_at):  # another process refreshed while we waited
+                return Loaded(row.id, row.provider, row.account_email, secret)
+            client = self._client_for(row.provider)
             refresh_token = secret.get("refresh_token")
             try:
                 if not refresh_token:
                     raise InvalidGrant("no refresh token was granted: reconnect the account")
                 tokens = await client.refresh(self.http, str(refresh_token))
             except InvalidGrant as exc:
-                self._refresh_failed(row["provider"])
+                self._refresh_failed(row.provider)
                 dead = str(exc)
                 paused = await store.mark_needs_reconnect(conn, owner_id, credential_id, dead)
                 log.warning("credential %s needs reconnecting; paused %d workflow(s)", credential_id, paused)
             except OAuthFlowError as exc:
-                self._refresh_failed(row["provider"])
+                self._refresh_failed(row.provider)
                 raise RefreshUnavailable(f"could not refresh credential {credential_id}: {exc}") from None
             else:
                 merged = secret | tokens.secret()
                 await store.store_refreshed(conn, self.keyring, owner_id, credential_id, merged, tokens.expires_at)
-                return Loaded(row["id"], row["provider"], row["account_email"], merged)
+                return Loaded(row.id, row.provider, row.account_email, merged)
         # Raised after the commit, so the needs_reconnect mark is kept.
         raise CredentialUnusable(f"credential {credential_id} needs to be reconnected: {dead}")
 
@@ -127,10 +129,10 @@ def _due(expires_at: datetime | None) -> bool:
     return expires_at is not None and expires_at - REFRESH_LEEWAY <= datetime.now(UTC)
 
 
-def _check_usable(row: asyncpg.Record, providers: Collection[str]) -> None:
-    if providers and row["provider"] not in providers:
+def _check_usable(row: Credential, providers: Collection[str]) -> None:
+    if providers and row.provider not in providers:
         raise CredentialUnusable(
-            f"credential {row['id']} is for {row['provider']}, expected {' or '.join(sorted(providers))}"
+            f"credential {row.id} is for {row.provider}, expected {' or '.join(sorted(providers))}"
         )
-    if row["status"] != "active":
-        raise CredentialUnusable(f"credential {row['id']} is {row['status']}: reconnect it")
+    if row.status != "active":
+        raise CredentialUnusable(f"credential {row.id} is {row.status}: reconnect it")

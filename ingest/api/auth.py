@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from ingest.errors import Unauthorized
 from ingest.state import app_state
+from schemas.errors import NotFound
 from schemas.store.owners import KeyHolder, holder_of_key
 
 
@@ -17,11 +18,11 @@ async def require_key(request: Request) -> KeyHolder:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("send your API key as 'Authorization: Bearer <key>'")
-    async with app_state(request).pool.acquire() as conn:
-        holder = await holder_of_key(conn, key.strip())
-    if holder is None:
-        raise Unauthorized("unknown or revoked API key")
-    return holder
+    try:
+        async with app_state(request).pool.acquire() as conn:
+            return await holder_of_key(conn, key.strip())
+    except NotFound:
+        raise Unauthorized("unknown or revoked API key") from None
 
 
 async def require_owner(request: Request) -> UUID:

@@ -18,12 +18,13 @@ from ingest.api.auth import require_owner
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
 from ingest.api.operations import ID, PAGING, Body, Reply, error, operation, page_of
 from ingest.api.validation import check, compile_schema
-from ingest.errors import Invalid, NotFound, Unavailable
+from ingest.errors import Invalid, Unavailable
 from ingest.state import app_state
 from oauth.google import DEFAULT_SCOPES, OAuthFlowError, ProviderUnavailable
 from oauth.links import link_token
 from oauth.providers import API_KEY_PROVIDERS, OAUTH_PROVIDERS, PROVIDERS
 from schemas.store import credentials as store
+from schemas.store.credentials import Credential
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +64,21 @@ _LINK = compile_schema(LINK_SCHEMA)
 _IDENTITY_SCOPES = ("openid", "email")
 
 
-def credential_json(row: Any) -> dict[str, Any]:
+def credential_json(row: Credential) -> dict[str, Any]:
     """The API view of a credential: what it is and whether it works, never the secret."""
     return {
-        "id": row["id"],
-        "provider": row["provider"],
-        "kind": row["kind"],
-        "name": row["name"],
-        "account_email": row["account_email"],
-        "scopes": list(row["scopes"]),
-        "status": row["status"],
-        "status_reason": row["status_reason"],
-        "expires_at": row["expires_at"],
-        "last_refreshed_at": row["last_refreshed_at"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
+        "id": row.id,
+        "provider": row.provider,
+        "kind": row.kind,
+        "name": row.name,
+        "account_email": row.account_email,
+        "scopes": list(row.scopes),
+        "status": row.status,
+        "status_reason": row.status_reason,
+        "expires_at": row.expires_at,
+        "last_refreshed_at": row.last_refreshed_at,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
     }
 
 
@@ -125,7 +126,7 @@ async def list_credentials(request: Request) -> Response:
     owner_id = await require_owner(request)
     query = page_query(request)
     async with app_state(request).pool.acquire() as conn:
-        rows = await store.list_credentials(conn, owner_id, query.after_seq, query.limit)
+        rows = await store.list_credentials(conn, owner_id, limit=query.limit, after_seq=query.after_seq)
     return page_response(rows, query, credential_json)
 
 
@@ -143,8 +144,6 @@ async def get_credential(request: Request) -> Response:
     credential_id = path_id(request, "credential")
     async with app_state(request).pool.acquire() as conn:
         row = await store.get_credential(conn, owner_id, credential_id)
-    if row is None:
-        raise NotFound("no such credential")
     return json_response(credential_json(row))
 
 
@@ -167,20 +166,17 @@ async def delete_credential(request: Request) -> Response:
     credential_id = path_id(request, "credential")
     state = app_state(request)
     async with state.pool.acquire() as conn:
-        found = await store.load_secret(conn, state.keyring, owner_id, credential_id)
-        if found is None:
-            raise NotFound("no such credential")
-        row, secret = found
+        row, secret = await store.load_secret(conn, state.keyring, owner_id, credential_id)
         # Google revokes the whole grant of an account for this client, so a token is revoked
         # only when no other credential (another owner's, say) uses the same account.
-        shared = row["kind"] == "oauth2" and await store.account_shared(conn, credential_id)
-        if row["kind"] == "oauth2" and row["status"] != "revoked" and not shared:
+        shared = row.kind == "oauth2" and await store.account_shared(conn, credential_id)
+        if row.kind == "oauth2" and row.status != "revoked" and not shared:
             token = secret.get("refresh_token") or secret.get("access_token")
             if token and state.google is not None and state.http is not None:
                 try:
                     await state.google.revoke(state.http, str(token))
                 except ProviderUnavailable as exc:
-                    raise Unavailable(f"could not revoke at {row['provider']}: {exc}; try again") from None
+                    raise Unavailable(f"could not revoke at {row.provider}: {exc}; try again") from None
                 except OAuthFlowError as exc:  # pragma: no cover - revoke maps errors to ProviderUnavailable
                     log.warning("revocation of credential %s failed: %s", credential_id, exc)
         await store.delete_credential(conn, owner_id, credential_id)
@@ -223,14 +219,14 @@ async def create_connect_link(request: Request) -> Response:
     expires_at = datetime.now(UTC) + timedelta(seconds=state.settings.connect_link_ttl_s)
     async with state.pool.acquire() as conn:
         link = await store.insert_connect_link(conn, owner_id, body["provider"], scopes, redirect_after, expires_at)
-    url = f"{state.settings.base_url}/oauth/connect/{link_token(state.keyring, link['id'])}"
+    url = f"{state.settings.base_url}/oauth/connect/{link_token(state.keyring, link.id)}"
     return json_response(
         {
-            "id": link["id"],
-            "provider": link["provider"],
+            "id": link.id,
+            "provider": link.provider,
             "scopes": scopes,
             "url": url,
-            "expires_at": link["expires_at"],
+            "expires_at": link.expires_at,
             "redirect_after": redirect_after,
         },
         201,

@@ -23,6 +23,7 @@ from actions.templating import TemplateError, check_templates
 from ingest.api.validation import check, compile_schema
 from ingest.errors import Invalid
 from schemas.store.credentials import credential_provider
+from schemas.store.workflows import Workflow
 from triggers.base import TriggerConfigError
 from triggers.registry import TRIGGERS
 
@@ -97,9 +98,9 @@ class Definition:
     retry_policy: dict[str, Any]
 
     @classmethod
-    def from_row(cls, row: Any) -> Definition:
+    def from_row(cls, row: Workflow) -> Definition:
         """The stored definition of a workflow row."""
-        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})
 
     @property
     def wants_signing_secret(self) -> bool:

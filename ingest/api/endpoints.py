@@ -14,10 +14,11 @@ from ingest.api.auth import require_owner
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
 from ingest.api.operations import ID, PAGING, Body, Reply, operation, page_of
 from ingest.api.validation import check, compile_schema
-from ingest.errors import Invalid, NotFound
+from ingest.errors import Invalid
 from ingest.signatures import DEFAULT_SCHEME, SCHEMES, generate_secret
 from ingest.state import app_state
 from schemas.store import endpoints as store
+from schemas.store.endpoints import Endpoint
 
 _WHSEC_PREFIX = "whsec_"
 _WHSEC_BYTES = (24, 64)
@@ -67,6 +68,20 @@ def _check_whsec(secret: str) -> None:
         raise Invalid(problem, field="secret")
 
 
+def endpoint_json(row: Endpoint, base_url: str) -> dict[str, Any]:
+    """The API view of an endpoint (never a secret); `active_secrets` when the row counted them."""
+    out: dict[str, Any] = {
+        "id": str(row.id),
+        "name": row.name,
+        "scheme": row.scheme,
+        "ingest_url": f"{base_url}/hooks/{row.id}",
+        "created_at": row.created_at.isoformat(),
+    }
+    if row.active_secrets is not None:
+        out["active_secrets"] = row.active_secrets
+    return out
+
+
 def _chosen_secret(scheme: str, body: dict[str, Any]) -> str:
     secret = body.get("secret")
     if secret is None:
@@ -93,7 +108,7 @@ async def create_endpoint(request: Request) -> Response:
     state = app_state(request)
     async with state.pool.acquire() as conn:
         row = await store.create_endpoint(conn, state.keyring, owner_id, body.get("name", "endpoint"), scheme, secret)
-    view = store.endpoint_json(row, state.settings.base_url)
+    view = endpoint_json(row, state.settings.base_url)
     return json_response({**view, "secret": secret}, 201)
 
 
@@ -106,8 +121,8 @@ async def list_endpoints(request: Request) -> Response:
     query = page_query(request)
     state = app_state(request)
     async with state.pool.acquire() as conn:
-        rows = await store.list_endpoints(conn, owner_id, query.limit, query.after_seq)
-    return page_response(rows, query, lambda row: store.endpoint_json(row, state.settings.base_url))
+        rows = await store.list_endpoints(conn, owner_id, limit=query.limit, after_seq=query.after_seq)
+    return page_response(rows, query, lambda row: endpoint_json(row, state.settings.base_url))
 
 
 @operation("GET", "/api/endpoints/{id}", "Get an endpoint", "endpoints", {200: Reply("OK", "Endpoint")}, params=[ID])
@@ -118,9 +133,7 @@ async def get_endpoint(request: Request) -> Response:
     state = app_state(request)
     async with state.pool.acquire() as conn:
         row = await store.get_endpoint(conn, owner_id, endpoint_id)
-    if row is None:
-        raise NotFound("no such endpoint")
-    return json_response(store.endpoint_json(row, state.settings.base_url))
+    return json_response(endpoint_json(row, state.settings.base_url))
 
 
 @operation("DELETE", "/api/endpoints/{id}", "Delete an endpoint", "endpoints", {204: Reply("Deleted.")}, params=[ID])
@@ -130,9 +143,7 @@ async def delete_endpoint(request: Request) -> Response:
     endpoint_id = path_id(request, "endpoint")
     state = app_state(request)
     async with state.pool.acquire() as conn:
-        deleted = await store.delete_endpoint(conn, owner_id, endpoint_id)
-    if not deleted:
-        raise NotFound("no such endpoint")
+        await store.delete_endpoint(conn, owner_id, endpoint_id)
     # Other processes hear of it by notification; this one need not wait for its own.
     state.endpoints.invalidate(endpoint_id)
     return no_content()
@@ -157,12 +168,8 @@ async def rotate_secret(request: Request) -> Response:
     grace_s = state.settings.secret_rotation_grace_s
     async with state.pool.acquire() as conn:
         row = await store.get_endpoint(conn, owner_id, endpoint_id)
-        if row is None:
-            raise NotFound("no such endpoint")
-        secret = _chosen_secret(row["scheme"], body)
-        rotated = await store.rotate_secret(conn, state.keyring, owner_id, endpoint_id, secret, grace_s)
-    if not rotated:
-        raise NotFound("no such endpoint")
+        secret = _chosen_secret(row.scheme, body)
+        await store.rotate_secret(conn, state.keyring, owner_id, endpoint_id, secret, grace_s)
     state.endpoints.invalidate(endpoint_id)
     # An upper bound: a secret already due to expire sooner keeps its earlier expiry.
     valid_until = datetime.now(UTC) + timedelta(seconds=grace_s)

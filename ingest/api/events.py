@@ -12,36 +12,36 @@ from ingest.api.auth import require_owner
 from ingest.api.common import json_response, page_query, page_response, path_id, query_choice, query_uuid
 from ingest.api.executions import execution_json
 from ingest.api.operations import ID, PAGING, UUID_SCHEMA, Param, Reply, operation, page_of
-from ingest.errors import NotFound
 from ingest.state import app_state
 from schemas import jsonlimits
 from schemas.store import events as store
+from schemas.store.events import Event
 from schemas.store.executions import list_for_event
 
 STATUSES = ("received", "dispatched", "unmatched", "rejected")
 
 
-def event_json(row: Any) -> dict[str, Any]:
+def event_json(row: Event) -> dict[str, Any]:
     """The list view of an event: everything but the body."""
     return {
-        "id": row["id"],
-        "source_type": row["source_type"],
-        "source_id": row["source_id"],
-        "received_at": row["received_at"],
-        "status": row["status"],
-        "verification": row["verification"],
+        "id": row.id,
+        "source_type": row.source_type,
+        "source_id": row.source_id,
+        "received_at": row.received_at,
+        "status": row.status,
+        "verification": row.verification,
         "dedup": {
-            "key": row["dedup_key"],
-            "duplicate_count": row["duplicate_count"],
-            "last_duplicate_at": row["last_duplicate_at"],
+            "key": row.dedup_key,
+            "duplicate_count": row.duplicate_count,
+            "last_duplicate_at": row.last_duplicate_at,
         },
         # Written by the dispatcher; null until it has looked at the event.
-        "resolution": row["resolution"],
+        "resolution": row.resolution,
         # Why the event was rejected, or what was unusual about its resolution; else null.
-        "note": row["note"],
-        "dispatched_at": row["dispatched_at"],
-        "headers": row["headers"],
-        "body_size": row["body_size"],
+        "note": row.note,
+        "dispatched_at": row.dispatched_at,
+        "headers": row.headers,
+        "body_size": row.body_size,
     }
 
 
@@ -73,7 +73,9 @@ async def list_events(request: Request) -> Response:
     query = page_query(request)
     source_id = None if endpoint_id is None else str(endpoint_id)
     async with app_state(request).pool.acquire() as conn:
-        rows = await store.list_events(conn, owner_id, query.limit, query.after_seq, status=status, source_id=source_id)
+        rows = await store.list_events(
+            conn, owner_id, limit=query.limit, after_seq=query.after_seq, status=status, source_id=source_id
+        )
     return page_response(rows, query, event_json)
 
 
@@ -91,11 +93,9 @@ async def get_event(request: Request) -> Response:
     event_id = path_id(request, "event")
     async with app_state(request).pool.acquire() as conn:
         row = await store.get_event(conn, owner_id, event_id)
-        if row is None:
-            raise NotFound("no such event")
         executions = await list_for_event(conn, owner_id, event_id)
     view = event_json(row) | {
-        "body": parsed_body(row["body"], app_state(request).settings.max_json_depth),
+        "body": parsed_body(row.body or b"", app_state(request).settings.max_json_depth),
         "executions": [execution_json(x) for x in executions],
     }
     return json_response(view)

@@ -61,8 +61,7 @@ async def list_for_workflow(request: Request) -> Response:
     query = page_query(request)
     async with app_state(request).pool.acquire() as conn:
         # A deleted workflow's history stays readable.
-        if await get_workflow(conn, owner_id, workflow_id, include_deleted=True) is None:
-            raise NotFound("no such workflow")
+        await get_workflow(conn, owner_id, workflow_id, include_deleted=True)
         rows = await store.list_for_workflow(conn, owner_id, workflow_id, query.limit, query.after_seq, status)
     return page_response(rows, query, execution_json)
 

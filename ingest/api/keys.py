@@ -11,9 +11,10 @@ from ingest.api.auth import require_key
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
 from ingest.api.operations import ID, PAGING, Body, Reply, error, operation, page_of
 from ingest.api.validation import check, compile_schema
-from ingest.errors import Conflict, NotFound
+from ingest.errors import Conflict
 from ingest.state import app_state
 from schemas.store import owners as store
+from schemas.store.owners import ApiKey
 
 CREATE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -26,14 +27,14 @@ _CREATE = compile_schema(CREATE_SCHEMA)
 _TAG = "keys"
 
 
-def key_json(row: Any) -> dict[str, Any]:
+def key_json(row: ApiKey) -> dict[str, Any]:
     """The API view of a key: its id, name and first characters, never the key or its hash."""
     return {
-        "id": row["id"],
-        "name": row["name"],
-        "prefix": row["prefix"],
-        "created_at": row["created_at"],
-        "revoked_at": row["revoked_at"],
+        "id": row.id,
+        "name": row.name,
+        "prefix": row.prefix,
+        "created_at": row.created_at,
+        "revoked_at": row.revoked_at,
     }
 
 
@@ -50,7 +51,7 @@ async def list_keys(request: Request) -> Response:
     holder = await require_key(request)
     query = page_query(request)
     async with app_state(request).pool.acquire() as conn:
-        rows = await store.list_keys(conn, holder.owner_id, query.limit, query.after_seq)
+        rows = await store.list_keys(conn, holder.owner_id, limit=query.limit, after_seq=query.after_seq)
     return page_response(rows, query, key_json)
 
 
@@ -87,8 +88,6 @@ async def revoke_key(request: Request) -> Response:
     key_id = path_id(request, "API key")
     async with app_state(request).pool.acquire() as conn:
         outcome = await store.revoke_key(conn, holder.owner_id, key_id, in_use=holder.key_id)
-    if outcome is store.Revoked.NOT_FOUND:
-        raise NotFound("no such API key")
     if outcome is store.Revoked.LAST_KEY:
         raise Conflict(
             "this is the key of this request and the only active one; create another key before revoking it",

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, path_id, read_json
 from ingest.api.operations import ID, Body, Reply, error, operation
-from ingest.errors import Conflict, NotFound
+from ingest.errors import Conflict
 from ingest.state import app_state
 from schemas.store.runs import insert_manual_run
 from schemas.store.workflows import get_workflow, lock_active
@@ -41,8 +41,7 @@ async def run_workflow(request: Request) -> Response:
     workflow_id = path_id(request, "workflow")
     trigger_data = await read_json(request, optional=True)
     async with app_state(request).pool.acquire() as conn, conn.transaction():
-        if await get_workflow(conn, owner_id, workflow_id) is None:
-            raise NotFound("no such workflow")
+        await get_workflow(conn, owner_id, workflow_id)
         if not await lock_active(conn, [workflow_id]):
             raise Conflict("the workflow is inactive; activate it to run it")
         execution_id = await insert_manual_run(conn, owner_id, workflow_id, trigger_data)

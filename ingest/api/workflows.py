@@ -13,40 +13,40 @@ from ingest.api import definitions
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
 from ingest.api.operations import ID, PAGING, Body, Reply, operation, page_of
-from ingest.errors import NotFound
 from ingest.signatures import generate_secret
 from ingest.state import app_state
 from oauth.crypto import Keyring
 from schemas.store import workflows as store
 from schemas.store.signing import signing_aad
+from schemas.store.workflows import Workflow
 
 
-def workflow_json(row: Any) -> dict[str, Any]:
+def workflow_json(row: Workflow) -> dict[str, Any]:
     """The API view of a workflow row (never its signing secret)."""
     return {
-        "id": row["id"],
-        "name": row["name"],
-        "trigger": {"type": row["trigger_type"], "config": row["trigger_config"]},
+        "id": row.id,
+        "name": row.name,
+        "trigger": {"type": row.trigger_type, "config": row.trigger_config},
         "action": {
-            "type": row["action_type"],
-            "config": _masked(row["action_type"], row["action_config"]),
-            "credential_id": row["credential_id"],
+            "type": row.action_type,
+            "config": _masked(row.action_type, row.action_config),
+            "credential_id": row.credential_id,
         },
-        "active": row["active"],
-        "concurrency_limit": row["concurrency_limit"],
-        "retry_policy": row["retry_policy"],
-        "signing": row["signing"],
+        "active": row.active,
+        "concurrency_limit": row.concurrency_limit,
+        "retry_policy": row.retry_policy,
+        "signing": row.signing,
         "trigger_sync": trigger_sync_json(row),
-        "warnings": _warnings(row["action_type"], row["action_config"]),
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
+        "warnings": _warnings(row.action_type, row.action_config),
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
     }
 
 
-def trigger_sync_json(row: Any) -> dict[str, Any]:
+def trigger_sync_json(row: Workflow) -> dict[str, Any]:
     """Whether outside state the trigger keeps (e.g. a Temporal Schedule) reflects the row yet."""
-    error = row["sync_error"]
-    state = "error" if error is not None else "pending" if row["sync_pending"] else "synced"
+    error = row.sync_error
+    state = "error" if error is not None else "pending" if row.sync_pending else "synced"
     return {"state": state, "error": error}
 
 
@@ -79,7 +79,7 @@ def _new_signing_secret(keyring: Keyring, owner_id: UUID, workflow_id: UUID) -> 
     return secret, keyring.encrypt(secret.encode(), signing_aad(owner_id, workflow_id))
 
 
-def _shown(row: Any, secret: str | None, **extra: Any) -> dict[str, Any]:
+def _shown(row: Workflow, secret: str | None, **extra: Any) -> dict[str, Any]:
     view = workflow_json(row) | extra
     if secret is not None:
         view["signing_secret"] = secret
@@ -118,7 +118,7 @@ async def list_workflows(request: Request) -> Response:
     owner_id = await require_owner(request)
     query = page_query(request)
     async with app_state(request).pool.acquire() as conn:
-        rows = await store.list_workflows(conn, owner_id, query.limit, query.after_seq)
+        rows = await store.list_workflows(conn, owner_id, limit=query.limit, after_seq=query.after_seq)
     return page_response(rows, query, workflow_json)
 
 
@@ -129,8 +129,6 @@ async def get_workflow(request: Request) -> Response:
     workflow_id = path_id(request, "workflow")
     async with app_state(request).pool.acquire() as conn:
         row = await store.get_workflow(conn, owner_id, workflow_id)
-    if row is None:
-        raise NotFound("no such workflow")
     return json_response(workflow_json(row))
 
 
@@ -152,12 +150,10 @@ async def update_workflow(request: Request) -> Response:
     state = app_state(request)
     async with state.pool.acquire() as conn, conn.transaction():
         row = await store.get_workflow(conn, owner_id, workflow_id, for_update=True)
-        if row is None:
-            raise NotFound("no such workflow")
         current = definitions.Definition.from_row(row)
         updated = await definitions.definition_for_patch(conn, owner_id, current, body)
         secret = token = None
-        if updated.wants_signing_secret and not row["signing"]:
+        if updated.wants_signing_secret and not row.signing:
             secret, token = _new_signing_secret(state.keyring, owner_id, workflow_id)
         row = await store.update_workflow(conn, owner_id, workflow_id, updated.values() | {"signing_secret": token})
         if "active" not in body:
@@ -174,9 +170,7 @@ async def delete_workflow(request: Request) -> Response:
     owner_id = await require_owner(request)
     workflow_id = path_id(request, "workflow")
     async with app_state(request).pool.acquire() as conn:
-        deleted = await store.delete_workflow(conn, owner_id, workflow_id)
-    if not deleted:
-        raise NotFound("no such workflow")
+        await store.delete_workflow(conn, owner_id, workflow_id)
     return no_content()
 
 
@@ -185,8 +179,6 @@ async def _set_active(request: Request, active: bool) -> Response:
     workflow_id = path_id(request, "workflow")
     async with app_state(request).pool.acquire() as conn:
         row, cancelled = await store.set_active(conn, owner_id, workflow_id, active)
-    if row is None:
-        raise NotFound("no such workflow")
     return json_response(workflow_json(row) | {"cancelled_executions": cancelled})
 
 

@@ -8,6 +8,7 @@ Nothing here returns a secret except `load_secret`, which the worker and OAuth f
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -15,8 +16,45 @@ from uuid import UUID, uuid4
 import asyncpg
 import orjson
 
-from oauth.crypto import Keyring, record_aad
+from schemas.errors import NotFound
+from schemas.sealed import Cipher, record_aad
+from schemas.store.rows import row_of, rows_of
 from schemas.store.workflows import cancel_pending
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A credential's public columns: what it is and whether it works, never the secret."""
+
+    id: UUID
+    seq: int
+    owner_id: UUID
+    provider: str
+    kind: str
+    name: str
+    account_email: str | None
+    scopes: list[str]
+    status: str
+    status_reason: str | None
+    expires_at: datetime | None
+    last_refreshed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectLink:
+    """A connect link; `expired` is judged by the database clock when the row is read."""
+
+    id: UUID
+    owner_id: UUID
+    provider: str
+    scopes: list[str]
+    redirect_after: str | None
+    expires_at: datetime
+    used_at: datetime | None
+    expired: bool
+
 
 # Every column but the secret: what the API may show.
 PUBLIC_COLUMNS = (
@@ -30,49 +68,49 @@ def secret_aad(owner_id: UUID, credential_id: UUID) -> bytes:
     return record_aad("credentials", str(owner_id), str(credential_id), "secret")
 
 
-def seal(keyring: Keyring, owner_id: UUID, credential_id: UUID, secret: Mapping[str, Any]) -> str:
+def seal(cipher: Cipher, owner_id: UUID, credential_id: UUID, secret: Mapping[str, Any]) -> str:
     """Encrypt a credential's secret fields for its row."""
-    return keyring.encrypt(orjson.dumps(dict(secret)), secret_aad(owner_id, credential_id))
+    return cipher.encrypt(orjson.dumps(dict(secret)), secret_aad(owner_id, credential_id))
 
 
-def unseal(keyring: Keyring, owner_id: UUID, credential_id: UUID, token: str) -> dict[str, Any]:
+def unseal(cipher: Cipher, owner_id: UUID, credential_id: UUID, token: str) -> dict[str, Any]:
     """Decrypt a credential's secret fields."""
-    value: dict[str, Any] = orjson.loads(keyring.decrypt(token, secret_aad(owner_id, credential_id)))
+    value: dict[str, Any] = orjson.loads(cipher.decrypt(token, secret_aad(owner_id, credential_id)))
     return value
 
 
 async def insert_api_key(
     conn: asyncpg.Connection,
-    keyring: Keyring,
+    cipher: Cipher,
     owner_id: UUID,
     provider: str,
     name: str,
     secret: Mapping[str, str],
-) -> asyncpg.Record:
+) -> Credential:
     """Store a provider API-key credential; returns its public columns."""
     credential_id = uuid4()
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await conn.fetchrow(
         f"INSERT INTO credentials (id, owner_id, provider, kind, name, secret) "
         f"VALUES ($1, $2, $3, 'api_key', $4, $5) RETURNING {PUBLIC_COLUMNS}",
         credential_id,
         owner_id,
         provider,
         name,
-        seal(keyring, owner_id, credential_id, secret),
+        seal(cipher, owner_id, credential_id, secret),
     )
-    return row
+    return row_of(Credential, row)
 
 
 async def upsert_oauth(
     conn: asyncpg.Connection,
-    keyring: Keyring,
+    cipher: Cipher,
     owner_id: UUID,
     provider: str,
     account_email: str,
     scopes: list[str],
     tokens: Mapping[str, Any],
     expires_at: datetime | None,
-) -> tuple[asyncpg.Record, bool]:
+) -> tuple[Credential, bool]:
     """Store tokens for an account; reconnecting updates the same credential.
 
     Returns (public row, created). A reconnect without a new refresh token keeps the old one
@@ -91,11 +129,11 @@ async def upsert_oauth(
             provider,
             account_email,
             sorted(set(scopes)),
-            seal(keyring, owner_id, credential_id, tokens),
+            seal(cipher, owner_id, credential_id, tokens),
             expires_at,
         )
         if row is not None:
-            return row, True
+            return row_of(Credential, row), True
         existing = await conn.fetchrow(
             "SELECT id, secret FROM credentials WHERE owner_id = $1 AND provider = $2 "
             "AND lower(account_email) = lower($3) AND kind = 'oauth2' FOR UPDATE",
@@ -106,7 +144,7 @@ async def upsert_oauth(
         credential_id = existing["id"]
         merged = dict(tokens)
         if not merged.get("refresh_token"):
-            old = unseal(keyring, owner_id, credential_id, existing["secret"])
+            old = unseal(cipher, owner_id, credential_id, existing["secret"])
             if old.get("refresh_token"):
                 merged["refresh_token"] = old["refresh_token"]
         row = await conn.fetchrow(
@@ -116,52 +154,58 @@ async def upsert_oauth(
             credential_id,
             owner_id,
             sorted(set(scopes)),
-            seal(keyring, owner_id, credential_id, merged),
+            seal(cipher, owner_id, credential_id, merged),
             expires_at,
         )
-        return row, False
+        return row_of(Credential, row), False
 
 
 async def list_credentials(
-    conn: asyncpg.Connection, owner_id: UUID, after_seq: int | None, limit: int
-) -> list[asyncpg.Record]:
+    conn: asyncpg.Connection, owner_id: UUID, *, limit: int, after_seq: int | None = None
+) -> list[Credential]:
     """One page of an owner's credentials, newest first (fetches limit+1 to detect more)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+    rows = await conn.fetch(
         f"SELECT {PUBLIC_COLUMNS} FROM credentials WHERE owner_id = $1 AND ($2::bigint IS NULL OR seq < $2) "
         f"ORDER BY seq DESC LIMIT $3",
         owner_id,
         after_seq,
         limit + 1,
     )
-    return rows
+    return rows_of(Credential, rows)
 
 
-async def get_credential(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> asyncpg.Record | None:
-    """An owner's credential, public columns only."""
-    row: asyncpg.Record | None = await conn.fetchrow(
+async def get_credential(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> Credential:
+    """An owner's credential, public columns only; `NotFound` if the owner has none with this id."""
+    row = await conn.fetchrow(
         f"SELECT {PUBLIC_COLUMNS} FROM credentials WHERE id = $1 AND owner_id = $2", credential_id, owner_id
     )
-    return row
+    if row is None:
+        raise NotFound("credential")
+    return row_of(Credential, row)
 
 
 async def load_secret(
-    conn: asyncpg.Connection, keyring: Keyring, owner_id: UUID, credential_id: UUID, *, for_update: bool = False
-) -> tuple[asyncpg.Record, dict[str, Any]] | None:
-    """An owner's credential with its decrypted secret; `for_update` row-locks it (refresh)."""
+    conn: asyncpg.Connection, cipher: Cipher, owner_id: UUID, credential_id: UUID, *, for_update: bool = False
+) -> tuple[Credential, dict[str, Any]]:
+    """An owner's credential with its decrypted secret; `for_update` row-locks it (refresh).
+
+    `NotFound` if the owner has no credential with this id.
+    """
     lock = " FOR UPDATE" if for_update else ""
-    row: asyncpg.Record | None = await conn.fetchrow(
+    row = await conn.fetchrow(
         f"SELECT {PUBLIC_COLUMNS}, secret FROM credentials WHERE id = $1 AND owner_id = $2{lock}",
         credential_id,
         owner_id,
     )
     if row is None:
-        return None
-    return row, unseal(keyring, owner_id, credential_id, row["secret"])
+        raise NotFound("credential")
+    public = {name: value for name, value in row.items() if name != "secret"}
+    return row_of(Credential, public), unseal(cipher, owner_id, credential_id, row["secret"])
 
 
 async def store_refreshed(
     conn: asyncpg.Connection,
-    keyring: Keyring,
+    cipher: Cipher,
     owner_id: UUID,
     credential_id: UUID,
     secret: Mapping[str, Any],
@@ -173,7 +217,7 @@ async def store_refreshed(
         "WHERE id = $1 AND owner_id = $2",
         credential_id,
         owner_id,
-        seal(keyring, owner_id, credential_id, secret),
+        seal(cipher, owner_id, credential_id, secret),
         expires_at,
     )
 
@@ -204,10 +248,11 @@ async def mark_needs_reconnect(conn: asyncpg.Connection, owner_id: UUID, credent
     return len(paused)
 
 
-async def delete_credential(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> bool:
-    """Delete an owner's credential; False if there was none."""
+async def delete_credential(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> None:
+    """Delete an owner's credential; `NotFound` if there was none."""
     done: str = await conn.execute("DELETE FROM credentials WHERE id = $1 AND owner_id = $2", credential_id, owner_id)
-    return done != "DELETE 0"
+    if done == "DELETE 0":
+        raise NotFound("credential")
 
 
 async def account_shared(conn: asyncpg.Connection, credential_id: UUID) -> bool:
@@ -231,6 +276,8 @@ async def credential_provider(conn: asyncpg.Connection, owner_id: UUID, credenti
 
 # Connect links ---------------------------------------------------------------------------
 
+_LINK_COLUMNS = "id, owner_id, provider, scopes, redirect_after, expires_at, used_at, expires_at <= now() AS expired"
+
 
 async def insert_connect_link(
     conn: asyncpg.Connection,
@@ -239,28 +286,26 @@ async def insert_connect_link(
     scopes: list[str],
     redirect_after: str | None,
     expires_at: datetime,
-) -> asyncpg.Record:
+) -> ConnectLink:
     """Record a new connect link."""
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await conn.fetchrow(
         "INSERT INTO connect_links (owner_id, provider, scopes, redirect_after, expires_at) "
-        "VALUES ($1, $2, $3, $4, $5) RETURNING id, owner_id, provider, scopes, redirect_after, expires_at",
+        f"VALUES ($1, $2, $3, $4, $5) RETURNING {_LINK_COLUMNS}",
         owner_id,
         provider,
         scopes,
         redirect_after,
         expires_at,
     )
-    return row
+    return row_of(ConnectLink, row)
 
 
-async def get_connect_link(conn: asyncpg.Connection, link_id: UUID) -> asyncpg.Record | None:
-    """A connect link by id (the caller has checked the link's signature)."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT id, owner_id, provider, scopes, redirect_after, expires_at, used_at, "
-        "expires_at <= now() AS expired FROM connect_links WHERE id = $1",
-        link_id,
-    )
-    return row
+async def get_connect_link(conn: asyncpg.Connection, link_id: UUID) -> ConnectLink:
+    """A connect link by id (the caller has checked the link's signature); else `NotFound`."""
+    row = await conn.fetchrow(f"SELECT {_LINK_COLUMNS} FROM connect_links WHERE id = $1", link_id)
+    if row is None:
+        raise NotFound("connect link")
+    return row_of(ConnectLink, row)
 
 
 async def use_connect_link(conn: asyncpg.Connection, link_id: UUID, credential_id: UUID) -> bool:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 import orjson
+
+from schemas.errors import NotFound
+from schemas.store.rows import row_of, rows_of
 
 EVENTS_CHANNEL = "hookyard_events"
 
@@ -119,6 +123,28 @@ async def mark_rejected(conn: asyncpg.Connection, event_id: UUID, reason: str) -
     return status == "UPDATE 1"
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event as its owner may see it; `body` is read by `get_event` only."""
+
+    id: UUID
+    seq: int
+    source_type: str
+    source_id: str
+    dedup_key: str
+    received_at: datetime
+    headers: dict[str, Any]
+    status: str
+    verification: dict[str, Any]
+    duplicate_count: int
+    last_duplicate_at: datetime | None
+    resolution: Any
+    note: str | None
+    dispatched_at: datetime | None
+    body_size: int
+    body: bytes | None = None
+
+
 _EVENT_COLUMNS = (
     "id, seq, source_type, source_id, dedup_key, received_at, headers, status, verification, "
     "duplicate_count, last_duplicate_at, resolution, note, dispatched_at, octet_length(body) AS body_size"
@@ -128,14 +154,14 @@ _EVENT_COLUMNS = (
 async def list_events(
     conn: asyncpg.Connection,
     owner_id: UUID,
-    limit: int,
-    after_seq: int | None,
     *,
+    limit: int,
+    after_seq: int | None = None,
     status: str | None = None,
     source_id: str | None = None,
-) -> list[asyncpg.Record]:
+) -> list[Event]:
     """A page of the owner's events, newest first (limit+1 rows)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+    rows = await conn.fetch(
         f"SELECT {_EVENT_COLUMNS} FROM events WHERE owner_id = $1 "
         "AND ($2::bigint IS NULL OR seq < $2) AND ($3::text IS NULL OR status = $3) "
         "AND ($4::text IS NULL OR source_id = $4) ORDER BY seq DESC LIMIT $5",
@@ -145,12 +171,14 @@ async def list_events(
         source_id,
         limit + 1,
     )
-    return rows
+    return rows_of(Event, rows)
 
 
-async def get_event(conn: asyncpg.Connection, owner_id: UUID, event_id: UUID) -> asyncpg.Record | None:
-    """One of the owner's events, body included."""
-    row: asyncpg.Record | None = await conn.fetchrow(
+async def get_event(conn: asyncpg.Connection, owner_id: UUID, event_id: UUID) -> Event:
+    """One of the owner's events, body included; `NotFound` if the owner has no such event."""
+    row = await conn.fetchrow(
         f"SELECT {_EVENT_COLUMNS}, body FROM events WHERE id = $1 AND owner_id = $2", event_id, owner_id
     )
-    return row
+    if row is None:
+        raise NotFound("event")
+    return row_of(Event, row)

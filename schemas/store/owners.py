@@ -9,10 +9,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from uuid import UUID
 
 import asyncpg
+
+from schemas.errors import NotFound
+from schemas.store.rows import row_of, rows_of
 
 KEY_PREFIX = "hy_"
 _SHOWN_CHARS = 10
@@ -45,30 +49,49 @@ class KeyHolder:
     key_id: UUID
 
 
-async def holder_of_key(conn: asyncpg.Connection, key: str) -> KeyHolder | None:
-    """The owner and key id of an active API key, or None for an unknown or revoked key."""
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """An owner: its id and (not necessarily unique) name."""
+
+    id: UUID
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One API key as stored: never the key itself, only its first characters."""
+
+    id: UUID
+    seq: int
+    owner_id: UUID
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def holder_of_key(conn: asyncpg.Connection, key: str) -> KeyHolder:
+    """The owner and key id of an active API key; `NotFound` for an unknown or revoked key."""
     row = await conn.fetchrow(
         "SELECT id, owner_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash_key(key)
     )
-    return None if row is None else KeyHolder(row["owner_id"], row["id"])
+    if row is None:
+        raise NotFound("API key")
+    return KeyHolder(row["owner_id"], row["id"])
 
 
-async def owner_for_key(conn: asyncpg.Connection, key: str) -> UUID | None:
-    """The owner an API key belongs to, or None for an unknown or revoked key."""
-    holder = await holder_of_key(conn, key)
-    return None if holder is None else holder.owner_id
-
-
-async def find_owner(conn: asyncpg.Connection, id_or_name: str) -> list[asyncpg.Record]:
+async def find_owner(conn: asyncpg.Connection, id_or_name: str) -> list[Owner]:
     """Owners matching an id or, failing that, a name (several owners may share a name)."""
     try:
         owner_id = UUID(id_or_name)
     except ValueError:
-        return list(await conn.fetch("SELECT id, name FROM owners WHERE name = $1 ORDER BY created_at", id_or_name))
-    return list(await conn.fetch("SELECT id, name FROM owners WHERE id = $1", owner_id))
+        return rows_of(
+            Owner, await conn.fetch("SELECT id, name FROM owners WHERE name = $1 ORDER BY created_at", id_or_name)
+        )
+    return rows_of(Owner, await conn.fetch("SELECT id, name FROM owners WHERE id = $1", owner_id))
 
 
-async def create_key(conn: asyncpg.Connection, owner_id: UUID, name: str = "default") -> tuple[asyncpg.Record, str]:
+async def create_key(conn: asyncpg.Connection, owner_id: UUID, name: str = "default") -> tuple[ApiKey, str]:
     """A new active key for the owner: (its row, the key), the key to be shown once."""
     key = new_key()
     row = await conn.fetchrow(
@@ -79,21 +102,22 @@ async def create_key(conn: asyncpg.Connection, owner_id: UUID, name: str = "defa
         name,
     )
     assert row is not None
-    return row, key
+    return row_of(ApiKey, row), key
 
 
 async def list_keys(
-    conn: asyncpg.Connection, owner_id: UUID, limit: int, after_seq: int | None = None
-) -> list[asyncpg.Record]:
+    conn: asyncpg.Connection, owner_id: UUID, *, limit: int, after_seq: int | None = None
+) -> list[ApiKey]:
     """A page of the owner's keys, active and revoked, newest first (fetches limit+1)."""
-    return list(
+    return rows_of(
+        ApiKey,
         await conn.fetch(
             f"SELECT {KEY_COLUMNS} FROM api_keys WHERE owner_id = $1 AND ($2::bigint IS NULL OR seq < $2) "
             "ORDER BY seq DESC LIMIT $3",
             owner_id,
             after_seq,
             limit + 1,
-        )
+        ),
     )
 
 
@@ -102,12 +126,11 @@ class Revoked(Enum):
 
     REVOKED = "revoked"
     ALREADY = "already revoked"
-    NOT_FOUND = "not found"
     LAST_KEY = "last active key in use"
 
 
 async def revoke_key(conn: asyncpg.Connection, owner_id: UUID, key_id: UUID, in_use: UUID | None = None) -> Revoked:
-    """Revoke one of the owner's keys.
+    """Revoke one of the owner's keys; `NotFound` if the owner has no such key.
 
     `in_use` is the key authenticating the request: it may be revoked only while another of
     the owner's keys stays active, so an owner cannot lock itself out by accident. The owner
@@ -117,7 +140,7 @@ async def revoke_key(conn: asyncpg.Connection, owner_id: UUID, key_id: UUID, in_
         await conn.execute("SELECT 1 FROM owners WHERE id = $1 FOR UPDATE", owner_id)
         row = await conn.fetchrow("SELECT revoked_at FROM api_keys WHERE id = $1 AND owner_id = $2", key_id, owner_id)
         if row is None:
-            return Revoked.NOT_FOUND
+            raise NotFound("API key")
         if row["revoked_at"] is not None:
             return Revoked.ALREADY
         if key_id == in_use:

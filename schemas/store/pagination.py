@@ -34,4 +34,10 @@ def page(rows: Sequence[Any], limit: int) -> tuple[list[Any], str | None]:
     """Rows fetched with limit+1 -> (the page, the cursor of the next page or None)."""
     items = list(rows[:limit])
     more = len(rows) > limit
-    return items, (encode_cursor(items[-1]["seq"]) if more and items else None)
+    return items, (encode_cursor(_seq(items[-1])) if more and items else None)
+
+
+def _seq(row: Any) -> int:
+    # Typed rows carry `seq` as an attribute; the lists not yet typed return records.
+    seq: int = row.seq if hasattr(row, "seq") else row["seq"]
+    return seq

@@ -6,7 +6,7 @@ from uuid import UUID
 
 import asyncpg
 
-from oauth.crypto import Keyring, record_aad
+from schemas.sealed import Cipher, record_aad
 
 
 def signing_aad(owner_id: UUID, workflow_id: UUID) -> bytes:
@@ -15,10 +15,10 @@ def signing_aad(owner_id: UUID, workflow_id: UUID) -> bytes:
 
 
 async def load_signing_secret(
-    conn: asyncpg.Connection, keyring: Keyring, owner_id: UUID, workflow_id: UUID
+    conn: asyncpg.Connection, cipher: Cipher, owner_id: UUID, workflow_id: UUID
 ) -> str | None:
     """The decrypted signing secret of a workflow, or None if it has none."""
     token: str | None = await conn.fetchval(
         "SELECT signing_secret FROM workflows WHERE id = $1 AND owner_id = $2", workflow_id, owner_id
     )
-    return None if token is None else keyring.decrypt(token, signing_aad(owner_id, workflow_id)).decode()
+    return None if token is None else cipher.decrypt(token, signing_aad(owner_id, workflow_id)).decode()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+
+from schemas.errors import NotFound
+from schemas.store.rows import row_of, rows_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +23,30 @@ class WorkflowSpec:
     trigger_config: dict[str, Any]
     concurrency_limit: int
     retry_policy: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    """A stored workflow definition and its state (never its signing secret, only whether it has one)."""
+
+    id: UUID
+    seq: int
+    owner_id: UUID
+    name: str
+    trigger_type: str
+    trigger_config: dict[str, Any]
+    routing_key: str
+    action_type: str
+    action_config: dict[str, Any]
+    credential_id: UUID | None
+    active: bool
+    concurrency_limit: int
+    retry_policy: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    signing: bool
+    sync_pending: bool
+    sync_error: str | None
 
 
 _COLUMNS = (
@@ -35,14 +63,14 @@ DEFAULT_LANES = 16
 
 async def insert_workflow(
     conn: asyncpg.Connection, owner_id: UUID, values: dict[str, Any], lanes: int = DEFAULT_LANES
-) -> asyncpg.Record:
+) -> Workflow:
     """Insert a validated workflow definition.
 
     `values` may carry the row's `id` (callers that bind ciphertext to the row pick it first)
     and an already encrypted `signing_secret`. The workflow's execution lane is a hash of its id
     modulo `lanes` (the default count when lanes are off), fixed for good.
     """
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await conn.fetchrow(
         "INSERT INTO workflows (owner_id, name, trigger_type, trigger_config, routing_key, action_type, "
         "action_config, credential_id, active, concurrency_limit, retry_policy, id, signing_secret, lane) "
         "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, i.id, $13, mod(abs(hashtext(i.id::text)::bigint), $14) "
@@ -63,17 +91,17 @@ async def insert_workflow(
         values.get("signing_secret"),
         lanes if lanes > 0 else DEFAULT_LANES,
     )
-    return row
+    return row_of(Workflow, row)
 
 
 async def update_workflow(
     conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID, values: dict[str, Any]
-) -> asyncpg.Record | None:
-    """Replace the definition (the caller merged and validated the patch).
+) -> Workflow:
+    """Replace the definition (the caller merged and validated the patch); `NotFound` if not live.
 
     An encrypted `signing_secret` in `values` is stored; without one the current one is kept.
     """
-    row: asyncpg.Record | None = await conn.fetchrow(
+    row = await conn.fetchrow(
         "UPDATE workflows SET name = $3, trigger_type = $4, trigger_config = $5, routing_key = $6, "
         "action_type = $7, action_config = $8, credential_id = $9, concurrency_limit = $10, "
         "retry_policy = $11, signing_secret = coalesce($12, signing_secret), updated_at = now() "
@@ -91,7 +119,9 @@ async def update_workflow(
         values["retry_policy"],
         values.get("signing_secret"),
     )
-    return row
+    if row is None:
+        raise NotFound("workflow")
+    return row_of(Workflow, row)
 
 
 async def get_workflow(
@@ -101,38 +131,41 @@ async def get_workflow(
     *,
     for_update: bool = False,
     include_deleted: bool = False,
-) -> asyncpg.Record | None:
-    """One of the owner's live workflows (or deleted ones too, whose executions stay listable)."""
+) -> Workflow:
+    """One of the owner's live workflows (or deleted ones too, whose executions stay listable).
+
+    `NotFound` if the owner has no such workflow.
+    """
     lock = " FOR UPDATE" if for_update else ""
-    row: asyncpg.Record | None = await conn.fetchrow(
+    row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM workflows WHERE id = $1 AND owner_id = $2 AND ($3 OR deleted_at IS NULL){lock}",
         workflow_id,
         owner_id,
         include_deleted,
     )
-    return row
+    if row is None:
+        raise NotFound("workflow")
+    return row_of(Workflow, row)
 
 
 async def list_workflows(
-    conn: asyncpg.Connection, owner_id: UUID, limit: int, after_seq: int | None
-) -> list[asyncpg.Record]:
+    conn: asyncpg.Connection, owner_id: UUID, *, limit: int, after_seq: int | None = None
+) -> list[Workflow]:
     """A page of the owner's workflows, newest first (limit+1 rows)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+    rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM workflows WHERE owner_id = $1 AND deleted_at IS NULL "
         "AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
         owner_id,
         after_seq,
         limit + 1,
     )
-    return rows
+    return rows_of(Workflow, rows)
 
 
-async def set_active(
-    conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID, active: bool
-) -> tuple[asyncpg.Record | None, int]:
+async def set_active(conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID, active: bool) -> tuple[Workflow, int]:
     """Activate or deactivate; deactivating cancels every execution not yet started.
 
-    Returns the row and the number of executions cancelled.
+    Returns the row and the number of executions cancelled; `NotFound` if not live.
     """
     async with conn.transaction():
         row = await conn.fetchrow(
@@ -142,12 +175,14 @@ async def set_active(
             owner_id,
             active,
         )
-        cancelled = 0 if row is None or active else await cancel_pending(conn, workflow_id)
-    return row, cancelled
+        if row is None:
+            raise NotFound("workflow")
+        cancelled = 0 if active else await cancel_pending(conn, workflow_id)
+    return row_of(Workflow, row), cancelled
 
 
-async def delete_workflow(conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID) -> bool:
-    """Soft-delete (its executions stay listable) and cancel what has not started."""
+async def delete_workflow(conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID) -> None:
+    """Soft-delete (its executions stay listable) and cancel what has not started; `NotFound` if not live."""
     async with conn.transaction():
         status: str = await conn.execute(
             "UPDATE workflows SET active = false, deleted_at = now() "
@@ -156,9 +191,8 @@ async def delete_workflow(conn: asyncpg.Connection, owner_id: UUID, workflow_id:
             owner_id,
         )
         if not status.endswith(" 1"):
-            return False
+            raise NotFound("workflow")
         await cancel_pending(conn, workflow_id)
-    return True
 
 
 async def cancel_pending(conn: asyncpg.Connection, workflow_id: UUID) -> int:

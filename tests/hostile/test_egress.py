@@ -34,14 +34,14 @@ from actions.egress import (
     classify,
     guarded_client,
     numeric_address,
-    parse_allow,
 )
 from actions.errors import RetryableActionError
 from hookyard import services
 from hookyard.dev import dev_egress_allow, dev_egress_deny, egress_summary
-from hookyard.settings import Settings, SettingsError, load_settings
 from oauth.crypto import Keyring
 from schemas import db
+from settings import Settings, SettingsError, load_settings
+from settings.egress import parse_allow
 from tests.conftest import Owner, Receiver, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
 

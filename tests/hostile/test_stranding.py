@@ -19,11 +19,11 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from hookyard import services
-from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas import db
 from schemas.store import executions as execution_store
 from schemas.store import reconcile as reconcile_store
+from settings import Settings
 from telemetry.metrics import Metrics
 from tests.conftest import Owner, Receiver, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send

@@ -7,7 +7,7 @@ import base64
 import httpx
 import pytest
 
-from hookyard.settings import Settings
+from settings import Settings
 from tests.conftest import Owner, b64secret
 from tests.integration.api_support import SECRET, create_endpoint, deliver
 

@@ -6,8 +6,8 @@ import httpx
 import orjson
 import pytest
 
-from hookyard.settings import Settings
 from ingest.api.events import STATUSES
+from settings import Settings
 from tests.conftest import Owner
 from tests.integration.api_support import create_endpoint, deliver, signed_headers
 

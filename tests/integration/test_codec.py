@@ -23,13 +23,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from hookyard import services
-from hookyard.settings import Settings
 from ingest.app import create_app
 from oauth.crypto import Keyring
+from runtime.codec import ENCODING
+from runtime.temporal import connect
+from settings import Settings
 from tests.conftest import Owner, Receiver, Stack, make_settings, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
-from worker.codec import ENCODING
-from worker.temporal import connect
 
 TOKEN = "codec-token-" + "x" * 40
 QUEUE = f"codec-test-{uuid.uuid4().hex}"

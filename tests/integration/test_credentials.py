@@ -8,9 +8,9 @@ import asyncpg
 import httpx
 import pytest
 
-from hookyard import keys
 from oauth.crypto import DecryptionFailed, Keyring, generate_key
 from schemas.store import credentials as store
+from schemas.store import master_keys as keys
 from tests.conftest import MASTER_KEY, Owner
 
 RESEND = {"provider": "resend", "name": "marketing", "secret": {"api_key": "re_live_SECRET_123"}}

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hookyard.settings import _ENV
+from settings import _ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -45,7 +45,7 @@ async def test_a_google_account_without_gmail_read_access_is_refused(owner, pool
 async def test_a_non_google_credential_is_refused_as_mailbox(owner, pool, keyring) -> None:
     async with pool.acquire() as conn:
         row = await insert_api_key(conn, keyring, owner.id, "slack", "bot", {"bot_token": "xoxb-1"})
-    response = await owner.client.post("/api/workflows", json=body(str(row["id"])))
+    response = await owner.client.post("/api/workflows", json=body(str(row.id)))
     assert response.status_code == 422
     assert "not a connected Google account" in response.json()["error"]["message"]
 

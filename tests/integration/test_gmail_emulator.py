@@ -30,9 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hookyard import services
 from hookyard.cli import main
-from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas import db
+from settings import Settings
 from tests.conftest import Receiver, Stack, make_settings, new_owner, serve, wait_for
 from tests.fake_gmail import FakeGmail
 from tests.gmail_support import connect_google, gmail_events, unique_email

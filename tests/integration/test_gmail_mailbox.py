@@ -17,9 +17,9 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from hookyard import services
-from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas import db
+from settings import Settings
 from tests.conftest import Owner, Receiver, Stack, make_settings, new_owner, serve, wait_for
 from tests.fake_gmail import FakeGmail, FakeMailbox
 from tests.gmail_support import connect_google, gmail_events, mailbox_row, push_body, unique_email

@@ -177,7 +177,7 @@ async def test_the_config_check_wants_an_own_google_account_allowed_to_send(pool
         )
     )
     async with pool.acquire() as conn:
-        slack = (await insert_api_key(conn, keyring, owner_id, "slack", "bot", {"bot_token": "xoxb-1"}))["id"]
+        slack = (await insert_api_key(conn, keyring, owner_id, "slack", "bot", {"bot_token": "xoxb-1"})).id
         await gmail.check_config(conn, owner_id, CONFIG, can_send)
         for credential, problem in [
             (None, "needs a connected Google account"),

@@ -15,10 +15,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from hookyard import services
-from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas.store.gmail import MailboxRef, record_watch
 from schemas.store.owners import create_owner
+from settings import Settings
 from tests.conftest import Stack, make_settings, serve
 from tests.fake_gmail import FakeGmail, FakeMailbox
 from tests.gmail_support import connect_google, gmail_events, mailbox_row, unique_email

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas import db
+from settings import Settings
 from tests.conftest import Owner, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
 from tests.processes import services

@@ -18,11 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
 
 from hookyard.services import free_port
-from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas import db
 from schemas.store import telemetry
 from schemas.store.events import NewEvent, insert_events
+from settings import Settings
 from telemetry.metrics import Metrics, serve_metrics, temporal_runtime
 from tests.conftest import Owner, Receiver, Stack, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send, signed

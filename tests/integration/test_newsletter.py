@@ -27,9 +27,9 @@ import pytest
 import respx
 
 from actions.email import POSTMARK_URL, RESEND_URL
-from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas import db
+from settings import Settings
 from tests.conftest import Owner, wait_for
 from tests.factories import create_endpoint
 from tests.integration.api_support import create_credential as credential
@@ -405,7 +405,7 @@ def fake_provider_worker() -> None:
     inside it. Each request is logged (address, idempotency key) before it is answered, as a
     provider that accepted it would; then the answer takes a moment, so a kill lands mid-send."""
     from hookyard.processes import worker
-    from hookyard.settings import load_settings
+    from settings import load_settings
 
     log_path = os.environ["FAKE_PROVIDER_LOG"]
 

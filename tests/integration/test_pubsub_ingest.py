@@ -16,12 +16,12 @@ import pytest
 import respx
 
 from hookyard import services
-from hookyard.migrate import migrate
-from hookyard.settings import Settings
 from ingest.oidc import GOOGLE_CERTS_URL
 from oauth.crypto import Keyring
 from schemas import db
+from schemas.migrate import migrate
 from schemas.store.owners import create_owner
+from settings import Settings
 from tests.conftest import Stack, make_settings, serve
 from tests.gmail_support import connect_google, push_body, unique_email
 from tests.google_oidc import AUDIENCE, PUSH_ACCOUNT, GoogleSigner

@@ -13,7 +13,7 @@ import redis.asyncio as redis
 
 from actions.ratelimit import DEFAULT_RATES, RedisRateLimiter, rates_with_overrides
 from hookyard import services
-from hookyard.settings import SettingsError, load_settings, parse_rate_limits
+from settings import SettingsError, load_settings, parse_rate_limits
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.integration

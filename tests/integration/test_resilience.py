@@ -22,10 +22,10 @@ import asyncpg
 import httpx
 
 from hookyard import services
-from hookyard.migrate import migrate
-from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas import db
+from schemas.migrate import migrate
+from settings import Settings
 from tests.conftest import Owner, Receiver, Recorded, Stack, make_settings, new_owner, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
 

@@ -21,8 +21,8 @@ from temporalio.client import Client, ScheduleActionStartWorkflow, ScheduleOverl
 from temporalio.service import RPCError, RPCStatusCode
 
 from hookyard import services
-from hookyard.settings import Settings
 from schemas.store import trigger_sync as sync_store
+from settings import Settings
 from tests.conftest import Owner, Receiver, wait_for
 from tests.factories import create_endpoint, executions
 from tests.integration.api_support import create_workflow_from as create

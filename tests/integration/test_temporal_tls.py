@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from hookyard import services
-from hookyard.settings import Settings
+from runtime.temporal import connect
+from settings import Settings
 from tests.conftest import Stack, make_settings
-from worker.temporal import connect
 
 SERVER_NAME = "temporal.internal"
 

@@ -16,9 +16,9 @@ import pytest
 import respx
 
 from hookyard import services
-from hookyard.settings import Settings
 from ingest.oidc import GOOGLE_CERTS_URL
 from oauth.crypto import Keyring
+from settings import Settings
 from tests.conftest import Owner, Receiver, serve, wait_for
 from tests.factories import create_endpoint, executions, signed
 from tests.google_oidc import GoogleSigner

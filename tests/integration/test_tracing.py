@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from hookyard.services import free_port
-from hookyard.settings import Settings
 from oauth.crypto import Keyring
 from schemas import db
+from settings import Settings
 from telemetry.tracing import setup_tracing
 from tests.conftest import Owner, Receiver, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, signed

@@ -11,7 +11,7 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.exceptions import ApplicationError
 
 from oauth.crypto import CryptoError, DecryptionFailed, UnknownKey, generate_key
-from worker.codec import ENCODING, KEY_ID_KEY, EncryptionCodec, encrypted_data_converter, payload_key
+from runtime.codec import ENCODING, KEY_ID_KEY, EncryptionCodec, encrypted_data_converter, payload_key
 
 OLD, NEW = ("old", generate_key()), ("new", generate_key())
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oauth.crypto import DecryptionFailed, Keyring, UnknownKey, generate_key, record_aad
+from oauth.crypto import DecryptionFailed, Keyring, UnknownKey, generate_key
+from schemas.sealed import record_aad
 
 AAD = record_aad("endpoint_secrets", "owner-1", "row-1", "ciphertext")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hookyard.settings import SettingsError, load_settings
+from settings import SettingsError, load_settings
 from worker.contracts import LaneEnqueue, LaneState, LaneWork, Retry
 from worker.lane import RECENT_KEPT, LaneWorkflow
 

@@ -8,10 +8,10 @@ import pytest
 from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import TLSConfig
 
-from hookyard.settings import SettingsError, load_settings
 from oauth.crypto import generate_key
-from worker.codec import EncryptionCodec
-from worker.temporal import TemporalSettingsError, connect, data_converter, rpc_metadata, tls_config
+from runtime.codec import EncryptionCodec
+from runtime.temporal import TemporalSettingsError, connect, data_converter, rpc_metadata, tls_config
+from settings import MasterKeysMissing, SettingsError, load_settings
 
 KEYS = (("k1", generate_key()),)
 
@@ -94,5 +94,5 @@ def test_every_client_encrypts_payloads_and_failures() -> None:
 
 
 async def test_connecting_without_master_keys_is_refused_before_any_network_call() -> None:
-    with pytest.raises(TemporalSettingsError, match="HOOKYARD_MASTER_KEYS"):
+    with pytest.raises(MasterKeysMissing, match="HOOKYARD_MASTER_KEYS"):
         await connect(load_settings({}, temporal_address="127.0.0.1:1"))

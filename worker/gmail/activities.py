@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -32,6 +32,7 @@ from schemas.sanitize import strip_nul
 from schemas.store import gmail as store
 from schemas.store.events import NewEvent, insert_events
 from schemas.store.gmail import MailboxRef
+from settings import Settings
 from triggers.gmail import (
     RECONCILE_ACTIVITY,
     SOURCE_TYPE,
@@ -44,9 +45,6 @@ from triggers.gmail import (
 )
 from worker.gmail.client import GmailClient, GmailRefused, GmailUnavailable, HistoryGone
 from worker.vault import CredentialNotFound, CredentialUnusable, RefreshUnavailable, Vault
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

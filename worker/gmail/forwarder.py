@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 import asyncpg
@@ -18,11 +17,9 @@ from temporalio.client import Client
 
 from schemas.store import gmail as store
 from schemas.store.gmail import MailboxRef
+from settings import Settings
 from triggers.base import InboxEvent
 from triggers.gmail import PUSH_SOURCE_TYPE, signal_mailbox
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
 
 
 class GmailPushForwarder:

@@ -1,6 +1,7 @@
 """Master-key rotation: re-wrap every stored secret under the keyring's primary key.
 
-Rotation without downtime, in three steps (docs/operations.md):
+The keyring is passed in (`oauth.crypto.Keyring` satisfies `Rewrapper`), so this module holds
+the SQL and nothing of the cryptography. Rotation without downtime, in three steps (docs/operations.md):
 1. give every process the keyring `new,old` (new first: it encrypts; old still decrypts);
 2. run `hookyard keys rotate`: each secret's data key is re-wrapped under `new`, in small
    transactions, skipping rows another process holds, so it can be stopped and run again;
@@ -15,7 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
-from oauth.crypto import CryptoError, Keyring, record_aad
+from schemas.sealed import Rewrapper, SealError, record_aad
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +70,11 @@ async def key_status(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
 
 async def rotate(
     conn: asyncpg.Connection,
-    keyring: Keyring,
+    keyring: Rewrapper,
     *,
     batch_size: int = 200,
     progress: Callable[[str, int], None] | None = None,
-    on_error: Callable[[str, UUID, CryptoError], None] | None = None,
+    on_error: Callable[[str, UUID, SealError], None] | None = None,
 ) -> dict[str, int]:
     """Re-wrap every secret not under the primary key; returns how many per kind.
 
@@ -94,7 +95,7 @@ async def rotate(
                 for r in rows:
                     try:
                         updates.append((r["id"], keyring.rewrap(r["token"], _aad(sealed, r["owner_id"], r["id"]))))
-                    except CryptoError as exc:
+                    except SealError as exc:
                         # One damaged or foreign ciphertext must not stop the rotation of the rest.
                         broken.append(r["id"])
                         if on_error is not None:

@@ -11,33 +11,31 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.service import TLSConfig
 
-from worker.codec import encrypted_data_converter
-
-if TYPE_CHECKING:  # the type only: settings are passed in
-    from hookyard.settings import Settings
+from runtime.codec import encrypted_data_converter
+from settings import Settings, SettingsError, require_master_keys
 
 log = logging.getLogger(__name__)
 
 
-class TemporalSettingsError(ValueError):
+class TemporalSettingsError(SettingsError):
     """The Temporal connection settings cannot work; retrying would not help. Names the setting."""
 
 
 async def connect(settings: Settings) -> Client:
     """One connection attempt to the configured Temporal server and namespace.
 
-    Raises TemporalSettingsError when the settings cannot work (retrying would not help).
+    Raises a SettingsError (TemporalSettingsError, MasterKeysMissing) when the settings cannot
+    work (retrying would not help).
     """
     try:
         converter = data_converter(settings)
         tls = tls_config(settings)
-    except TemporalSettingsError as exc:
+    except SettingsError as exc:
         log.error("temporal connection settings: %s", exc)
         raise
     return await Client.connect(
@@ -52,12 +50,7 @@ async def connect(settings: Settings) -> Client:
 
 def data_converter(settings: Settings) -> DataConverter:
     """The converter every client uses: payloads and failures encrypted with the master keys."""
-    if not settings.master_keys:
-        raise TemporalSettingsError(
-            "HOOKYARD_MASTER_KEYS is not set; Temporal payloads are encrypted with it "
-            "(generate one with `hookyard keys generate`)"
-        )
-    return encrypted_data_converter(settings.master_keys)
+    return encrypted_data_converter(require_master_keys(settings))
 
 
 def tls_config(settings: Settings) -> bool | TLSConfig | None:
@@ -105,7 +98,7 @@ async def connect_with_retry(settings: Settings, stop: asyncio.Event | None = No
     while stop is None or not stop.is_set():
         try:
             return await connect(settings)
-        except TemporalSettingsError:
+        except SettingsError:
             raise
         except Exception as exc:  # the SDK raises RuntimeError for transport failures
             log.warning(

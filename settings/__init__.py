@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actions.egress import AllowRule, EgressAllowError, parse_allow
+from settings.egress import AllowRule, EgressAllowError, parse_allow
 
 
 class SettingsError(ValueError):
@@ -219,6 +219,21 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_EGRESS_ALLOW": ("egress_allow", lambda v: parse_egress_allow(v)),
     "HOOKYARD_EGRESS_DENY": ("egress_deny", lambda v: parse_egress_allow(v, "HOOKYARD_EGRESS_DENY")),
 }
+
+
+class MasterKeysMissing(SettingsError):
+    """No master keys are configured: stored secrets and Temporal payloads could not be read."""
+
+
+def require_master_keys(settings: Settings) -> tuple[tuple[str, bytes], ...]:
+    """The master keys; `MasterKeysMissing` without them (the one check every process makes at start)."""
+    if not settings.master_keys:
+        raise MasterKeysMissing(
+            "HOOKYARD_MASTER_KEYS is not set; secrets at rest and Temporal payloads are encrypted with it. "
+            "Generate a key with `hookyard keys generate` and set HOOKYARD_MASTER_KEYS=<id>:<base64 key> "
+            "(or HOOKYARD_MASTER_KEYS_FILE)."
+        )
+    return settings.master_keys
 
 
 def parse_master_keys(value: str) -> tuple[tuple[str, bytes], ...]:
