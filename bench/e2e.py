@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -306,7 +307,14 @@ def spread(
                     client = await Client.connect(temporal_address)
                     return await spread_run(args, procs, port, database_url, routes[k], f"s{lanes}-{k}-{r}", client)
 
-                runs.setdefault(key, []).append(asyncio.run(one()))
+                result = asyncio.run(one())
+                trips = result["round_trips_per_event"]
+                print(
+                    f"    {result['events_per_s']:.1f} events/s; per event: {trips['signals']:.3f} signals, "
+                    f"{trips['workflow_tasks']:.3f} workflow tasks, {trips['activities']:.3f} activities",
+                    flush=True,
+                )
+                runs.setdefault(key, []).append(result)
     return runs
 
 
@@ -323,7 +331,7 @@ def spread_report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]
         for k in args.spread_counts:
             key = f"lanes={lanes} workflows={k}"
             rates = sorted(r["events_per_s"] for r in runs[key])
-            median = rates[len(rates) // 2]
+            median = statistics.median(rates)
             base = median if base is None else base
             trips = {
                 n: sum(r["round_trips_per_event"][n] for r in runs[key]) / len(runs[key]) for n in _ROUND_TRIPS.values()
