@@ -75,6 +75,25 @@ ActionRun = Callable[[ActionContext, Mapping[str, Any]], Awaitable[dict[str, Any
 ActionConfigCheck = Callable[[asyncpg.Connection, UUID, Mapping[str, Any], UUID | None], Awaitable[None]]
 
 
+# Asks a running execution of an action with a workflow of its own to stop, inside the API's
+# transaction holding the execution's row lock; `reason` is the error kept if it ends at once.
+CancelOwnWorkflow = Callable[[asyncpg.Connection, UUID, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class OwnWorkflow:
+    """Declares an action that outlives one attempt and runs as a Temporal workflow of its own.
+
+    The worker's batch activity never calls such an action's `run`: it hands the claimed
+    execution to the worker capability that serves the action (worker/<capability>/), which
+    starts the workflow; the workflow records the execution's outcome. The worker refuses to
+    start while a registered action of this kind has no capability serving it.
+    """
+
+    # What the API's cancel does once the execution is running (queued ones are just cancelled).
+    cancel: CancelOwnWorkflow
+
+
 class ActionConfigError(ValueError):
     """An action config is schema-valid but refers to something unusable."""
 
@@ -97,6 +116,8 @@ class ActionType:
     check_config: ActionConfigCheck | None = None
     # Warnings for secrets kept in plain config that belong in a credential (shown by the API).
     plain_secrets: Callable[[Mapping[str, Any]], list[str]] = lambda config: []
+    # Set for an action handed over to a workflow of its own (a newsletter); None runs inline.
+    own_workflow: OwnWorkflow | None = None
 
 
 def json_object(response: httpx.Response) -> dict[str, Any]:

@@ -8,7 +8,7 @@ reply-to and tags are templated per recipient from `trigger`, `recipient`, `exec
 `email.send` (actions/email.py), one request per recipient.
 
 A newsletter outlives one attempt of an action, so the worker hands it over to a workflow of
-its own (worker/newsletter.py): it waits for `send_at`, then sends in batches of `batch_size`
+its own (worker/newsletter/): it waits for `send_at`, then sends in batches of `batch_size`
 with `concurrency` requests in flight and a `pause_s` pause between batches, and checks
 between batches whether the owner cancelled. A recipient that fails never stops the others.
 The execution ends `succeeded` (newsletter status `sent` or `partially_sent`), `failed`
@@ -26,7 +26,7 @@ Nobody is sent to twice when a worker is lost mid-send:
   deliver once per provider: failover trades at-most-once for delivery.
 
 This module holds the pure parts and the final summary; the SQL is in
-schemas/store/newsletter.py and the Temporal side in worker/newsletter.py.
+schemas/store/newsletter.py and the Temporal side in worker/newsletter/.
 """
 
 from __future__ import annotations
@@ -43,11 +43,20 @@ import asyncpg
 import httpx
 
 from actions import email
-from actions.base import ActionConfigError, ActionContext, ActionType, Credential, CredentialSource, RateLimiter
+from actions.base import (
+    ActionConfigError,
+    ActionContext,
+    ActionType,
+    Credential,
+    CredentialSource,
+    OwnWorkflow,
+    RateLimiter,
+)
 from actions.email import EmailMessage, EmailRoute, build_message, send_with_failover
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES, RenderBudget, TemplateError, render
 from schemas.paths import PATH_PATTERN, PathError, PathNotFound, json_type, resolve
+from schemas.store import executions as execution_store
 from schemas.store import newsletter as store
 from schemas.store.newsletter import NewRecipient
 
@@ -501,6 +510,18 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     raise PermanentActionError(f"{NAME} runs as a workflow of its own; this worker cannot start it")
 
 
+async def cancel(conn: asyncpg.Connection, execution_id: UUID, reason: str) -> None:
+    """Ask a running newsletter to stop between batches (its workflow reads the request).
+
+    One that has not started sending (waiting for send_at, or not handed over) stops at once:
+    summarised if it was stored, else simply cancelled with `reason`.
+    """
+    await execution_store.request_cancel(conn, execution_id)
+    not_started = not await store.started(conn, execution_id)
+    if not_started and await finalise(conn, execution_id, cancel=True) is None:
+        await execution_store.mark_cancelled(conn, execution_id, reason)
+
+
 async def check_config(
     conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any], credential_id: UUID | None
 ) -> None:
@@ -519,4 +540,5 @@ ACTION = ActionType(
     run=run,
     credential_providers=email.EMAIL_PROVIDERS,
     check_config=check_config,
+    own_workflow=OwnWorkflow(cancel=cancel),
 )

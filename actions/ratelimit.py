@@ -22,24 +22,13 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from actions.base import RateLimiter
+from oauth.providers import default_rates
 
 log = logging.getLogger(__name__)
 
-# Requests per second, per key. Override with HOOKYARD_RATE_LIMITS (e.g. "resend=5/s").
-DEFAULT_RATES: Mapping[str, float] = {
-    # Resend: "2 requests per second per team" by default (resend.com/docs/api-reference/rate-limit;
-    # some newer pages say 5). Keyed per credential; keys of one team share Resend's limit.
-    "resend": 2.0,
-    # Postmark publishes no numeric API limit, only that it answers 429 when pushed too hard
-    # (postmarkapp.com/developer/api/overview): a conservative pace.
-    "postmark": 10.0,
-    # Slack: chat.postMessage "generally allows posting one message per second per channel"
-    # (api.slack.com/docs/rate-limits); incoming webhooks likewise. Keyed per channel.
-    "slack": 1.0,
-    # Novu: the Events (trigger) category allows 60 requests/s on the Free tier, more on paid
-    # tiers (docs.novu.co/api-reference/rate-limiting).
-    "novu": 60.0,
-}
+# Requests per second, per key, as each provider declares it (oauth/providers.py). Override
+# with HOOKYARD_RATE_LIMITS (e.g. "resend=5/s").
+DEFAULT_RATES: Mapping[str, float] = default_rates()
 
 # KEYS[1]: the bucket; ARGV[1]: requests per second. Returns the microseconds to wait.
 _RESERVE = """

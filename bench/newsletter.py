@@ -62,7 +62,7 @@ from schemas import db
 from schemas.migrate import migrate
 from schemas.store.owners import create_owner
 from schemas.store.workflows import DEFAULT_LANES
-from worker.contracts import lane_id
+from worker.automation.contract import lane_id
 
 TASK_QUEUE = "hookyard-bench-newsletter"
 MAX_RECIPIENTS = 20_000  # the trigger data is one request body, at most 1 MiB

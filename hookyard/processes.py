@@ -19,7 +19,7 @@ from schemas import db
 from settings import Settings, require_master_keys
 from telemetry.metrics import Metrics, install_temporal_runtime, serve_metrics
 from telemetry.tracing import Tracing, setup_tracing
-from worker.dispatcher import Dispatcher
+from worker.dispatch.dispatcher import Dispatcher
 from worker.main import run_worker
 
 log = logging.getLogger(__name__)

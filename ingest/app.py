@@ -43,7 +43,9 @@ def create_app(
         endpoints.start()
         redis_client = redis.from_url(settings.redis_url)
         http = httpx.AsyncClient(timeout=15.0, follow_redirects=False)
-        state = AppState(settings, pool, keyring, inbox, endpoints, redis_client, http, google_from_settings(settings))
+        state = AppState(
+            settings, pool, keyring, inbox, endpoints, redis_client, http, google_from_settings(settings.for_google())
+        )
         state.metrics, state.tracing = metrics, tracing
         state.oidc = OidcVerifier(http)
         pubsub.announce(settings)

@@ -31,11 +31,11 @@ from schemas import jsonlimits
 from schemas.store.events import NewEvent
 from schemas.store.gmail import mailboxes_for_email
 from settings import Settings
+from triggers.gmail import PUSH_SOURCE_TYPE as PUSH_SOURCE
 
 log = logging.getLogger(__name__)
 
 PUSH_PATH = "/ingest/pubsub/gmail"
-PUSH_SOURCE = "gmail.push"
 # Pushes taken without a token check are counted under their own source label, so a
 # deployment that left verification off shows it on every dashboard.
 UNVERIFIED_SOURCE = "gmail.push-unverified"

@@ -17,7 +17,7 @@ from authlib.common.security import generate_token
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from settings import Settings
+from settings import GoogleSettings
 
 AUTHORIZE_URL = "https://accounts.google.com/o/oauth2/v2/auth"
 TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
@@ -176,15 +176,15 @@ def new_state() -> str:
     return token
 
 
-def google_from_settings(settings: Settings) -> GoogleOAuth | None:
+def google_from_settings(settings: GoogleSettings) -> GoogleOAuth | None:
     """The configured Google client, or None when no client id is set."""
-    if not settings.google_client_id:
+    if not settings.client_id:
         return None
     return GoogleOAuth(
-        client_id=settings.google_client_id,
-        client_secret=settings.google_client_secret,
-        redirect_uri=settings.oauth_redirect_uri or f"{settings.base_url}/oauth/callback",
-        authorize_url=settings.google_authorize_url,
-        token_url=settings.google_token_url,
-        revoke_url=settings.google_revoke_url,
+        client_id=settings.client_id,
+        client_secret=settings.client_secret,
+        redirect_uri=settings.redirect_uri,
+        authorize_url=settings.authorize_url,
+        token_url=settings.token_url,
+        revoke_url=settings.revoke_url,
     )

@@ -1,4 +1,9 @@
-"""Providers a credential can be for, and the secret fields each kind of credential holds."""
+"""Providers a credential can be for: every fact about one in one declaration.
+
+The API's credential schemas and the catalog, the OpenAPI prose, the default rate limits
+(actions/ratelimit.py) and the actions' `credential_providers` (checked by a registry test)
+all read `PROVIDERS`; adding a provider is one entry here.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,16 @@ class Provider:
     # Further accepted sets of secret fields, for credentials that come in several shapes.
     other_shapes: tuple[tuple[str, ...], ...] = ()
     check: SecretCheck | None = None
+    # How documents name it ("Resend"); the name itself when not given.
+    display_name: str = ""
+    # Default requests per second, per credential (Slack: per channel), shared by every worker
+    # (actions/ratelimit.py; HOOKYARD_RATE_LIMITS overrides it). None: not limited by default.
+    rate_per_s: float | None = None
+
+    @property
+    def title(self) -> str:
+        """The name documents use."""
+        return self.display_name or self.name
 
     @property
     def secret_shapes(self) -> tuple[tuple[str, ...], ...]:
@@ -63,11 +78,24 @@ def _check_slack_webhook(secret: Mapping[str, str]) -> tuple[str, str] | None:
 PROVIDERS: dict[str, Provider] = {
     p.name: p
     for p in (
-        Provider("google", "oauth2", "Google account (Gmail) connected through a connect link"),
-        Provider("resend", "api_key", "Resend API key", ("api_key",)),
-        Provider("postmark", "api_key", "Postmark server token", ("server_token",)),
-        Provider("slack", "api_key", "Slack bot token (xoxb-...)", ("bot_token",)),
-        Provider("novu", "api_key", "Novu API key", ("api_key",)),
+        Provider("google", "oauth2", "Google account (Gmail) connected through a connect link", display_name="Google"),
+        # Resend: "2 requests per second per team" by default (resend.com/docs/api-reference/rate-limit;
+        # some newer pages say 5). Keyed per credential; keys of one team share Resend's limit.
+        Provider("resend", "api_key", "Resend API key", ("api_key",), display_name="Resend", rate_per_s=2.0),
+        # Postmark publishes no numeric API limit, only that it answers 429 when pushed too hard
+        # (postmarkapp.com/developer/api/overview): a conservative pace.
+        Provider(
+            "postmark", "api_key", "Postmark server token", ("server_token",), display_name="Postmark", rate_per_s=10.0
+        ),
+        # Slack: chat.postMessage "generally allows posting one message per second per channel"
+        # (api.slack.com/docs/rate-limits); incoming webhooks likewise. Keyed per channel, and
+        # webhook posts share this bucket.
+        Provider(
+            "slack", "api_key", "Slack bot token (xoxb-...)", ("bot_token",), display_name="Slack", rate_per_s=1.0
+        ),
+        # Novu: the Events (trigger) category allows 60 requests/s on the Free tier, more on paid
+        # tiers (docs.novu.co/api-reference/rate-limiting).
+        Provider("novu", "api_key", "Novu API key", ("api_key",), display_name="Novu", rate_per_s=60.0),
         Provider(
             "http",
             "api_key",
@@ -76,6 +104,7 @@ PROVIDERS: dict[str, Provider] = {
             ("header", "value"),
             (("bearer_token",), ("username", "password")),
             _check_http,
+            display_name="HTTP",
         ),
         Provider(
             "slack_webhook",
@@ -83,9 +112,20 @@ PROVIDERS: dict[str, Provider] = {
             "Slack incoming-webhook URL (url: https://hooks.slack.com/...)",
             ("url",),
             check=_check_slack_webhook,
+            display_name="Slack incoming webhook",
         ),
     )
 }
 
 API_KEY_PROVIDERS = sorted(name for name, p in PROVIDERS.items() if p.kind == "api_key")
 OAUTH_PROVIDERS = sorted(name for name, p in PROVIDERS.items() if p.kind == "oauth2")
+
+
+def default_rates() -> dict[str, float]:
+    """Requests per second per provider that has a default limit, in declaration order."""
+    return {name: p.rate_per_s for name, p in PROVIDERS.items() if p.rate_per_s is not None}
+
+
+def secret_shapes_text(provider: Provider) -> str:
+    """The accepted secret fields in words: `header + value, or bearer_token`."""
+    return ", or ".join(" + ".join(shape) for shape in provider.secret_shapes)

@@ -129,6 +129,46 @@ class Settings:
         """A copy with some settings changed (used by the dev supervisor and tests)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
+    def for_triggers(self) -> TriggerSettings:
+        """The few settings trigger types' sync hooks read."""
+        return TriggerSettings(self.task_queue, self.gmail_sweep_interval_s, self.gmail_watch_renew_s)
+
+    def for_google(self) -> GoogleSettings:
+        """The few settings the Google OAuth client is built from (oauth/google.py)."""
+        return GoogleSettings(
+            client_id=self.google_client_id,
+            client_secret=self.google_client_secret,
+            redirect_uri=self.oauth_redirect_uri or f"{self.base_url}/oauth/callback",
+            authorize_url=self.google_authorize_url,
+            token_url=self.google_token_url,
+            revoke_url=self.google_revoke_url,
+        )
+
+
+# Slices of Settings for the packages that read only a few: each receives its slice, not the
+# whole Settings, so what a package depends on is visible in its signatures.
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerSettings:
+    """What trigger types (their sync hooks) read: `Settings.for_triggers()`."""
+
+    task_queue: str
+    gmail_sweep_interval_s: float
+    gmail_watch_renew_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class GoogleSettings:
+    """What oauth's Google client is built from: `Settings.for_google()`. No client id: none is."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    redirect_uri: str
+    authorize_url: str
+    token_url: str
+    revoke_url: str
+
 
 def _flag(value: str) -> bool:
     """A strict boolean: a typo must not silently turn a security setting off."""

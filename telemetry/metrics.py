@@ -51,7 +51,7 @@ class SourceMeter:
         self._failures.labels(self.source, reason).inc()
 
 
-# What the reconciler (worker/reconciler.py) can do: (kind, reason).
+# What the reconciler (worker/dispatch/reconciler.py) can do: (kind, reason).
 RECONCILER_ACTIONS = (
     ("execution", "workflow_gone"),
     ("execution", "queued_overdue"),

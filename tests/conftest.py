@@ -240,7 +240,7 @@ async def receiver() -> AsyncIterator[Receiver]:
 @pytest.fixture(scope="module")
 async def pipeline(settings: Settings, keyring: Keyring, base_url: str) -> AsyncIterator[None]:
     """Dispatcher and worker running in this process against the session stack."""
-    from worker.dispatcher import Dispatcher
+    from worker.dispatch.dispatcher import Dispatcher
     from worker.main import run_worker
 
     stop = asyncio.Event()

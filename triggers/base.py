@@ -12,7 +12,7 @@ import asyncpg
 from schemas.errors import NotFound
 from schemas.jsonlimits import DEFAULT_MAX_DEPTH
 from schemas.store.endpoints import get_endpoint
-from settings import Settings
+from settings import TriggerSettings
 from triggers.filters import FilterOutcome, evaluate, validate_filter
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class TriggerSyncContext:
     """What a sync hook may use to converge outside state."""
 
     temporal: Client
-    settings: Settings
+    settings: TriggerSettings
     pool: asyncpg.Pool
 
 
@@ -105,6 +105,11 @@ class TriggerType:
     # Called by the dispatcher's sync loop after every change of trigger, config, active or
     # deletion, and retried until it succeeds; it must be idempotent.
     sync: SyncHook | None = None
+    # An inbox source that feeds hookyard's own workflow behind this trigger rather than owners'
+    # workflows (Gmail pushes wake the mailbox workflow, whose sync stores `source_type`
+    # events). The dispatcher forwards its events (worker/dispatch/forwarding.py), never
+    # matches them, and refuses to start without a forwarder for it.
+    internal_source: str | None = None
 
 
 def match_filter(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:

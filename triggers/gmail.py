@@ -32,7 +32,7 @@ from schemas import jsonlimits
 from schemas.errors import NotFound
 from schemas.store.credentials import get_credential
 from schemas.store.gmail import MailboxRef, activate_mailbox, get_mailbox
-from settings import Settings
+from settings import TriggerSettings
 from triggers.base import (
     InboxEvent,
     TriggerConfigError,
@@ -155,7 +155,9 @@ class SyncResult:
     full_sync: bool = False
 
 
-async def signal_mailbox(client: Client, settings: Settings, ref: MailboxRef, *, history_id: int | None = None) -> None:
+async def signal_mailbox(
+    client: Client, settings: TriggerSettings, ref: MailboxRef, *, history_id: int | None = None
+) -> None:
     """Signal-with-start the mailbox workflow: a push (`history_id`) or a reconcile of its watch."""
     start = MailboxInput(
         owner_id=str(ref.owner_id),
@@ -408,4 +410,5 @@ TRIGGER = TriggerType(
     match=_match,
     check_config=_check,
     sync=sync_mailbox,
+    internal_source=PUSH_SOURCE_TYPE,
 )

@@ -33,3 +33,8 @@ def get_trigger(name: str) -> TriggerType:
 def for_source(source_type: str) -> list[TriggerType]:
     """Trigger types fed by one inbox source."""
     return [t for t in TRIGGERS.values() if t.source_type == source_type]
+
+
+def internal_sources() -> set[str]:
+    """Inbox sources that feed hookyard's own workflows, as trigger types declare them."""
+    return {t.internal_source for t in TRIGGERS.values() if t.internal_source is not None}

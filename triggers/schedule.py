@@ -1,11 +1,12 @@
 """`schedule.cron`: a Temporal Schedule fires the workflow on a cron expression or an interval.
 
 Each workflow with this trigger owns one Temporal Schedule, `schedule-<workflow id>`, kept in
-step with the row by the sync hook (created, updated, paused while the workflow is inactive,
-deleted with it). Each firing starts the small `hookyard.tick` workflow (worker/ticks.py),
-whose activity stores an inbox event with source type `schedule` and the workflow id as
-source id, deduplicated on the scheduled time; from there it is routed, filtered, listed and
-replayable like any webhook event. Temporal sees only the workflow id; the optional static
+step with the row by the dispatcher's trigger sync loop (created, updated, paused while the
+workflow is inactive, deleted with it). Each firing starts the small `hookyard.tick` workflow;
+both are the worker's `schedule.cron` capability (worker/schedule_cron/). Its activity stores
+an inbox event with source type `schedule` and the workflow id as source id, deduplicated on
+the scheduled time; from there it is routed, filtered, listed and replayable like any webhook
+event. Temporal sees only the workflow id; the optional static
 `payload` is read from the row when the tick is stored.
 """
 
@@ -15,38 +16,19 @@ import re
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from functools import cache
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 import orjson
-from temporalio.client import (
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleHandle,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleState,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
-)
-from temporalio.common import RetryPolicy
-from temporalio.service import RPCError, RPCStatusCode
 
 from schemas import jsonlimits
 from triggers.base import (
     WORKFLOW_ROUTE,
     InboxEvent,
     TriggerConfigError,
-    TriggerSyncContext,
-    TriggerSyncError,
     TriggerType,
-    WorkflowSyncState,
     check_filter,
     match_filter,
 )
@@ -54,18 +36,8 @@ from triggers.filters import filter_schema
 
 NAME = "schedule.cron"
 SOURCE_TYPE = "schedule"
-TICK_WORKFLOW = "hookyard.tick"
-TICK_ACTIVITY = "hookyard.record_tick"
-
-OVERLAP = {
-    "skip": ScheduleOverlapPolicy.SKIP,
-    "buffer_one": ScheduleOverlapPolicy.BUFFER_ONE,
-    "allow_all": ScheduleOverlapPolicy.ALLOW_ALL,
-}
+OVERLAP_CHOICES = ("skip", "buffer_one", "allow_all")
 DEFAULT_CATCHUP_WINDOW_S = 60
-# Bounds how long one tick may keep retrying its insert (and, with overlap `skip`, hold back
-# the next firing) while PostgreSQL is unreachable.
-TICK_TIMEOUT = timedelta(minutes=15)
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -100,7 +72,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "description": "Delay each firing by a random amount up to this many seconds.",
         },
         "overlap": {
-            "enum": list(OVERLAP),
+            "enum": list(OVERLAP_CHOICES),
             "default": "skip",
             "description": "When a tick is due while the previous one is still being stored.",
         },
@@ -118,23 +90,6 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "payload": {"description": "Static JSON given to every firing as `trigger.payload`."},
     },
 }
-
-
-@dataclass
-class TickInput:
-    """Input of the `hookyard.tick` workflow: only the id, the rest stays in PostgreSQL."""
-
-    workflow_id: str
-
-
-def schedule_id(workflow_id: UUID | str) -> str:
-    """Temporal Schedule id of a workflow (no names or data in it)."""
-    return f"schedule-{workflow_id}"
-
-
-def tick_workflow_id(workflow_id: UUID | str) -> str:
-    """Id prefix of the tick workflows; Temporal appends the scheduled time to it."""
-    return f"tick-{workflow_id}"
 
 
 # --- cron and time zone validation ------------------------------------------------------
@@ -247,73 +202,6 @@ async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, 
     validate_config(config)
 
 
-# --- the Temporal Schedule ---------------------------------------------------------------
-
-
-def build_schedule(workflow_id: UUID, config: Mapping[str, Any], task_queue: str, *, paused: bool) -> Schedule:
-    """The Temporal Schedule that fires this workflow's ticks."""
-    spec = ScheduleSpec(
-        time_zone_name=config.get("timezone", "UTC"),
-        jitter=timedelta(seconds=config.get("jitter_s", 0)) or None,
-    )
-    if "cron" in config:
-        spec.cron_expressions = [config["cron"].strip()]
-    else:
-        spec.intervals = [ScheduleIntervalSpec(every=timedelta(seconds=config["interval_s"]))]
-    action = ScheduleActionStartWorkflow(
-        TICK_WORKFLOW,
-        TickInput(workflow_id=str(workflow_id)),
-        id=tick_workflow_id(workflow_id),
-        task_queue=task_queue,
-        execution_timeout=TICK_TIMEOUT,
-        retry_policy=RetryPolicy(maximum_attempts=3),
-    )
-    policy = SchedulePolicy(
-        overlap=OVERLAP[config.get("overlap", "skip")],
-        catchup_window=timedelta(seconds=config.get("catchup_window_s", DEFAULT_CATCHUP_WINDOW_S)),
-    )
-    return Schedule(action=action, spec=spec, policy=policy, state=ScheduleState(paused=paused))
-
-
-async def sync_schedule(ctx: TriggerSyncContext, state: WorkflowSyncState) -> None:
-    """Converge the workflow's Temporal Schedule to its row: create, update, pause or delete."""
-    handle = ctx.temporal.get_schedule_handle(schedule_id(state.id))
-    try:
-        if state.deleted:
-            await _delete(handle)
-            return
-        schedule = build_schedule(state.id, state.trigger_config, ctx.settings.task_queue, paused=not state.active)
-        try:
-            await ctx.temporal.create_schedule(handle.id, schedule)
-            return
-        except ScheduleAlreadyRunningError:
-            pass
-
-        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=schedule)
-
-        await handle.update(replace)
-        # Pausing is schedule state, which an update may leave as it was: set it explicitly.
-        described = await handle.describe()
-        if described.schedule.state.paused and state.active:
-            await handle.unpause()
-        elif not described.schedule.state.paused and not state.active:
-            await handle.pause()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
-            # The definition itself is the problem; retrying the same one will not help.
-            raise TriggerSyncError(f"Temporal refused the schedule: {exc.message[:300]}") from None
-        raise
-
-
-async def _delete(handle: ScheduleHandle) -> None:
-    try:
-        await handle.delete()
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise
-
-
 # --- events -----------------------------------------------------------------------------
 
 
@@ -343,5 +231,4 @@ TRIGGER = TriggerType(
     trigger_data=_trigger_data,
     match=match_filter,
     check_config=_check,
-    sync=sync_schedule,
 )

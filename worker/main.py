@@ -12,7 +12,6 @@ import redis.asyncio as redis
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from actions import newsletter as newsletter_action
 from actions.egress import EgressPolicy, guarded_client
 from actions.ratelimit import RedisRateLimiter, rates_with_overrides
 from oauth.crypto import Keyring
@@ -22,13 +21,16 @@ from schemas import db
 from settings import Settings
 from telemetry.metrics import Metrics, record_credential_refresh_failure
 from telemetry.tracing import NOOP, Tracing
-from worker.activities import AutomationActivities
-from worker.automation import AutomationWorkflow
+from worker.automation.activities import AutomationActivities
+from worker.automation.handoff import hand_offs
+from worker.automation.lane import LaneWorkflow
+from worker.automation.workflow import AutomationWorkflow
 from worker.gmail.activities import GmailActivities
 from worker.gmail.workflow import MailboxWorkflow
-from worker.lane import LaneWorkflow
-from worker.newsletter import NewsletterActivities, NewsletterWorkflow
-from worker.ticks import TickActivities, TickWorkflow
+from worker.newsletter.activities import NewsletterActivities
+from worker.newsletter.workflow import NewsletterWorkflow
+from worker.schedule_cron.activities import TickActivities
+from worker.schedule_cron.workflow import TickWorkflow
 from worker.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ async def run_worker(
                 pool,
                 keyring,
                 http,
-                google_from_settings(settings),
+                google_from_settings(settings.for_google()),
                 on_refresh_failure=partial(record_credential_refresh_failure, metrics),
             )
             newsletter = NewsletterActivities(
@@ -122,7 +124,7 @@ async def run_worker(
                 limiter=limiter,
                 metrics=metrics,
                 tracing=tracing,
-                handoffs={newsletter_action.NAME: newsletter.hand_off},
+                handoffs=hand_offs([newsletter]),
                 api_bases={"gmail": settings.gmail_api_base},
                 max_rendered_bytes=settings.max_rendered_bytes,
                 egress=egress,

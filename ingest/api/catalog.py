@@ -1,4 +1,5 @@
-"""`/api/catalog`: the trigger and action types a workflow may use, with their config schemas."""
+"""`/api/catalog`: the trigger and action types a workflow may use, with their config schemas,
+and the providers a credential may be for."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from starlette.responses import Response
 from actions.registry import ACTIONS
 from ingest.api.common import json_response
 from ingest.api.operations import Reply, operation
+from oauth.providers import PROVIDERS
 from triggers.registry import TRIGGERS
 
 
 def catalog() -> dict[str, list[dict[str, Any]]]:
-    """Every registered trigger and action type, sorted by name."""
+    """Every registered trigger and action type and every credential provider, sorted by name."""
     return {
         "triggers": [
             {"type": t.name, "description": t.description, "config_schema": t.config_schema}
@@ -24,13 +26,24 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
             {"type": a.name, "description": a.description, "config_schema": a.config_schema}
             for a in sorted(ACTIONS.values(), key=lambda a: a.name)
         ],
+        "providers": [
+            {
+                "name": p.name,
+                "display_name": p.title,
+                "kind": p.kind,
+                "description": p.description,
+                "secret_shapes": [list(shape) for shape in p.secret_shapes] if p.kind == "api_key" else [],
+                "rate_per_s": p.rate_per_s,
+            }
+            for p in sorted(PROVIDERS.values(), key=lambda p: p.name)
+        ],
     }
 
 
 @operation(
     "GET",
     "/api/catalog",
-    "Trigger and action types",
+    "Trigger and action types, and credential providers",
     "catalog",
     {200: Reply("OK", "Catalog")},
     public=True,

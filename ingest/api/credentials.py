@@ -22,7 +22,7 @@ from ingest.errors import Invalid, Unavailable
 from ingest.state import app_state
 from oauth.google import DEFAULT_SCOPES, OAuthFlowError, ProviderUnavailable
 from oauth.links import link_token
-from oauth.providers import API_KEY_PROVIDERS, OAUTH_PROVIDERS, PROVIDERS
+from oauth.providers import API_KEY_PROVIDERS, OAUTH_PROVIDERS, PROVIDERS, secret_shapes_text
 from schemas.store import credentials as store
 from schemas.store.credentials import Credential
 
@@ -37,8 +37,9 @@ CREATE_SCHEMA: dict[str, Any] = {
         "name": {"type": "string", "minLength": 1, "maxLength": 200},
         "secret": {
             "type": "object",
-            "description": "The provider's secret fields, e.g. {'api_key': '...'} for Resend, "
-            "{'bearer_token': '...'} for http, {'url': 'https://hooks.slack.com/...'} for slack_webhook.",
+            "description": "The provider's secret fields: "
+            + "; ".join(f"{name}: {secret_shapes_text(PROVIDERS[name])}" for name in API_KEY_PROVIDERS)
+            + ".",
             "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 4096},
             "minProperties": 1,
         },
@@ -85,13 +86,13 @@ def credential_json(row: Credential) -> dict[str, Any]:
 @operation(
     "POST",
     "/api/credentials",
-    "Store an API-key credential (Resend, Postmark, Slack, Novu)",
+    f"Store an API-key credential ({', '.join(PROVIDERS[name].title for name in API_KEY_PROVIDERS)})",
     "credentials",
     {201: Reply("Created; the secret is never shown again.", "Credential")},
     body=Body("CredentialCreate"),
 )
 async def create_credential(request: Request) -> Response:
-    """Store an API-key credential (Resend, Postmark, Slack bot token or webhook, Novu, http)."""
+    """Store an API-key credential for one of the `api_key` providers (oauth/providers.py)."""
     owner_id = await require_owner(request)
     body = await read_json(request)
     check(_CREATE, body)

@@ -7,7 +7,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from actions import newsletter
+from actions.base import OwnWorkflow
+from actions.registry import ACTIONS
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, page_query, page_response, path_id, query_choice
 from ingest.api.operations import ID, PAGING, Param, Reply, error, operation, page_of
@@ -43,6 +44,11 @@ def execution_json(row: Any, progress: dict[str, Any] | None = None) -> dict[str
     if progress is not None:
         body["progress"] = progress
     return body
+
+
+def _own_workflow(action_type: str) -> OwnWorkflow | None:
+    action = ACTIONS.get(action_type)
+    return None if action is None else action.own_workflow
 
 
 @operation(
@@ -133,13 +139,9 @@ async def cancel_execution(request: Request) -> Response:
             raise Conflict(f"the execution has already finished ({row['status']})")
         if row["status"] == "queued":
             await store.mark_cancelled(conn, execution_id, CANCELLED_BY_OWNER)
-        elif row["action_type"] == newsletter.NAME:
-            await store.request_cancel(conn, execution_id)
-            # Not sending yet (waiting for send_at, or not handed over): nothing to wait for.
-            # Without a stored newsletter there is nothing to summarise either.
-            not_started = not await newsletter_store.started(conn, execution_id)
-            if not_started and await newsletter.finalise(conn, execution_id, cancel=True) is None:
-                await store.mark_cancelled(conn, execution_id, CANCELLED_BY_OWNER)
+        elif (own_workflow := _own_workflow(row["action_type"])) is not None:
+            # Its workflow stops at its next checkpoint (a newsletter: between batches).
+            await own_workflow.cancel(conn, execution_id, CANCELLED_BY_OWNER)
         elif row["next_attempt_at"] is not None:
             await store.mark_cancelled(conn, execution_id, CANCELLED_BY_OWNER)
         else:

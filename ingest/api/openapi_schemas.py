@@ -172,7 +172,24 @@ def _event_schemas() -> dict[str, Any]:
 def _catalog_schema() -> dict[str, Any]:
     entry = _obj({"type": _STR, "description": _STR, "config_schema": {"type": "object"}})
     entries = {"type": "array", "items": entry}
-    return _obj({"triggers": entries, "actions": entries})
+    provider = _obj(
+        {
+            "name": _STR,
+            "display_name": _STR,
+            "kind": {"enum": ["oauth2", "api_key"]},
+            "description": _STR,
+            "secret_shapes": {
+                "type": "array",
+                "items": {"type": "array", "items": _STR},
+                "description": "Accepted sets of secret fields (api_key providers; oauth2 ones connect via a link).",
+            },
+            "rate_per_s": {
+                **_nullable({"type": "number"}),
+                "description": "Default requests per second per credential (HOOKYARD_RATE_LIMITS overrides it).",
+            },
+        }
+    )
+    return _obj({"triggers": entries, "actions": entries, "providers": {"type": "array", "items": provider}})
 
 
 def _credential_schemas() -> dict[str, Any]:

@@ -9,7 +9,7 @@ import asyncpg
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 # How long an attempt may be in flight: the automation's batch activity start-to-close
-# (worker/contracts.py BATCH_START_TO_CLOSE_S). Within it, an attempt claimed by another run of
+# (worker/automation/contract.py BATCH_START_TO_CLOSE_S). Within it, an attempt claimed by another run of
 # the same automation is not taken again; past it, that attempt cannot still be running.
 ATTEMPT_IN_FLIGHT_S = 15 * 60.0
 

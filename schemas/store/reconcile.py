@@ -1,6 +1,6 @@
 """Bookkeeping of the reconciler: what Temporal was given long enough ago to be checked.
 
-The reconciler (worker/reconciler.py) leases one Temporal workflow id at a time (an
+The reconciler (worker/dispatch/reconciler.py) leases one Temporal workflow id at a time (an
 automation, a newsletter or a mailbox workflow) in `reconcile_leases`, asks Temporal whether it
 runs, and hands back the rows it owns that are stranded. The lease doubles as the spacing of
 checks: a workflow checked once is not looked at again before its lease ends.
@@ -27,7 +27,7 @@ def _unleased(key_sql: str) -> str:
 
 
 _AUTOMATION_UNLEASED = _unleased("'automation-' || x.workflow_id::text")
-_LANE_UNLEASED = _unleased("$3 || x.lane::text")  # $3: the lanes' id prefix (worker/contracts.py)
+_LANE_UNLEASED = _unleased("$3 || x.lane::text")  # $3: the lanes' id prefix (worker/automation/contract.py)
 _MAILBOX_UNLEASED = _unleased("'gmail-mailbox-' || m.credential_id::text")
 
 

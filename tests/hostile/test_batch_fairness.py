@@ -23,8 +23,8 @@ from schemas.store import executions as store
 from tests.conftest import Owner, Receiver
 from tests.factories import create_endpoint, create_workflow
 from tests.hostile.test_storage_faults import _queued, _status
-from worker.activities import AutomationActivities, KeptOutcomes, OutcomesNotRecorded, _compact
-from worker.contracts import BatchInput, Outcome
+from worker.automation.activities import AutomationActivities, KeptOutcomes, OutcomesNotRecorded, _compact
+from worker.automation.contract import BatchInput, Outcome
 
 pytestmark = pytest.mark.integration
 

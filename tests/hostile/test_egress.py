@@ -352,7 +352,7 @@ async def guarded_pipeline(
     """Dispatcher and worker whose egress allows only the receiver's port on 127.0.0.1."""
     import asyncio
 
-    from worker.dispatcher import Dispatcher
+    from worker.dispatch.dispatcher import Dispatcher
     from worker.main import run_worker
 
     port = httpx.URL(receiver.url).port

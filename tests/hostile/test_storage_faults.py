@@ -33,8 +33,8 @@ from tests.conftest import Owner, Receiver, Stack, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, send
 from tests.faultproxy import FaultProxy, fault_proxy
 from tests.processes import AppProcess, Deployment, deployment, owner_client
-from worker.activities import AutomationActivities
-from worker.contracts import BatchInput, Outcome
+from worker.automation.activities import AutomationActivities
+from worker.automation.contract import BatchInput, Outcome
 
 pytestmark = pytest.mark.integration
 

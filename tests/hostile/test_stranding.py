@@ -39,9 +39,9 @@ from tests.integration.test_newsletter import (
     run_now,
 )
 from triggers.gmail import mailbox_workflow_id
-from worker.contracts import automation_id
-from worker.dispatcher import Dispatcher, Handover
-from worker.newsletter import newsletter_id
+from worker.automation.contract import automation_id
+from worker.dispatch.dispatcher import Dispatcher, Handover
+from worker.newsletter.contract import newsletter_id
 
 PENDING_CAP = 3
 __all__ = ["provider"]  # the fake Resend of the newsletter tests, as a fixture here too
@@ -366,7 +366,7 @@ async def _received(receiver: Receiver, target: str) -> bool:
 async def test_the_hand_over_scan_goes_round_so_no_automation_waits_behind_the_first_ones(
     fast: Settings, owner: Owner, pool: asyncpg.Pool, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker import dispatcher as dispatcher_module
+    from worker.dispatch import dispatcher as dispatcher_module
 
     endpoint = await create_endpoint(owner.client)
     mine = {

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from actions.registry import ACTIONS
 from ingest.app import ROUTES
+from oauth.providers import PROVIDERS
 from triggers.registry import TRIGGERS
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,34 @@ async def test_catalog_lists_every_trigger_and_action_with_its_schema(http: http
     webhook = next(t for t in catalog["triggers"] if t["type"] == "webhook.received")
     assert webhook["description"]
     assert webhook["config_schema"]["required"] == ["endpoint_id"]
+
+
+async def test_catalog_lists_every_credential_provider_as_declared(http: httpx.AsyncClient) -> None:
+    providers = {p["name"]: p for p in (await http.get("/api/catalog")).json()["providers"]}
+
+    assert set(providers) == set(PROVIDERS)
+    assert providers["resend"] == {
+        "name": "resend",
+        "display_name": "Resend",
+        "kind": "api_key",
+        "description": "Resend API key",
+        "secret_shapes": [["api_key"]],
+        "rate_per_s": 2.0,
+    }
+    assert providers["google"]["kind"] == "oauth2"
+    assert providers["google"]["secret_shapes"] == []
+    assert providers["http"]["rate_per_s"] is None
+
+
+async def test_openapi_names_every_api_key_provider_and_its_secret_fields(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/api/openapi.json")).json()
+    operation = document["paths"]["/api/credentials"]["post"]
+    secret = document["components"]["schemas"]["CredentialCreate"]["properties"]["secret"]
+
+    for name, provider in PROVIDERS.items():
+        if provider.kind == "api_key":
+            assert provider.title in operation["summary"]
+            assert f"{name}: {' + '.join(provider.secret_fields)}" in secret["description"]
 
 
 async def test_openapi_document_is_public_and_version_3_1(http: httpx.AsyncClient) -> None:

@@ -18,7 +18,7 @@ from oauth.google import google_from_settings
 from schemas.store import credentials as store
 from tests.conftest import Owner
 from tests.fake_google import FakeGoogle
-from worker.credentials import OwnerCredentials
+from worker.automation.credentials import OwnerCredentials
 from worker.vault import CredentialUnusable, Vault
 
 GMAIL = "https://www.googleapis.com/auth/gmail.modify"
@@ -219,7 +219,9 @@ async def test_tokens_refresh_once_across_concurrent_users(
     row = await connected(owner, pool, browser)
     await pool.execute("UPDATE credentials SET expires_at = now() + interval '10 seconds' WHERE id = $1", row["id"])
     async with httpx.AsyncClient() as http:
-        vaults = [Vault(pool, keyring, http, google_from_settings(settings)) for _ in range(2)]  # two workers
+        vaults = [
+            Vault(pool, keyring, http, google_from_settings(settings.for_google())) for _ in range(2)
+        ]  # two workers
         import asyncio
 
         loaded = await asyncio.gather(*(v.load(row["owner_id"], row["id"], {"google"}) for v in vaults * 3))
@@ -257,7 +259,9 @@ async def test_invalid_grant_needs_reconnect_and_pauses_gmail_triggers(
         workflow_id,
     )
     async with httpx.AsyncClient() as http:
-        source = OwnerCredentials(Vault(pool, keyring, http, google_from_settings(settings)), row["owner_id"])
+        source = OwnerCredentials(
+            Vault(pool, keyring, http, google_from_settings(settings.for_google())), row["owner_id"]
+        )
         with pytest.raises(PermanentActionError, match="needs to be reconnected"):
             await source.load(str(row["id"]), {"google"})
     shown = (await owner.client.get(f"/api/credentials/{row['id']}")).json()

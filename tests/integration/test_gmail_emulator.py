@@ -130,7 +130,7 @@ class Service:
 @pytest.fixture(scope="module")
 async def service(stack: Stack, keyring: Keyring, emulator: str) -> AsyncIterator[Service]:
     from ingest.app import create_app
-    from worker.dispatcher import Dispatcher
+    from worker.dispatch.dispatcher import Dispatcher
     from worker.main import run_worker
 
     fake = FakeGmail()

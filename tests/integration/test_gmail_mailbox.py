@@ -42,7 +42,7 @@ class Env:
 @pytest.fixture(scope="module")
 async def env(stack: Stack, keyring: Keyring) -> AsyncIterator[Env]:
     from ingest.app import create_app
-    from worker.dispatcher import Dispatcher
+    from worker.dispatch.dispatcher import Dispatcher
     from worker.main import run_worker
 
     fake = FakeGmail()

@@ -23,7 +23,7 @@ from schemas.store.owners import create_owner
 from tests.conftest import serve
 from tests.fake_gmail import FakeGmail, FakeMailbox
 from tests.gmail_support import READ_SCOPE, connect_google, unique_email
-from worker.credentials import OwnerCredentials
+from worker.automation.credentials import OwnerCredentials
 from worker.vault import Vault
 
 pytestmark = pytest.mark.integration

@@ -24,8 +24,8 @@ from settings import Settings
 from tests.conftest import Owner, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
 from tests.processes import services
-from worker.contracts import lane_id
-from worker.dispatcher import Dispatcher
+from worker.automation.contract import lane_id
+from worker.dispatch.dispatcher import Dispatcher
 
 pytestmark = pytest.mark.integration
 

@@ -39,7 +39,7 @@ class Observed:
 async def observed(settings: Settings, keyring: Keyring) -> AsyncIterator[Observed]:
     """API, dispatcher and worker recording into one registry, against the session stack."""
     from ingest.app import create_app
-    from worker.dispatcher import Dispatcher
+    from worker.dispatch.dispatcher import Dispatcher
     from worker.main import run_worker
 
     metrics = Metrics()
@@ -231,7 +231,7 @@ async def test_inbox_depth_counts_waiting_events_and_the_age_of_the_oldest(pool:
 
 
 async def test_dispatcher_refreshes_the_inbox_gauges(observed: Observed, pool: asyncpg.Pool) -> None:
-    from worker.dispatcher import Dispatcher
+    from worker.dispatch.dispatcher import Dispatcher
 
     metrics = Metrics()
     metrics.set_inbox(-1, -1)

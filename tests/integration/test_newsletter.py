@@ -92,7 +92,7 @@ def local_settings(settings: Settings) -> Settings:
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings, keyring: Keyring, *, worker: bool = True) -> AsyncIterator[None]:
-    from worker.dispatcher import Dispatcher
+    from worker.dispatch.dispatcher import Dispatcher
     from worker.main import run_worker
 
     stop = asyncio.Event()
@@ -550,7 +550,7 @@ async def test_worker_killed_mid_send_through_postmark_never_sends_anyone_a_seco
 
 
 async def owner_credentials(pool: asyncpg.Pool, keyring: Keyring, owner: Owner, http: httpx.AsyncClient) -> Any:
-    from worker.credentials import OwnerCredentials
+    from worker.automation.credentials import OwnerCredentials
     from worker.vault import Vault
 
     return OwnerCredentials(Vault(pool, keyring, http), uuid.UUID(owner.id))

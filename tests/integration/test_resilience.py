@@ -102,7 +102,7 @@ async def isolated(
     stack: Stack, *, worker_in_process: bool, **overrides: object
 ) -> AsyncIterator[tuple[Isolated, str, asyncpg.Pool]]:
     from ingest.app import create_app
-    from worker.dispatcher import Dispatcher
+    from worker.dispatch.dispatcher import Dispatcher
     from worker.main import run_worker
 
     name = f"iso_{uuid.uuid4().hex[:8]}"

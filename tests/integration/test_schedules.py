@@ -27,8 +27,9 @@ from tests.conftest import Owner, Receiver, wait_for
 from tests.factories import create_endpoint, executions
 from tests.integration.api_support import create_workflow_from as create
 from triggers.registry import TRIGGERS
-from worker.ticks import Tick, TickActivities
-from worker.trigger_sync import TriggerSyncer, hooked_types
+from worker.dispatch.trigger_sync import TriggerSyncer, hooked_types
+from worker.schedule_cron.activities import TickActivities
+from worker.schedule_cron.contract import Tick
 
 pytestmark = pytest.mark.integration
 

@@ -40,7 +40,7 @@ class Traced:
 async def traced(settings: Settings, keyring: Keyring) -> AsyncIterator[Traced]:
     """API, dispatcher and worker each tracing as its own service into one in-memory exporter."""
     from ingest.app import create_app
-    from worker.dispatcher import Dispatcher
+    from worker.dispatch.dispatcher import Dispatcher
     from worker.main import run_worker
 
     exporter = InMemorySpanExporter()

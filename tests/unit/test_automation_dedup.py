@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from worker.automation import _RECENT_KEPT, AutomationWorkflow
-from worker.contracts import Enqueue
+from worker.automation.contract import Enqueue
+from worker.automation.workflow import _RECENT_KEPT, AutomationWorkflow
 
 
 def _run_and_finish(wf: AutomationWorkflow, execution_id: str) -> None:

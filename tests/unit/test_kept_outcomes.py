@@ -6,8 +6,8 @@ import uuid
 
 import orjson
 
-from worker.activities import KEPT_RESULT_CHARS, KeptOutcomes, _compact
-from worker.contracts import Outcome
+from worker.automation.activities import KEPT_RESULT_CHARS, KeptOutcomes, _compact
+from worker.automation.contract import Outcome
 
 
 def _kept(batch: list[str], details: object) -> KeptOutcomes:

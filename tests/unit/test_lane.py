@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from settings import SettingsError, load_settings
-from worker.contracts import LaneEnqueue, LaneState, LaneWork, Retry
-from worker.lane import RECENT_KEPT, LaneWorkflow
+from worker.automation.contract import LaneEnqueue, LaneState, LaneWork, Retry
+from worker.automation.lane import RECENT_KEPT, LaneWorkflow
 
 
 def _lane(max_batch: int = 10) -> LaneWorkflow:

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.store.executions import ATTEMPT_IN_FLIGHT_S
-from worker.contracts import BATCH_START_TO_CLOSE_S
-from worker.reconciler import Bounds, stranded_reason
+from worker.automation.contract import BATCH_START_TO_CLOSE_S
+from worker.dispatch.reconciler import Bounds, stranded_reason
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 BOUNDS = Bounds(grace=timedelta(seconds=30))

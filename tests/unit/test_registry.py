@@ -11,6 +11,7 @@ import actions
 import triggers
 from actions.base import ActionType
 from actions.registry import ACTIONS
+from oauth.providers import PROVIDERS
 from triggers.base import TriggerType
 from triggers.registry import TRIGGERS
 
@@ -36,3 +37,9 @@ def test_every_action_module_is_registered() -> None:
 def test_config_schemas_are_valid_json_schemas() -> None:
     for kind in [*TRIGGERS.values(), *ACTIONS.values()]:
         jsonschema.Draft202012Validator.check_schema(kind.config_schema)
+
+
+def test_every_credential_provider_an_action_names_is_declared() -> None:
+    for action in ACTIONS.values():
+        for provider in action.credential_providers:
+            assert provider in PROVIDERS, f"{action.name} names undeclared provider {provider!r}"

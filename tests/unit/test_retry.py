@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.retry import next_delay
+from worker.automation.retry import next_delay
 
 POLICY = {"max_attempts": 4, "initial_interval_s": 1.0, "backoff": 2.0, "max_interval_s": 5.0}
 

@@ -13,15 +13,15 @@ from temporalio.client import ScheduleActionStartWorkflow, ScheduleOverlapPolicy
 
 from triggers.base import TriggerConfigError
 from triggers.schedule import (
+    OVERLAP_CHOICES,
     CronError,
-    TickInput,
-    build_schedule,
-    schedule_id,
     validate_config,
     validate_cron,
     validate_timezone,
 )
 from triggers.tick import BadScheduledTime, scheduled_time
+from worker.schedule_cron.contract import TickInput, schedule_id
+from worker.schedule_cron.schedule import OVERLAP, build_schedule
 
 
 @pytest.mark.parametrize(
@@ -163,6 +163,10 @@ def test_an_interval_config_maps_jitter_overlap_catchup_and_pause() -> None:
 def test_allow_all_overlap_maps_to_temporal_allow_all() -> None:
     schedule = build_schedule(uuid4(), {"interval_s": 60, "overlap": "allow_all"}, "q", paused=False)
     assert schedule.policy.overlap == ScheduleOverlapPolicy.ALLOW_ALL
+
+
+def test_every_overlap_choice_of_the_config_maps_to_a_temporal_policy() -> None:
+    assert tuple(OVERLAP) == OVERLAP_CHOICES
 
 
 def test_schedule_ids_carry_only_the_workflow_id() -> None:

@@ -51,7 +51,7 @@ class GmailPushForwarder:
             *(
                 signal_mailbox(
                     client,
-                    self._settings,
+                    self._settings.for_triggers(),
                     MailboxRef(row["owner_id"], row["credential_id"]),
                     history_id=row["notified_history_id"],
                 )

@@ -19,7 +19,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from worker.contracts import (
+    from worker.automation.contract import (
         BATCH_START_TO_CLOSE_S,
         ENQUEUE_SIGNAL,
         RUN_BATCH_ACTIVITY,

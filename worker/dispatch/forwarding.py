@@ -24,6 +24,7 @@ from temporalio.client import Client
 from schemas.store import events as event_store
 from settings import Settings
 from triggers.base import InboxEvent
+from triggers.registry import internal_sources
 from worker.gmail.forwarder import GmailPushForwarder
 
 
@@ -50,10 +51,26 @@ class SourceForwarder(Protocol):
         ...
 
 
-def build_forwarders(settings: Settings) -> dict[str, SourceForwarder]:
-    """Every internal source's forwarder, by source type."""
-    forwarders: list[SourceForwarder] = [GmailPushForwarder(settings)]
-    return {f.source_type: f for f in forwarders}
+class NoForwarder(RuntimeError):
+    """A trigger type declares an internal source that no forwarder of the dispatcher serves."""
+
+
+def build_forwarders(
+    settings: Settings, available: Sequence[SourceForwarder] | None = None
+) -> dict[str, SourceForwarder]:
+    """The forwarder of every internal source trigger types declare, by source type.
+
+    `available` are the forwarders this dispatcher has (by default, each capability's). Raises
+    `NoForwarder` for a declared source none of them serves: its events would otherwise be
+    matched against owners' workflows instead of reaching hookyard's own.
+    """
+    forwarders = [GmailPushForwarder(settings)] if available is None else available
+    served = {f.source_type: f for f in forwarders}
+    declared = internal_sources()
+    missing = sorted(declared - set(served))
+    if missing:
+        raise NoForwarder(f"no forwarder serves the internal source {', '.join(missing)}")
+    return {source: served[source] for source in sorted(declared)}
 
 
 async def accept_forwarded(

@@ -12,9 +12,9 @@ A crash between signalling and marking re-sends ids on the next pass; the workfl
 ids it has seen and the activity skips executions that have finished, so nothing runs twice.
 While Temporal is unreachable, step 1 continues and step 2 retries with backoff.
 
-Beside them runs the trigger sync loop (worker/trigger_sync.py), which keeps the outside
+Beside them runs the trigger sync loop (worker/dispatch/trigger_sync.py), which keeps the outside
 state some triggers keep (Temporal Schedules) in step with the workflow rows, and the
-reconciler (worker/reconciler.py), which hands over again what Temporal no longer holds.
+reconciler (worker/dispatch/reconciler.py), which hands over again what Temporal no longer holds.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from telemetry.metrics import Metrics
 from telemetry.tracing import NOOP, Tracing
 from triggers.base import InboxEvent
 from triggers.resolver import RoutingCache
-from worker.contracts import (
+from worker.automation.contract import (
     ENQUEUE_SIGNAL,
     LANE_ENQUEUE_SIGNAL,
     LANE_WORKFLOW_NAME,
@@ -58,9 +58,9 @@ from worker.contracts import (
     automation_id,
     lane_id,
 )
-from worker.forwarding import ForwardFailed, accept_forwarded, build_forwarders, handover_forwarded
-from worker.reconciler import Reconciler
-from worker.trigger_sync import TriggerSyncer
+from worker.dispatch.forwarding import ForwardFailed, accept_forwarded, build_forwarders, handover_forwarded
+from worker.dispatch.reconciler import Reconciler
+from worker.dispatch.trigger_sync import TriggerSyncer
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class Dispatcher:
         self._metrics = Metrics() if metrics is None else metrics
         self._inbox_gauges_at = 0.0 if metrics is not None else float("inf")
         self._routes = RoutingCache()
-        # Internal sources (Gmail pushes) feed hookyard's own workflows, not owners' (worker/forwarding.py).
+        # Internal sources (Gmail pushes) feed hookyard's own workflows, not owners' (worker/dispatch/forwarding.py).
         self._forwarders = build_forwarders(settings)
         self._wake = asyncio.Event()
         self._handover_delay = 0.0

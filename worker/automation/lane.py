@@ -3,7 +3,7 @@ does not grow with the number of workflows (docs/architecture.md, "Execution lan
 
 `HOOKYARD_LANES` lanes per task queue (`lane-<task queue>-<n>`); each user workflow belongs to one lane
 (`workflows.lane`) for good, so all of its executions meet here. Per user workflow the lane
-keeps what the per-workflow automation keeps (worker/automation.py): a FIFO of pending ids, the
+keeps what the per-workflow automation keeps (worker/automation/workflow.py): a FIFO of pending ids, the
 number in flight against its own concurrency limit, and its retries. One durable timer serves
 the lane's earliest due retry. Batches are filled round-robin across the lane's workflows, one
 execution of each ready workflow per round, so a hot workflow cannot starve the others in its
@@ -27,7 +27,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from worker.contracts import (
+    from worker.automation.contract import (
         BATCH_START_TO_CLOSE_S,
         LANE_ENQUEUE_SIGNAL,
         LANE_WORKFLOW_NAME,
@@ -230,7 +230,7 @@ class LaneWorkflow:
             result_type=list[Outcome],
             start_to_close_timeout=timedelta(seconds=BATCH_START_TO_CLOSE_S),
             heartbeat_timeout=timedelta(seconds=self._state.heartbeat_timeout_s),
-            # As the automation's (worker/automation.py): infrastructure failures retry forever,
+            # As the automation's (worker/automation/workflow.py): infrastructure failures retry forever,
             # a lost worker's batch half a second after its heartbeat times out.
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=0.5), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=5)

@@ -37,9 +37,9 @@ from schemas.store.signing import load_signing_secret
 from telemetry.logs import log_context
 from telemetry.metrics import Metrics, record_failover
 from telemetry.tracing import NOOP, Tracing
-from worker.contracts import RUN_BATCH_ACTIVITY, BatchInput, Outcome
-from worker.credentials import OwnerCredentials
-from worker.retry import next_delay
+from worker.automation.contract import RUN_BATCH_ACTIVITY, BatchInput, Outcome
+from worker.automation.credentials import OwnerCredentials
+from worker.automation.retry import next_delay
 from worker.vault import Vault
 
 log = logging.getLogger(__name__)

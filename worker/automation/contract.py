@@ -83,7 +83,7 @@ class Outcome:
     retry_in_s: float | None = None
 
 
-# Execution lanes (worker/lane.py): a fixed number of workflows per task queue, each running the
+# Execution lanes (worker/automation/lane.py): a fixed number of workflows per task queue, each running the
 # executions of many user workflows.
 LANE_WORKFLOW_NAME = "hookyard.lane"
 LANE_ENQUEUE_SIGNAL = "enqueue"

@@ -53,8 +53,8 @@ from schemas.store.newsletter import set_temporal_ids
 from settings import Settings
 from telemetry.metrics import Metrics
 from triggers.gmail import mailbox_workflow_id, signal_mailbox
-from worker.contracts import automation_id, lane_id, lane_prefix
-from worker.newsletter import NEWSLETTER_WORKFLOW, NewsletterJob
+from worker.automation.contract import automation_id, lane_id, lane_prefix
+from worker.newsletter.contract import NEWSLETTER_WORKFLOW, NewsletterJob
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class Reconciler:
         async with self._pool.acquire() as conn:
             if not await store.mailbox_is_active(conn, row["credential_id"]):
                 return 0
-        await signal_mailbox(client, self._settings, MailboxRef(row["owner_id"], row["credential_id"]))
+        await signal_mailbox(client, self._settings.for_triggers(), MailboxRef(row["owner_id"], row["credential_id"]))
         self._metrics.reconciler_actions.labels("mailbox", "workflow_gone").inc()
         log.warning("reconciler: mailbox workflow %s started again (it was not running)", temporal_id)
         return 1

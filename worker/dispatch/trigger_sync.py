@@ -5,7 +5,7 @@ holds up event resolution. Safe in any number of replicas: rows are leased under
 `FOR UPDATE SKIP LOCKED`, and a lease keeps other loops away while the hooks run.
 
 Each pass takes lagging workflows (whose `sync_version` moved past `synced_version`), calls
-the trigger type's `sync` hook with the row as it is now, and records the version reached, or
+the trigger type's sync hook with the row as it is now, and records the version reached, or
 the error and a retry time (doubling from 1 s to 60 s). Hooks are idempotent and converge to
 the current row, so a retry, a duplicate, or a change made while a hook ran is harmless: the
 row simply lags again and is synced once more. A workflow that moves to another trigger type
@@ -32,6 +32,7 @@ from schemas.store import trigger_sync as store
 from settings import Settings
 from triggers.base import SyncHook, TriggerSyncContext, TriggerSyncError, WorkflowSyncState
 from triggers.registry import TRIGGERS
+from worker.schedule_cron import schedule as schedule_cron
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,22 @@ class TemporalUnreachable(RuntimeError):
     """No connection to Temporal could be made; every hook needs one."""
 
 
+# Hooks that speak to Temporal workflows of the worker's own live here, not in the trigger
+# type (triggers describe and match; they never import the worker).
+WORKER_HOOKS: dict[str, SyncHook] = {**schedule_cron.SYNC_HOOKS}
+
+
+def sync_hook(trigger_type: str) -> SyncHook | None:
+    """The sync hook of a trigger type, if it keeps outside state."""
+    trigger = TRIGGERS.get(trigger_type)
+    if trigger is None:
+        return None
+    return WORKER_HOOKS.get(trigger_type) or trigger.sync
+
+
 def hooked_types() -> list[str]:
     """Trigger types that keep outside state."""
-    return sorted(name for name, trigger in TRIGGERS.items() if trigger.sync is not None)
+    return sorted(name for name in TRIGGERS if sync_hook(name) is not None)
 
 
 def planned_calls(row: Any) -> list[tuple[SyncHook, WorkflowSyncState]]:
@@ -78,8 +92,8 @@ def planned_calls(row: Any) -> list[tuple[SyncHook, WorkflowSyncState]]:
     calls: list[tuple[SyncHook, WorkflowSyncState]] = []
     before = row["synced_trigger_type"]
     previous_config = row["synced_trigger_config"]
-    old = TRIGGERS.get(before) if before else None
-    if old is not None and old.sync is not None and before != row["trigger_type"]:
+    old = sync_hook(before) if before else None
+    if old is not None and before != row["trigger_type"]:
         undo = WorkflowSyncState(
             id=row["id"],
             owner_id=row["owner_id"],
@@ -89,9 +103,9 @@ def planned_calls(row: Any) -> list[tuple[SyncHook, WorkflowSyncState]]:
             deleted=True,
             previous_config=previous_config,
         )
-        calls.append((old.sync, undo))
-    current = TRIGGERS.get(row["trigger_type"])
-    if current is not None and current.sync is not None:
+        calls.append((old, undo))
+    current = sync_hook(row["trigger_type"])
+    if current is not None:
         state = WorkflowSyncState(
             id=row["id"],
             owner_id=row["owner_id"],
@@ -101,7 +115,7 @@ def planned_calls(row: Any) -> list[tuple[SyncHook, WorkflowSyncState]]:
             deleted=row["deleted"],
             previous_config=previous_config if before == row["trigger_type"] else None,
         )
-        calls.append((current.sync, state))
+        calls.append((current, state))
     return calls
 
 
@@ -150,7 +164,7 @@ class TriggerSyncer:
             for row in rows:
                 await self._record(row, exc)
             return settled + len(rows)
-        ctx = TriggerSyncContext(temporal=client, settings=self._settings, pool=self._pool)
+        ctx = TriggerSyncContext(temporal=client, settings=self._settings.for_triggers(), pool=self._pool)
         limit = asyncio.Semaphore(PARALLEL)
 
         async def one(row: Any) -> None:
@@ -170,8 +184,7 @@ class TriggerSyncer:
         except Exception as exc:  # any failure of a hook is recorded and retried, never fatal
             await self._record(row, exc)
             return
-        current = TRIGGERS.get(row["trigger_type"])
-        keeps_state = current is not None and current.sync is not None and not row["deleted"]
+        keeps_state = sync_hook(row["trigger_type"]) is not None and not row["deleted"]
         async with self._pool.acquire() as conn:
             await store.record_synced(
                 conn,

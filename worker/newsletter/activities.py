@@ -1,11 +1,9 @@
-"""`hookyard.newsletter`: one workflow per newsletter execution (id `newsletter-<execution id>`).
+"""The newsletter's activities: the hand-over and the batch activity.
 
 The automation's batch activity hands a newsletter over (`NewsletterActivities.hand_off`):
-it stores the config snapshot and the recipient list (idempotently), starts this workflow and
-reports the execution as handed off; the execution stays `running`. The workflow waits for
-`send_at` on a durable timer, then runs one activity per batch of recipients (not one per
-recipient: Temporal round trips are what costs) with a durable pause between batches. Each
-batch activity first checks whether the owner cancelled (`executions.cancel_requested_at`,
+it stores the config snapshot and the recipient list (idempotently), starts the newsletter
+workflow (workflow.py) and reports the execution as handed off; the execution stays `running`.
+Each batch activity first checks whether the owner cancelled (`executions.cancel_requested_at`,
 set by the API: no Temporal client needed there), sends with the configured concurrency,
 records every recipient's outcome the moment it is known and heartbeats per recipient. The
 batch that finds nothing left (or a cancel) writes the execution's final status and result.
@@ -25,89 +23,30 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
-from temporalio import activity, workflow
-from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+import asyncpg
+import httpx
+from temporalio import activity
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
-with workflow.unsafe.imports_passed_through():
-    import asyncpg
-    import httpx
-
-    from actions import newsletter
-    from actions.base import RateLimiter
-    from actions.email import EmailRoute
-    from actions.errors import PermanentActionError
-    from actions.templating import DEFAULT_MAX_RENDERED_BYTES
-    from schemas import db
-    from schemas.sanitize import strip_nul
-    from schemas.store import newsletter as store
-    from telemetry.metrics import Metrics, record_failover
-    from worker.credentials import OwnerCredentials
-    from worker.vault import Vault
-
-NEWSLETTER_WORKFLOW = "hookyard.newsletter"
-SEND_BATCH_ACTIVITY = "hookyard.newsletter.send_batch"
-
-
-def newsletter_id(execution_id: str) -> str:
-    """Temporal workflow id of a newsletter execution."""
-    return f"newsletter-{execution_id}"
-
-
-@dataclass
-class NewsletterJob:
-    """Workflow input: what to send is in PostgreSQL under the execution id."""
-
-    execution_id: str
-    send_at: float | None = None  # Unix seconds; None: start now
-    pause_s: float = newsletter.DEFAULT_PAUSE_S
-    heartbeat_timeout_s: float = 30.0
-    # Continue-as-new past this many history events (Temporal's hard limit is 51,200).
-    history_limit: int = 8000
-
-
-@dataclass
-class BatchProgress:
-    """What one batch did; `done` once the newsletter's final status is written (`status`)."""
-
-    done: bool
-    status: str = ""
-    sent: int = 0
-    failed: int = 0
-    remaining: int = 0
-
-
-@workflow.defn(name=NEWSLETTER_WORKFLOW)
-class NewsletterWorkflow:
-    """Waits for send_at, then sends batch after batch until none is left or it is cancelled."""
-
-    @workflow.run
-    async def run(self, job: NewsletterJob) -> BatchProgress:
-        """Returns the last batch's progress, which carries the final status."""
-        if job.send_at is not None:
-            wait = job.send_at - workflow.now().timestamp()
-            if wait > 0:
-                await workflow.sleep(wait)
-        while True:
-            progress: BatchProgress = await workflow.execute_activity(
-                SEND_BATCH_ACTIVITY,
-                job.execution_id,
-                result_type=BatchProgress,
-                start_to_close_timeout=timedelta(minutes=15),
-                heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout_s),
-                # A lost worker or a database outage: try again for as long as it takes; every
-                # recipient's outcome is already recorded, so a retry repeats nothing.
-                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
-            )
-            if progress.done:
-                return progress
-            info = workflow.info()
-            if info.is_continue_as_new_suggested() or info.get_current_history_length() > job.history_limit:
-                workflow.continue_as_new(
-                    NewsletterJob(job.execution_id, None, job.pause_s, job.heartbeat_timeout_s, job.history_limit)
-                )
-            if job.pause_s > 0:
-                await workflow.sleep(job.pause_s)
+from actions import newsletter
+from actions.base import RateLimiter
+from actions.email import EmailRoute
+from actions.errors import PermanentActionError
+from actions.templating import DEFAULT_MAX_RENDERED_BYTES
+from schemas import db
+from schemas.sanitize import strip_nul
+from schemas.store import newsletter as store
+from telemetry.metrics import Metrics, record_failover
+from worker.automation.credentials import OwnerCredentials
+from worker.newsletter.contract import (
+    NEWSLETTER_WORKFLOW,
+    SEND_BATCH_ACTIVITY,
+    BatchProgress,
+    NewsletterJob,
+    newsletter_id,
+)
+from worker.vault import Vault
 
 
 @dataclass(frozen=True)
@@ -124,6 +63,9 @@ class _Batch:
 
 class NewsletterActivities:
     """The hand-over (called from the automation's batch activity) and the batch activity."""
+
+    # The action this capability takes over from the automation (its `own_workflow`).
+    action = newsletter.NAME
 
     def __init__(
         self,
