@@ -299,7 +299,9 @@ def spread(
         for k in args.spread_counts:
             asyncio.run(warm(k))
         for r in range(args.rounds):
-            for k in args.spread_counts:
+            # Odd rounds run the counts in reverse, so a drift in the host's load (or the table's
+            # growth) does not always favour the same count.
+            for k in args.spread_counts if r % 2 == 0 else args.spread_counts[::-1]:
                 key = f"lanes={lanes} workflows={k}"
                 print(f"(d) {key}, round {r + 1}/{args.rounds} ...", flush=True)
 
