@@ -69,6 +69,51 @@ class RateLimiter(Protocol):
     async def acquire(self, provider: str, key: str) -> None: ...
 
 
+MASK = "********"
+"""What a preview shows instead of a secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewContext:
+    """What a preview may use: the template context and budget of a real attempt, and which
+    credential the workflow names (its id and provider only; nothing is decrypted)."""
+
+    template_context: Mapping[str, Any]
+    budget: RenderBudget
+    execution_id: str
+    credential_id: str | None = None
+    credential_provider: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPreview:
+    """The HTTP request an action would send, built without sending it; secrets masked.
+
+    `body` is the JSON value sent, the text sent, or None; `notes` say what is added only
+    at send time (a credential's headers, a signature).
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: object = None
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape shown by dry runs."""
+        return {
+            "method": self.method,
+            "url": self.url,
+            "headers": dict(self.headers),
+            "body": self.body,
+            "notes": list(self.notes),
+        }
+
+
+# Renders what one attempt would send; raises `TemplateError` or `PermanentActionError` as the
+# attempt would. Must not send, decrypt or call any provider.
+ActionPreview = Callable[[PreviewContext, Mapping[str, Any]], RequestPreview]
+
 ActionRun = Callable[[ActionContext, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 # Checks a config against the owner's data (e.g. that named credentials are theirs);
 # raise `ActionConfigError` to answer 422.
@@ -118,6 +163,8 @@ class ActionType:
     plain_secrets: Callable[[Mapping[str, Any]], list[str]] = lambda config: []
     # Set for an action handed over to a workflow of its own (a newsletter); None runs inline.
     own_workflow: OwnWorkflow | None = None
+    # The request an attempt would send, for dry runs; None: dry runs show the rendered config.
+    preview: ActionPreview | None = None
 
 
 def json_object(response: httpx.Response) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import orjson
 
-from actions.base import ActionContext, ActionType
+from actions.base import MASK, ActionContext, ActionType, PreviewContext, RequestPreview
 from actions.errors import PermanentActionError, RetryableActionError
-from actions.templating import TemplateError, render
+from actions.templating import RenderBudget, TemplateError, render
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -68,14 +68,19 @@ def sign_standard_webhook(secret: str, msg_id: str, timestamp: int, body: bytes)
 
 
 def _build(ctx: ActionContext, config: Mapping[str, Any]) -> tuple[str, dict[str, str], bytes | None]:
-    budget = ctx.render_budget()
+    url, headers, _, content = build_request(ctx.template_context, config, ctx.render_budget())
+    return url, headers, content
+
+
+def build_request(
+    context: Mapping[str, Any], config: Mapping[str, Any], budget: RenderBudget
+) -> tuple[str, dict[str, str], object, bytes | None]:
+    """URL, headers, the rendered body value and its encoding, checked as an attempt checks them."""
     try:
-        url = render(config["url"], ctx.template_context, field="url", budget=budget)
-        headers = render(config.get("headers", {}), ctx.template_context, field="headers", budget=budget)
+        url = render(config["url"], context, field="url", budget=budget)
+        headers = render(config.get("headers", {}), context, field="headers", budget=budget)
         body_template = config.get("body")
-        body = (
-            None if body_template is None else render(body_template, ctx.template_context, field="body", budget=budget)
-        )
+        body = None if body_template is None else render(body_template, context, field="body", budget=budget)
     except TemplateError as exc:
         raise PermanentActionError(f"template error: {exc}") from exc
     # The URL is not echoed: after templating it may hold tokens.
@@ -99,7 +104,32 @@ def _build(ctx: ActionContext, config: Mapping[str, Any]) -> tuple[str, dict[str
     elif body is not None:
         content = orjson.dumps(body)
         out_headers.setdefault("content-type", "application/json")
-    return url, out_headers, content
+    return url, out_headers, body, content
+
+
+def preview(ctx: PreviewContext, config: Mapping[str, Any]) -> RequestPreview:
+    """The request an attempt would send; credential and signature headers are masked."""
+    url, headers, body, _ = build_request(ctx.template_context, config, ctx.budget)
+    notes: list[str] = []
+    if ctx.credential_id:
+        notes.append(f"the headers of http credential {ctx.credential_id} are added when sent")
+    if config.get("sign"):
+        headers.update({"webhook-id": ctx.execution_id, "webhook-timestamp": "(time of sending)"})
+        headers["webhook-signature"] = f"v1,{MASK}"
+        notes.append("webhook-signature is computed when sent, with the workflow's signing secret")
+    headers.setdefault("user-agent", "hookyard/0.1")
+    headers.setdefault("idempotency-key", ctx.execution_id)
+    return RequestPreview(config.get("method", "POST"), url, masked_headers(headers), body, tuple(notes))
+
+
+def masked_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers with the values of those that carry credentials replaced by a mask."""
+    return {name: MASK if _is_secret_header(name) else value for name, value in headers.items()}
+
+
+def _is_secret_header(name: str) -> bool:
+    lower = name.lower()
+    return lower in _SECRET_HEADERS or any(word in lower for word in _SECRET_WORDS)
 
 
 async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,6 +218,8 @@ def _redacted(text: str, secrets: list[str]) -> str:
 _SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "x-api-key", "api-key", "apikey", "x-auth-token", "x-access-token"}
 )
+# Header names containing these carry secrets too; previews mask them (a wrong guess hides a value).
+_SECRET_WORDS = ("auth", "token", "secret", "password", "signature", "cookie", "api-key", "apikey")
 
 
 def plain_secrets(config: Mapping[str, Any]) -> list[str]:
@@ -219,4 +251,5 @@ ACTION = ActionType(
     wants_signing_secret=lambda config: bool(config.get("sign")),
     credential_providers=("http",),
     plain_secrets=plain_secrets,
+    preview=preview,
 )

@@ -21,7 +21,7 @@ from uuid import UUID
 import asyncpg
 import httpx
 
-from actions.base import ActionConfigError, ActionContext, ActionType, Credential
+from actions.base import MASK, ActionConfigError, ActionContext, ActionType, Credential, PreviewContext, RequestPreview
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.http import parse_retry_after
 from actions.ratelimit import acquire
@@ -213,6 +213,22 @@ def _message(context: Mapping[str, Any], config: Mapping[str, Any], budget: Rend
     return message
 
 
+def preview(ctx: PreviewContext, config: Mapping[str, Any]) -> RequestPreview:
+    """The POST an attempt would make; a webhook URL (the secret) and the bot token are masked."""
+    message = _message(ctx.template_context, config, ctx.budget)
+    headers = {"content-type": "application/json", "user-agent": _USER_AGENT}
+    if config.get("webhook_url"):
+        return RequestPreview("POST", f"https://hooks.slack.com/{MASK}", headers, message)
+    if ctx.credential_provider == "slack_webhook":
+        note = f"sent to the incoming-webhook URL of credential {ctx.credential_id}"
+        return RequestPreview("POST", f"https://hooks.slack.com/{MASK}", headers, message, (note,))
+    if not message.get("channel"):
+        raise PermanentActionError("channel: required when posting with a bot token")
+    headers["authorization"] = f"Bearer {MASK}"
+    note = f"authorised with the bot token of credential {ctx.credential_id}"
+    return RequestPreview("POST", CHAT_POST_MESSAGE_URL, headers, message, (note,))
+
+
 async def check_config(
     conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any], credential_id: UUID | None
 ) -> None:
@@ -244,4 +260,5 @@ ACTION = ActionType(
     credential_providers=CREDENTIAL_PROVIDERS,
     check_config=check_config,
     plain_secrets=plain_secrets,
+    preview=preview,
 )

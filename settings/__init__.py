@@ -48,6 +48,10 @@ class Settings:
     body_read_timeout_s: float = 30.0
     # Bytes the templates of one outgoing action request may produce; more fails the execution.
     max_rendered_bytes: int = 1024 * 1024
+    # Dry runs (ingest/dryrun.py): one deadline for the whole run, and the rendered output one
+    # report may carry (the last request may overshoot it by max_rendered_bytes).
+    dry_run_timeout_s: float = 10.0
+    dry_run_max_output_bytes: int = 4 * 1024 * 1024
     # Untrusted JSON nested deeper than this is not parsed: webhook bodies reach triggers as
     # text, API bodies answer 422 (schemas/jsonlimits.py).
     max_json_depth: int = 128
@@ -229,6 +233,8 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_MAX_BODY_BYTES": ("max_body_bytes", int),
     "HOOKYARD_BODY_READ_TIMEOUT_S": ("body_read_timeout_s", float),
     "HOOKYARD_MAX_RENDERED_BYTES": ("max_rendered_bytes", int),
+    "HOOKYARD_DRY_RUN_TIMEOUT_S": ("dry_run_timeout_s", float),
+    "HOOKYARD_DRY_RUN_MAX_OUTPUT_BYTES": ("dry_run_max_output_bytes", int),
     "HOOKYARD_MAX_JSON_DEPTH": ("max_json_depth", int),
     "HOOKYARD_SIGNATURE_TOLERANCE_S": ("signature_tolerance_s", int),
     "HOOKYARD_SECRET_ROTATION_GRACE_S": ("secret_rotation_grace_s", int),

@@ -31,6 +31,7 @@ documentation and API validation, but only ``validate_filter`` enforces the limi
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import operator
 import re
@@ -38,6 +39,8 @@ import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from schemas.paths import PATH_PATTERN, PathError, PathNotFound, json_type, parse_path, resolve
 
@@ -54,6 +57,7 @@ OPS = ("equals", "not_equals", *LIST_OPS, *PRESENCE_OPS, "contains", *STRING_OPS
 _MAX_REASON_CHARS = 200
 _SHOWN_VALUE_CHARS = 50
 _SHOWN_PATH_CHARS = 60
+_SHOWN_ITEMS = 4
 # Long enough for any number a sender means; short enough that int() never refuses it.
 _MAX_NUMERIC_STRING_CHARS = 64
 _ANCHOR = "hookyard-filter-node"
@@ -64,14 +68,6 @@ _MISSING = object()
 
 class FilterError(ValueError):
     """A filter is not valid; the message names the offending location."""
-
-
-@dataclass(frozen=True, slots=True)
-class FilterOutcome:
-    """Whether an event passed a filter, and a short human-readable explanation why."""
-
-    matched: bool
-    reason: str
 
 
 def _build_schema() -> dict[str, Any]:
@@ -232,80 +228,239 @@ def _check_value(node: Mapping[Any, Any], op: str, where: str) -> None:
 # --- evaluation -------------------------------------------------------------------------
 
 
+# Not frozen: a frozen dataclass costs three times as much to build, and the dispatcher builds
+# one per node evaluated for every candidate workflow of every event. Treat it as read-only.
+@dataclass(slots=True)
+class TraceStep:
+    """One node of a filter (or one built-in check of a trigger) as it was evaluated.
+
+    ``at`` locates the node in the trigger config (``filter.all[1]``, ``from``); ``kind`` is
+    ``all``, ``any``, ``not``, ``condition``, or ``route`` (where the event came from, in dry
+    runs). A condition carries its ``path``, ``op``, the ``expected`` value and the value
+    ``seen`` in the data (both shortened; ``seen`` is None when the path is missing). A
+    group carries how many of its children were ``skipped`` because the outcome was decided.
+    """
+
+    at: str
+    kind: str
+    matched: bool
+    path: str | None = None
+    op: str | None = None
+    expected: object = None
+    seen: object = None
+    missing: bool = False
+    skipped: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape shown in event resolutions and dry runs."""
+        out: dict[str, Any] = {"at": self.at, "kind": self.kind, "matched": self.matched}
+        if self.kind in GROUP_KEYS:
+            if self.skipped:
+                out["skipped"] = self.skipped
+            return out
+        out |= {"path": self.path, "op": self.op, "expected": self.expected, "seen": self.seen}
+        if self.missing:
+            out["missing"] = True
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class FilterOutcome:
+    """Whether an event passed a filter, a short explanation why, and the steps evaluated."""
+
+    matched: bool
+    reason: str
+    trace: tuple[TraceStep, ...] = ()
+    # Steps beyond MAX_TRACE_STEPS were evaluated but not recorded.
+    truncated: bool = False
+
+    def trace_json(self) -> list[dict[str, Any]]:
+        """The trace as JSON objects, in evaluation order."""
+        return [step.to_json() for step in self.trace]
+
+
+MAX_TRACE_STEPS = 64
+"""Steps recorded per trace; a filter within MAX_CONDITIONS may evaluate more, which are counted
+as `truncated` rather than stored with every event."""
+
+
 def evaluate(node: Mapping[str, Any] | None, data: Mapping[str, Any]) -> FilterOutcome:
     """Test ``data`` against the filter ``node``; ``None`` means no filter and always matches.
 
     ``node`` must have passed ``validate_filter``: it is not checked again here, though a
-    malformed node may still raise ``FilterError``. Data of any shape never raises.
+    malformed node may still raise ``FilterError``. Data of any shape never raises. The
+    outcome carries the trace of the nodes evaluated (``all`` stops at the first child that
+    fails, ``any`` at the first that matches), each condition with the value it saw.
     """
     if node is None:
         return FilterOutcome(matched=True, reason="no filter")
     try:
-        # Matching is the hot path, so it builds no strings; only the decisive branch is
-        # walked a second time to explain the result.
-        matched = _test(node, data)
-        reason = _explain(node, data, matched)
-    except (KeyError, TypeError, PathError) as exc:
+        return trace(node, data)
+    except (KeyError, TypeError, IndexError, PathError) as exc:
         raise FilterError(f"filter is not valid ({exc}); check it with validate_filter") from exc
-    return FilterOutcome(matched=matched, reason=_clip(reason, _MAX_REASON_CHARS))
 
 
-def _test(node: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
-    if "all" in node:
-        return all(_test(child, data) for child in node["all"])
-    if "any" in node:
-        return any(_test(child, data) for child in node["any"])
-    if "not" in node:
-        return not _test(node["not"], data)
-    return _test_condition(node, data)
+# Why a node came out as it did, kept unformatted until the end: only the decisive chain is
+# ever turned into text. ("condition", node, actual, matched) | ("not", inner) |
+# ("all", count) | ("none", count, first).
+_Why = tuple[Any, ...]
 
 
-def _test_condition(node: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
-    op: str = node["op"]
-    try:
-        actual = resolve(data, parse_path(node["path"]))
-    except PathNotFound:
-        return op == "not_exists"
-    if op in PRESENCE_OPS:
-        return op == "exists"
-    compare = _COMPARISONS.get(op)
-    if compare is None:
-        raise FilterError(f"unknown op {_short(op)}")
-    return compare(actual, node["value"])
+_PENDING = TraceStep("", "", False)  # the place of a group's step until its outcome is known
 
 
-def _explain(node: Mapping[str, Any], data: Mapping[str, Any], matched: bool) -> str:
-    if "all" in node:
-        return _explain_group("all", node["all"], data, matched)
-    if "any" in node:
-        return _explain_group("any", node["any"], data, matched)
-    if "not" in node:
-        return f"not ({_explain(node['not'], data, not matched)})"
-    return _explain_condition(node, data, matched)
+@dataclass(slots=True)
+class _Frame:
+    """A group whose children are being evaluated (the walk keeps its own stack)."""
+
+    kind: str
+    children: list[Mapping[str, Any]]
+    at: str
+    step: int | None
+    index: int = 0
+    first: _Why = ()
 
 
-def _explain_group(kind: str, children: list[Mapping[str, Any]], data: Mapping[str, Any], matched: bool) -> str:
-    """Explain an ``all`` by its first failing child, an ``any`` by its first matching one."""
-    if len(children) == 1:
+class _Recorder:
+    """Trace steps, at most MAX_TRACE_STEPS of them."""
+
+    def __init__(self) -> None:
+        self.steps: list[TraceStep] = []
+        self.truncated = False
+
+    @property
+    def full(self) -> bool:
+        return len(self.steps) >= MAX_TRACE_STEPS
+
+    def add(self, step: TraceStep) -> int | None:
+        if self.full:
+            self.truncated = True
+            return None
+        self.steps.append(step)
+        return len(self.steps) - 1
+
+
+def trace(node: Mapping[str, Any], data: Mapping[str, Any], *, at: str = "filter") -> FilterOutcome:
+    """Evaluate a validated filter iteratively, recording each node evaluated.
+
+    The one evaluator of filters: the dispatcher's resolution and dry runs both use it. The
+    walk keeps its own stack (no recursion) and short-circuits like ``all()`` and ``any()``;
+    the reason explains an ``all`` by its failing child, an ``any`` by its matching one.
+    """
+    recorder = _Recorder()
+    stack: list[_Frame] = []
+    pending: tuple[Mapping[str, Any], str] | None = (node, at)
+    matched = False
+    why: _Why = ()
+    while True:
+        if pending is not None:
+            current, where = pending
+            pending = None
+            kind = "all" if "all" in current else "any" if "any" in current else "not" if "not" in current else ""
+            if not kind:
+                matched, why = _trace_condition(current, data, where, recorder)
+            else:
+                children = [current["not"]] if kind == "not" else list(current[kind])
+                step = recorder.add(_PENDING)
+                stack.append(_Frame(kind, children, where, step))
+                pending = (children[0], _child_at(where, kind, 0))
+                continue
+        if not stack:
+            break
+        frame = stack[-1]
+        if frame.index == 0:
+            frame.first = why
+        decided = (frame.kind == "all" and not matched) or (frame.kind == "any" and matched)
+        if frame.kind != "not" and not decided and frame.index + 1 < len(frame.children):
+            frame.index += 1
+            pending = (frame.children[frame.index], _child_at(frame.at, frame.kind, frame.index))
+            continue
+        stack.pop()
+        matched, why = _group_result(frame, matched, why)
+        if frame.step is not None:
+            skipped = len(frame.children) - frame.index - 1
+            recorder.steps[frame.step] = TraceStep(frame.at, frame.kind, matched, skipped=skipped)
+    return FilterOutcome(matched, _reason(why), tuple(recorder.steps), recorder.truncated)
+
+
+def _child_at(where: str, kind: str, index: int) -> str:
+    return f"{where}.not" if kind == "not" else f"{where}.{kind}[{index}]"
+
+
+def _group_result(frame: _Frame, child_matched: bool, child: _Why) -> tuple[bool, _Why]:
+    """A finished group's outcome from its last evaluated child (the decisive one)."""
+    if frame.kind == "not":
+        return not child_matched, ("not", child)
+    count = len(frame.children)
+    if count == 1:
         # A group of one is just its condition.
-        return _explain(children[0], data, matched)
-    decisive = kind == "any"
-    if matched is decisive:
-        child = next(child for child in children if _test(child, data) is decisive)
-        return _explain(child, data, decisive)
-    if matched:
-        return f"all {len(children)} conditions matched"
-    first = _explain(children[0], data, False)
-    return f"none of {len(children)} conditions matched; first: {first}"
+        return child_matched, child
+    if frame.kind == "all":
+        return child_matched, child if not child_matched else ("all", count)
+    if child_matched:
+        return True, child
+    return False, ("none", count, frame.first)
 
 
-def _explain_condition(node: Mapping[str, Any], data: Mapping[str, Any], matched: bool) -> str:
-    path = _clip(node["path"], _SHOWN_PATH_CHARS)
-    op = node["op"]
+def _reason(why: _Why) -> str:
+    """The text of a chain of whys, unwrapped in a loop and cut at _MAX_REASON_CHARS."""
+    prefix = ""
+    closing = 0
+    while len(prefix) < _MAX_REASON_CHARS:
+        if why[0] == "not":
+            prefix += "not ("
+            closing += 1
+            why = why[1]
+        elif why[0] == "none":
+            prefix += f"none of {why[1]} conditions matched; first: "
+            why = why[2]
+        elif why[0] == "all":
+            return _clip(f"{prefix}all {why[1]} conditions matched{')' * closing}", _MAX_REASON_CHARS)
+        else:
+            _, node, actual, matched = why
+            return _clip(prefix + _condition_reason(node, actual, matched) + ")" * closing, _MAX_REASON_CHARS)
+    return _clip(prefix, _MAX_REASON_CHARS)
+
+
+def _trace_condition(
+    node: Mapping[str, Any], data: Mapping[str, Any], where: str, recorder: _Recorder
+) -> tuple[bool, _Why]:
+    op: str = node["op"]
+    path_text: str = node["path"]
     try:
-        actual = resolve(data, parse_path(node["path"]))
+        actual = resolve(data, parse_path(path_text))
     except PathNotFound:
         actual = _MISSING
+    if actual is _MISSING:
+        matched = op == "not_exists"
+    elif op in PRESENCE_OPS:
+        matched = op == "exists"
+    else:
+        compare = _COMPARISONS.get(op)
+        if compare is None:
+            raise FilterError(f"unknown op {_short(op)}")
+        matched = compare(actual, node["value"])
+    if recorder.full:
+        recorder.truncated = True
+    else:
+        recorder.add(
+            TraceStep(
+                where,
+                "condition",
+                matched,
+                path=_clip(path_text, _SHOWN_PATH_CHARS),
+                op=op,
+                expected=shown_value(node["value"]) if "value" in node else None,
+                seen=None if actual is _MISSING else shown_value(actual),
+                missing=actual is _MISSING,
+            )
+        )
+    return matched, ("condition", node, actual, matched)
+
+
+def _condition_reason(node: Mapping[str, Any], actual: object, matched: bool) -> str:
+    path = _clip(node["path"], _SHOWN_PATH_CHARS)
+    op = node["op"]
     if op == "exists":
         return f"{path} exists" if matched else f"{path} is missing, expected exists"
     if op == "not_exists":
@@ -316,6 +471,39 @@ def _explain_condition(node: Mapping[str, Any], data: Mapping[str, Any], matched
     if actual is _MISSING:
         return f"{path} is missing, expected {expected}"
     return f"{path} is {_short(actual)}, expected {expected}"
+
+
+def shown_value(value: object) -> object:
+    """A value as a trace shows it: scalars as they are (strings shortened), containers as a
+    short JSON preview of their first few items. Never walks more than one level of ``value``."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return _clip(value, _SHOWN_VALUE_CHARS)
+    if isinstance(value, Mapping):
+        items = list(itertools.islice(value.items(), _SHOWN_ITEMS))
+        sample: object = {_clip(str(k), _SHOWN_VALUE_CHARS): _item(v) for k, v in items}
+        more = len(value) > _SHOWN_ITEMS
+    elif isinstance(value, list | tuple):
+        sample = [_item(v) for v in value[:_SHOWN_ITEMS]]
+        more = len(value) > _SHOWN_ITEMS
+    else:
+        return _short(value)
+    try:
+        text = orjson.dumps(sample).decode()
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits
+        return _short(value)
+    if more:
+        text = text[:-1] + ",...]" if text.endswith("]") else text[:-1] + ",...}"
+    return _clip(text, _SHOWN_VALUE_CHARS)
+
+
+def _item(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return _clip(value, _SHOWN_VALUE_CHARS)
+    return "{...}" if isinstance(value, Mapping) else "[...]"
 
 
 # --- operators --------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from triggers.base import (
     check_filter,
     match_filter,
 )
-from triggers.filters import FilterOutcome, filter_schema
+from triggers.filters import MAX_TRACE_STEPS, FilterOutcome, TraceStep, filter_schema, shown_value
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -335,24 +335,65 @@ def _contains(haystack: object, needle: str) -> bool:
 
 
 def _match(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:
+    """The built-in checks (labels, from, to, subject, text, attachments), then the filter.
+
+    Each check evaluated is a trace step located at its config field, so a match explains
+    which of them passed, not only the optional `filter`.
+    """
+    steps: list[TraceStep] = []
+    reasons: list[str] = []
     wanted = list(config.get("label_ids") or ["INBOX"])
     given = data.get("labels")
     labels = sorted({str(label) for label in given if isinstance(label, str)}) if isinstance(given, list) else []
-    if not set(wanted) & set(labels):
-        return FilterOutcome(False, f"labels {labels[:10]} include none of {wanted}"[:200])
+    shared = sorted(set(wanted) & set(labels))
+    steps.append(_step("label_ids", "labels", "includes_any", wanted, labels, bool(shared)))
+    if not shared:
+        return FilterOutcome(False, f"labels {labels[:10]} include none of {wanted}"[:200], tuple(steps))
+    reasons.append(f"labels include {shared[0]}")
     checks = {
-        "from": [data.get("from")],
-        "to": [data.get("to"), data.get("cc")],
-        "subject": [data.get("subject")],
-        "text": [data.get("snippet"), data.get("text")],
+        "from": ("from", [data.get("from")]),
+        "to": ("to", [data.get("to"), data.get("cc")]),
+        "subject": ("subject", [data.get("subject")]),
+        "text": ("text", [data.get("snippet"), data.get("text")]),
     }
-    for field, haystacks in checks.items():
+    for field, (path, haystacks) in checks.items():
         needle = config.get(field)
-        if needle and not any(_contains(h, needle) for h in haystacks):
-            return FilterOutcome(False, f"{field} does not contain {needle!r}"[:200])
-    if "has_attachment" in config and bool(data.get("attachments")) != config["has_attachment"]:
-        return FilterOutcome(False, "has attachments" if config["has_attachment"] is False else "has no attachments")
-    return match_filter(config, data)
+        if not needle:
+            continue
+        found = any(_contains(h, needle) for h in haystacks)
+        steps.append(_step(field, path, "contains", needle, haystacks[0], found))
+        if not found:
+            return FilterOutcome(False, f"{field} does not contain {needle!r}"[:200], tuple(steps))
+        reasons.append(f"{field} contains {needle!r}")
+    if "has_attachment" in config:
+        has = bool(data.get("attachments"))
+        steps.append(
+            _step(
+                "has_attachment",
+                "has_attachment",
+                "equals",
+                config["has_attachment"],
+                has,
+                has == config["has_attachment"],
+            )
+        )
+        if has != config["has_attachment"]:
+            return FilterOutcome(False, "has attachments" if has else "has no attachments", tuple(steps))
+        reasons.append("has attachments" if has else "has no attachments")
+    outcome = match_filter(config, data)
+    if config.get("filter") is not None or not reasons:
+        reasons.append(outcome.reason)
+    room = max(MAX_TRACE_STEPS - len(steps), 0)
+    return FilterOutcome(
+        outcome.matched,
+        "; ".join(reasons)[:200],
+        (*steps, *outcome.trace[:room]),
+        outcome.truncated or len(outcome.trace) > room,
+    )
+
+
+def _step(at: str, path: str, op: str, expected: object, seen: object, matched: bool) -> TraceStep:
+    return TraceStep(at, "condition", matched, path=path, op=op, expected=shown_value(expected), seen=shown_value(seen))
 
 
 async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, Any]) -> None:

@@ -39,6 +39,8 @@ def operations() -> list[Operation]:
         workflows.delete_workflow,
         workflows.activate_workflow,
         workflows.deactivate_workflow,
+        workflows.dry_run_draft,
+        workflows.dry_run_saved,
         runs.run_workflow,
         executions.list_for_workflow,
         executions.get_execution,

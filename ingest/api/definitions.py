@@ -23,7 +23,7 @@ from actions.templating import TemplateError, check_templates
 from ingest.api.validation import check, compile_schema
 from ingest.errors import Invalid
 from schemas.store.credentials import credential_provider
-from schemas.store.workflows import Workflow
+from schemas.store.workflows import Workflow, get_workflow
 from triggers.base import TriggerConfigError
 from triggers.registry import TRIGGERS
 
@@ -220,3 +220,22 @@ async def definition_for_patch(
     if "action" in body:
         values |= await _checked_action(conn, owner_id, body["action"])
     return dataclasses.replace(current, **values)
+
+
+async def validated_create(conn: asyncpg.Connection, owner_id: UUID, body: Mapping[str, Any]) -> Definition:
+    """A create body checked whole, as `POST /api/workflows` checks it (`Invalid` names the field)."""
+    check_create(body)
+    return await definition_for_create(conn, owner_id, body)
+
+
+async def validated_patch(
+    conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID, patch: Mapping[str, Any]
+) -> Definition:
+    """A saved workflow with `patch` applied as `PATCH` applies it, without saving anything.
+
+    Raises `schemas.errors.NotFound` for a workflow that is not the owner's (404 in the API),
+    `Invalid` for a bad patch.
+    """
+    check_patch(patch)
+    row = await get_workflow(conn, owner_id, workflow_id)
+    return await definition_for_patch(conn, owner_id, Definition.from_row(row), patch)

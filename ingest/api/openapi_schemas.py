@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from actions.registry import ACTIONS
-from ingest.api import credentials, definitions, endpoints, events, executions, keys
+from ingest.api import credentials, definitions, endpoints, events, executions, keys, workflows
 from ingest.api.operations import ref
 from triggers.registry import TRIGGERS
 
@@ -105,10 +105,90 @@ def _workflow_schemas() -> dict[str, Any]:
     }
     return {
         "Workflow": workflow,
+        **_dry_run_schemas(),
         "WorkflowCreate": _workflow_body(definitions.WORKFLOW_SCHEMA),
         "WorkflowPatch": _workflow_body(definitions.PATCH_SCHEMA),
         "WorkflowSaved": {"allOf": [ref("Workflow"), _obj(shown_once, ())]},
         "WorkflowToggled": {"allOf": [ref("Workflow"), _obj({"cancelled_executions": {"type": "integer"}})]},
+    }
+
+
+def _trace_step_schema() -> dict[str, Any]:
+    shown = {"description": "Shortened: scalars as they are (long strings cut), objects and lists as a short preview."}
+    return _obj(
+        {
+            "at": {**_STR, "description": "Where in the trigger config: `filter.all[1]`, `from`, `route`."},
+            "kind": {"enum": ["all", "any", "not", "condition", "route"]},
+            "matched": {"type": "boolean"},
+            "path": {**_STR, "description": "Conditions: the path looked up in the trigger data."},
+            "op": _STR,
+            "expected": shown,
+            "seen": {**shown, "description": "The value found at `path` (null when missing)."},
+            "missing": {"type": "boolean", "description": "Present (true) when `path` was not in the data."},
+            "skipped": {"type": "integer", "description": "Groups: children not evaluated, the outcome being decided."},
+        },
+        ("at", "kind", "matched"),
+    )
+
+
+def _dry_run_schemas() -> dict[str, Any]:
+    request = copy.deepcopy(workflows.DRY_RUN_SCHEMA)
+    request["properties"]["workflow"] = ref("WorkflowCreate")
+    patch_request = copy.deepcopy(workflows.DRY_RUN_PATCH_SCHEMA)
+    patch_request["properties"]["patch"] = ref("WorkflowPatch")
+    action = _obj(
+        {
+            "type": _STR,
+            "request": _nullable(
+                _obj(
+                    {
+                        "method": _STR,
+                        "url": _STR,
+                        "headers": {"type": "object", "additionalProperties": _STR},
+                        "body": {"description": "The JSON value or the text that would be sent; null for none."},
+                        "notes": {"type": "array", "items": _STR},
+                    }
+                )
+            ),
+            "config": {**_nullable({"type": "object"}), "description": "Actions without a plain HTTP request."},
+            "error": {**_nullable(_STR), "description": "The error the attempt would fail with (templates)."},
+        }
+    )
+    result = _obj(
+        {
+            "event": _obj({"id": _UUID, "source_type": _STR, "source_id": _STR, "received_at": _TIME, "status": _STR}),
+            "evaluated": {"type": "boolean"},
+            "matched": {"type": "boolean"},
+            "reason": _STR,
+            "trace": {"type": "array", "items": ref("TraceStep")},
+            "trace_truncated": {"type": "boolean"},
+            "action": {**_nullable(action), "description": "Matches only."},
+        }
+    )
+    report = _obj(
+        {
+            "workflow": _obj({"name": _STR, "trigger_type": _STR, "action_type": _STR}),
+            "events": {"type": "integer"},
+            "evaluated": {"type": "integer"},
+            "matched": {"type": "integer"},
+            "results": {"type": "array", "items": result},
+            "missing_event_ids": {"type": "array", "items": _UUID},
+            "stopped": {"enum": [None, "deadline", "output_limit"]},
+            "limits": _obj(
+                {
+                    "max_events": {"type": "integer"},
+                    "deadline_s": {"type": "number"},
+                    "max_rendered_bytes": {"type": "integer"},
+                    "max_output_bytes": {"type": "integer"},
+                }
+            ),
+        }
+    )
+    return {
+        "DryRunRequest": request,
+        "DryRunPatchRequest": patch_request,
+        "DryRunReport": report,
+        "TraceStep": _trace_step_schema(),
     }
 
 
@@ -140,7 +220,17 @@ def _event_schemas() -> dict[str, Any]:
     resolution = {
         "type": "array",
         "items": _obj(
-            {"workflow_id": _UUID, "matched": {"type": "boolean"}, "reason": _STR, "execution_id": _nullable(_UUID)},
+            {
+                "workflow_id": _UUID,
+                "matched": {"type": "boolean"},
+                "reason": _STR,
+                "trace": {
+                    "type": "array",
+                    "items": ref("TraceStep"),
+                    "description": "The conditions evaluated (absent on events resolved before traces were kept).",
+                },
+                "execution_id": _nullable(_UUID),
+            },
             ("workflow_id", "matched", "reason"),
         ),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -9,10 +10,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from actions.registry import ACTIONS
+from ingest import dryrun
 from ingest.api import definitions
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
 from ingest.api.operations import ID, PAGING, Body, Reply, operation, page_of
+from ingest.api.validation import check, compile_schema
+from ingest.errors import Invalid
 from ingest.signatures import generate_secret
 from ingest.state import app_state
 from oauth.crypto import Keyring
@@ -194,3 +198,123 @@ async def activate_workflow(request: Request) -> Response:
 async def deactivate_workflow(request: Request) -> Response:
     """Stop matching events and cancel executions that have not started."""
     return await _set_active(request, False)
+
+
+# --- dry runs ----------------------------------------------------------------------------
+
+_EVENT_CHOICE: dict[str, Any] = {
+    "event_ids": {
+        "type": "array",
+        "items": {"type": "string", "format": "uuid"},
+        "minItems": 1,
+        "maxItems": dryrun.MAX_EVENTS,
+        "description": "These events, in this order; ids that are not yours are listed in `missing_event_ids`.",
+    },
+    "since": {
+        "type": "string",
+        "format": "date-time",
+        "description": "Without `event_ids`: the newest `limit` events received at or after this time.",
+    },
+    "limit": {"type": "integer", "minimum": 1, "maximum": dryrun.MAX_EVENTS, "default": dryrun.DEFAULT_EVENTS},
+}
+DRY_RUN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["workflow"],
+    "properties": {"workflow": definitions.WORKFLOW_SCHEMA, **_EVENT_CHOICE},
+}
+DRY_RUN_PATCH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"patch": {**definitions.PATCH_SCHEMA, "default": {}}, **_EVENT_CHOICE},
+}
+_DRY_RUN = compile_schema(DRY_RUN_SCHEMA)
+_DRY_RUN_PATCH = compile_schema(DRY_RUN_PATCH_SCHEMA)
+_DRY_RUN_REPLY = {200: Reply("What the workflow would have done with each event; nothing was sent.", "DryRunReport")}
+
+
+def _located(prefix: str, exc: Invalid) -> Invalid:
+    """A workflow error placed inside the dry-run body (`trigger.x` -> `workflow.trigger.x`)."""
+    if exc.field is None:
+        return Invalid(exc.message, field=prefix)
+    message = exc.message
+    if message.startswith(exc.field):
+        message = f"{prefix}.{message}"
+    return Invalid(message, field=f"{prefix}.{exc.field}")
+
+
+def _event_choice(body: dict[str, Any]) -> dict[str, Any]:
+    ids = body.get("event_ids")
+    since = body.get("since")
+    event_ids = None if ids is None else [UUID(i) for i in ids]
+    when = None if since is None else _timestamp(since)
+    limit = int(body.get("limit", dryrun.DEFAULT_EVENTS))
+    dryrun.check_event_choice(event_ids, when, limit)
+    return {"event_ids": event_ids, "since": when, "limit": limit}
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise Invalid("since must be a valid date-time", field="since") from None
+    if value.tzinfo is None:
+        raise Invalid("since must carry a time zone (e.g. Z)", field="since")
+    return value
+
+
+@operation(
+    "POST",
+    "/api/workflows/dry-run",
+    "Try a workflow against stored events without saving it",
+    _TAG,
+    _DRY_RUN_REPLY,
+    body=Body("DryRunRequest"),
+    description="Validates `workflow` as create does, then shows for each of your stored events whether it "
+    "would match (with the filter trace) and the request each match would send, secrets masked. Nothing is "
+    "saved or sent.",
+)
+async def dry_run_draft(request: Request) -> Response:
+    """A dry run of an unsaved workflow."""
+    owner_id = await require_owner(request)
+    body = await read_json(request)
+    check(_DRY_RUN, body)
+    choice = _event_choice(body)
+    state = app_state(request)
+    async with state.pool.acquire() as conn:
+        try:
+            draft = await definitions.validated_create(conn, owner_id, body["workflow"])
+        except Invalid as exc:
+            raise _located("workflow", exc) from None
+    limits = dryrun.DryRunLimits.from_settings(state.settings)
+    report = await dryrun.dry_run(state.pool, owner_id, draft, limits=limits, **choice)
+    return json_response(report.to_json())
+
+
+@operation(
+    "POST",
+    "/api/workflows/{id}/dry-run",
+    "Try a change to a saved workflow against stored events without saving it",
+    _TAG,
+    _DRY_RUN_REPLY,
+    params=[ID],
+    body=Body("DryRunPatchRequest"),
+    description="`patch` is merged into the saved workflow as PATCH would merge it (and validated the same "
+    "way); the result is dry-run like `POST /api/workflows/dry-run`. The saved workflow is not changed.",
+)
+async def dry_run_saved(request: Request) -> Response:
+    """A dry run of a saved workflow with a proposed patch."""
+    owner_id = await require_owner(request)
+    workflow_id = path_id(request, "workflow")
+    body = await read_json(request)
+    check(_DRY_RUN_PATCH, body)
+    choice = _event_choice(body)
+    state = app_state(request)
+    async with state.pool.acquire() as conn:
+        try:
+            draft = await definitions.validated_patch(conn, owner_id, workflow_id, body.get("patch", {}))
+        except Invalid as exc:
+            raise _located("patch", exc) from None
+    limits = dryrun.DryRunLimits.from_settings(state.settings)
+    report = await dryrun.dry_run(state.pool, owner_id, draft, workflow_id=workflow_id, limits=limits, **choice)
+    return json_response(report.to_json())

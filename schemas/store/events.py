@@ -182,3 +182,85 @@ async def get_event(conn: asyncpg.Connection, owner_id: UUID, event_id: UUID) ->
     if row is None:
         raise NotFound("event")
     return row_of(Event, row)
+
+
+async def pick_event_ids(
+    conn: asyncpg.Connection,
+    owner_id: UUID,
+    *,
+    ids: Sequence[UUID] | None = None,
+    since: datetime | None = None,
+    limit: int,
+) -> list[UUID]:
+    """The owner's events a dry run looks at, without their bodies.
+
+    With `ids`, those of them that exist and are the owner's, in the order given (another
+    owner's id is indistinguishable from an unknown one); otherwise the newest `limit`,
+    received at or after `since` when given.
+    """
+    if ids is not None:
+        rows = await conn.fetch(
+            "SELECT e.id FROM unnest($2::uuid[]) WITH ORDINALITY AS wanted(id, n) "
+            "JOIN events e ON e.id = wanted.id AND e.owner_id = $1 ORDER BY wanted.n LIMIT $3",
+            owner_id,
+            list(ids),
+            limit,
+        )
+    else:
+        rows = await conn.fetch(
+            "SELECT id FROM events WHERE owner_id = $1 AND ($2::timestamptz IS NULL OR received_at >= $2) "
+            "ORDER BY seq DESC LIMIT $3",
+            owner_id,
+            since,
+            limit,
+        )
+    return [row["id"] for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class EventSummary:
+    """Where an event came from, when, and its status; no body."""
+
+    id: UUID
+    source_type: str
+    source_id: str
+    received_at: datetime
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventWithBody:
+    """An event as a trigger reads it, with its status."""
+
+    id: UUID
+    owner_id: UUID
+    source_type: str
+    source_id: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: datetime
+    status: str
+
+
+async def events_with_bodies(conn: asyncpg.Connection, owner_id: UUID, ids: Sequence[UUID]) -> list[EventWithBody]:
+    """The owner's events with these ids, bodies included, in the order of `ids`."""
+    rows = await conn.fetch(
+        "SELECT e.id, e.owner_id, e.source_type, e.source_id, e.headers, e.body, e.received_at, e.status "
+        "FROM unnest($2::uuid[]) WITH ORDINALITY AS wanted(id, n) "
+        "JOIN events e ON e.id = wanted.id AND e.owner_id = $1 ORDER BY wanted.n",
+        owner_id,
+        list(ids),
+    )
+    return rows_of(EventWithBody, rows)
+
+
+async def event_summaries(conn: asyncpg.Connection, owner_id: UUID, ids: Sequence[UUID]) -> list[EventSummary]:
+    """Id, source, time and status (no bodies) of the owner's events with these ids, in that order."""
+    rows = await conn.fetch(
+        "SELECT e.id, e.source_type, e.source_id, e.received_at, e.status "
+        "FROM unnest($2::uuid[]) WITH ORDINALITY AS wanted(id, n) "
+        "JOIN events e ON e.id = wanted.id AND e.owner_id = $1 ORDER BY wanted.n",
+        owner_id,
+        list(ids),
+    )
+    return rows_of(EventSummary, rows)

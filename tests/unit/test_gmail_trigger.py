@@ -203,3 +203,37 @@ def test_a_strangers_mail_carrying_the_execution_header_still_counts() -> None:
     message = {**MESSAGE, "payload": {**MESSAGE["payload"], "headers": headers}}
     assert _wanted(message, ["INBOX"], ["INBOX"])
     assert not _wanted(message, ["INBOX", "SENT"], ["INBOX"]), "our own reply to ourselves is skipped"
+
+
+def test_a_match_by_sender_and_subject_explains_those_checks_not_no_filter() -> None:
+    data = TRIGGER.trigger_data(event(DATA))
+
+    outcome = TRIGGER.match({"mailbox": "cred", "from": "fay@", "subject": "lunch"}, data)
+
+    assert outcome.matched is True
+    assert outcome.reason == "labels include INBOX; from contains 'fay@'; subject contains 'lunch'"
+    assert [(s["at"], s["op"], s["matched"]) for s in outcome.trace_json()] == [
+        ("label_ids", "includes_any", True),
+        ("from", "contains", True),
+        ("subject", "contains", True),
+    ]
+
+
+def test_a_failed_check_is_the_last_step_with_the_value_seen() -> None:
+    data = TRIGGER.trigger_data(event(DATA))
+
+    outcome = TRIGGER.match({"mailbox": "cred", "subject": "dinner", "filter": {"path": "id", "op": "exists"}}, data)
+
+    last = outcome.trace_json()[-1]
+    assert (outcome.matched, last["at"], last["seen"], last["expected"]) == (False, "subject", "Lunch", "dinner")
+
+
+def test_the_filter_follows_the_checks_in_the_trace() -> None:
+    data = TRIGGER.trigger_data(event(DATA))
+
+    outcome = TRIGGER.match(
+        {"mailbox": "cred", "from": "fay", "filter": {"path": "labels", "op": "contains", "value": "UNREAD"}}, data
+    )
+
+    assert [s.at for s in outcome.trace] == ["label_ids", "from", "filter"]
+    assert outcome.reason == "labels include INBOX; from contains 'fay'; labels contains 'UNREAD'"

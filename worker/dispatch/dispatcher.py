@@ -80,6 +80,7 @@ class Resolution:
     trigger: str
     matched: bool
     reason: str
+    trace: list[dict[str, Any]]
     execution_id: UUID | None
 
     def as_json(self) -> dict[str, Any]:
@@ -89,6 +90,8 @@ class Resolution:
             "trigger": self.trigger,
             "matched": self.matched,
             "reason": self.reason,
+            # Which conditions were evaluated and what each saw (the same trace a dry run shows).
+            "trace": self.trace,
             "execution_id": None if self.execution_id is None else str(self.execution_id),
         }
 
@@ -101,6 +104,7 @@ class Candidate:
     trigger: str
     matched: bool
     reason: str
+    trace: list[dict[str, Any]]
     trigger_data: dict[str, Any]
 
     def resolve(self, execution_id: UUID | None) -> Resolution:
@@ -108,7 +112,7 @@ class Candidate:
         reason = self.reason
         if self.matched and execution_id is None:
             reason = "workflow was deactivated before the event was dispatched"
-        return Resolution(self.workflow_id, self.trigger, self.matched, reason, execution_id)
+        return Resolution(self.workflow_id, self.trigger, self.matched, reason, self.trace, execution_id)
 
 
 @dataclass(frozen=True)
@@ -365,7 +369,7 @@ class Dispatcher:
                 data_by_trigger[trigger.name] = strip_nul(trigger.trigger_data(event))
             data = data_by_trigger[trigger.name]
             outcome = trigger.match(spec.trigger_config, data)
-            plan.append(Candidate(spec.id, trigger.name, outcome.matched, outcome.reason, data))
+            plan.append(Candidate(spec.id, trigger.name, outcome.matched, outcome.reason, outcome.trace_json(), data))
         return plan
 
     async def _create_executions(
