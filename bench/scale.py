@@ -176,9 +176,9 @@ async def cases(conn: asyncpg.Connection) -> dict[str, list[tuple[str, tuple[Any
         "events.get_event": lambda c: events.get_event(c, owner, event_id),
         "executions.handover_workflows": lambda c: executions.handover_workflows(c, 5000),
         "executions.claim_handover (500)": lambda c: executions.claim_handover(c, [wf_id], 500, 5000),
-        "executions.list_for_workflow": lambda c: executions.list_for_workflow(c, owner, wf_id, 50, None, None),
+        "executions.list_for_workflow": lambda c: executions.list_for_workflow(c, owner, wf_id, limit=50),
         "executions.list_for_workflow status": lambda c: executions.list_for_workflow(
-            c, owner, wf_id, 50, None, "succeeded"
+            c, owner, wf_id, limit=50, status="succeeded"
         ),
         "executions.list_for_event": lambda c: executions.list_for_event(c, owner, event_id),
         "executions.get_execution": lambda c: executions.get_execution(c, owner, execution_id),

@@ -10,6 +10,9 @@ ApiError
  ├── Invalid           422  body does not satisfy the schema; `field` names the place
  ├── ClientGone        499  the client closed the connection mid-body (nobody reads the answer)
  └── Unavailable       503  storage unreachable: the sender should retry
+
+The store's own `schemas.errors.NotFound` (no such row for this owner) is answered here too,
+as the same 404 `not_found`, so handlers need not check for missing rows themselves.
 """
 
 from __future__ import annotations

@@ -26,6 +26,18 @@ from schemas.store.owners import create_owner
 from settings import Settings, load_settings
 from tests import fake_google
 
+# Tests that need the real PostgreSQL, Redis and Temporal: everything under tests/integration/,
+# and any test elsewhere whose fixtures reach the session `stack`. Marked here, once, so
+# `pytest -m "not integration"` runs without those servers (README, "Tests").
+_INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        needs_stack = "stack" in getattr(item, "fixturenames", ())
+        if needs_stack or _INTEGRATION_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.integration)
+
 
 @dataclass
 class Stack:

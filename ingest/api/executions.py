@@ -16,6 +16,7 @@ from ingest.errors import Conflict, NotFound
 from ingest.state import app_state
 from schemas.store import executions as store
 from schemas.store import newsletter as newsletter_store
+from schemas.store.executions import Execution
 from schemas.store.workflows import get_workflow, lock_active
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -23,23 +24,23 @@ CANCELLED_BY_OWNER = "cancelled by the owner"
 _TAG = "executions"
 
 
-def execution_json(row: Any, progress: dict[str, Any] | None = None) -> dict[str, Any]:
+def execution_json(row: Execution, progress: dict[str, Any] | None = None) -> dict[str, Any]:
     """The API view of an execution row; a newsletter's also shows its `progress`."""
     body = {
-        "id": row["id"],
-        "workflow_id": row["workflow_id"],
-        "event_id": row["event_id"],
-        "replay_of": row["replay_of"],
-        "status": row["status"],
-        "trigger_data": row["trigger_data"],
-        "result": row["result"],
-        "error": row["error"],
-        "attempts": row["attempts"],
-        "created_at": row["created_at"],
-        "started_at": row["started_at"],
-        "finished_at": row["finished_at"],
-        "next_attempt_at": row["next_attempt_at"],
-        "temporal": {"workflow_id": row["temporal_workflow_id"], "run_id": row["temporal_run_id"]},
+        "id": row.id,
+        "workflow_id": row.workflow_id,
+        "event_id": row.event_id,
+        "replay_of": row.replay_of,
+        "status": row.status,
+        "trigger_data": row.trigger_data,
+        "result": row.result,
+        "error": row.error,
+        "attempts": row.attempts,
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "next_attempt_at": row.next_attempt_at,
+        "temporal": {"workflow_id": row.temporal_workflow_id, "run_id": row.temporal_run_id},
     }
     if progress is not None:
         body["progress"] = progress
@@ -68,7 +69,9 @@ async def list_for_workflow(request: Request) -> Response:
     async with app_state(request).pool.acquire() as conn:
         # A deleted workflow's history stays readable.
         await get_workflow(conn, owner_id, workflow_id, include_deleted=True)
-        rows = await store.list_for_workflow(conn, owner_id, workflow_id, query.limit, query.after_seq, status)
+        rows = await store.list_for_workflow(
+            conn, owner_id, workflow_id, limit=query.limit, after_seq=query.after_seq, status=status
+        )
     return page_response(rows, query, execution_json)
 
 
@@ -79,8 +82,6 @@ async def get_execution(request: Request) -> Response:
     execution_id = path_id(request, "execution")
     async with app_state(request).pool.acquire() as conn:
         row = await store.get_execution(conn, owner_id, execution_id)
-        if row is None:
-            raise NotFound("no such execution")
         progress = await newsletter_store.progress(conn, execution_id)
     return json_response(execution_json(row, progress))
 
@@ -100,10 +101,8 @@ async def replay_execution(request: Request) -> Response:
     execution_id = path_id(request, "execution")
     async with app_state(request).pool.acquire() as conn, conn.transaction():
         original = await store.get_execution(conn, owner_id, execution_id)
-        if original is None:
-            raise NotFound("no such execution")
         # Share-locks the workflow row, so a concurrent deactivation cannot slip in between.
-        active = await lock_active(conn, [original["workflow_id"]])
+        active = await lock_active(conn, [original.workflow_id])
         if not active:
             raise Conflict("the workflow is inactive or deleted; activate it to replay its executions")
         new_id = await store.insert_replay(conn, owner_id, execution_id)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+
+from schemas.errors import NotFound
+from schemas.store.rows import row_of, rows_of
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 # How long an attempt may be in flight: the automation's batch activity start-to-close
@@ -185,6 +190,28 @@ async def record_outcomes(conn: asyncpg.Connection, outcomes: list[dict[str, Any
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """An execution as its owner may see it."""
+
+    id: UUID
+    seq: int
+    workflow_id: UUID
+    event_id: UUID | None
+    replay_of: UUID | None
+    status: str
+    trigger_data: Any
+    result: Any
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    temporal_workflow_id: str | None
+    temporal_run_id: str | None
+
+
 _COLUMNS = (
     "id, seq, workflow_id, event_id, replay_of, status, trigger_data, result, error, attempts, "
     "created_at, started_at, finished_at, next_attempt_at, temporal_workflow_id, temporal_run_id"
@@ -195,12 +222,13 @@ async def list_for_workflow(
     conn: asyncpg.Connection,
     owner_id: UUID,
     workflow_id: UUID,
+    *,
     limit: int,
-    after_seq: int | None,
-    status: str | None,
-) -> list[asyncpg.Record]:
+    after_seq: int | None = None,
+    status: str | None = None,
+) -> list[Execution]:
     """A page of a workflow's executions, newest first (limit+1 rows)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+    rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM executions WHERE workflow_id = $1 AND owner_id = $2 "
         "AND ($3::bigint IS NULL OR seq < $3) AND ($4::text IS NULL OR status = $4) "
         "ORDER BY seq DESC LIMIT $5",
@@ -210,25 +238,27 @@ async def list_for_workflow(
         status,
         limit + 1,
     )
-    return rows
+    return rows_of(Execution, rows)
 
 
-async def list_for_event(conn: asyncpg.Connection, owner_id: UUID, event_id: UUID) -> list[asyncpg.Record]:
+async def list_for_event(conn: asyncpg.Connection, owner_id: UUID, event_id: UUID) -> list[Execution]:
     """Every execution an event produced (first runs and replays)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+    rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM executions WHERE event_id = $1 AND owner_id = $2 ORDER BY seq",
         event_id,
         owner_id,
     )
-    return rows
+    return rows_of(Execution, rows)
 
 
-async def get_execution(conn: asyncpg.Connection, owner_id: UUID, execution_id: UUID) -> asyncpg.Record | None:
-    """One of the owner's executions."""
-    row: asyncpg.Record | None = await conn.fetchrow(
+async def get_execution(conn: asyncpg.Connection, owner_id: UUID, execution_id: UUID) -> Execution:
+    """One of the owner's executions; `NotFound` if the owner has no such execution."""
+    row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM executions WHERE id = $1 AND owner_id = $2", execution_id, owner_id
     )
-    return row
+    if row is None:
+        raise NotFound("execution")
+    return row_of(Execution, row)
 
 
 async def lock_for_cancel(conn: asyncpg.Connection, owner_id: UUID, execution_id: UUID) -> asyncpg.Record | None:

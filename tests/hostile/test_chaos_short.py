@@ -12,6 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# It starts a `hookyard dev` stack of its own: real PostgreSQL, Redis and Temporal.
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
