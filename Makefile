@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 LOCKVENV := .venv-lock
 
-.PHONY: run test test-fast lint lock bench chaos install clean
+.PHONY: run test test-fast lint lock bench chaos install clean chromium
 
 # constraints.txt pins every dependency to the versions CI tested; `make lock` updates it.
 $(STAMP): pyproject.toml constraints.txt
@@ -30,11 +30,19 @@ lock:  ## resolve pyproject's dependencies afresh from PyPI and pin them in cons
 run: $(STAMP)  ## start the whole stack (PostgreSQL, Redis, Temporal, api, dispatcher, worker)
 	$(BIN)/hookyard dev $(ARGS)
 
-test: $(STAMP)  ## run the test suite against real PostgreSQL, Redis and Temporal
+test: $(STAMP) chromium  ## run the test suite against real PostgreSQL, Redis and Temporal
 	$(BIN)/pytest $(ARGS)
 
 test-fast: $(STAMP)  ## only the tests that need no servers (not marked integration)
 	$(BIN)/pytest -m "not integration" $(ARGS)
+
+# The console's browser tests drive Debian's Chromium; installed here when missing (needs root).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y --no-install-recommends chromium || \
+	     (apt-get update && apt-get install -y --no-install-recommends chromium)) >/dev/null; \
+	  else echo "chromium not found and not root: the console's browser tests will be skipped"; fi
 
 lint: $(STAMP)  ## ruff, ruff format, mypy --strict and the import contract (layer order, pyproject)
 	$(BIN)/ruff check .

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from uuid import UUID
 
 import asyncpg
@@ -12,6 +12,8 @@ import httpx
 
 from actions.egress import EgressPolicy
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES, RenderBudget
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,19 @@ class CredentialSource(Protocol):
     async def load(self, credential_id: str, providers: Collection[str]) -> Credential: ...
 
 
+@runtime_checkable
+class OAuthCredentialSource(CredentialSource, Protocol):
+    """A credential source that can also make provider calls under OAuth's 401 rule."""
+
+    async def call(
+        self, credential_id: str, providers: Collection[str], use: Callable[[Credential], Awaitable[T]]
+    ) -> T:
+        """Run one provider call with the credential under OAuth's 401 rule (oauth/vault.py):
+        `use` raises `oauth.vault.TokenRejected` on a 401 and is retried once with a refreshed
+        token; a dead grant becomes a `PermanentActionError` naming the reason."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ActionContext:
     """Everything one attempt may use. Secrets arrive here already decrypted, never in config."""
@@ -51,7 +66,7 @@ class ActionContext:
     limiter: RateLimiter | None = None
     # Provider API base URLs that differ from the public ones (regional endpoints, stand-ins).
     api_bases: Mapping[str, str] = field(default_factory=dict)
-    # Where clients that cannot use `http` (httplib2) may connect; `http` applies it itself.
+    # The egress policy, for a check a client cannot make itself; `http` applies it on every request.
     egress: EgressPolicy = field(default_factory=EgressPolicy)
     # Counts a failover between providers (the worker's metrics); a no-op by default.
     record_failover: Callable[[str, str], None] = lambda from_provider, to_provider: None

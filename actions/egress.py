@@ -24,12 +24,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
+import aiohttp
 import httpcore
 import httpx
+import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from actions.errors import PermanentActionError, RetryableActionError
 from settings.egress import SETTING, AllowRule, IPAddress, IPNetwork, parse_allow
@@ -292,7 +297,14 @@ class _CappedStream(httpx.AsyncByteStream):
 
 
 class EgressTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with its connection pool built on `EgressBackend`, and no proxy.
+    """httpx's transport, every connection checked by the egress policy, and no proxy.
+
+    Requests go through aiohttp's connection pool, whose resolver is the policy
+    (`_EgressResolver`: it resolves, checks and hands aiohttp only allowed addresses to dial;
+    address literals, which aiohttp dials without asking its resolver, are checked before the
+    request). httpcore's pool, whose per-request housekeeping costs ~15x more CPU, is used
+    only with an injected network backend (`inner`, built on `EgressBackend`), or when a test
+    double (respx) has replaced httpcore's pool.
 
     Responses are read up to `max_response_bytes` and never decompressed: requests ask for
     `identity`, and a `content-encoding` a target sends anyway is dropped before httpx would
@@ -310,18 +322,22 @@ class EgressTransport(httpx.AsyncHTTPTransport):
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
         super().__init__(limits=limits, trust_env=False)
         self._max_response_bytes = max_response_bytes
+        ssl_context = httpx.create_ssl_context(trust_env=False)
         # Only the pool changes: httpx's request and error mapping stay as they are.
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=EgressBackend(policy, inner),
         )
+        self._engine = None if inner is not None else _AiohttpEngine(policy, limits, ssl_context, max_response_bytes)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send with `accept-encoding: identity`; cap the body and leave it undecoded."""
         request.headers["accept-encoding"] = "identity"
+        if self._engine is not None and httpcore.AsyncConnectionPool.handle_async_request is _HTTPCORE_POOL_SEND:
+            return await self._engine.send(request)
         response = await super().handle_async_request(request)
         if "content-encoding" in response.headers:
             del response.headers["content-encoding"]
@@ -329,8 +345,213 @@ class EgressTransport(httpx.AsyncHTTPTransport):
         response.stream = _CappedStream(response.stream, self._max_response_bytes, request.url.host)
         return response
 
+    async def aclose(self) -> None:
+        """Close both pools."""
+        if self._engine is not None:
+            await self._engine.aclose()
+        await super().aclose()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        """Close both pools (httpx's transport closes only its own on exit)."""
+        if self._engine is not None:
+            await self._engine.aclose()
+        await super().__aexit__(exc_type, exc_value, traceback)
+
+
+# httpcore's own pool method: respx replaces it on the class while it mocks.
+_HTTPCORE_POOL_SEND = httpcore.AsyncConnectionPool.handle_async_request
+
+
+class _EgressResolver(AbstractResolver):
+    """aiohttp's resolver: the addresses of a host the policy allows (EgressRefused otherwise).
+
+    aiohttp dials what this returns and nothing else, so a name cannot rebind between the
+    check and the connection; TLS still verifies and sends SNI for the name in the URL.
+    """
+
+    def __init__(self, policy: EgressPolicy) -> None:
+        self._policy = policy
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """Resolve with the policy (aiohttp's connect timeout bounds the lookup)."""
+        addresses = await self._policy.resolve(host, port)
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(address),
+                port=port,
+                family=socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+# How many checked (host, port) pairs are remembered before starting over.
+_CHECKED_TARGETS = 4096
+
+
+class _AiohttpEngine:
+    """aiohttp's pool behind EgressTransport: one session, opened in the running event loop."""
+
+    def __init__(self, policy: EgressPolicy, limits: httpx.Limits, ssl_context: ssl.SSLContext, cap: int) -> None:
+        self._policy = policy
+        self._limits = limits
+        self._ssl_context = ssl_context
+        self._cap = cap
+        self._session: aiohttp.ClientSession | None = None
+        # (host, port) pairs needing no check before aiohttp: the policy never changes.
+        self._checked: set[tuple[str, int]] = set()
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._limits.max_connections or 0,
+                limit_per_host=0,
+                keepalive_timeout=self._limits.keepalive_expiry or 5.0,
+                resolver=_EgressResolver(self._policy),
+                ssl=self._ssl_context,
+                ttl_dns_cache=10,
+            )
+            # No cookies kept, no proxy from the environment, bodies never decompressed.
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=False,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+        return self._session
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        """Send one request; aiohttp's errors are raised as httpx's."""
+        url = request.url
+        port = url.port or (443 if url.scheme == "https" else 80)
+        target = (url.host, port)
+        if target not in self._checked:
+            if numeric_address(url.host) is not None:  # aiohttp dials literals without its resolver
+                await self._policy.resolve(url.host, port)  # raises EgressRefused if refused
+            if len(self._checked) >= _CHECKED_TARGETS:
+                self._checked.clear()
+            self._checked.add(target)  # an allowed literal, or a name the resolver checks
+        timeout = request.extensions.get("timeout", {})
+        connect, pool = timeout.get("connect"), timeout.get("pool")
+        limits = aiohttp.ClientTimeout(
+            total=None,
+            connect=None if connect is None or pool is None else connect + pool,
+            sock_connect=connect,
+            sock_read=timeout.get("read"),
+        )
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        body = await request.aread()
+        try:
+            response = await self._open().request(
+                request.method,
+                yarl.URL(str(url), encoded=True),
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+                timeout=limits,
+            )
+        except (EgressRefused, ResponseTooLarge):
+            raise
+        except Exception as exc:
+            raise _as_httpx(exc, request, connecting=True) from exc
+        raw = [(k, v) for k, v in response.raw_headers if k.lower() != b"content-encoding"]
+        return httpx.Response(
+            response.status,
+            headers=raw,
+            stream=_AiohttpBody(response, request, self._cap),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode("latin-1")},
+        )
+
+    async def aclose(self) -> None:
+        """Close the session and its connections."""
+        if self._session is not None:
+            await self._session.close()
+
+
+class _AiohttpBody(httpx.AsyncByteStream):
+    """An aiohttp response body: capped like `_CappedStream`, errors raised as httpx's."""
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request, limit: int) -> None:
+        self._response, self._request, self._limit = response, request, limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        try:
+            async for chunk in self._response.content.iter_any():
+                seen += len(chunk)
+                if seen > self._limit:
+                    self._response.close()  # the rest is never read: drop the connection
+                    host = self._request.url.host
+                    raise ResponseTooLarge(f"{host} sent a response larger than {self._limit} bytes; not read")
+                yield chunk
+        except ResponseTooLarge:
+            raise
+        except Exception as exc:
+            raise _as_httpx(exc, self._request, connecting=False) from exc
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
+def _as_httpx(exc: Exception, request: httpx.Request, *, connecting: bool) -> Exception:
+    """The httpx error an aiohttp (or resolver) error stands for, as the httpcore pool raises them."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, httpcore.ConnectTimeout | aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message, request=request)
+    if isinstance(exc, TimeoutError):
+        return httpx.ReadTimeout(message, request=request)
+    if isinstance(exc, httpcore.ConnectError | aiohttp.ClientConnectorError):
+        return httpx.ConnectError(message, request=request)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return httpx.InvalidURL(message)
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return httpx.RemoteProtocolError(message, request=request)
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return (httpx.ConnectError if connecting else httpx.ReadError)(message, request=request)
+    return exc
+
+
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing and sends nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Never keep a cookie a target sets."""
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        """Never send a kept cookie."""
+
+
+class _GuardedClient(httpx.AsyncClient):
+    """httpx's client without a cookie jar: it serves every owner's actions, so a cookie one
+    owner's target sets must never reach a request of another (or of the same owner, later)."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        """Always empty."""
+        return _NoCookies()
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        """Ignored: nothing is kept."""
+
 
 def guarded_client(policy: EgressPolicy, *, limits: httpx.Limits | None = None) -> httpx.AsyncClient:
-    """The client actions get: every connection checked, no redirects, no proxy from the environment."""
+    """The client actions get: every connection checked, no redirects, no proxy from the
+    environment, no cookies kept between requests."""
     transport = EgressTransport(policy, limits=limits)
-    return httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
+    return _GuardedClient(transport=transport, follow_redirects=False, trust_env=False)

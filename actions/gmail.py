@@ -4,47 +4,39 @@ To, cc, bcc, subject, text and html are templated from the trigger data. With
 `reply_in_thread` the message joins the triggering message's thread (Gmail `threadId`, plus
 `In-Reply-To`/`References`, which other mail clients use to thread it).
 
-Sent through google-api-python-client's `users.messages.send` with the credential's access
-token (the vault refreshes it first when due). The client is synchronous (httplib2), so each
-send runs in a worker thread with its own HTTP connection: httplib2 is not thread-safe.
+Sent with `users.messages.send` through hookyard's one Gmail client (actions/gmail_client.py,
+async over the worker's egress-guarded HTTP client) and the credential's access token, under
+OAuth's 401 rule: a refused token is refreshed once and the send retried; a dead grant marks
+the credential `needs_reconnect` and fails the execution for good, naming the reason.
 
 Every message carries `X-Hookyard-Execution: <execution id>`; the Gmail trigger skips mail
 carrying it, so a workflow that mails its own mailbox cannot trigger itself forever. Its
 `Message-ID` is derived from the execution id, and a retried attempt first looks the message
 up by it, so an attempt cut off after Gmail accepted the message does not send it twice.
 
-429 and 5xx retry; 400/401/403 and other 4xx fail with Google's reason (never the token).
+429 and 5xx retry; 400/403 and other 4xx fail with Google's reason (never the token).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import getaddresses
-from functools import cache
 from typing import Any
 from uuid import UUID
 
 import asyncpg
-import google_auth_httplib2
-import httplib2
-from google.oauth2.credentials import Credentials
-from googleapiclient import discovery_cache
-from googleapiclient.discovery import build_from_document
-from googleapiclient.errors import HttpError
 
-from actions.base import ActionConfigError, ActionContext, ActionType
+from actions.base import ActionConfigError, ActionContext, ActionType, Credential, OAuthCredentialSource
 from actions.errors import PermanentActionError, RetryableActionError
-from actions.http import parse_retry_after
+from actions.gmail_client import DEFAULT_API_BASE, GmailClient, GmailRefused, GmailUnavailable
 from actions.ratelimit import acquire
 from actions.templating import TemplateError, render
 from runtime.headers import EXECUTION_HEADER
 from schemas.errors import NotFound
 from schemas.store.credentials import get_credential
 
-DEFAULT_API_BASE = "https://gmail.googleapis.com/"
 SEND_SCOPES = frozenset(
     {
         "https://mail.google.com/",
@@ -53,7 +45,6 @@ SEND_SCOPES = frozenset(
         "https://www.googleapis.com/auth/gmail.modify",
     }
 )
-_TIMEOUT_S = 30.0
 _ADDRESSES = {"type": "string", "minLength": 1, "maxLength": 4000}
 
 CONFIG_SCHEMA: dict[str, Any] = {
@@ -81,25 +72,37 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     """Send the templated message; returns Gmail's message id and thread id."""
     if not ctx.credential_id:
         raise PermanentActionError("gmail.send-email needs a connected Google account as the action's credential")
-    if ctx.credentials is None:
+    credentials = ctx.credentials
+    if not isinstance(credentials, OAuthCredentialSource):
         raise PermanentActionError("gmail.send-email: credentials are not available to this worker")
     fields = _render(ctx, config)
     thread_id = _thread(ctx, config, fields)
-    credential = await ctx.credentials.load(ctx.credential_id, providers={"google"})
-    token = credential.secret.get("access_token")
-    if not token:
-        raise PermanentActionError("the Google credential holds no access token; reconnect it")
+    credential = await credentials.load(ctx.credential_id, providers={"google"})
     message_id = f"<hookyard.{ctx.execution_id}@{_domain(credential.account)}>"
     message = _mime(fields, message_id, ctx.execution_id)
-    body: dict[str, Any] = {"raw": base64.urlsafe_b64encode(message.as_bytes()).decode()}
-    if thread_id:
-        body["threadId"] = thread_id
+    raw = base64.urlsafe_b64encode(message.as_bytes()).decode()
     await acquire(ctx.limiter, "google", credential.id)
     api_base = ctx.api_bases.get("gmail") or DEFAULT_API_BASE
-    # httplib2 cannot connect through the egress backend, so the base is checked here. It is an
-    # operator setting (never owner input), so the resolution httplib2 repeats is not a risk.
-    await ctx.egress.check_url(api_base)
-    sent = await asyncio.to_thread(_send, api_base, token, body, message_id if ctx.attempt > 1 else None)
+    # A retry first looks for the message: an earlier attempt may have been cut off after
+    # Gmail took it. (A send refused with 401 was not taken, so the 401 rule may repeat it.)
+    lookup = message_id if ctx.attempt > 1 else None
+
+    async def send(current: Credential) -> dict[str, Any]:
+        token = current.secret.get("access_token")
+        if not token:
+            raise PermanentActionError("the Google credential holds no access token; reconnect it")
+        client = GmailClient(ctx.http, api_base, token)
+        if lookup is not None and (found := await client.find(lookup)) is not None:
+            return found
+        return await client.send(raw, thread_id)
+
+    try:
+        sent = await credentials.call(ctx.credential_id, {"google"}, send)
+    except GmailUnavailable as exc:
+        raise RetryableActionError(str(exc), retry_after_s=exc.retry_after_s) from None
+    except GmailRefused as exc:
+        hint = " (the Google account may lack the gmail.send scope; reconnect it)" if exc.status == 403 else ""
+        raise PermanentActionError(f"{exc}{hint}") from None
     return {"message_id": sent.get("id"), "thread_id": sent.get("threadId"), "rfc822_message_id": message_id}
 
 
@@ -169,52 +172,6 @@ def _mime(fields: Mapping[str, str], message_id: str, execution_id: str) -> Emai
 def _domain(account: str | None) -> str:
     _, _, domain = (account or "").rpartition("@")
     return domain if domain and domain.replace(".", "").replace("-", "").isalnum() else "hookyard.local"
-
-
-@cache
-def _discovery() -> str:
-    # Bundled with the client: building the service makes no network call.
-    document: str = discovery_cache.get_static_doc("gmail", "v1")
-    return document
-
-
-def _send(api_base: str, token: str, body: dict[str, Any], message_id: str | None) -> dict[str, Any]:
-    """The blocking send, in a worker thread with its own connection (httplib2 is not thread-safe)."""
-    # No refresh on 401 here: the vault refreshed already, so a 401 means the grant is gone.
-    http = google_auth_httplib2.AuthorizedHttp(
-        Credentials(token=token),  # type: ignore[no-untyped-call]
-        http=httplib2.Http(timeout=_TIMEOUT_S),
-        refresh_status_codes=(),
-    )
-    try:
-        service = build_from_document(_discovery(), http=http, client_options={"api_endpoint": api_base})
-        messages = service.users().messages()
-        if message_id is not None:
-            # A retry: an earlier attempt may have been cut off after Gmail took the message.
-            found = messages.list(userId="me", q=f"rfc822msgid:{message_id}", maxResults=1).execute()
-            if found.get("messages"):
-                return {"id": found["messages"][0].get("id"), "threadId": found["messages"][0].get("threadId")}
-        result: dict[str, Any] = messages.send(userId="me", body=body).execute()
-        return result
-    except HttpError as exc:
-        raise _http_error(exc) from None
-    except (TimeoutError, httplib2.HttpLib2Error, OSError) as exc:
-        raise RetryableActionError(f"could not reach Gmail: {type(exc).__name__}") from None
-    finally:
-        http.close()
-
-
-def _http_error(exc: HttpError) -> Exception:
-    status = int(exc.resp.status)
-    reason = (exc.reason or "")[:300] if isinstance(exc.reason, str) else ""
-    detail = f"Gmail answered {status}" + (f": {reason}" if reason else "")
-    if status == 429 or status >= 500:
-        return RetryableActionError(detail, retry_after_s=parse_retry_after(exc.resp.get("retry-after")))
-    if status == 401:
-        return PermanentActionError(f"{detail} (the Google account's grant is no longer valid; reconnect it)")
-    if status == 403:
-        return PermanentActionError(f"{detail} (the Google account may lack the gmail.send scope; reconnect it)")
-    return PermanentActionError(detail)
 
 
 async def check_config(

@@ -247,7 +247,7 @@ async def newsletter_run(
     trigger = {"issue": 1, "subscribers": subscribers("reader", args.recipients)}
     cpu_before, start = procs.cpu_seconds(), time.monotonic()
     started_wall = time.time()
-    execution_id = str((await api.post(f"/api/workflows/{workflow_id}/run", trigger))["execution_id"])
+    execution_id = str((await api.post(f"/api/workflows/{workflow_id}/run?shape=raw", trigger))["execution_id"])
     last: dict[str, Any] = {}
 
     async def finished() -> bool:
@@ -292,7 +292,7 @@ async def baseline_run(
     before = await fake_stats(fake_url)
     trips_before = await round_trips(client, holders(workflow_id))
     headers = {"authorization": f"Bearer {api.key}", "content-type": "application/json"}
-    path = f"/api/workflows/{workflow_id}/run"
+    path = f"/api/workflows/{workflow_id}/run?shape=raw"
     requests = [
         http_post(path, orjson.dumps({"issue": 1, **s}), headers) for s in subscribers("single", args.recipients)
     ]

@@ -234,6 +234,8 @@ class Supervisor:
             "HOOKYARD_CODEC_CORS_ORIGINS": f"http://127.0.0.1:{ui},http://localhost:{ui}",
             "HOOKYARD_EGRESS_ALLOW": dev_egress_allow(os.environ),
             "HOOKYARD_EGRESS_DENY": dev_egress_deny(self.own_ports, os.environ),
+            # The console links executions to their runs in the dev Temporal UI (when it runs here).
+            "HOOKYARD_TEMPORAL_UI_URL": os.environ.get("HOOKYARD_TEMPORAL_UI_URL", urls.get("temporal_ui", "")),
         }
         for name in _APP_PROCESSES:
             self.apps[name] = self._spawn_app(name)
@@ -343,6 +345,7 @@ def _banner(stack: dict[str, str]) -> None:
         "",
         "hookyard is running",
         f"  API            {stack['api']}   (openapi: {stack['api']}/api/openapi.json)",
+        f"  console        {stack['api']}/console   (sign in with an owner's API key)",
         f"  Temporal UI    {stack.get('temporal_ui', '(external Temporal)')}",
         f"  Temporal       {stack['temporal_address']}",
         f"  PostgreSQL     {stack['database_url']}",

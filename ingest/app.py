@@ -9,7 +9,7 @@ import httpx
 import redis.asyncio as redis
 from starlette.applications import Starlette
 
-from ingest import api, codec_server, pubsub
+from ingest import api, codec_server, console, pubsub
 from ingest.endpoint_cache import EndpointCache
 from ingest.errors import EXCEPTION_HANDLERS
 from ingest.inbox import InboxWriter
@@ -47,7 +47,7 @@ def create_app(
             settings, pool, keyring, inbox, endpoints, redis_client, http, google_from_settings(settings.for_google())
         )
         state.metrics, state.tracing = metrics, tracing
-        state.oidc = OidcVerifier(http)
+        state.oidc = OidcVerifier(http, certs_url=settings.google_certs_url)
         pubsub.announce(settings)
         try:
             yield {"app": state}
@@ -60,5 +60,6 @@ def create_app(
             await pool.close()
             tracing.flush()
 
-    routes = [*ROUTES, *codec_server.routes(settings)]  # codec routes exist only with a token
+    # Codec routes exist only with a token; the console's pages are not part of the API document.
+    routes = [*ROUTES, *codec_server.routes(settings), *console.routes()]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

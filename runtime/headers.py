@@ -1,7 +1,7 @@
 """Headers hookyard puts on what it sends, read back by the code that receives it.
 
-Shared by the Gmail send action (`actions/gmail.py`), which writes it, and the Gmail trigger
-(`triggers/gmail.py`), which reads it: the two sit side by side and must not import each other.
+Written by the Gmail send action (`actions/gmail.py`) and read back by the mailbox sync
+(`actions/gmail_client.sent_by_hookyard`, called from worker/gmail/).
 """
 
 from __future__ import annotations

@@ -57,6 +57,10 @@ class Settings:
     max_json_depth: int = 128
     signature_tolerance_s: int = 300
     secret_rotation_grace_s: int = 24 * 3600
+    # Owner console (/console): how long a sign-in lasts; the Temporal Web UI base URL, if any,
+    # for links to an execution's run (e.g. http://127.0.0.1:8233).
+    console_session_ttl_s: int = 12 * 3600
+    temporal_ui_url: str = ""
 
     master_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
 
@@ -77,6 +81,9 @@ class Settings:
     pubsub_audience: str = ""
     pubsub_service_account: str = ""
     pubsub_verify: bool = True
+    # Where Google's token-signing keys are published (OIDC pushes and ticks). For testing only:
+    # a local signer's JWKS lets the verified push path run end to end; production keeps Google's.
+    google_certs_url: str = "https://www.googleapis.com/oauth2/v3/certs"
     gmail_topic: str = ""
     gmail_api_base: str = "https://gmail.googleapis.com/"
     gmail_sweep_interval_s: float = 900.0
@@ -222,6 +229,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_PUBSUB_AUDIENCE": ("pubsub_audience", str),
     "HOOKYARD_PUBSUB_SERVICE_ACCOUNT": ("pubsub_service_account", str),
     "HOOKYARD_PUBSUB_VERIFY": ("pubsub_verify", _flag),
+    "HOOKYARD_GOOGLE_CERTS_URL": ("google_certs_url", str),
     "HOOKYARD_GMAIL_TOPIC": ("gmail_topic", str),
     "HOOKYARD_GMAIL_API_BASE": ("gmail_api_base", str),
     "HOOKYARD_GMAIL_SWEEP_INTERVAL_S": ("gmail_sweep_interval_s", float),
@@ -238,6 +246,8 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_MAX_JSON_DEPTH": ("max_json_depth", int),
     "HOOKYARD_SIGNATURE_TOLERANCE_S": ("signature_tolerance_s", int),
     "HOOKYARD_SECRET_ROTATION_GRACE_S": ("secret_rotation_grace_s", int),
+    "HOOKYARD_CONSOLE_SESSION_TTL_S": ("console_session_ttl_s", int),
+    "HOOKYARD_TEMPORAL_UI_URL": ("temporal_ui_url", str),
     "HOOKYARD_DB_POOL_MIN": ("db_pool_min", int),
     "HOOKYARD_DB_POOL_MAX": ("db_pool_max", int),
     "HOOKYARD_DISPATCH_BATCH_SIZE": ("dispatch_batch_size", int),

@@ -2,7 +2,11 @@
 
 Mailboxes are chosen by the bearer token. Each keeps messages, a history of messageAdded
 records with increasing (gapped) ids, watches and sent mail. Tests can shrink history pages,
-expire old history ids (404, as Gmail does), and script failures.
+expire old history ids (404, as Gmail does), and script failures. Like Gmail, it answers 401
+to an access token it does not know or that was revoked (`revoke`), 403
+`insufficientPermissions` to a grant without the scopes (`scopes_missing`), and 403 "User not
+authorized" to a watch whose topic the push service may not publish to (`watch_refused`).
+`accept_tokens_from(fake_google)` makes tokens the Google stand-in issues work here.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class FakeMailbox:
     # Statuses to answer instead of the next calls to a path suffix ("/history", "/messages/send");
     # 0 lets a call through.
     failures: dict[str, list[int]] = field(default_factory=dict)
+    scopes_missing: bool = False
+    watch_refused: bool = False
 
     def deliver(
         self,
@@ -147,6 +153,7 @@ class FakeGmail:
 
     def __init__(self) -> None:
         self.mailboxes: dict[str, FakeMailbox] = {}
+        self.by_email: dict[str, FakeMailbox] = {}
         self.url = ""
         base = "/gmail/v1/users/me"
         self.app = Starlette(
@@ -164,7 +171,23 @@ class FakeGmail:
     def mailbox(self, email_address: str, token: str) -> FakeMailbox:
         box = FakeMailbox(email_address, token)
         self.mailboxes[token] = box
+        self.by_email[email_address] = box
         return box
+
+    def grant(self, email_address: str, token: str) -> None:
+        """An access token Google issued for this account now reaches its mailbox."""
+        box = self.by_email.get(email_address)
+        if box is not None:
+            self.mailboxes[token] = box
+
+    def revoke(self, box: FakeMailbox) -> None:
+        """The account holder removed access: every access token of the mailbox answers 401."""
+        for token in [t for t, b in self.mailboxes.items() if b is box]:
+            del self.mailboxes[token]
+
+    def accept_tokens_from(self, google: Any) -> None:
+        """Tokens the Google stand-in issues (connects and refreshes) reach the account's mailbox."""
+        google.listeners.append(self.grant)
 
     def _box(self, request: Request) -> FakeMailbox | Response:
         auth = request.headers.get("authorization", "")
@@ -172,6 +195,9 @@ class FakeGmail:
         if box is None:
             return _error(401, "Request had invalid authentication credentials.", "authError")
         box.calls.append(f"{request.method} {request.url.path.removeprefix('/gmail/v1/users/me')}")
+        if box.scopes_missing:
+            response = _error(403, "Request had insufficient authentication scopes.", "insufficientPermissions")
+            return response
         for suffix, statuses in box.failures.items():
             if request.url.path.endswith(suffix) and statuses:
                 status = statuses.pop(0)
@@ -253,6 +279,8 @@ class FakeGmail:
         if isinstance(box, Response):
             return box
         body = await request.json()
+        if box.watch_refused:
+            return _error(403, "User not authorized to perform this action.", "forbidden")
         if not str(body.get("topicName", "")).startswith("projects/"):
             return _error(400, "Invalid topicName", "invalidArgument")
         box.watches.append(body)

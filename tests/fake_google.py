@@ -2,7 +2,9 @@
 
 It behaves like the real thing where hookyard depends on it: codes are single use and bound
 to the redirect URI and PKCE challenge, refresh tokens can be made dead (`invalid_grant`),
-and the ID token names the account.
+and the ID token names the account. `revoke_account` does what an account holder's
+"remove access" does: every refresh token of the account answers `invalid_grant` from then
+on (a Gmail stand-in told through `listeners` also refuses its access tokens with 401).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 import hashlib
 import itertools
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -50,15 +53,24 @@ class FakeGoogle:
     refresh_calls: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
     token_errors: list[str] = field(default_factory=list)
+    # Which account each refresh token belongs to (tests may add tokens they made themselves).
+    refresh_owner: dict[str, str] = field(default_factory=dict)
+    # Told (account, access token) of every access token issued, e.g. a Gmail stand-in.
+    listeners: list[Callable[[str, str], None]] = field(default_factory=list)
     _serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def reset(self) -> None:
         """Back to defaults between tests."""
         self.email, self.deny, self.expires_in, self.issue_refresh_token = "boss@example.com", False, 3600, True
         self.email_verified = True
-        for collection in (self.codes, self.refresh_calls, self.revoked, self.token_errors):
+        for collection in (self.codes, self.refresh_calls, self.revoked, self.token_errors, self.listeners):
             collection.clear()
         self.dead_refresh_tokens.clear()
+        self.refresh_owner.clear()
+
+    def revoke_account(self, email: str) -> None:
+        """The account holder removed access: its refresh tokens are dead from now on."""
+        self.dead_refresh_tokens.update(t for t, owner in self.refresh_owner.items() if owner == email)
 
     def app(self) -> Starlette:
         """The ASGI app serving /auth, /token and /revoke."""
@@ -102,16 +114,16 @@ class FakeGoogle:
             verifier = str(form.get("code_verifier", ""))
             if _b64(hashlib.sha256(verifier.encode()).digest()) != grant["challenge"]:
                 return self._error("invalid_grant")
-            return JSONResponse(self._tokens(grant["scope"], with_refresh=self.issue_refresh_token))
+            return JSONResponse(self._tokens(grant["scope"], with_refresh=self.issue_refresh_token, email=self.email))
         if form.get("grant_type") == "refresh_token":
             token = str(form.get("refresh_token"))
             self.refresh_calls.append(token)
             if token in self.dead_refresh_tokens:
                 return self._error("invalid_grant")
-            return JSONResponse(self._tokens("", with_refresh=False))
+            return JSONResponse(self._tokens("", with_refresh=False, email=self.refresh_owner.get(token)))
         return self._error("unsupported_grant_type")
 
-    def _tokens(self, scope: str, *, with_refresh: bool) -> dict[str, Any]:
+    def _tokens(self, scope: str, *, with_refresh: bool, email: str | None) -> dict[str, Any]:
         n = next(self._serial)
         body: dict[str, Any] = {
             "access_token": f"ya29.access-{n}-{secrets.token_hex(8)}",
@@ -123,11 +135,18 @@ class FakeGoogle:
             body["scope"] = scope
         if with_refresh:
             body["refresh_token"] = f"1//refresh-{n}-{secrets.token_hex(8)}"
+            if email is not None:
+                self.refresh_owner[body["refresh_token"]] = email
+        if email is not None:
+            for listener in self.listeners:
+                listener(email, body["access_token"])
         return body
 
     async def _revoke(self, request: Request) -> Response:
         form = await _form(request)
-        self.revoked.append(str(form.get("token")))
+        token = str(form.get("token"))
+        self.revoked.append(token)
+        self.dead_refresh_tokens.add(token)
         return Response(status_code=200)
 
 

@@ -86,6 +86,22 @@ SyncHook = Callable[[TriggerSyncContext, WorkflowSyncState], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
+class ManualRun:
+    """What `POST /api/workflows/{id}/run` gives a trigger to build its data from."""
+
+    workflow_id: str
+    # The workflow's routing key (its endpoint, mailbox or own id): where a real event would come from.
+    source_id: str
+    config: Mapping[str, Any]
+    # The request body: the part of a real event the owner writes (a webhook's body, a message's fields).
+    given: dict[str, Any]
+    now: str
+
+
+ManualData = Callable[[ManualRun], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class TriggerType:
     """A kind of trigger. Register an instance in `triggers.registry.TRIGGERS`.
 
@@ -105,6 +121,10 @@ class TriggerType:
     # Called by the dispatcher's sync loop after every change of trigger, config, active or
     # deletion, and retried until it succeeds; it must be idempotent.
     sync: SyncHook | None = None
+    # A manual run's trigger data, in the shape real events give (so templates work on both),
+    # and what the request body stands for, as the catalog documents it.
+    manual_data: ManualData | None = None
+    manual_doc: str = ""
     # An inbox source that feeds hookyard's own workflow behind this trigger rather than owners'
     # workflows (Gmail pushes wake the mailbox workflow, whose sync stores `source_type`
     # events). The dispatcher forwards its events (worker/dispatch/forwarding.py), never

@@ -5,11 +5,8 @@ mailbox workflow (`gmail-mailbox-<credential id>`, worker/gmail/). Pub/Sub pushe
 it reads `users.history` from its stored cursor and stores one inbox event per new message
 (source type `gmail`, source id = the credential id, deduplicated on the Gmail message id),
 whose body is this trigger's data. From there events are routed, filtered, listed and
-replayable like any other. The sync hook keeps the mailbox watched while an active workflow
-reads it and lets the mailbox workflow stop the watch when none does.
-
-This module also holds the contract with that workflow (names, inputs, signals), because
-triggers must not import the worker.
+replayable like any other. This module only describes and matches: the mailbox workflow, its
+contract and the sync hook that keeps the mailbox watched live in worker/gmail/.
 """
 
 from __future__ import annotations
@@ -18,46 +15,30 @@ import base64
 import binascii
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 import orjson
 
-from runtime.headers import EXECUTION_HEADER
 from schemas import jsonlimits
 from schemas.errors import NotFound
 from schemas.store.credentials import get_credential
-from schemas.store.gmail import MailboxRef, activate_mailbox, get_mailbox
-from settings import TriggerSettings
 from triggers.base import (
     InboxEvent,
+    ManualRun,
     TriggerConfigError,
-    TriggerSyncContext,
-    TriggerSyncError,
     TriggerType,
-    WorkflowSyncState,
     check_filter,
     match_filter,
 )
 from triggers.filters import MAX_TRACE_STEPS, FilterOutcome, TraceStep, filter_schema, shown_value
 
-if TYPE_CHECKING:
-    from temporalio.client import Client
-
-
 NAME = "gmail.receive-email"
 SOURCE_TYPE = "gmail"
 PUSH_SOURCE_TYPE = "gmail.push"
-
-MAILBOX_WORKFLOW = "hookyard.gmail_mailbox"
-NOTIFY_SIGNAL = "notify"
-RECONCILE_SIGNAL = "reconcile"
-RECONCILE_ACTIVITY = "hookyard.gmail_reconcile_watch"
-SYNC_ACTIVITY = "hookyard.gmail_sync"
 
 GMAIL = "https://www.googleapis.com/auth/"
 # Reading full messages needs one of these (gmail.metadata cannot fetch bodies).
@@ -96,84 +77,6 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "filter": {**filter_schema(), "description": "Optional condition over the trigger data."},
     },
 }
-
-
-# --- the contract with the mailbox workflow ---------------------------------------------
-
-
-def mailbox_workflow_id(credential_id: UUID | str) -> str:
-    """Temporal id of a mailbox's workflow: the credential id only, never the address."""
-    return f"gmail-mailbox-{credential_id}"
-
-
-@dataclass
-class MailboxInput:
-    """Mailbox workflow input; also what continue-as-new carries over."""
-
-    owner_id: str
-    credential_id: str
-    sweep_interval_s: float = 900.0
-    watch_renew_s: float = 24 * 3600.0
-    # Continue-as-new past this many history events.
-    history_limit: int = 4000
-    notified_history_id: int = 0
-    cursor: int = 0
-    reconcile: bool = True
-    watch_due: float = 0.0
-    sweep_due: float = 0.0
-
-
-@dataclass
-class Notify:
-    """Signal: a push announced this history id (any order, possibly twice)."""
-
-    history_id: int
-
-
-@dataclass
-class MailboxJob:
-    """Activity input: which mailbox (ids only)."""
-
-    owner_id: str
-    credential_id: str
-
-
-@dataclass
-class WatchResult:
-    """What reconciling the watch did: `active` False means the watch is stopped for good."""
-
-    active: bool
-    history_id: int = 0
-
-
-@dataclass
-class SyncResult:
-    """Where the cursor stands after a sync, and how many messages were stored."""
-
-    cursor: int
-    stored: int
-    full_sync: bool = False
-
-
-async def signal_mailbox(
-    client: Client, settings: TriggerSettings, ref: MailboxRef, *, history_id: int | None = None
-) -> None:
-    """Signal-with-start the mailbox workflow: a push (`history_id`) or a reconcile of its watch."""
-    start = MailboxInput(
-        owner_id=str(ref.owner_id),
-        credential_id=str(ref.credential_id),
-        sweep_interval_s=settings.gmail_sweep_interval_s,
-        watch_renew_s=settings.gmail_watch_renew_s,
-    )
-    signal, args = (RECONCILE_SIGNAL, []) if history_id is None else (NOTIFY_SIGNAL, [Notify(history_id)])
-    await client.start_workflow(
-        MAILBOX_WORKFLOW,
-        start,
-        id=mailbox_workflow_id(ref.credential_id),
-        task_queue=settings.task_queue,
-        start_signal=signal,
-        start_signal_args=args,
-    )
 
 
 # --- messages -> trigger data -----------------------------------------------------------
@@ -218,11 +121,6 @@ def message_data(message: Mapping[str, Any], *, mailbox: str, account: str | Non
         "headers": _bounded(headers),
     }
     return data
-
-
-def sent_by_hookyard(message: Mapping[str, Any]) -> bool:
-    """Whether the send action wrote this message (it carries the execution header)."""
-    return EXECUTION_HEADER.lower() in _headers(_object(message.get("payload")))
 
 
 def _text(value: object) -> str | None:
@@ -411,32 +309,10 @@ async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, 
         raise TriggerConfigError(field, f"the Google account is {row.status}; reconnect it")
 
 
-async def sync_mailbox(ctx: TriggerSyncContext, state: WorkflowSyncState) -> None:
-    """Make sure the mailbox this workflow reads (and the one it read before) reconcile their watch."""
-    current = _mailbox_of(state.trigger_config)
-    previous = _mailbox_of(state.previous_config) if state.previous_config else None
-    wanted = current if state.active and not state.deleted else None
-    to_signal: list[MailboxRef] = []
-    async with ctx.pool.acquire() as conn:
-        for mailbox in dict.fromkeys(m for m in (current, previous) if m is not None):
-            ref = MailboxRef(state.owner_id, mailbox)
-            if mailbox == wanted:
-                if not await activate_mailbox(conn, ref):
-                    raise TriggerSyncError(f"credential {mailbox} is not a connected Google account")
-            else:
-                row = await get_mailbox(conn, ref)
-                if row is None or row["status"] == "stopped":
-                    continue  # nothing is watched there
-            to_signal.append(ref)
-    for ref in to_signal:
-        await signal_mailbox(ctx.temporal, ctx.settings, ref)
-
-
-def _mailbox_of(config: Mapping[str, Any] | None) -> UUID | None:
-    try:
-        return UUID(str((config or {})["mailbox"]))
-    except (KeyError, ValueError):
-        return None
+def _manual(run: ManualRun) -> dict[str, Any]:
+    # Every field a real message has, empty, overlaid with the fields given.
+    empty = message_data({}, mailbox=run.source_id, account=None)
+    return {**empty, **run.given, "event_id": None, "mailbox": run.source_id}
 
 
 TRIGGER = TriggerType(
@@ -450,6 +326,8 @@ TRIGGER = TriggerType(
     trigger_data=_trigger_data,
     match=_match,
     check_config=_check,
-    sync=sync_mailbox,
+    manual_data=_manual,
+    manual_doc="The request body gives message fields (from, to, subject, text, labels, thread_id, ...); the rest "
+    "are empty, as in a message without them: trigger data is a message's, with `event_id` null.",
     internal_source=PUSH_SOURCE_TYPE,
 )

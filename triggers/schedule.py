@@ -27,6 +27,7 @@ from schemas import jsonlimits
 from triggers.base import (
     WORKFLOW_ROUTE,
     InboxEvent,
+    ManualRun,
     TriggerConfigError,
     TriggerType,
     check_filter,
@@ -222,6 +223,18 @@ def _trigger_data(event: InboxEvent) -> dict[str, Any]:
     }
 
 
+def _manual(run: ManualRun) -> dict[str, Any]:
+    return {
+        "event_id": None,
+        "workflow_id": run.workflow_id,
+        "scheduled_at": run.now,
+        "fired_at": run.now,
+        "received_at": run.now,
+        # An empty body runs with the schedule's own static payload, as a firing would.
+        "payload": run.given if run.given else run.config.get("payload"),
+    }
+
+
 TRIGGER = TriggerType(
     name=NAME,
     source_type=SOURCE_TYPE,
@@ -231,4 +244,7 @@ TRIGGER = TriggerType(
     trigger_data=_trigger_data,
     match=match_filter,
     check_config=_check,
+    manual_data=_manual,
+    manual_doc="The request body is the payload (empty: the schedule's own `payload`); `scheduled_at` is now: "
+    'trigger data {"event_id": null, "workflow_id", "scheduled_at", "fired_at", "received_at", "payload"}.',
 )

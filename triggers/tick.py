@@ -31,6 +31,7 @@ from schemas import jsonlimits
 from triggers.base import (
     WORKFLOW_ROUTE,
     InboxEvent,
+    ManualRun,
     TriggerConfigError,
     TriggerType,
     check_endpoint,
@@ -177,6 +178,17 @@ async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, 
         await check_endpoint(conn, owner_id, config["endpoint_id"])
 
 
+def _manual(run: ManualRun) -> dict[str, Any]:
+    return {
+        "event_id": None,
+        "workflow_id": run.workflow_id,
+        "scheduled_at": run.now,
+        "received_at": run.now,
+        "headers": {},
+        "body": run.given,
+    }
+
+
 TRIGGER = TriggerType(
     name=NAME,
     source_type=SOURCE_TYPE,
@@ -186,4 +198,7 @@ TRIGGER = TriggerType(
     trigger_data=_trigger_data,
     match=match_filter,
     check_config=_check,
+    manual_data=_manual,
+    manual_doc="The request body is the tick's body; `scheduled_at` is now: trigger data "
+    '{"event_id": null, "workflow_id", "scheduled_at", "received_at", "headers": {}, "body": <request body>}.',
 )

@@ -11,7 +11,7 @@ import asyncpg
 import orjson
 
 from schemas import jsonlimits
-from triggers.base import InboxEvent, TriggerType, check_endpoint, check_filter, match_filter
+from triggers.base import InboxEvent, ManualRun, TriggerType, check_endpoint, check_filter, match_filter
 from triggers.filters import filter_schema
 
 CONFIG_SCHEMA: dict[str, Any] = {
@@ -57,6 +57,10 @@ async def _check(conn: asyncpg.Connection, owner_id: UUID, config: Mapping[str, 
     await check_endpoint(conn, owner_id, config["endpoint_id"])
 
 
+def _manual(run: ManualRun) -> dict[str, Any]:
+    return {"event_id": None, "endpoint_id": run.source_id, "received_at": run.now, "headers": {}, "body": run.given}
+
+
 TRIGGER = TriggerType(
     name="webhook.received",
     source_type="webhook",
@@ -67,4 +71,7 @@ TRIGGER = TriggerType(
     trigger_data=_trigger_data,
     match=match_filter,
     check_config=_check,
+    manual_data=_manual,
+    manual_doc="The request body is the webhook's body: trigger data "
+    '{"event_id": null, "endpoint_id", "received_at", "headers": {}, "body": <request body>}.',
 )

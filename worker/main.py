@@ -16,6 +16,7 @@ from actions.egress import EgressPolicy, guarded_client
 from actions.ratelimit import RedisRateLimiter, rates_with_overrides
 from oauth.crypto import Keyring
 from oauth.google import google_from_settings
+from oauth.vault import Vault
 from runtime.temporal import connect_with_retry
 from schemas import db
 from settings import Settings
@@ -31,7 +32,6 @@ from worker.newsletter.activities import NewsletterActivities
 from worker.newsletter.workflow import NewsletterWorkflow
 from worker.schedule_cron.activities import TickActivities
 from worker.schedule_cron.workflow import TickWorkflow
-from worker.vault import Vault
 
 log = logging.getLogger(__name__)
 

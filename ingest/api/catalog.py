@@ -19,7 +19,12 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
     """Every registered trigger and action type and every credential provider, sorted by name."""
     return {
         "triggers": [
-            {"type": t.name, "description": t.description, "config_schema": t.config_schema}
+            {
+                "type": t.name,
+                "description": t.description,
+                "config_schema": t.config_schema,
+                "manual_run": t.manual_doc or "The request body is the trigger data.",
+            }
             for t in sorted(TRIGGERS.values(), key=lambda t: t.name)
         ],
         "actions": [

@@ -10,6 +10,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
+from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,13 +19,14 @@ from ingest.api.auth import require_owner
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
 from ingest.api.operations import ID, PAGING, Body, Reply, error, operation, page_of
 from ingest.api.validation import check, compile_schema
-from ingest.errors import Invalid, Unavailable
-from ingest.state import app_state
+from ingest.errors import Conflict, Invalid, Unavailable
+from ingest.state import AppState, app_state
 from oauth.google import DEFAULT_SCOPES, OAuthFlowError, ProviderUnavailable
 from oauth.links import link_token
 from oauth.providers import API_KEY_PROVIDERS, OAUTH_PROVIDERS, PROVIDERS, secret_shapes_text
 from schemas.store import credentials as store
 from schemas.store.credentials import Credential
+from schemas.store.gmail import mailbox_health
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,11 @@ async def get_credential(request: Request) -> Response:
     credential_id = path_id(request, "credential")
     async with app_state(request).pool.acquire() as conn:
         row = await store.get_credential(conn, owner_id, credential_id)
-    return json_response(credential_json(row))
+        mailbox = await mailbox_health(conn, owner_id, credential_id)
+    body = credential_json(row)
+    if mailbox is not None:
+        body["mailbox"] = mailbox
+    return json_response(body)
 
 
 @operation(
@@ -155,19 +161,39 @@ async def get_credential(request: Request) -> Response:
     "credentials",
     {204: Reply("Deleted.")},
     params=[ID],
-    errors={503: error("Storage or the provider could not be reached; nothing deleted.")},
+    errors={
+        409: error("Workflows use the credential (listed); delete them or give them another credential first."),
+        503: error("Storage or the provider could not be reached; nothing deleted."),
+    },
 )
 async def delete_credential(request: Request) -> Response:
     """Revoke the credential at its provider (OAuth2), then delete it.
 
+    A credential a live workflow uses (as its action's credential, or as the mailbox its
+    trigger reads) is not deleted: 409 lists those workflows, and nothing is revoked, so no
+    workflow is left sending with a credential that is gone or reading an unwatched mailbox.
     If the provider cannot be reached the credential is kept and the answer is 503, so the
     owner can retry rather than believe access was withdrawn when it was not.
     """
     owner_id = await require_owner(request)
     credential_id = path_id(request, "credential")
-    state = app_state(request)
+    await delete(app_state(request), owner_id, credential_id)
+    return no_content()
+
+
+async def delete(state: AppState, owner_id: UUID, credential_id: UUID) -> None:
+    """Revoke at the provider, then delete one of the owner's credentials (`NotFound`, `Unavailable`)."""
     async with state.pool.acquire() as conn:
         row, secret = await store.load_secret(conn, state.keyring, owner_id, credential_id)
+        users = await store.workflows_using(conn, owner_id, credential_id)
+        if users:
+            named = ", ".join(f"{u.id} ({u.name})" for u in users[:20])
+            more = f" and {len(users) - 20} more" if len(users) > 20 else ""
+            raise Conflict(
+                f"the credential is used by {len(users)} workflow(s): {named}{more}; delete them or give them "
+                "another credential first",
+                code="credential_in_use",
+            )
         # Google revokes the whole grant of an account for this client, so a token is revoked
         # only when no other credential (another owner's, say) uses the same account.
         shared = row.kind == "oauth2" and await store.account_shared(conn, credential_id)
@@ -181,7 +207,6 @@ async def delete_credential(request: Request) -> Response:
                 except OAuthFlowError as exc:  # pragma: no cover - revoke maps errors to ProviderUnavailable
                     log.warning("revocation of credential %s failed: %s", credential_id, exc)
         await store.delete_credential(conn, owner_id, credential_id)
-    return no_content()
 
 
 def _check_redirect(url: str) -> None:
@@ -208,8 +233,12 @@ async def create_connect_link(request: Request) -> Response:
     """A signed, expiring, single-use URL that connects an account to the caller."""
     owner_id = await require_owner(request)
     body = await read_json(request)
+    return json_response(await connect_link(app_state(request), owner_id, body), 201)
+
+
+async def connect_link(state: AppState, owner_id: UUID, body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a link body (`Invalid`) and make a connect link for the owner; its view with the URL."""
     check(_LINK, body)
-    state = app_state(request)
     if state.google is None:
         raise Invalid("Google OAuth is not configured on this server (HOOKYARD_GOOGLE_CLIENT_ID)", field="provider")
     redirect_after = body.get("redirect_after")
@@ -221,14 +250,11 @@ async def create_connect_link(request: Request) -> Response:
     async with state.pool.acquire() as conn:
         link = await store.insert_connect_link(conn, owner_id, body["provider"], scopes, redirect_after, expires_at)
     url = f"{state.settings.base_url}/oauth/connect/{link_token(state.keyring, link.id)}"
-    return json_response(
-        {
-            "id": link.id,
-            "provider": link.provider,
-            "scopes": scopes,
-            "url": url,
-            "expires_at": link.expires_at,
-            "redirect_after": redirect_after,
-        },
-        201,
-    )
+    return {
+        "id": link.id,
+        "provider": link.provider,
+        "scopes": scopes,
+        "url": url,
+        "expires_at": link.expires_at,
+        "redirect_after": redirect_after,
+    }

@@ -6,6 +6,7 @@ import base64
 import binascii
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,7 +17,7 @@ from ingest.api.operations import ID, PAGING, Body, Reply, operation, page_of
 from ingest.api.validation import check, compile_schema
 from ingest.errors import Invalid
 from ingest.signatures import DEFAULT_SCHEME, SCHEMES, generate_secret
-from ingest.state import app_state
+from ingest.state import AppState, app_state
 from schemas.store import endpoints as store
 from schemas.store.endpoints import Endpoint
 
@@ -102,14 +103,18 @@ async def create_endpoint(request: Request) -> Response:
     """Create an endpoint; its secret is in this response and never shown again."""
     owner_id = await require_owner(request)
     body = await read_json(request)
+    return json_response(await create(app_state(request), owner_id, body), 201)
+
+
+async def create(state: AppState, owner_id: UUID, body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a create body (`Invalid`) and store the endpoint; its view with the secret."""
     check(_CREATE, body)
     scheme = body.get("scheme", DEFAULT_SCHEME)
     secret = _chosen_secret(scheme, body)
-    state = app_state(request)
     async with state.pool.acquire() as conn:
         row = await store.create_endpoint(conn, state.keyring, owner_id, body.get("name", "endpoint"), scheme, secret)
     view = endpoint_json(row, state.settings.base_url)
-    return json_response({**view, "secret": secret}, 201)
+    return {**view, "secret": secret}
 
 
 @operation(
@@ -141,12 +146,16 @@ async def delete_endpoint(request: Request) -> Response:
     """Delete an endpoint; deliveries to it are refused from now on, its events stay."""
     owner_id = await require_owner(request)
     endpoint_id = path_id(request, "endpoint")
-    state = app_state(request)
+    await delete(app_state(request), owner_id, endpoint_id)
+    return no_content()
+
+
+async def delete(state: AppState, owner_id: UUID, endpoint_id: UUID) -> None:
+    """Delete one of the owner's endpoints (`NotFound`)."""
     async with state.pool.acquire() as conn:
         await store.delete_endpoint(conn, owner_id, endpoint_id)
     # Other processes hear of it by notification; this one need not wait for its own.
     state.endpoints.invalidate(endpoint_id)
-    return no_content()
 
 
 @operation(
@@ -163,8 +172,12 @@ async def rotate_secret(request: Request) -> Response:
     owner_id = await require_owner(request)
     endpoint_id = path_id(request, "endpoint")
     body = await read_json(request, optional=True)
+    return json_response(await rotate(app_state(request), owner_id, endpoint_id, body))
+
+
+async def rotate(state: AppState, owner_id: UUID, endpoint_id: UUID, body: dict[str, Any]) -> dict[str, Any]:
+    """Rotate one of the owner's endpoint secrets (`NotFound`, `Invalid`); the new secret and grace end."""
     check(_ROTATE, body)
-    state = app_state(request)
     grace_s = state.settings.secret_rotation_grace_s
     async with state.pool.acquire() as conn:
         row = await store.get_endpoint(conn, owner_id, endpoint_id)
@@ -173,4 +186,4 @@ async def rotate_secret(request: Request) -> Response:
     state.endpoints.invalidate(endpoint_id)
     # An upper bound: a secret already due to expire sooner keeps its earlier expiry.
     valid_until = datetime.now(UTC) + timedelta(seconds=grace_s)
-    return json_response({"secret": secret, "previous_valid_until": valid_until.isoformat()})
+    return {"secret": secret, "previous_valid_until": valid_until.isoformat()}

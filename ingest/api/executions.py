@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -99,7 +101,12 @@ async def replay_execution(request: Request) -> Response:
     """Queue a new run with the same event and trigger data; the original is left as it was."""
     owner_id = await require_owner(request)
     execution_id = path_id(request, "execution")
-    async with app_state(request).pool.acquire() as conn, conn.transaction():
+    return json_response(execution_json(await replay(app_state(request).pool, owner_id, execution_id)), 202)
+
+
+async def replay(pool: asyncpg.Pool, owner_id: UUID, execution_id: UUID) -> Any:
+    """Insert the replay of one of the owner's executions; its row (`NotFound`, `Conflict`)."""
+    async with pool.acquire() as conn, conn.transaction():
         original = await store.get_execution(conn, owner_id, execution_id)
         # Share-locks the workflow row, so a concurrent deactivation cannot slip in between.
         active = await lock_active(conn, [original.workflow_id])
@@ -108,8 +115,7 @@ async def replay_execution(request: Request) -> Response:
         new_id = await store.insert_replay(conn, owner_id, execution_id)
         if new_id is None:
             raise NotFound("no such execution, or its workflow was deleted")
-        row = await store.get_execution(conn, owner_id, new_id)
-    return json_response(execution_json(row), 202)
+        return await store.get_execution(conn, owner_id, new_id)
 
 
 @operation(
@@ -130,7 +136,13 @@ async def cancel_execution(request: Request) -> Response:
     """
     owner_id = await require_owner(request)
     execution_id = path_id(request, "execution")
-    async with app_state(request).pool.acquire() as conn, conn.transaction():
+    updated, progress = await cancel(app_state(request).pool, owner_id, execution_id)
+    return json_response(execution_json(updated, progress), 202)
+
+
+async def cancel(pool: asyncpg.Pool, owner_id: UUID, execution_id: UUID) -> tuple[Any, dict[str, Any] | None]:
+    """Cancel (or ask to stop) one of the owner's executions: its row and newsletter progress."""
+    async with pool.acquire() as conn, conn.transaction():
         row = await store.lock_for_cancel(conn, owner_id, execution_id)
         if row is None:
             raise NotFound("no such execution")
@@ -147,4 +159,4 @@ async def cancel_execution(request: Request) -> Response:
             raise Conflict("an attempt of this execution is in flight and cannot be recalled; it finishes on its own")
         updated = await store.get_execution(conn, owner_id, execution_id)
         progress = await newsletter_store.progress(conn, execution_id)
-    return json_response(execution_json(updated, progress), 202)
+    return updated, progress

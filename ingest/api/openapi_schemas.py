@@ -78,6 +78,25 @@ def _endpoint_schemas() -> dict[str, Any]:
     }
 
 
+# The watch of a Gmail mailbox, as the owner sees it on a workflow reading it and on its credential.
+MAILBOX_WATCH = _obj(
+    {
+        "state": {
+            "enum": ["watching", "expiring", "refused", "polled", "pending", "stopped"],
+            "description": "refused: Gmail refused users.watch (see `error`); mail arrives only by the sweep. "
+            "polled: no Pub/Sub topic is configured. stopped: no active workflow reads it, or its "
+            "credential needs reconnecting.",
+        },
+        "error": _nullable(_STR),
+        "expires_at": _nullable(_TIME),
+        "last_watched_at": _nullable(_TIME),
+        "last_push_at": _nullable(_TIME),
+        "last_sync_at": _nullable(_TIME),
+        "last_error": _nullable(_STR),
+    }
+)
+
+
 def _workflow_schemas() -> dict[str, Any]:
     part = _obj({"type": _STR, "config": {"type": "object"}})
     workflow = _obj(
@@ -86,12 +105,16 @@ def _workflow_schemas() -> dict[str, Any]:
             "name": _STR,
             "trigger": part,
             "action": _obj({"type": _STR, "config": {"type": "object"}, "credential_id": _nullable(_UUID)}),
-            "active": {"type": "boolean"},
+            "active": {"type": "boolean", "description": "The owner's choice."},
+            "paused_reason": {
+                **_nullable({"enum": ["credential_needs_reconnect"]}),
+                "description": "Set while hookyard holds an active workflow paused; reconnecting resumes it.",
+            },
             "concurrency_limit": {"type": "integer"},
             "retry_policy": definitions.RETRY_POLICY_SCHEMA,
             "signing": {"type": "boolean"},
             "trigger_sync": _obj(
-                {"state": {"enum": ["pending", "synced", "error"]}, "error": _nullable(_STR)},
+                {"state": {"enum": ["pending", "synced", "error"]}, "error": _nullable(_STR), "watch": MAILBOX_WATCH},
                 ("state", "error"),
             ),
             "warnings": {"type": "array", "items": _STR, "description": "E.g. a secret kept in plain config."},
@@ -262,6 +285,14 @@ def _event_schemas() -> dict[str, Any]:
 def _catalog_schema() -> dict[str, Any]:
     entry = _obj({"type": _STR, "description": _STR, "config_schema": {"type": "object"}})
     entries = {"type": "array", "items": entry}
+    trigger = _obj(
+        {
+            "type": _STR,
+            "description": _STR,
+            "config_schema": {"type": "object"},
+            "manual_run": {**_STR, "description": "What a manual run's body stands for, and the data it builds."},
+        }
+    )
     provider = _obj(
         {
             "name": _STR,
@@ -279,7 +310,13 @@ def _catalog_schema() -> dict[str, Any]:
             },
         }
     )
-    return _obj({"triggers": entries, "actions": entries, "providers": {"type": "array", "items": provider}})
+    return _obj(
+        {
+            "triggers": {"type": "array", "items": trigger},
+            "actions": entries,
+            "providers": {"type": "array", "items": provider},
+        }
+    )
 
 
 def _credential_schemas() -> dict[str, Any]:
@@ -297,7 +334,22 @@ def _credential_schemas() -> dict[str, Any]:
             "last_refreshed_at": _nullable(_TIME),
             "created_at": _TIME,
             "updated_at": _TIME,
-        }
+            "mailbox": {**MAILBOX_WATCH, "description": "Google accounts whose mailbox a workflow reads (GET only)."},
+        },
+        (
+            "id",
+            "provider",
+            "kind",
+            "name",
+            "account_email",
+            "scopes",
+            "status",
+            "status_reason",
+            "expires_at",
+            "last_refreshed_at",
+            "created_at",
+            "updated_at",
+        ),
     )
     link = _obj(
         {

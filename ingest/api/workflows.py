@@ -18,7 +18,7 @@ from ingest.api.operations import ID, PAGING, Body, Reply, operation, page_of
 from ingest.api.validation import check, compile_schema
 from ingest.errors import Invalid
 from ingest.signatures import generate_secret
-from ingest.state import app_state
+from ingest.state import AppState, app_state
 from oauth.crypto import Keyring
 from schemas.store import workflows as store
 from schemas.store.signing import signing_aad
@@ -37,6 +37,9 @@ def workflow_json(row: Workflow) -> dict[str, Any]:
             "credential_id": row.credential_id,
         },
         "active": row.active,
+        # Set while hookyard holds the workflow paused (e.g. `credential_needs_reconnect`);
+        # `active` stays the owner's choice, and curing the cause resumes it.
+        "paused_reason": row.paused_reason,
         "concurrency_limit": row.concurrency_limit,
         "retry_policy": row.retry_policy,
         "signing": row.signing,
@@ -48,10 +51,19 @@ def workflow_json(row: Workflow) -> dict[str, Any]:
 
 
 def trigger_sync_json(row: Workflow) -> dict[str, Any]:
-    """Whether outside state the trigger keeps (e.g. a Temporal Schedule) reflects the row yet."""
+    """Whether outside state the trigger keeps (a Temporal Schedule, a mailbox watch) reflects
+    the row yet; for a Gmail trigger, also the mailbox's watch (`watch`)."""
     error = row.sync_error
+    mailbox = row.mailbox
+    if error is None and mailbox is not None and mailbox.get("state") == "refused" and row.active:
+        # The watch is converged by the mailbox workflow after the hook ran: its refusal is
+        # this trigger's sync error all the same (mail only arrives by the sweep meanwhile).
+        error = str(mailbox.get("error"))
     state = "error" if error is not None else "pending" if row.sync_pending else "synced"
-    return {"state": state, "error": error}
+    sync: dict[str, Any] = {"state": state, "error": error}
+    if mailbox is not None:
+        sync["watch"] = mailbox
+    return sync
 
 
 _MASK = "********"
@@ -102,8 +114,12 @@ async def create_workflow(request: Request) -> Response:
     """Create a workflow; a signing secret, if the action needs one, is shown only here."""
     owner_id = await require_owner(request)
     body = await read_json(request)
+    return json_response(await create(app_state(request), owner_id, body), 201)
+
+
+async def create(state: AppState, owner_id: UUID, body: dict[str, Any]) -> dict[str, Any]:
+    """Validate and store a create body (422 `Invalid` naming the field); the saved view."""
     definitions.check_create(body)
-    state = app_state(request)
     # The id is chosen before the insert because the secret's ciphertext is bound to it.
     workflow_id = uuid4()
     async with state.pool.acquire() as conn:
@@ -113,7 +129,7 @@ async def create_workflow(request: Request) -> Response:
             secret, token = _new_signing_secret(state.keyring, owner_id, workflow_id)
         values = definition.values() | {"id": workflow_id, "signing_secret": token}
         row = await store.insert_workflow(conn, owner_id, values, state.settings.lanes)
-    return json_response(_shown(row, secret), 201)
+    return _shown(row, secret)
 
 
 @operation("GET", "/api/workflows", "List workflows", _TAG, {200: Reply("OK", page_of("Workflow"))}, params=PAGING)
@@ -150,8 +166,12 @@ async def update_workflow(request: Request) -> Response:
     owner_id = await require_owner(request)
     workflow_id = path_id(request, "workflow")
     body = await read_json(request)
+    return json_response(await update(app_state(request), owner_id, workflow_id, body))
+
+
+async def update(state: AppState, owner_id: UUID, workflow_id: UUID, body: dict[str, Any]) -> dict[str, Any]:
+    """Validate and apply a patch (422 `Invalid` naming the field, 404 `NotFound`); the saved view."""
     definitions.check_patch(body)
-    state = app_state(request)
     async with state.pool.acquire() as conn, conn.transaction():
         row = await store.get_workflow(conn, owner_id, workflow_id, for_update=True)
         current = definitions.Definition.from_row(row)
@@ -161,11 +181,11 @@ async def update_workflow(request: Request) -> Response:
             secret, token = _new_signing_secret(state.keyring, owner_id, workflow_id)
         row = await store.update_workflow(conn, owner_id, workflow_id, updated.values() | {"signing_secret": token})
         if "active" not in body:
-            return json_response(_shown(row, secret))
+            return _shown(row, secret)
         cancelled = 0
         if body["active"] != current.active:
             row, cancelled = await store.set_active(conn, owner_id, workflow_id, body["active"])
-    return json_response(_shown(row, secret, cancelled_executions=cancelled))
+    return _shown(row, secret, cancelled_executions=cancelled)
 
 
 @operation("DELETE", "/api/workflows/{id}", "Delete a workflow", _TAG, {204: Reply("Deleted.")}, params=[ID])

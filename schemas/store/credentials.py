@@ -56,6 +56,9 @@ class ConnectLink:
     expired: bool
 
 
+# Why hookyard paused a workflow (workflows.paused_reason): its mailbox's grant is gone.
+PAUSED_NEEDS_RECONNECT = "credential_needs_reconnect"
+
 # Every column but the secret: what the API may show.
 PUBLIC_COLUMNS = (
     "id, seq, owner_id, provider, kind, name, account_email, scopes, status, status_reason, "
@@ -135,13 +138,14 @@ async def upsert_oauth(
         if row is not None:
             return row_of(Credential, row), True
         existing = await conn.fetchrow(
-            "SELECT id, secret FROM credentials WHERE owner_id = $1 AND provider = $2 "
+            "SELECT id, status, secret FROM credentials WHERE owner_id = $1 AND provider = $2 "
             "AND lower(account_email) = lower($3) AND kind = 'oauth2' FOR UPDATE",
             owner_id,
             provider,
             account_email,
         )
         credential_id = existing["id"]
+        was = existing["status"]
         merged = dict(tokens)
         if not merged.get("refresh_token"):
             old = unseal(cipher, owner_id, credential_id, existing["secret"])
@@ -157,6 +161,10 @@ async def upsert_oauth(
             seal(cipher, owner_id, credential_id, merged),
             expires_at,
         )
+        if was != "active":
+            # A reconnect cures the pause: the workflows hookyard paused run again (their sync
+            # hook re-arms the watch, and the mailbox syncs from its stored cursor).
+            await resume_paused(conn, owner_id, credential_id)
         return row_of(Credential, row), False
 
 
@@ -222,30 +230,81 @@ async def store_refreshed(
     )
 
 
-async def mark_needs_reconnect(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID, reason: str) -> int:
+async def mark_needs_reconnect(
+    conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID, reason: str
+) -> list[UUID] | None:
     """Flag a credential whose grant is gone and pause the Gmail triggers reading its mailbox.
 
-    Returns how many workflows were paused.
+    The pause is hookyard's (`paused_reason`), so reconnecting resumes exactly these workflows.
+    Returns the ids of the workflows paused, or None if the credential was not active (someone
+    marked it first: nothing changes, and nothing should be logged twice).
     """
     async with conn.transaction():
-        await conn.execute(
+        marked = await conn.fetchval(
             "UPDATE credentials SET status = 'needs_reconnect', status_reason = $3, updated_at = now() "
-            "WHERE id = $1 AND owner_id = $2",
+            "WHERE id = $1 AND owner_id = $2 AND status = 'active' RETURNING id",
             credential_id,
             owner_id,
-            reason,
+            reason[:500],
         )
+        if marked is None:
+            return None
         # routing_key holds the canonical mailbox id, whatever case the config was written in.
         paused = await conn.fetch(
-            "UPDATE workflows SET active = false, updated_at = now() "
+            "UPDATE workflows SET active = false, paused_reason = $3, updated_at = now() "
             "WHERE owner_id = $1 AND active AND deleted_at IS NULL AND trigger_type LIKE 'gmail.%' "
             "AND routing_key = $2 RETURNING id",
             owner_id,
             str(credential_id),
+            PAUSED_NEEDS_RECONNECT,
         )
         for row in paused:
             await cancel_pending(conn, row["id"])
-    return len(paused)
+    return [row["id"] for row in paused]
+
+
+async def resume_paused(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> list[UUID]:
+    """Resume the workflows hookyard paused for this credential (never one the owner deactivated)."""
+    rows = await conn.fetch(
+        "UPDATE workflows SET active = true, paused_reason = NULL, updated_at = now() "
+        "WHERE owner_id = $1 AND routing_key = $2 AND paused_reason = $3 AND deleted_at IS NULL RETURNING id",
+        owner_id,
+        str(credential_id),
+        PAUSED_NEEDS_RECONNECT,
+    )
+    # Workflows on the mailbox that were active without being paused (activated by the owner
+    # while the grant was dead) saw their mailbox stopped: have the sync loop watch it again.
+    touched = await conn.execute(
+        "UPDATE workflows SET sync_version = sync_version + 1, sync_attempts = 0, sync_retry_at = NULL "
+        "WHERE owner_id = $1 AND routing_key = $2 AND active AND deleted_at IS NULL AND trigger_type LIKE 'gmail.%' "
+        "AND NOT (id = ANY($3::uuid[]))",
+        owner_id,
+        str(credential_id),
+        [row["id"] for row in rows],
+    )
+    if touched != "UPDATE 0":
+        await conn.execute("SELECT pg_notify('hookyard_trigger_sync', '')")
+    return [row["id"] for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowUsing:
+    """A live workflow that uses a credential (for the refusal to delete it)."""
+
+    id: UUID
+    name: str
+
+
+async def workflows_using(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> list[WorkflowUsing]:
+    """The owner's live workflows that read this credential's mailbox or act with it (at most 100)."""
+    rows = await conn.fetch(
+        "SELECT id, name FROM workflows WHERE owner_id = $1 AND deleted_at IS NULL "
+        "AND (credential_id = $2 OR (trigger_type LIKE 'gmail.%' AND routing_key = $2::text)) "
+        "ORDER BY seq LIMIT 100",
+        owner_id,
+        credential_id,
+    )
+    return rows_of(WorkflowUsing, rows)
 
 
 async def delete_credential(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> None:

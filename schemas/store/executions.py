@@ -145,30 +145,28 @@ async def claim_for_run(
     terminated or reset under it), so it is skipped too; the same run may take it again (its
     activity is retried after the worker running it was lost).
     """
-    async with conn.transaction():
-        await conn.execute(
-            "UPDATE executions x SET status = 'cancelled', finished_at = now(), next_attempt_at = NULL, "
-            "error = 'workflow was deactivated before this execution ran' FROM workflows w "
-            "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
-            "AND NOT (w.active AND w.deleted_at IS NULL)",
-            ids,
-        )
-        rows: list[asyncpg.Record] = await conn.fetch(
-            "UPDATE executions x SET status = 'running', attempts = x.attempts + 1, "
-            "started_at = coalesce(x.started_at, now()), next_attempt_at = NULL, attempt_started_at = now(), "
-            "temporal_workflow_id = $2, temporal_run_id = $3 FROM workflows w "
-            "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
-            "AND w.active AND w.deleted_at IS NULL "
-            "AND NOT (x.status = 'running' AND x.next_attempt_at IS NULL "
-            "AND (x.temporal_workflow_id, x.temporal_run_id) IS DISTINCT FROM ($2, $3) "
-            "AND coalesce(x.attempt_started_at, '-infinity') > now() - make_interval(secs => $4)) "
-            "RETURNING x.id, x.owner_id, x.workflow_id, x.event_id, x.trigger_data, x.attempts, "
-            "w.name AS workflow_name, w.action_type, w.action_config, w.credential_id, w.retry_policy",
-            ids,
-            temporal_workflow_id,
-            temporal_run_id,
-            ATTEMPT_IN_FLIGHT_S,
-        )
+    # One statement (its own transaction): the cancelling and the claiming updates touch
+    # disjoint rows (inactive vs active workflows), so one round trip does both.
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "WITH cancelled AS (UPDATE executions x SET status = 'cancelled', finished_at = now(), "
+        "next_attempt_at = NULL, error = 'workflow was deactivated before this execution ran' FROM workflows w "
+        "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
+        "AND NOT (w.active AND w.deleted_at IS NULL) RETURNING x.id) "
+        "UPDATE executions x SET status = 'running', attempts = x.attempts + 1, "
+        "started_at = coalesce(x.started_at, now()), next_attempt_at = NULL, attempt_started_at = now(), "
+        "temporal_workflow_id = $2, temporal_run_id = $3 FROM workflows w "
+        "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
+        "AND w.active AND w.deleted_at IS NULL "
+        "AND NOT (x.status = 'running' AND x.next_attempt_at IS NULL "
+        "AND (x.temporal_workflow_id, x.temporal_run_id) IS DISTINCT FROM ($2, $3) "
+        "AND coalesce(x.attempt_started_at, '-infinity') > now() - make_interval(secs => $4)) "
+        "RETURNING x.id, x.owner_id, x.workflow_id, x.event_id, x.trigger_data, x.attempts, "
+        "w.name AS workflow_name, w.action_type, w.action_config, w.credential_id, w.retry_policy",
+        ids,
+        temporal_workflow_id,
+        temporal_run_id,
+        ATTEMPT_IN_FLIGHT_S,
+    )
     return rows
 
 
@@ -289,3 +287,23 @@ async def request_cancel(conn: asyncpg.Connection, execution_id: UUID) -> None:
         "UPDATE executions SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE id = $1",
         execution_id,
     )
+
+
+async def list_for_owner(
+    conn: asyncpg.Connection,
+    owner_id: UUID,
+    *,
+    limit: int,
+    after_seq: int | None = None,
+    status: str | None = None,
+) -> list[Execution]:
+    """A page of the owner's executions across all workflows, newest first (limit+1 rows)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM executions WHERE owner_id = $1 "
+        "AND ($2::bigint IS NULL OR seq < $2) AND ($3::text IS NULL OR status = $3) ORDER BY seq DESC LIMIT $4",
+        owner_id,
+        after_seq,
+        status,
+        limit + 1,
+    )
+    return rows_of(Execution, rows)

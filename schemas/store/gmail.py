@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -18,7 +19,19 @@ DEFAULT_LABELS = ("INBOX",)
 
 _COLUMNS = (
     "credential_id, owner_id, email, status, history_id, notified_history_id, notify_seq, signalled_seq, "
-    "label_ids, watch_expiration, watch_renewed_at, last_sync_at, last_error"
+    "label_ids, watch_expiration, watch_renewed_at, last_sync_at, last_error, last_push_at, watch_error"
+)
+
+
+# The owner's view of a mailbox `m`'s watch, as one JSON object (a watch lasts 7 days and is
+# renewed daily, so less than 5 days left means renewals are failing).
+HEALTH_JSON = (
+    "jsonb_build_object("
+    "'state', CASE WHEN m.status = 'stopped' THEN 'stopped' WHEN m.watch_error IS NOT NULL THEN 'refused' "
+    "WHEN m.watch_expiration IS NULL THEN CASE WHEN m.watch_renewed_at IS NULL THEN 'pending' ELSE 'polled' END "
+    "WHEN m.watch_expiration < now() + interval '5 days' THEN 'expiring' ELSE 'watching' END, "
+    "'error', m.watch_error, 'expires_at', m.watch_expiration, 'last_watched_at', m.watch_renewed_at, "
+    "'last_push_at', m.last_push_at, 'last_sync_at', m.last_sync_at, 'last_error', m.last_error)"
 )
 
 
@@ -89,7 +102,7 @@ async def note_pushes(
     Returns the mailboxes that are still active; pushes for others are ignored.
     """
     rows = await conn.fetch(
-        "UPDATE gmail_mailboxes m SET notify_seq = m.notify_seq + 1, "
+        "UPDATE gmail_mailboxes m SET notify_seq = m.notify_seq + 1, last_push_at = now(), "
         "notified_history_id = greatest(m.notified_history_id, u.history_id), updated_at = now() "
         "FROM (SELECT owner_id, credential_id, max(history_id) AS history_id "
         "      FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS t(owner_id, credential_id, history_id) "
@@ -130,7 +143,8 @@ async def record_watch(
     its history id only if there was none."""
     await conn.execute(
         "UPDATE gmail_mailboxes SET status = 'active', history_id = coalesce(history_id, $3), "
-        "watch_expiration = $4, watch_renewed_at = now(), label_ids = $5, last_error = NULL, updated_at = now() "
+        "watch_expiration = $4, watch_renewed_at = now(), label_ids = $5, last_error = NULL, watch_error = NULL, "
+        "updated_at = now() "
         "WHERE credential_id = $1 AND owner_id = $2",
         ref.credential_id,
         ref.owner_id,
@@ -173,3 +187,36 @@ async def record_error(conn: asyncpg.Connection, ref: MailboxRef, message: str) 
         ref.owner_id,
         message[:500],
     )
+
+
+async def record_watch_error(conn: asyncpg.Connection, ref: MailboxRef, message: str) -> None:
+    """Gmail refused the watch: kept until a watch succeeds (a sync does not clear it)."""
+    await conn.execute(
+        "UPDATE gmail_mailboxes SET watch_error = $3, last_error = $3, updated_at = now() "
+        "WHERE credential_id = $1 AND owner_id = $2",
+        ref.credential_id,
+        ref.owner_id,
+        message[:500],
+    )
+
+
+async def record_credential_dead(conn: asyncpg.Connection, ref: MailboxRef, message: str) -> None:
+    """The mailbox's grant is dead: stop taking pushes for it and say why. Reconnecting resumes
+    its workflows, whose sync hook activates the mailbox again (its cursor is kept)."""
+    await conn.execute(
+        "UPDATE gmail_mailboxes SET status = 'stopped', watch_expiration = NULL, last_error = $3, updated_at = now() "
+        "WHERE credential_id = $1 AND owner_id = $2",
+        ref.credential_id,
+        ref.owner_id,
+        message[:500],
+    )
+
+
+async def mailbox_health(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> dict[str, Any] | None:
+    """The owner's view of a mailbox's watch and sync (`HEALTH_JSON`), or None if it has none."""
+    health: dict[str, Any] | None = await conn.fetchval(
+        f"SELECT {HEALTH_JSON} FROM gmail_mailboxes m WHERE m.credential_id = $1 AND m.owner_id = $2",
+        credential_id,
+        owner_id,
+    )
+    return health

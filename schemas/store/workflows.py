@@ -10,6 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from schemas.errors import NotFound
+from schemas.store.gmail import HEALTH_JSON
 from schemas.store.rows import row_of, rows_of
 
 
@@ -39,7 +40,9 @@ class Workflow:
     action_type: str
     action_config: dict[str, Any]
     credential_id: UUID | None
+    # The owner's choice; `paused_reason` is set while hookyard holds it paused (migration 0010).
     active: bool
+    paused_reason: str | None
     concurrency_limit: int
     retry_policy: dict[str, Any]
     created_at: datetime
@@ -47,12 +50,20 @@ class Workflow:
     signing: bool
     sync_pending: bool
     sync_error: str | None
+    # The watch of the mailbox a gmail.* trigger reads (`gmail.HEALTH_JSON`), else None.
+    mailbox: dict[str, Any] | None
 
 
 _COLUMNS = (
     "id, seq, owner_id, name, trigger_type, trigger_config, routing_key, action_type, action_config, "
-    "credential_id, active, concurrency_limit, retry_policy, created_at, updated_at, "
-    "(signing_secret IS NOT NULL) AS signing, (sync_version > synced_version) AS sync_pending, sync_error"
+    # `active` is the owner's choice; a workflow hookyard paused (`paused_reason`) is stored
+    # inactive but was active by choice (migration 0010).
+    "credential_id, (active OR paused_reason IS NOT NULL) AS active, paused_reason, "
+    "concurrency_limit, retry_policy, created_at, updated_at, "
+    "(signing_secret IS NOT NULL) AS signing, (sync_version > synced_version) AS sync_pending, sync_error, "
+    # The watch of the mailbox a gmail.* trigger reads (NULL for other triggers).
+    f"(SELECT {HEALTH_JSON} FROM gmail_mailboxes m WHERE m.owner_id = workflows.owner_id AND m.credential_id = "
+    "CASE WHEN workflows.trigger_type LIKE 'gmail.%' THEN workflows.routing_key::uuid END) AS mailbox"
 )
 
 
@@ -165,11 +176,15 @@ async def list_workflows(
 async def set_active(conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID, active: bool) -> tuple[Workflow, int]:
     """Activate or deactivate; deactivating cancels every execution not yet started.
 
-    Returns the row and the number of executions cancelled; `NotFound` if not live.
+    Activating a workflow hookyard paused keeps it paused until its cause is cured (the owner's
+    choice is already "active"); deactivating it makes it the owner's choice, so curing the
+    cause does not resume it. Returns the row and the number of executions cancelled;
+    `NotFound` if not live.
     """
     async with conn.transaction():
         row = await conn.fetchrow(
-            f"UPDATE workflows SET active = $3, updated_at = now() "
+            f"UPDATE workflows SET active = $3 AND paused_reason IS NULL, "
+            f"paused_reason = CASE WHEN $3 THEN paused_reason END, updated_at = now() "
             f"WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL RETURNING {_COLUMNS}",
             workflow_id,
             owner_id,
@@ -185,7 +200,7 @@ async def delete_workflow(conn: asyncpg.Connection, owner_id: UUID, workflow_id:
     """Soft-delete (its executions stay listable) and cancel what has not started; `NotFound` if not live."""
     async with conn.transaction():
         status: str = await conn.execute(
-            "UPDATE workflows SET active = false, deleted_at = now() "
+            "UPDATE workflows SET active = false, paused_reason = NULL, deleted_at = now() "
             "WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL",
             workflow_id,
             owner_id,

@@ -531,6 +531,9 @@ class _Account:
     async def load(self, credential_id: str, providers: Any) -> Credential:
         return Credential(credential_id, self.provider, self.secret, "me@example.com")
 
+    async def call(self, credential_id: str, providers: Any, use: Any) -> Any:
+        return await use(await self.load(credential_id, providers))
+
 
 def _context(client: httpx.AsyncClient, account: _Account, **extra: Any) -> ActionContext:
     return ActionContext(
@@ -559,12 +562,15 @@ async def test_unresolvable_api_base_is_retried_not_refused() -> None:
         await EgressPolicy().check_url("https://no-such-host.invalid/")
 
 
-async def test_gmail_send_checks_its_api_base_before_httplib2_connects() -> None:
-    async with httpx.AsyncClient() as client:
+@pytest.mark.parametrize("base_url", ["http://127.0.0.1:9/", "http://169.254.169.254/", "http://10.0.0.1:8080/"])
+async def test_gmail_send_goes_through_the_guard(base_url: str) -> None:
+    inner = RecordingBackend()
+    async with httpx.AsyncClient(transport=EgressTransport(EgressPolicy(), inner=inner)) as client:
         account = _Account("google", {"access_token": "ya29.test"})
-        ctx = _context(client, account, api_bases={"gmail": "http://127.0.0.1:9/"})
-        with pytest.raises(EgressRefused, match=r"127\.0\.0\.1:9 is a loopback address"):
+        ctx = _context(client, account, api_bases={"gmail": base_url})
+        with pytest.raises(EgressRefused, match="egress refused"):
             await gmail.run(ctx, {"to": "a@example.com", "subject": "s", "text": "t"})
+    assert inner.connects == []
 
 
 # --- hookyard dev --------------------------------------------------------------------------

@@ -38,9 +38,9 @@ from tests.integration.test_newsletter import (
     readers,
     run_now,
 )
-from triggers.gmail import mailbox_workflow_id
 from worker.automation.contract import automation_id
 from worker.dispatch.dispatcher import Dispatcher, Handover
+from worker.gmail.contract import mailbox_workflow_id
 from worker.newsletter.contract import newsletter_id
 
 PENDING_CAP = 3

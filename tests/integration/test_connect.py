@@ -15,11 +15,11 @@ import pytest
 from actions.errors import PermanentActionError
 from oauth.crypto import Keyring
 from oauth.google import google_from_settings
+from oauth.vault import CredentialUnusable, Vault
 from schemas.store import credentials as store
 from tests.conftest import Owner
 from tests.fake_google import FakeGoogle
 from worker.automation.credentials import OwnerCredentials
-from worker.vault import CredentialUnusable, Vault
 
 GMAIL = "https://www.googleapis.com/auth/gmail.modify"
 

@@ -23,7 +23,7 @@ from settings import Settings
 from tests.conftest import Owner, Receiver, Stack, make_settings, new_owner, serve, wait_for
 from tests.fake_gmail import FakeGmail, FakeMailbox
 from tests.gmail_support import connect_google, gmail_events, mailbox_row, push_body, unique_email
-from triggers.gmail import MAILBOX_WORKFLOW, MailboxInput, mailbox_workflow_id
+from worker.gmail.contract import MAILBOX_WORKFLOW, MailboxInput, mailbox_workflow_id
 
 pytestmark = pytest.mark.integration
 
@@ -196,7 +196,8 @@ async def test_deactivating_the_last_workflow_stops_the_watch_and_the_mailbox_wo
     response = await reader.owner.client.post(f"/api/workflows/{reader.workflow['id']}/deactivate")
     assert response.status_code == 200
     await wait_for(lambda: _true(reader.box.stops), timeout=30)
-    assert (await mailbox_row(pool, reader.credential_id))["status"] == "stopped"
+    # The stop is recorded just after Gmail answers it: wait for the row, do not race it.
+    await wait_for(lambda: _stopped(pool, reader.credential_id), timeout=10)
     handle = env.temporal.get_workflow_handle(mailbox_workflow_id(reader.credential_id))
 
     async def completed() -> bool:
@@ -232,3 +233,7 @@ async def test_the_watch_is_renewed_on_its_timer_and_the_sweep_catches_a_dropped
 
 async def _count(receiver: Receiver, path: str, n: int) -> bool:
     return len(receiver.to(path)) >= n
+
+
+async def _stopped(pool: asyncpg.Pool, credential_id: str) -> bool:
+    return bool((await mailbox_row(pool, credential_id))["status"] == "stopped")

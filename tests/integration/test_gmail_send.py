@@ -1,5 +1,5 @@
-"""`gmail.send-email` through google-api-python-client against the fake Gmail server, with
-credentials loaded from the real vault."""
+"""`gmail.send-email` through hookyard's Gmail client against the fake Gmail server, with
+credentials loaded from the real vault and refreshed at the stand-in Google."""
 
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ from actions.egress import LOOPBACK, EgressPolicy
 from actions.errors import PermanentActionError, RetryableActionError
 from hookyard import services
 from oauth.crypto import Keyring
+from oauth.google import google_from_settings
+from oauth.vault import Vault
 from schemas.store.credentials import insert_api_key
 from schemas.store.owners import create_owner
+from settings import Settings
 from tests.conftest import serve
 from tests.fake_gmail import FakeGmail, FakeMailbox
+from tests.fake_google import FakeGoogle
 from tests.gmail_support import READ_SCOPE, connect_google, unique_email
 from worker.automation.credentials import OwnerCredentials
-from worker.vault import Vault
 
 pytestmark = pytest.mark.integration
 
@@ -61,14 +64,20 @@ class Sender:
 
 
 @pytest.fixture
-async def sender(pool: asyncpg.Pool, keyring: Keyring, fake: FakeGmail) -> AsyncIterator[Sender]:
+async def sender(
+    pool: asyncpg.Pool, keyring: Keyring, fake: FakeGmail, settings: Settings, fake_google_server: FakeGoogle
+) -> AsyncIterator[Sender]:
     async with pool.acquire() as conn:
         owner_id, _ = await create_owner(conn, "sender")
     email, token = unique_email("sender"), f"tok-{uuid.uuid4().hex}"
     box = fake.mailbox(email, token)
     credential = await connect_google(pool, keyring, owner_id, email, token, mailbox=False)
+    # The stand-in Google knows the account's refresh token; tokens it issues reach the mailbox.
+    fake_google_server.refresh_owner["refresh-" + token] = email
+    fake.accept_tokens_from(fake_google_server)
     async with httpx.AsyncClient() as http:
-        sender = Sender(owner_id, credential, box, Vault(pool, keyring, http), http)
+        vault = Vault(pool, keyring, http, google_from_settings(settings.for_google()))
+        sender = Sender(owner_id, credential, box, vault, http)
         sender.box_url = fake.url
         yield sender
 
@@ -135,13 +144,34 @@ async def test_rate_limits_and_server_errors_are_retried(sender, status: int) ->
         await gmail.run(sender.context(TRIGGER), CONFIG)
 
 
-@pytest.mark.parametrize(("status", "hint"), [(400, ""), (401, "reconnect"), (403, "gmail.send")])
+@pytest.mark.parametrize(("status", "hint"), [(400, ""), (403, "gmail.send")])
 async def test_refusals_fail_for_good_with_a_reason_and_never_the_token(sender, status: int, hint: str) -> None:
     sender.box.failures["/messages/send"] = [status]
     with pytest.raises(PermanentActionError) as failed:
         await gmail.run(sender.context(TRIGGER), CONFIG)
     assert str(status) in str(failed.value) and hint in str(failed.value)
     assert sender.box.token not in str(failed.value)
+
+
+async def test_a_401_that_a_refresh_cures_is_retried_once_with_the_new_token(sender, fake_google_server) -> None:
+    sender.box.failures["/messages/send"] = [401]  # Google rotated the token: the stored one is refused
+    result = await gmail.run(sender.context(TRIGGER), CONFIG)
+    assert len(sender.box.sent) == 1 and result["message_id"] in sender.box.messages
+    assert len(fake_google_server.refresh_calls) == 1
+    assert sender.box.calls.count("POST /messages/send") == 2
+
+
+async def test_a_401_from_a_revoked_grant_fails_for_good_naming_the_reason_and_never_the_token(
+    sender, fake, fake_google_server, pool
+) -> None:
+    fake_google_server.revoke_account(sender.box.email)
+    fake.revoke(sender.box)
+    with pytest.raises(PermanentActionError) as failed:
+        await gmail.run(sender.context(TRIGGER), CONFIG)
+    assert "needs to be reconnected (revoked" in str(failed.value) and "invalid_grant" in str(failed.value)
+    assert sender.box.token not in str(failed.value) and sender.box.sent == []
+    status = await pool.fetchval("SELECT status FROM credentials WHERE id = $1", UUID(sender.credential_id))
+    assert status == "needs_reconnect"
 
 
 async def test_a_templated_header_cannot_smuggle_in_another_header(sender) -> None:

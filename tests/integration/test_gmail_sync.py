@@ -16,15 +16,15 @@ from temporalio.testing import ActivityEnvironment
 
 from hookyard import services
 from oauth.crypto import Keyring
+from oauth.vault import Vault
 from schemas.store.gmail import MailboxRef, record_watch
 from schemas.store.owners import create_owner
 from settings import Settings
 from tests.conftest import Stack, make_settings, serve
 from tests.fake_gmail import FakeGmail, FakeMailbox
 from tests.gmail_support import connect_google, gmail_events, mailbox_row, unique_email
-from triggers.gmail import MailboxJob
 from worker.gmail.activities import GmailActivities
-from worker.vault import Vault
+from worker.gmail.contract import MailboxJob
 
 pytestmark = pytest.mark.integration
 

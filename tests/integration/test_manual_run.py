@@ -1,4 +1,5 @@
-"""`POST /api/workflows/{id}/run`: run a workflow now with the request body as trigger data."""
+"""`POST /api/workflows/{id}/run`: run a workflow now, with trigger data of the trigger's shape
+built from the request body (or, with `?shape=raw`, the body as the trigger data)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Owner, Receiver, wait_for
-from tests.factories import create_endpoint, create_workflow, executions
+from tests.factories import create_endpoint, create_workflow, executions, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("pipeline")]
 
@@ -21,15 +22,16 @@ async def workflow_to(owner: Owner, url: str, **extra: Any) -> dict[str, Any]:
     return await create_workflow(owner.client, endpoint["id"], url, **extra)
 
 
-async def test_a_manual_run_returns_an_execution_that_succeeds_with_the_body_as_trigger_data(
+async def test_a_raw_manual_run_returns_an_execution_that_succeeds_with_the_body_as_trigger_data(
     owner: Owner, receiver: Receiver
 ) -> None:
     target = f"/run/{uuid.uuid4().hex}"
     workflow = await workflow_to(owner, receiver.url + target, action={"body": {"order": "{{ trigger.order.id }}"}})
 
-    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json={"order": {"id": 42}})
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run?shape=raw", json={"order": {"id": 42}})
 
     assert response.status_code == 202, response.text
+    assert response.json()["trigger_shape"] == "raw"
     execution_id = response.json()["execution_id"]
     [execution] = await wait_for(lambda: executions(owner.client, workflow["id"], "succeeded"))
     assert execution["id"] == execution_id
@@ -52,7 +54,7 @@ async def test_a_manual_run_skips_the_trigger_filter(owner: Owner, receiver: Rec
 async def test_an_empty_body_runs_with_empty_trigger_data(owner: Owner, receiver: Receiver) -> None:
     workflow = await workflow_to(owner, receiver.url + f"/run/{uuid.uuid4().hex}")
 
-    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run")
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run?shape=raw")
 
     assert response.status_code == 202
     [execution] = await wait_for(lambda: executions(owner.client, workflow["id"], "succeeded"))
@@ -113,3 +115,119 @@ async def test_trigger_data_must_be_a_json_object(owner: Owner) -> None:
 
     assert (not_json.status_code, a_list.status_code) == (400, 422)
     assert await executions(owner.client, workflow["id"]) == []
+
+
+# --- trigger shapes: a template written for real events renders the same on a manual run ---
+
+
+async def test_a_webhook_template_renders_the_same_on_a_real_event_and_a_manual_run(
+    owner: Owner, receiver: Receiver, http
+) -> None:  # type: ignore[no-untyped-def]
+    target = f"/run/{uuid.uuid4().hex}"
+    endpoint = await create_endpoint(owner.client)
+    workflow = await create_workflow(
+        owner.client, endpoint["id"], receiver.url + target, action={"body": {"order": "{{ trigger.body.order.id }}"}}
+    )
+    delivered = await send(http, endpoint, b'{"order": {"id": "T-1"}}')
+    assert delivered.status_code == 202, delivered.text
+    await wait_for(lambda: _received(receiver, target, 1))
+
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json={"order": {"id": "T-1"}})
+
+    assert response.status_code == 202 and response.json()["trigger_shape"] == "webhook.received"
+    await wait_for(lambda: _received(receiver, target, 2))
+    assert [json.loads(r.body) for r in receiver.to(target)] == [{"order": "T-1"}, {"order": "T-1"}]
+    manual = [e for e in await executions(owner.client, workflow["id"]) if e["event_id"] is None]
+    assert manual[0]["trigger_data"]["body"] == {"order": {"id": "T-1"}}
+    assert manual[0]["trigger_data"]["headers"] == {} and manual[0]["trigger_data"]["endpoint_id"] == endpoint["id"]
+
+
+async def test_a_schedule_manual_run_has_a_scheduled_time_and_the_body_as_payload(
+    owner: Owner, receiver: Receiver
+) -> None:
+    target = f"/run/{uuid.uuid4().hex}"
+    body = {
+        "name": "yearly",
+        "trigger": {"type": "schedule.cron", "config": {"cron": "0 0 1 1 *", "payload": {"report": "static"}}},
+        "action": {
+            "type": "http.request",
+            "config": {
+                "url": receiver.url + target,
+                "body": {"report": "{{ trigger.payload.report }}", "at": "{{ trigger.scheduled_at }}"},
+            },
+        },
+    }
+    workflow = (await owner.client.post("/api/workflows", json=body)).json()
+
+    given = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json={"report": "by hand"})
+    await wait_for(lambda: _received(receiver, target, 1))
+    empty = await owner.client.post(f"/api/workflows/{workflow['id']}/run")
+    await wait_for(lambda: _received(receiver, target, 2))
+
+    assert given.json()["trigger_shape"] == empty.json()["trigger_shape"] == "schedule.cron"
+    sent = sorted((json.loads(r.body) for r in receiver.to(target)), key=lambda b: b["report"])
+    assert [b["report"] for b in sent] == ["by hand", "static"]
+    assert all(b["at"] for b in sent)
+
+
+async def test_a_gmail_manual_run_has_the_fields_of_a_message(owner: Owner, receiver: Receiver, pool, keyring) -> None:  # type: ignore[no-untyped-def]
+    from tests.gmail_support import connect_google, unique_email
+
+    target = f"/run/{uuid.uuid4().hex}"
+    mailbox = await connect_google(pool, keyring, owner.id, unique_email(), "t", mailbox=False)
+    body = {
+        "name": "mail",
+        "trigger": {"type": "gmail.receive-email", "config": {"mailbox": mailbox}},
+        "action": {
+            "type": "http.request",
+            "config": {"url": receiver.url + target, "body": {"from": "{{ trigger.from }}", "cc": "{{ trigger.cc }}"}},
+        },
+    }
+    created = await owner.client.post("/api/workflows", json=body)
+    assert created.status_code == 201, created.text
+    workflow = created.json()
+
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json={"from": "Erin <e@example.test>"})
+
+    assert response.status_code == 202 and response.json()["trigger_shape"] == "gmail.receive-email"
+    await wait_for(lambda: _received(receiver, target, 1))
+    # `cc` was not given: it renders empty, as on a real message without one (not "path not found").
+    assert json.loads(receiver.to(target)[0].body) == {"from": "Erin <e@example.test>", "cc": ""}
+    [execution] = await executions(owner.client, workflow["id"])
+    assert execution["trigger_data"]["mailbox"] == mailbox and execution["trigger_data"]["labels"] == []
+
+
+async def test_a_tick_template_renders_the_same_on_a_real_tick_and_a_manual_run(
+    owner: Owner, receiver: Receiver, http
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.factories import signed
+
+    target = f"/run/{uuid.uuid4().hex}"
+    endpoint = await create_endpoint(owner.client)
+    body = {
+        "name": "nightly",
+        "trigger": {"type": "schedule.tick", "config": {"auth": "hmac", "endpoint_id": endpoint["id"]}},
+        "action": {
+            "type": "http.request",
+            "config": {"url": receiver.url + target, "body": {"job": "{{ trigger.body.job }}"}},
+        },
+    }
+    created = await owner.client.post("/api/workflows", json=body)
+    assert created.status_code == 201, created.text
+    workflow = created.json()
+    tick = b'{"job": "nightly", "scheduled_time": "2026-01-31T02:00:00Z"}'
+    real = await http.post(
+        f"/ingest/ticks/{workflow['id']}", content=tick, headers=signed("standard-webhooks", endpoint["secret"], tick)
+    )
+    assert real.status_code == 202, real.text
+    await wait_for(lambda: _received(receiver, target, 1))
+
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json={"job": "nightly"})
+
+    assert response.status_code == 202 and response.json()["trigger_shape"] == "schedule.tick"
+    await wait_for(lambda: _received(receiver, target, 2))
+    assert [json.loads(r.body) for r in receiver.to(target)] == [{"job": "nightly"}, {"job": "nightly"}]
+
+
+async def _received(receiver: Receiver, target: str, n: int) -> bool:
+    return len(receiver.to(target)) >= n

@@ -153,7 +153,8 @@ async def newsletter_workflow(owner: Owner, **config: Any) -> dict[str, Any]:
 
 
 async def run_now(owner: Owner, workflow: dict[str, Any], trigger: dict[str, Any]) -> str:
-    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run", json=trigger)
+    # The trigger data exactly as written (these templates read it at the top level).
+    response = await owner.client.post(f"/api/workflows/{workflow['id']}/run?shape=raw", json=trigger)
     assert response.status_code == 202, response.text
     execution_id: str = response.json()["execution_id"]
     return execution_id
@@ -550,8 +551,8 @@ async def test_worker_killed_mid_send_through_postmark_never_sends_anyone_a_seco
 
 
 async def owner_credentials(pool: asyncpg.Pool, keyring: Keyring, owner: Owner, http: httpx.AsyncClient) -> Any:
+    from oauth.vault import Vault
     from worker.automation.credentials import OwnerCredentials
-    from worker.vault import Vault
 
     return OwnerCredentials(Vault(pool, keyring, http), uuid.UUID(owner.id))
 

@@ -13,10 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actions.gmail_client import sent_by_hookyard
 from ingest.pubsub import PushFormatError, parse_notification, parse_push
 from schemas.sanitize import strip_nul
 from triggers.base import InboxEvent
-from triggers.gmail import TRIGGER, message_data, sent_by_hookyard
+from triggers.gmail import TRIGGER, message_data
 
 
 def b64url(text: str) -> str:

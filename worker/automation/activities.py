@@ -9,11 +9,13 @@ of their own, which records the outcome; the execution stays `running` until the
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -30,6 +32,7 @@ from actions.errors import PermanentActionError, RetryableActionError
 from actions.registry import UnknownAction, get_action
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES
 from oauth.crypto import Keyring
+from oauth.vault import Vault
 from schemas.db import is_storage_error
 from schemas.sanitize import strip_nul
 from schemas.store import executions as store
@@ -40,7 +43,6 @@ from telemetry.tracing import NOOP, Tracing
 from worker.automation.contract import RUN_BATCH_ACTIVITY, BatchInput, Outcome
 from worker.automation.credentials import OwnerCredentials
 from worker.automation.retry import next_delay
-from worker.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,8 @@ class AutomationActivities:
         self._keyring = keyring
         self._vault = vault or Vault(pool, keyring, http)
         self._limiter = limiter
-        # Outcome writes that outlive a cancelled activity (see _write_shielded).
-        self._background: set[asyncio.Future[None]] = set()
+        # One group commit of outcomes for every batch this process runs.
+        self._outcomes = OutcomeWriter(pool)
 
     @activity.defn(name=RUN_BATCH_ACTIVITY)
     async def run_batch(self, batch: BatchInput) -> list[Outcome]:
@@ -95,7 +97,8 @@ class AutomationActivities:
             recovered = kept.unwritten()
             if recovered:
                 log.warning("recording %d outcomes kept by an earlier attempt of this batch", len(recovered))
-                await self._write(recovered)
+                # Retried for as long as the activity lives: no deadline.
+                await asyncio.gather(*(self._outcomes.submit(r, deadline_s=None) for r in recovered))
                 kept.mark_written(recovered)
             async with self._pool.acquire() as conn:
                 rows = await store.claim_for_run(
@@ -151,38 +154,13 @@ class AutomationActivities:
             self.metrics.record_attempt(row["action_type"], record["status"], duration)
 
     async def _write_shielded(self, record: dict[str, Any]) -> None:
-        """Write one outcome; if the activity is cancelled meanwhile (its workflow terminated,
-        say), the write still goes on for up to KEPT_WRITE_AFTER_CANCEL_S, since no retry of
-        this activity may ever come to write it from the heartbeat details."""
-        write = asyncio.ensure_future(asyncio.wait_for(self._write([record]), KEPT_WRITE_AFTER_CANCEL_S))
-        self._background.add(write)
-        write.add_done_callback(self._background.discard)
-        write.add_done_callback(_quiet)
-        await asyncio.shield(write)
-
-    async def _write(self, records: list[dict[str, Any]]) -> None:
-        """Write outcomes, retrying storage errors with backoff until written or cancelled.
-
-        A failed write never fails the batch: that would run finished actions again.
-        """
-        delay = WRITE_RETRY_FIRST_S
-        while True:
-            try:
-                async with self._pool.acquire() as conn:
-                    await store.record_outcomes(conn, records)
-                return
-            except Exception as exc:
-                if not is_storage_error(exc):
-                    stripped = _unstorable(records, exc)  # once: the next failure is raised
-                    if stripped is None:
-                        raise
-                    records = stripped
-                    continue
-                log.warning(
-                    "%d outcomes not recorded yet (%s); retrying in %.1fs", len(records), type(exc).__name__, delay
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, WRITE_RETRY_MAX_S)
+        """Write one outcome with the next group commit; if the activity is cancelled meanwhile
+        (its workflow terminated, say), the write still goes on for up to
+        KEPT_WRITE_AFTER_CANCEL_S, since no retry of this activity may ever come to write it from
+        the heartbeat details. Past that deadline it raises TimeoutError."""
+        write = self._outcomes.submit(record, deadline_s=KEPT_WRITE_AFTER_CANCEL_S)
+        async with asyncio.timeout(KEPT_WRITE_AFTER_CANCEL_S):  # no task of its own, unlike wait_for
+            await asyncio.shield(write)
 
     async def _attempt(self, row: asyncpg.Record) -> dict[str, Any]:
         execution_id = row["id"]
@@ -237,6 +215,120 @@ class AutomationActivities:
         record = _record(row["id"], "running", message, result)
         record["retry_in_s"] = delay
         return record
+
+
+# A group commit takes up to this many outcomes, waiting this long for more when fewer are queued.
+OUTCOME_GROUP_MAX = 100
+OUTCOME_GROUP_LINGER_S = 0.002
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: dict[str, Any]
+    future: asyncio.Future[None]
+    deadline: float | None  # loop time after which the write is given up
+
+
+class OutcomeWriter:
+    """Group commit of attempt outcomes for every batch running in this worker process.
+
+    `submit` queues an outcome and returns a future that resolves once it is committed. One
+    flusher writes what is queued in one statement (up to OUTCOME_GROUP_MAX outcomes, waiting
+    OUTCOME_GROUP_LINGER_S for more when fewer are queued), so a write costs a round trip per
+    group rather than per attempt. Storage errors are retried with backoff (0.2 s doubling to
+    5 s) until each outcome is written or its deadline passes; a group PostgreSQL refuses for
+    any other reason is written again one outcome at a time, so one refused outcome fails
+    alone (and is then retried once without its result) and never holds up its group.
+    """
+
+    def __init__(
+        self, pool: asyncpg.Pool, max_group: int = OUTCOME_GROUP_MAX, linger_s: float = OUTCOME_GROUP_LINGER_S
+    ) -> None:
+        self._pool = pool
+        self._max_group = max_group
+        self._linger_s = linger_s
+        self._queue: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def submit(self, record: dict[str, Any], deadline_s: float | None) -> asyncio.Future[None]:
+        """Queue one outcome; the future resolves when it is committed, or fails with TimeoutError
+        past `deadline_s` (None: no deadline) or with the error PostgreSQL refused it with."""
+        loop = asyncio.get_running_loop()
+        deadline = None if deadline_s is None else loop.time() + deadline_s
+        pending = _Pending(record, loop.create_future(), deadline)
+        self._queue.append(pending)
+        if self._flusher is None or self._flusher.done():
+            # A context of its own: not the activity's (its log ids, its cancellation).
+            self._flusher = loop.create_task(self._flush(), context=contextvars.Context())
+        return pending.future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            if len(self._queue) < self._max_group:
+                await asyncio.sleep(self._linger_s)
+            group, self._queue = self._queue[: self._max_group], self._queue[self._max_group :]
+            try:
+                await self._write(group)
+            except Exception as exc:  # a bug here must not strand the waiting attempts
+                log.exception("writing a group of %d outcomes failed", len(group))
+                _settle(group, exc)
+
+    async def _write(self, group: list[_Pending]) -> None:
+        """Write a group, retrying storage errors with backoff until written or past deadline."""
+        delay = WRITE_RETRY_FIRST_S
+        stripped = False
+        while True:
+            group = _live(group, asyncio.get_running_loop().time())
+            if not group:
+                return
+            try:
+                async with self._pool.acquire() as conn:
+                    await store.record_outcomes(conn, [p.record for p in group])
+            except Exception as exc:
+                if not is_storage_error(exc):
+                    if len(group) > 1:  # one refused outcome spoils its group: each alone
+                        for pending in group:
+                            await self._write([pending])
+                        return
+                    records = None if stripped else _unstorable([group[0].record], exc)
+                    if records is None:
+                        _settle(group, exc)
+                        return
+                    group[0].record, stripped = records[0], True  # once: the next failure is final
+                    continue
+                log.warning(
+                    "%d outcomes not recorded yet (%s); retrying in %.1fs", len(group), type(exc).__name__, delay
+                )
+            else:
+                _settle(group, None)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WRITE_RETRY_MAX_S)
+
+
+def _live(group: list[_Pending], now: float) -> list[_Pending]:
+    """The outcomes of a group still waiting; those past their deadline are given up."""
+    live = []
+    for pending in group:
+        if pending.future.done():
+            continue
+        if pending.deadline is not None and now > pending.deadline:
+            pending.future.set_exception(TimeoutError("outcome not recorded before its deadline"))
+            pending.future.exception()  # retrieved: the waiter may be gone (its activity cancelled)
+            continue
+        live.append(pending)
+    return live
+
+
+def _settle(group: list[_Pending], exc: Exception | None) -> None:
+    for pending in group:
+        if pending.future.done():
+            continue
+        if exc is None:
+            pending.future.set_result(None)
+        else:
+            pending.future.set_exception(exc)
+            pending.future.exception()  # retrieved: the waiter may be gone (its activity cancelled)
 
 
 def _template_context(row: asyncpg.Record) -> dict[str, Any]:
@@ -358,12 +450,6 @@ def _ascii_capped(text: str, limit: int) -> str:
     while len(json.dumps(cut)) > limit:
         cut = cut[: len(cut) // 2]
     return cut
-
-
-def _quiet(future: asyncio.Future[None]) -> None:
-    """Consume a background write's outcome (logged by the write itself) so none goes unseen."""
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("a background outcome write ended with %s", type(future.exception()).__name__)
 
 
 class OutcomesNotRecorded(RuntimeError):

@@ -52,8 +52,8 @@ from schemas.store.gmail import MailboxRef
 from schemas.store.newsletter import set_temporal_ids
 from settings import Settings
 from telemetry.metrics import Metrics
-from triggers.gmail import mailbox_workflow_id, signal_mailbox
 from worker.automation.contract import automation_id, lane_id, lane_prefix
+from worker.gmail.contract import mailbox_workflow_id, signal_mailbox
 from worker.newsletter.contract import NEWSLETTER_WORKFLOW, NewsletterJob
 
 log = logging.getLogger(__name__)

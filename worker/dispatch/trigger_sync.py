@@ -31,7 +31,9 @@ from schemas import db
 from schemas.store import trigger_sync as store
 from settings import Settings
 from triggers.base import SyncHook, TriggerSyncContext, TriggerSyncError, WorkflowSyncState
+from triggers.gmail import NAME as GMAIL_TRIGGER
 from triggers.registry import TRIGGERS
+from worker.gmail.sync import sync_mailbox
 from worker.schedule_cron import schedule as schedule_cron
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ class TemporalUnreachable(RuntimeError):
 
 # Hooks that speak to Temporal workflows of the worker's own live here, not in the trigger
 # type (triggers describe and match; they never import the worker).
-WORKER_HOOKS: dict[str, SyncHook] = {**schedule_cron.SYNC_HOOKS}
+WORKER_HOOKS: dict[str, SyncHook] = {**schedule_cron.SYNC_HOOKS, GMAIL_TRIGGER: sync_mailbox}
 
 
 def sync_hook(trigger_type: str) -> SyncHook | None:

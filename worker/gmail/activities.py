@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -27,24 +28,23 @@ import orjson
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from actions.gmail_client import GmailClient, GmailRefused, GmailUnavailable, HistoryGone, sent_by_hookyard
+from oauth.vault import CredentialNotFound, CredentialUnusable, Grant, Loaded, RefreshUnavailable, Vault
 from schemas import db
 from schemas.sanitize import strip_nul
 from schemas.store import gmail as store
 from schemas.store.events import NewEvent, insert_events
 from schemas.store.gmail import MailboxRef
 from settings import Settings
-from triggers.gmail import (
+from triggers.gmail import SOURCE_TYPE, message_data
+from worker.gmail.contract import (
+    DEAD_CREDENTIAL,
     RECONCILE_ACTIVITY,
-    SOURCE_TYPE,
     SYNC_ACTIVITY,
     MailboxJob,
     SyncResult,
     WatchResult,
-    message_data,
-    sent_by_hookyard,
 )
-from worker.gmail.client import GmailClient, GmailRefused, GmailUnavailable, HistoryGone
-from worker.vault import CredentialNotFound, CredentialUnusable, RefreshUnavailable, Vault
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class GmailActivities:
         try:
             return await self._watch(ref, labels)
         except ApplicationError as exc:
-            await self._record_error(ref, str(exc))
+            await self._record_error(ref, str(exc), exc.type)
             raise
 
     @activity.defn(name=SYNC_ACTIVITY)
@@ -100,7 +100,7 @@ class GmailActivities:
                 log.info("mailbox %s: history id %s expired; full sync", ref.credential_id, row["history_id"])
                 return await self._full_sync(client, ref, row, self._settings.gmail_full_sync_max)
         except ApplicationError as exc:
-            await self._record_error(ref, str(exc))
+            await self._record_error(ref, str(exc), exc.type)
             raise
 
     # --- watch --------------------------------------------------------------------------
@@ -112,12 +112,20 @@ class GmailActivities:
         topic = self._settings.gmail_topic
         if not topic:
             # No push without a topic: the mailbox is read on the sweep timer only.
-            history_id = _history_id(await _gmail(client.profile()))
+            history_id = _history_id(await client(lambda c: c.profile()))
             async with self._pool.acquire() as conn:
                 await store.record_watch(conn, ref, history_id, None, labels)
             await self._record_error(ref, "HOOKYARD_GMAIL_TOPIC is not set: no push, the mailbox is polled")
             return WatchResult(active=True, history_id=history_id)
-        answer = await _gmail(client.watch(topic, labels))
+        try:
+            answer = await client(lambda c: c.watch(topic, labels))
+        except ApplicationError as exc:
+            if exc.type == "GmailRefused":
+                # Shown on the workflow and credential until a watch succeeds; mail still
+                # arrives through the sweep meanwhile.
+                async with self._pool.acquire() as conn:
+                    await store.record_watch_error(conn, ref, f"Gmail refused the watch: {exc}")
+            raise
         try:
             history_id = int(answer["historyId"])
             expiration = datetime.fromtimestamp(int(answer["expiration"]) / 1000, UTC)
@@ -133,7 +141,7 @@ class GmailActivities:
     async def _stop(self, ref: MailboxRef) -> WatchResult:
         try:
             client = await self._client(ref)
-            await _gmail(client.stop())
+            await client(lambda c: c.stop())
         except ApplicationError as exc:
             if exc.non_retryable is False:
                 raise
@@ -152,14 +160,14 @@ class GmailActivities:
 
     # --- sync ---------------------------------------------------------------------------
 
-    async def _start_cursor(self, client: GmailClient, ref: MailboxRef) -> SyncResult:
-        profile = await _gmail(client.profile())
+    async def _start_cursor(self, client: GmailCalls, ref: MailboxRef) -> SyncResult:
+        profile = await client(lambda c: c.profile())
         history_id = _history_id(profile)
         async with self._pool.acquire() as conn:
             await store.advance_cursor(conn, ref, history_id)
         return SyncResult(cursor=history_id, stored=0)
 
-    async def _incremental(self, client: GmailClient, ref: MailboxRef, row: asyncpg.Record) -> SyncResult:
+    async def _incremental(self, client: GmailCalls, ref: MailboxRef, row: asyncpg.Record) -> SyncResult:
         wanted = list(row["label_ids"])
         start: int = row["history_id"]
         # history.list filters by one label only; with several, filter the records here.
@@ -167,7 +175,9 @@ class GmailActivities:
         page_token: str | None = None
         stored = 0
         while True:
-            page = await _gmail(client.history(start, label_id=label_id, page_token=page_token))
+            page = await client(
+                partial(GmailClient.history, start_history_id=start, label_id=label_id, page_token=page_token)
+            )
             added = list(_added(page.get("history"), wanted))
             events = await self._fetch(client, ref, row["email"], added, wanted)
             page_token = page.get("nextPageToken") or None
@@ -182,15 +192,16 @@ class GmailActivities:
             if not page_token:
                 return SyncResult(cursor=cursor, stored=stored)
 
-    async def _full_sync(self, client: GmailClient, ref: MailboxRef, row: asyncpg.Record, limit: int) -> SyncResult:
+    async def _full_sync(self, client: GmailCalls, ref: MailboxRef, row: asyncpg.Record, limit: int) -> SyncResult:
         # The new cursor is read first, so mail arriving during the listing is seen by the next sync.
-        cursor = _history_id(await _gmail(client.profile()))
+        cursor = _history_id(await client(lambda c: c.profile()))
         wanted = list(row["label_ids"])
         since = row["last_sync_at"] or datetime.now(UTC) - timedelta(days=1)
         query = f"after:{int(since.timestamp()) - 60}"
         ids: dict[str, None] = {}
         for label in wanted:  # messages.list ANDs its labels; the mailbox wants any of them
-            for message_id in await _gmail(client.list_messages(label_ids=[label], query=query, max_results=limit)):
+            found = await client(partial(GmailClient.list_messages, label_ids=[label], query=query, max_results=limit))
+            for message_id in found:
                 ids.setdefault(message_id)
         newest = list(ids)[:limit]
         events = await self._fetch(client, ref, row["email"], [(m, []) for m in reversed(newest)], wanted)
@@ -201,7 +212,7 @@ class GmailActivities:
 
     async def _fetch(
         self,
-        client: GmailClient,
+        client: GmailCalls,
         ref: MailboxRef,
         account: str,
         added: Sequence[tuple[str, list[str]]],
@@ -211,7 +222,7 @@ class GmailActivities:
 
         async def get(message_id: str) -> dict[str, Any] | None:
             async with limit:
-                return await _gmail(client.message(message_id))
+                return await client(lambda c: c.message(message_id))
 
         messages = await asyncio.gather(*(get(message_id) for message_id, _ in added))
         events = []
@@ -250,28 +261,49 @@ class GmailActivities:
 
     # --- plumbing -----------------------------------------------------------------------
 
-    async def _client(self, ref: MailboxRef) -> GmailClient:
+    async def _client(self, ref: MailboxRef) -> GmailCalls:
+        return GmailCalls(self._vault.grant(ref.owner_id, ref.credential_id, {"google"}), self._http, self._settings)
+
+    async def _record_error(self, ref: MailboxRef, message: str, kind: str | None = None) -> None:
         try:
-            credential = await self._vault.load(ref.owner_id, ref.credential_id, {"google"})
+            async with self._pool.acquire() as conn:
+                if kind in DEAD_CREDENTIAL:
+                    # No sync, watch or push for this mailbox until the account is reconnected.
+                    await store.record_credential_dead(conn, ref, message)
+                else:
+                    await store.record_error(conn, ref, message)
+        except (*db.STORAGE_ERRORS, asyncpg.PostgresError):
+            log.warning("mailbox %s: could not record its error", ref.credential_id)
+
+
+class GmailCalls:
+    """One mailbox's Gmail calls, each made under OAuth's 401 rule (`oauth.vault.Grant`), with
+    their errors turned into Temporal's retryable or final ones once, here."""
+
+    def __init__(self, grant: Grant, http: httpx.AsyncClient, settings: Settings) -> None:
+        self._grant = grant
+        self._http = http
+        self._base = settings.gmail_api_base
+
+    async def __call__(self, call: Callable[[GmailClient], Awaitable[T]]) -> T:
+        """Make one call; a dead grant is a non-retryable `CredentialUnusable`."""
+
+        async def use(loaded: Loaded) -> T:
+            token = loaded.secret.get("access_token")
+            if not isinstance(token, str) or not token:
+                raise ApplicationError(
+                    "the Google credential holds no access token", type="CredentialUnusable", non_retryable=True
+                )
+            return await call(GmailClient(self._http, self._base, token))
+
+        try:
+            return await _gmail(self._grant.call(use))
         except CredentialNotFound as exc:
             raise ApplicationError(str(exc), type="CredentialNotFound", non_retryable=True) from None
         except CredentialUnusable as exc:
             raise ApplicationError(str(exc), type="CredentialUnusable", non_retryable=True) from None
         except RefreshUnavailable as exc:
             raise ApplicationError(str(exc), type="RefreshUnavailable") from None
-        token = credential.secret.get("access_token")
-        if not isinstance(token, str) or not token:
-            raise ApplicationError(
-                "the Google credential holds no access token", type="CredentialUnusable", non_retryable=True
-            )
-        return GmailClient(self._http, self._settings.gmail_api_base, token)
-
-    async def _record_error(self, ref: MailboxRef, message: str) -> None:
-        try:
-            async with self._pool.acquire() as conn:
-                await store.record_error(conn, ref, message)
-        except (*db.STORAGE_ERRORS, asyncpg.PostgresError):
-            log.warning("mailbox %s: could not record its error", ref.credential_id)
 
 
 async def _gmail(call: Awaitable[T]) -> T:

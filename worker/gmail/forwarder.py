@@ -19,7 +19,8 @@ from schemas.store import gmail as store
 from schemas.store.gmail import MailboxRef
 from settings import Settings
 from triggers.base import InboxEvent
-from triggers.gmail import PUSH_SOURCE_TYPE, signal_mailbox
+from triggers.gmail import PUSH_SOURCE_TYPE
+from worker.gmail.contract import signal_mailbox
 
 
 class GmailPushForwarder:

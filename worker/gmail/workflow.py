@@ -19,10 +19,11 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from triggers.gmail import (
+    from worker.gmail.contract import (
+        DEAD_CREDENTIAL,
         MAILBOX_WORKFLOW,
         NOTIFY_SIGNAL,
         RECONCILE_ACTIVITY,
@@ -40,6 +41,8 @@ _RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=60),
     maximum_attempts=5,
 )
+# Marks histories whose reconciles are followed by a sync (older runs replay without one).
+_SYNC_ON_RECONCILE = "sync-on-reconcile"
 # After the activity's own retries are spent: wait this long, doubling, before trying again.
 _FIRST_BACKOFF_S = 60.0
 
@@ -80,10 +83,14 @@ class MailboxWorkflow:
             seen = self._changes
             now = workflow.now().timestamp()
             if self._reconcile or now >= watch_due:
-                self._reconcile = False
+                reconciling, self._reconcile = self._reconcile, False
                 try:
                     watch = await self._reconcile_watch(job)
                 except ActivityError as exc:
+                    if _dead(exc):
+                        if await self._ended(state):
+                            return
+                        continue
                     watch_failures += 1
                     watch_due = now + _backoff(watch_failures, state.watch_renew_s)
                     workflow.logger.warning("mailbox %s: watch failed: %s", state.credential_id, _cause(exc))
@@ -95,11 +102,19 @@ class MailboxWorkflow:
                             continue  # re-activated while stopping
                         return
                     watch_due = now + state.watch_renew_s
+                    if reconciling and workflow.patched(_SYNC_ON_RECONCILE):
+                        # The workflows reading the mailbox changed (e.g. resumed by a reconnect):
+                        # read what arrived meanwhile now, from the cursor, not at the next sweep.
+                        sweep_due = min(sweep_due, now)
             if (self._notified > handled and now >= sync_retry_at) or now >= sweep_due:
                 announced = self._notified
                 try:
                     synced = await self._sync(job)
                 except ActivityError as exc:
+                    if _dead(exc):
+                        if await self._ended(state):
+                            return
+                        continue
                     sync_failures += 1
                     sync_retry_at = now + _backoff(sync_failures, state.sweep_interval_s)
                     sweep_due = max(sweep_due, sync_retry_at)
@@ -135,6 +150,12 @@ class MailboxWorkflow:
                 with contextlib.suppress(TimeoutError):
                     await workflow.wait_condition(self._changed_since(seen), timeout=timeout)
 
+    async def _ended(self, state: MailboxInput) -> bool:
+        """The credential is dead: end (a reconnect starts a new run) unless told to reconcile meanwhile."""
+        workflow.logger.warning("mailbox %s: credential needs reconnecting; mailbox stopped", state.credential_id)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return not self._reconcile
+
     def _changed_since(self, seen: int) -> Callable[[], bool]:
         return lambda: self._changes != seen
 
@@ -166,6 +187,12 @@ class MailboxWorkflow:
 
 def _backoff(failures: int, ceiling: float) -> float:
     return min(_FIRST_BACKOFF_S * float(2 ** min(failures - 1, 10)), max(ceiling, _FIRST_BACKOFF_S))
+
+
+def _dead(exc: ActivityError) -> bool:
+    """Whether the activity failed because the mailbox's credential needs reconnecting."""
+    cause = exc.cause
+    return isinstance(cause, ApplicationError) and cause.type in DEAD_CREDENTIAL
 
 
 def _cause(exc: ActivityError) -> str:

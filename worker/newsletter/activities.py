@@ -34,6 +34,7 @@ from actions.base import RateLimiter
 from actions.email import EmailRoute
 from actions.errors import PermanentActionError
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES
+from oauth.vault import Vault
 from schemas import db
 from schemas.sanitize import strip_nul
 from schemas.store import newsletter as store
@@ -46,7 +47,6 @@ from worker.newsletter.contract import (
     NewsletterJob,
     newsletter_id,
 )
-from worker.vault import Vault
 
 
 @dataclass(frozen=True)
