@@ -5,11 +5,17 @@ One run, one Temporal dev server (SQLite file), one receiver process:
       over K endpoints with one http.request workflow each; events/s from the first POST until
       all N executions are `succeeded` in PostgreSQL;
   (c) hookyard idle latency: webhooks one at a time; POST written -> action request received;
+  (d) spread: the same N events over 10, 200 and 1,000 workflows (`--spread`), interleaved
+      (`--rounds` rounds of each count, in turn) so the machine's noise hits every count alike;
+      events/s for each, its ratio to the first count, and Temporal round trips per event
+      (signals, workflow starts, workflow tasks and activities in the histories of the lanes
+      and automations); with `--lanes 0,16` each count also runs with lanes off (one automation
+      per workflow), dispatch and worker restarted between the settings;
   (b) the seed design: one Temporal workflow per event running one activity that POSTs to the
       receiver (bench/baseline.py); completed workflows/s for the same N.
-CPU used by each process during (a) and (b) is reported too (in cores; 2.0 = both busy).
+CPU used by each process during (a), (d) and (b) is reported too (in cores; 2.0 = both busy).
 
-Run: `python -m bench.e2e [--events N] [--quick]`.
+Run: `python -m bench.e2e [--events N] [--quick] [--spread 10,200,1000] [--rounds 2] [--lanes 16]`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -58,6 +65,7 @@ from schemas.migrate import migrate
 
 TARGET_RATIO = 10.0
 TARGET_P50_MS = 150.0
+TARGET_SPREAD = 0.7  # the most spread count's events/s over the least spread one's
 SEED_QUEUE = "bench-seed"
 
 
@@ -71,9 +79,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gap", type=float, default=0.3, help="pause between latency samples, s")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up on a phase after this many s")
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 events, 10 latency samples")
+    parser.add_argument("--spread", default="10,200,1000", help="(d) workflow counts, comma-separated; '' skips (d)")
+    parser.add_argument("--rounds", type=int, default=2, help="(d) rounds of each workflow count (default 2)")
+    parser.add_argument("--lanes", default="16", help="(d) HOOKYARD_LANES settings to compare, e.g. 0,16")
+    parser.add_argument("--spread-only", action="store_true", help="run (d) alone")
     args = parser.parse_args()
     if args.quick:
-        args.events, args.samples = min(args.events, 200), 10
+        args.events, args.samples, args.rounds = min(args.events, 200), 10, 1
+    args.spread_counts = [int(n) for n in args.spread.split(",") if n.strip()]
+    args.lane_settings = [int(n) for n in args.lanes.split(",") if n.strip()]
     return args
 
 
@@ -196,7 +210,198 @@ async def seed_throughput(
     }
 
 
-def report(args: argparse.Namespace, hy: dict[str, Any], seed: dict[str, Any], lat: dict[str, Any]) -> None:
+_ROUND_TRIPS = {
+    "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED": "signals",
+    "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED": "runs",
+    "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED": "workflow_tasks",
+    "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED": "activities",
+}
+
+
+async def round_trips(client: Client) -> dict[str, int]:
+    """Temporal round trips so far, over every run of every lane and automation workflow."""
+    from temporalio.api.enums.v1 import EventType
+
+    counts = dict.fromkeys(_ROUND_TRIPS.values(), 0)
+    query = "WorkflowType = 'hookyard.lane' OR WorkflowType = 'hookyard.automation'"
+    async for run in client.list_workflows(query):
+        history = await client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
+        for event in history.events:
+            name = _ROUND_TRIPS.get(EventType.Name(event.event_type))
+            if name:
+                counts[name] += 1
+    return counts
+
+
+async def spread_run(
+    args: argparse.Namespace,
+    procs: Processes,
+    port: int,
+    database_url: str,
+    routes: list[Route],
+    tag: str,
+    client: Client,
+) -> dict[str, Any]:
+    """N events over these routes' workflows: events/s, CPU, and Temporal round trips per event."""
+    before_ok, _ = await executions_done(database_url)
+
+    async def all_succeeded() -> bool:
+        ok, bad = await executions_done(database_url)
+        if bad:
+            raise RuntimeError(f"{bad} executions failed; see the worker log")
+        return bool(ok >= before_ok + args.events)
+
+    trips_before = await round_trips(client)
+    requests = signed_requests(routes, [f"{tag}-{n}" for n in range(args.events)])
+    cpu_before, start = procs.cpu_seconds(), time.monotonic()
+    await post_all(port, requests, args.concurrency)
+    done = await wait_until(all_succeeded, args.timeout, interval=0.05)
+    cpu = cpu_share(cpu_before, procs.cpu_seconds(), done - start)
+    await asyncio.sleep(1.0)  # the last batches' completions reach the histories
+    trips_after = await round_trips(client)
+    return {
+        "events_per_s": args.events / (done - start),
+        "cpu_cores": cpu,
+        "round_trips_per_event": {k: (trips_after[k] - trips_before[k]) / args.events for k in trips_after},
+    }
+
+
+def spread(
+    args: argparse.Namespace,
+    procs: Processes,
+    apps: list[Any],
+    start_app: Any,
+    port: int,
+    database_url: str,
+    temporal_address: str,
+    keyring: Keyring,
+    receiver: str,
+) -> dict[str, Any]:
+    """(d): every (lanes setting, workflow count) pair, `--rounds` times, interleaved."""
+    routes = {
+        k: asyncio.run(create_routes(database_url, keyring, k, f"{receiver}/r", args.concurrency_limit))[1]
+        for k in args.spread_counts
+    }
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for lanes in args.lane_settings:
+        for name in ("dispatch", "worker"):  # restarted with this lanes setting
+            old = next(p for p in apps if p.name == name)
+            procs.stop(old)
+            apps[apps.index(old)] = start_app(name, {"HOOKYARD_LANES": str(lanes)})
+        time.sleep(2.0)
+
+        async def warm(k: int, lanes: int = lanes) -> None:
+            # One event per workflow: endpoint caches filled (and, lanes off, automations started).
+            ok_before = (await executions_done(database_url))[0]
+            await post_all(port, signed_requests(routes[k], [f"warm{lanes}-{k}-{n}" for n in range(k)]), 32)
+            await wait_until(lambda: _succeeded_since(database_url, ok_before + k), args.timeout)
+
+        for k in args.spread_counts:
+            asyncio.run(warm(k))
+        for r in range(args.rounds):
+            # Odd rounds run the counts in reverse, so a drift in the host's load (or the table's
+            # growth) does not always favour the same count.
+            for k in args.spread_counts if r % 2 == 0 else args.spread_counts[::-1]:
+                key = f"lanes={lanes} workflows={k}"
+                print(f"(d) {key}, round {r + 1}/{args.rounds} ...", flush=True)
+
+                async def one(k: int = k, r: int = r, lanes: int = lanes) -> dict[str, Any]:
+                    client = await Client.connect(temporal_address)
+                    return await spread_run(args, procs, port, database_url, routes[k], f"s{lanes}-{k}-{r}", client)
+
+                result = asyncio.run(one())
+                trips = result["round_trips_per_event"]
+                print(
+                    f"    {result['events_per_s']:.1f} events/s; per event: {trips['signals']:.3f} signals, "
+                    f"{trips['workflow_tasks']:.3f} workflow tasks, {trips['activities']:.3f} activities",
+                    flush=True,
+                )
+                runs.setdefault(key, []).append(result)
+    return runs
+
+
+async def _succeeded_since(database_url: str, expected: int) -> bool:
+    return (await executions_done(database_url))[0] >= expected
+
+
+def spread_report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Median events/s per (lanes, count), the ratio to the first count, and round trips per event."""
+    rows = []
+    summary: dict[str, Any] = {}
+    for lanes in args.lane_settings:
+        base = None
+        for k in args.spread_counts:
+            key = f"lanes={lanes} workflows={k}"
+            rates = sorted(r["events_per_s"] for r in runs[key])
+            median = statistics.median(rates)
+            base = median if base is None else base
+            trips = {
+                n: sum(r["round_trips_per_event"][n] for r in runs[key]) / len(runs[key]) for n in _ROUND_TRIPS.values()
+            }
+            cpu = {
+                n: sum(r["cpu_cores"].get(n, 0.0) for r in runs[key]) / len(runs[key])
+                for n in ("worker", "temporal", "dispatch")
+            }
+            ratio = median / base
+            last = k == args.spread_counts[-1]
+            verdict = ("meets" if ratio >= TARGET_SPREAD else "misses") if last and len(args.spread_counts) > 1 else ""
+            rows.append(
+                [
+                    lanes,
+                    k,
+                    median,
+                    ", ".join(f"{v:.0f}" for v in rates),
+                    ratio,
+                    verdict,
+                    trips["signals"],
+                    trips["runs"],
+                    trips["workflow_tasks"],
+                    trips["activities"],
+                    cpu["worker"],
+                    cpu["temporal"],
+                    cpu["dispatch"],
+                ]
+            )
+            summary[key] = {
+                "median_events_per_s": median,
+                "ratio": ratio,
+                "round_trips_per_event": trips,
+                "cpu_cores": cpu,
+                "runs": runs[key],
+            }
+    print()
+    print_table(
+        [
+            "lanes",
+            "workflows",
+            "events/s",
+            "runs",
+            f"vs first (>= {TARGET_SPREAD:g})",
+            "verdict",
+            "signals/ev",
+            "starts/ev",
+            "wf tasks/ev",
+            "activities/ev",
+            "worker",
+            "temporal",
+            "dispatch",
+        ],
+        rows,
+    )
+    print(
+        "(d) medians of interleaved rounds; CPU in cores, mean over rounds. Absolute figures vary with the"
+        " machine's load; compare the ratios, measured side by side."
+    )
+    return summary
+
+
+def report(
+    args: argparse.Namespace,
+    hy: dict[str, Any],
+    seed: dict[str, Any],
+    lat: dict[str, Any],
+    spread_summary: dict[str, Any] | None = None,
+) -> None:
     ratio = hy["events_per_s"] / seed["events_per_s"]
     p50 = lat["p50_ms"]
     print()
@@ -229,7 +434,8 @@ def report(args: argparse.Namespace, hy: dict[str, Any], seed: dict[str, Any], l
             "seed_design": seed,
             "ratio": ratio,
             "idle_latency": lat,
-            "targets": {"ratio": TARGET_RATIO, "idle_p50_ms": TARGET_P50_MS},
+            "spread": spread_summary or {},
+            "targets": {"ratio": TARGET_RATIO, "idle_p50_ms": TARGET_P50_MS, "spread": TARGET_SPREAD},
         },
     )
     print(f"results: {path}")
@@ -267,13 +473,26 @@ def main() -> int:
             "HOOKYARD_WORKER_GRACEFUL_SHUTDOWN_S": "5",
             "HOOKYARD_EGRESS_ALLOW": f"127.0.0.1:{receiver_port}",  # the local receiver only
         }
-        apps = [procs.spawn(name, hookyard_argv(name), env) for name in ("serve", "dispatch", "worker")]
+
+        def start_app(name: str, extra: dict[str, str] | None = None) -> Any:
+            return procs.spawn(name, hookyard_argv(name), {**env, **(extra or {})})
+
+        apps = [start_app(name) for name in ("serve", "dispatch", "worker")]
         wait_http(f"http://127.0.0.1:{port}/readyz", apps[0])
+        if args.spread_only:
+            spread_report(
+                args, spread(args, procs, apps, start_app, port, database_url, temporal_address, keyring, receiver)
+            )
+            return 0
 
         print(f"(a) hookyard: {args.events} events over {args.workflows} workflows ...", flush=True)
         hy = asyncio.run(hookyard_throughput(args, procs, port, database_url, routes, receiver))
         print(f"(c) hookyard idle latency: {args.samples} webhooks one at a time ...", flush=True)
         lat = asyncio.run(idle_latency(args, port, routes[0], receiver))
+        spread_summary = None
+        if args.spread_counts:
+            runs = spread(args, procs, apps, start_app, port, database_url, temporal_address, keyring, receiver)
+            spread_summary = spread_report(args, runs)
         for proc in apps:  # the seed design gets the machine to itself
             procs.stop(proc)
 
@@ -282,7 +501,7 @@ def main() -> int:
         seed_worker = procs.spawn("seed-worker", argv)
         seed = asyncio.run(seed_throughput(args, procs, temporal_address, receiver))
         procs.stop(seed_worker)
-        report(args, hy, seed, lat)
+        report(args, hy, seed, lat, spread_summary)
         return 0
     finally:
         procs.close()

@@ -106,6 +106,12 @@ class Settings:
     automation_history_limit: int = 1000
     # Unfinished executions handed to one automation workflow at most; the rest wait in PostgreSQL.
     automation_max_pending: int = 5000
+    # Lane workflows per task queue (docs/architecture.md, "Execution lanes"); 0 keeps one
+    # automation workflow per user workflow. A changed count moves only new workflows.
+    lanes: int = 16
+    # Unfinished executions handed to one lane at most (all its workflows together); the rest
+    # wait in PostgreSQL. Bounds what a lane's continue-as-new carries.
+    lane_max_pending: int = 10000
     # The reconciler: how often it checks, and how long a hand-over may settle before it does.
     reconcile_interval_s: float = 15.0
     reconcile_grace_s: float = 30.0
@@ -189,6 +195,14 @@ def _flag(value: str) -> bool:
     raise ValueError(value)
 
 
+def _bounded(setting: str, value: str, lowest: int, highest: int) -> int:
+    """An integer within [lowest, highest] (lane numbers are stored with a range check)."""
+    number = int(value)
+    if not lowest <= number <= highest:
+        raise SettingsError(f"{setting}: {number} is not between {lowest} and {highest}")
+    return number
+
+
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -248,6 +262,9 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_AUTOMATION_MAX_BATCH": ("automation_max_batch", int),
     "HOOKYARD_AUTOMATION_HISTORY_LIMIT": ("automation_history_limit", int),
     "HOOKYARD_AUTOMATION_MAX_PENDING": ("automation_max_pending", int),
+    "HOOKYARD_LANES": ("lanes", lambda v: _bounded("HOOKYARD_LANES", v, 0, 4096)),
+    # ~40 bytes an id in a lane's continue-as-new payload: 25,000 stay near 1 MB, below Temporal's 2 MB.
+    "HOOKYARD_LANE_MAX_PENDING": ("lane_max_pending", lambda v: _bounded("HOOKYARD_LANE_MAX_PENDING", v, 1, 25000)),
     "HOOKYARD_RECONCILE_INTERVAL_S": ("reconcile_interval_s", float),
     "HOOKYARD_RECONCILE_GRACE_S": ("reconcile_grace_s", float),
     "HOOKYARD_WORKER_MAX_CONCURRENT_ACTIVITIES": ("worker_max_concurrent_activities", int),

@@ -24,6 +24,7 @@ from telemetry.metrics import Metrics, record_credential_refresh_failure
 from telemetry.tracing import NOOP, Tracing
 from worker.automation.activities import AutomationActivities
 from worker.automation.handoff import hand_offs
+from worker.automation.lane import LaneWorkflow
 from worker.automation.workflow import AutomationWorkflow
 from worker.gmail.activities import GmailActivities
 from worker.gmail.workflow import MailboxWorkflow
@@ -52,6 +53,9 @@ def build_worker(
         client,
         task_queue=settings.task_queue,
         workflows=[
+            LaneWorkflow,
+            # Still registered for one release: automations started before lanes drain what they
+            # hold and complete when idle (docs/architecture.md, "Execution lanes").
             AutomationWorkflow,
             *([TickWorkflow] if ticks else []),
             *([MailboxWorkflow] if gmail else []),

@@ -128,7 +128,7 @@ async def create(state: AppState, owner_id: UUID, body: dict[str, Any]) -> dict[
         if definition.wants_signing_secret:
             secret, token = _new_signing_secret(state.keyring, owner_id, workflow_id)
         values = definition.values() | {"id": workflow_id, "signing_secret": token}
-        row = await store.insert_workflow(conn, owner_id, values)
+        row = await store.insert_workflow(conn, owner_id, values, state.settings.lanes)
     return _shown(row, secret)
 
 

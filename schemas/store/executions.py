@@ -87,7 +87,7 @@ async def claim_handover(
     `redrive` marks rows that were run before (only the reconciler un-signals such rows).
     """
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT c.id, c.workflow_id, c.redrive, w.concurrency_limit, w.retry_policy "
+        "SELECT c.id, c.workflow_id, c.redrive, w.concurrency_limit, w.retry_policy, w.lane "
         "FROM unnest($1::uuid[]) AS r(wf) JOIN workflows w ON w.id = r.wf "
         "CROSS JOIN LATERAL (SELECT greatest(0, $3 - count(*)) AS room FROM (SELECT 1 FROM executions o "
         "  WHERE o.workflow_id = r.wf AND o.signalled_at IS NOT NULL AND o.status IN ('queued', 'running') "
@@ -104,9 +104,33 @@ async def claim_handover(
     return rows
 
 
-async def mark_signalled(conn: asyncpg.Connection, ids: list[UUID]) -> None:
-    """Record that Temporal holds these executions."""
-    await conn.execute("UPDATE executions SET signalled_at = now() WHERE id = ANY($1::uuid[])", ids)
+async def mark_signalled(conn: asyncpg.Connection, ids: list[UUID], lanes: list[int | None] | None = None) -> None:
+    """Record that Temporal holds these executions, and which lane (None: the workflow's automation)."""
+    await conn.execute(
+        "UPDATE executions x SET signalled_at = now(), lane = u.lane "
+        "FROM unnest($1::uuid[], $2::int[]) AS u(id, lane) WHERE x.id = u.id",
+        ids,
+        lanes if lanes is not None else [None] * len(ids),
+    )
+
+
+async def workflow_lanes(conn: asyncpg.Connection, workflow_ids: list[UUID]) -> dict[UUID, int]:
+    """The lane of each of these workflows."""
+    rows = await conn.fetch("SELECT id, lane FROM workflows WHERE id = ANY($1::uuid[])", workflow_ids)
+    return {r["id"]: r["lane"] for r in rows}
+
+
+async def lane_rooms(conn: asyncpg.Connection, lanes: list[int], max_pending: int) -> dict[int, int]:
+    """How many more executions each lane may be handed: `max_pending` minus what it holds
+    (handed over and unfinished), counted up to the cap (one index range each)."""
+    rows = await conn.fetch(
+        "SELECT l.lane, greatest(0, $2 - (SELECT count(*) FROM (SELECT 1 FROM executions o "
+        "  WHERE o.lane = l.lane AND o.signalled_at IS NOT NULL AND o.status IN ('queued', 'running') "
+        "  LIMIT $2) s)) AS room FROM unnest($1::int[]) AS l(lane)",
+        lanes,
+        max_pending,
+    )
+    return {r["lane"]: r["room"] for r in rows}
 
 
 async def claim_for_run(
@@ -115,10 +139,11 @@ async def claim_for_run(
     """Start an attempt of each execution that may still run.
 
     Executions already finished are skipped (a duplicate hand-over runs nothing); those whose
-    workflow was deactivated meanwhile are cancelled. An attempt another run of the same
-    automation claimed less than ATTEMPT_IN_FLIGHT_S ago and has not recorded may still be in
-    flight (that run was terminated or reset under it), so it is skipped too; the same run may
-    take it again (its activity is retried after the worker running it was lost).
+    workflow was deactivated meanwhile are cancelled. An attempt another run (of the same or
+    another Temporal workflow: a lane, or the automation that held it before lanes) claimed less
+    than ATTEMPT_IN_FLIGHT_S ago and has not recorded may still be in flight (that run was
+    terminated or reset under it), so it is skipped too; the same run may take it again (its
+    activity is retried after the worker running it was lost).
     """
     # One statement (its own transaction): the cancelling and the claiming updates touch
     # disjoint rows (inactive vs active workflows), so one round trip does both.
@@ -132,8 +157,8 @@ async def claim_for_run(
         "temporal_workflow_id = $2, temporal_run_id = $3 FROM workflows w "
         "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
         "AND w.active AND w.deleted_at IS NULL "
-        "AND NOT (x.status = 'running' AND x.next_attempt_at IS NULL AND x.temporal_workflow_id = $2 "
-        "AND x.temporal_run_id IS DISTINCT FROM $3 "
+        "AND NOT (x.status = 'running' AND x.next_attempt_at IS NULL "
+        "AND (x.temporal_workflow_id, x.temporal_run_id) IS DISTINCT FROM ($2, $3) "
         "AND coalesce(x.attempt_started_at, '-infinity') > now() - make_interval(secs => $4)) "
         "RETURNING x.id, x.owner_id, x.workflow_id, x.event_id, x.trigger_data, x.attempts, "
         "w.name AS workflow_name, w.action_type, w.action_config, w.credential_id, w.retry_policy",

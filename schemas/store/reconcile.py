@@ -27,21 +27,39 @@ def _unleased(key_sql: str) -> str:
 
 
 _AUTOMATION_UNLEASED = _unleased("'automation-' || x.workflow_id::text")
+_LANE_UNLEASED = _unleased("$3 || x.lane::text")  # $3: the lanes' id prefix (worker/automation/contract.py)
 _MAILBOX_UNLEASED = _unleased("'gmail-mailbox-' || m.credential_id::text")
 
 
 async def automations_to_check(conn: asyncpg.Connection, grace_s: float, limit: int) -> list[UUID]:
-    """User workflows with executions handed to their automation more than `grace_s` ago and still open."""
+    """User workflows with executions handed to their own automation (not a lane) more than
+    `grace_s` ago and still open."""
     rows = await conn.fetch(
         "SELECT DISTINCT x.workflow_id FROM executions x "
         "WHERE x.signalled_at IS NOT NULL AND x.status IN ('queued', 'running') "
         "AND x.signalled_at < now() - make_interval(secs => $1) "
         "AND (x.temporal_workflow_id IS NULL OR x.temporal_workflow_id NOT LIKE 'newsletter-%') "
-        f"AND {_AUTOMATION_UNLEASED} LIMIT $2",
+        f"AND x.lane IS NULL AND {_AUTOMATION_UNLEASED} LIMIT $2",
         grace_s,
         limit,
     )
     return [r["workflow_id"] for r in rows]
+
+
+async def lanes_to_check(conn: asyncpg.Connection, grace_s: float, limit: int, prefix: str) -> list[int]:
+    """Lanes holding executions handed to them more than `grace_s` ago and still open; `prefix`
+    and the lane number make the lane's Temporal workflow id, its lease key."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT x.lane FROM executions x "
+        "WHERE x.lane IS NOT NULL AND x.signalled_at IS NOT NULL AND x.status IN ('queued', 'running') "
+        "AND x.signalled_at < now() - make_interval(secs => $1) "
+        "AND (x.temporal_workflow_id IS NULL OR x.temporal_workflow_id NOT LIKE 'newsletter-%') "
+        f"AND {_LANE_UNLEASED} LIMIT $2",
+        grace_s,
+        limit,
+        prefix,
+    )
+    return [r["lane"] for r in rows]
 
 
 async def newsletters_to_check(conn: asyncpg.Connection, grace_s: float, limit: int) -> list[asyncpg.Record]:
@@ -107,9 +125,10 @@ async def forget_old_leases(conn: asyncpg.Connection, older_than_s: float) -> No
 async def open_executions(conn: asyncpg.Connection, workflow_id: UUID, limit: int) -> list[asyncpg.Record]:
     """The automation's open executions that Temporal was given, with what decides if they are stranded."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT x.id, x.status, x.attempts, x.signalled_at, x.next_attempt_at, x.attempt_started_at, "
-        "now() AS now FROM executions x "
+        "SELECT x.id, x.workflow_id, x.status, x.attempts, x.signalled_at, x.next_attempt_at, "
+        "x.attempt_started_at, now() AS now FROM executions x "
         "WHERE x.workflow_id = $1 AND x.signalled_at IS NOT NULL AND x.status IN ('queued', 'running') "
+        "AND x.lane IS NULL "
         "AND (x.temporal_workflow_id IS NULL OR x.temporal_workflow_id NOT LIKE 'newsletter-%') "
         "ORDER BY x.seq LIMIT $2",
         workflow_id,
@@ -118,10 +137,25 @@ async def open_executions(conn: asyncpg.Connection, workflow_id: UUID, limit: in
     return rows
 
 
+async def open_lane_executions(conn: asyncpg.Connection, lane: int, limit: int) -> list[asyncpg.Record]:
+    """The lane's open executions that Temporal was given, with what decides if they are stranded."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT x.id, x.workflow_id, x.status, x.attempts, x.signalled_at, x.next_attempt_at, "
+        "x.attempt_started_at, now() AS now FROM executions x "
+        "WHERE x.lane = $1 AND x.signalled_at IS NOT NULL AND x.status IN ('queued', 'running') "
+        "AND (x.temporal_workflow_id IS NULL OR x.temporal_workflow_id NOT LIKE 'newsletter-%') "
+        "ORDER BY x.signalled_at LIMIT $2",
+        lane,
+        limit,
+    )
+    return rows
+
+
 async def hand_back(conn: asyncpg.Connection, ids: Sequence[UUID], attempts: Sequence[int]) -> list[UUID]:
     """Make the hand-over signal these executions again, unless they moved on meanwhile."""
     rows = await conn.fetch(
-        "UPDATE executions x SET signalled_at = NULL FROM unnest($1::uuid[], $2::int[]) AS u(id, attempts) "
+        "UPDATE executions x SET signalled_at = NULL, lane = NULL "
+        "FROM unnest($1::uuid[], $2::int[]) AS u(id, attempts) "
         "WHERE x.id = u.id AND x.attempts = u.attempts AND x.status IN ('queued', 'running') "
         "AND x.signalled_at IS NOT NULL RETURNING x.id",
         list(ids),

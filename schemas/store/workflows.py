@@ -67,16 +67,25 @@ _COLUMNS = (
 )
 
 
-async def insert_workflow(conn: asyncpg.Connection, owner_id: UUID, values: dict[str, Any]) -> Workflow:
+# Lanes a workflow is spread over when no count is given (the default of HOOKYARD_LANES; the
+# migration that added lanes uses it too).
+DEFAULT_LANES = 16
+
+
+async def insert_workflow(
+    conn: asyncpg.Connection, owner_id: UUID, values: dict[str, Any], lanes: int = DEFAULT_LANES
+) -> Workflow:
     """Insert a validated workflow definition.
 
     `values` may carry the row's `id` (callers that bind ciphertext to the row pick it first)
-    and an already encrypted `signing_secret`.
+    and an already encrypted `signing_secret`. The workflow's execution lane is a hash of its id
+    modulo `lanes` (the default count when lanes are off), fixed for good.
     """
     row = await conn.fetchrow(
         "INSERT INTO workflows (owner_id, name, trigger_type, trigger_config, routing_key, action_type, "
-        "action_config, credential_id, active, concurrency_limit, retry_policy, id, signing_secret) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, gen_random_uuid()), $13) "
+        "action_config, credential_id, active, concurrency_limit, retry_policy, id, signing_secret, lane) "
+        "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, i.id, $13, mod(abs(hashtext(i.id::text)::bigint), $14) "
+        "FROM (SELECT coalesce($12::uuid, gen_random_uuid()) AS id) i "
         f"RETURNING {_COLUMNS}",
         owner_id,
         values["name"],
@@ -91,6 +100,7 @@ async def insert_workflow(conn: asyncpg.Connection, owner_id: UUID, values: dict
         values["retry_policy"],
         values.get("id"),
         values.get("signing_secret"),
+        lanes if lanes > 0 else DEFAULT_LANES,
     )
     return row_of(Workflow, row)
 

@@ -39,7 +39,7 @@ from tests.integration.test_newsletter import (
     run_now,
 )
 from worker.automation.contract import automation_id
-from worker.dispatch.dispatcher import Dispatcher
+from worker.dispatch.dispatcher import Dispatcher, Handover
 from worker.gmail.contract import mailbox_workflow_id
 from worker.newsletter.contract import newsletter_id
 
@@ -72,12 +72,10 @@ POISONED: set[str] = set()
 
 
 class _PoisonableDispatcher(Dispatcher):
-    async def _start_or_signal(
-        self, client: Client, workflow_id: uuid.UUID, ids: list[str], limit: int, redrive: list[str] | None = None
-    ) -> None:
-        if str(workflow_id) in POISONED:
+    async def _start_or_signal(self, client: Client, handover: Handover) -> None:
+        if any(str(workflow_id) in POISONED for workflow_id in handover.workflows()):
             raise RPCError("blob data size exceeds limit", RPCStatusCode.INVALID_ARGUMENT, b"")
-        await super()._start_or_signal(client, workflow_id, ids, limit, redrive)
+        await super()._start_or_signal(client, handover)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +129,8 @@ async def test_execution_waiting_on_a_retry_timer_of_a_terminated_workflow_is_re
         return execution if execution and execution["next_attempt_at"] else None
 
     execution = await wait_for(waiting, timeout=30)
-    await reconciling.get_workflow_handle(automation_id(workflow["id"])).terminate("hostile operator")
+    # The lane holding it (with its other workflows' executions, which the reconciler re-drives too).
+    await reconciling.get_workflow_handle(execution["temporal"]["workflow_id"]).terminate("hostile operator")
 
     done = await wait_for(lambda: _one(owner, workflow, "succeeded"), timeout=30)
     assert done["id"] == execution["id"]
@@ -205,7 +204,7 @@ async def test_an_attempt_in_flight_is_not_run_twice_when_handed_over_again(
             await conn.execute("UPDATE executions SET signalled_at = NULL WHERE id = $1", uuid.UUID(execution["id"]))
             # Another run of the automation trying to claim it meanwhile gets nothing.
             claimed = await execution_store.claim_for_run(
-                conn, [uuid.UUID(execution["id"])], automation_id(workflow["id"]), "another-run"
+                conn, [uuid.UUID(execution["id"])], execution["temporal"]["workflow_id"], "another-run"
             )
         assert claimed == []
         done = await wait_for(lambda: _one(owner, workflow, "succeeded"), timeout=30)
@@ -336,7 +335,7 @@ async def test_an_overdue_retry_that_a_running_automation_counts_as_done_is_run_
             "next_attempt_at = now() - interval '1 minute' WHERE id = $1",
             uuid.UUID(first["id"]),
         )
-    described = await reconciling.get_workflow_handle(automation_id(workflow["id"])).describe()
+    described = await reconciling.get_workflow_handle(first["temporal"]["workflow_id"]).describe()
     assert described.status == WorkflowExecutionStatus.RUNNING
 
     async def second_attempt() -> dict[str, Any] | None:

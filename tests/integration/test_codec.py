@@ -30,7 +30,6 @@ from runtime.temporal import connect
 from settings import Settings
 from tests.conftest import Owner, Receiver, Stack, make_settings, serve, wait_for
 from tests.factories import create_endpoint, create_workflow, executions, send
-from worker.automation.contract import automation_id
 
 TOKEN = "codec-token-" + "x" * 40
 QUEUE = f"codec-test-{uuid.uuid4().hex}"
@@ -90,10 +89,10 @@ def marker() -> str:
 # --- reading history as the Temporal server stores it ------------------------------------
 
 
-async def raw_history(address: str, workflow_id: str) -> list[Message]:
+async def raw_history(address: str, workflow_id: str, run_id: str | None = None) -> list[Message]:
     """Events fetched by a client without hookyard's codec: what the server holds."""
     plain = await Client.connect(address)
-    history = await plain.get_workflow_handle(workflow_id).fetch_history()
+    history = await plain.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
     return list(history.events)
 
 
@@ -161,7 +160,10 @@ async def test_a_real_automation_run_leaves_only_ciphertext_in_temporal(
     workflow = await create_workflow(owner.client, endpoint["id"], receiver.url + target)
     assert (await send(http, endpoint, b'{"order": {"id": "A-1"}}')).status_code == 202
     [execution] = await wait_for(lambda: executions(owner.client, workflow["id"], "succeeded"))
-    events = await raw_history(stack.temporal_address, automation_id(workflow["id"]))
+    # The run of the lane that ran it (its activity input carries the id, and so does the signal
+    # unless the lane continued as new in between).
+    holder = execution["temporal"]
+    events = await raw_history(stack.temporal_address, holder["workflow_id"], holder["run_id"])
     # Execution ids travel in the signal and the activity input; neither is readable.
     assert_all_encrypted(events, execution["id"])
 

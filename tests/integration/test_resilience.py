@@ -290,7 +290,9 @@ async def test_automation_continues_as_new_and_loses_nothing(stack: Stack, recei
         assert len(done) == 40
         assert len(receiver.to(target)) == 40
         client = await Client.connect(iso.settings.temporal_address)
-        runs = [r async for r in client.list_workflows(f"WorkflowId = 'automation-{workflow['id']}'")]
+        # The lane that ran them (the workflow's own automation with lanes off).
+        holder = done[0]["temporal"]["workflow_id"]
+        runs = [r async for r in client.list_workflows(f"WorkflowId = '{holder}'")]
         assert any(r.status and r.status.name == "CONTINUED_AS_NEW" for r in runs)
         # Every run, the first and those continued as new, gives a lost worker's task away in 4 s.
         for run in runs:

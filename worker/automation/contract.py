@@ -81,3 +81,61 @@ class Outcome:
     execution_id: str
     status: str
     retry_in_s: float | None = None
+
+
+# Execution lanes (worker/automation/lane.py): a fixed number of workflows per task queue, each running the
+# executions of many user workflows.
+LANE_WORKFLOW_NAME = "hookyard.lane"
+LANE_ENQUEUE_SIGNAL = "enqueue"
+LANE_PREFIX = "lane-"
+
+
+def lane_prefix(task_queue: str) -> str:
+    """What the Temporal workflow ids of a task queue's lanes begin with (ids are unique per
+    namespace, and deployments or tests may share one with task queues of their own)."""
+    return f"{LANE_PREFIX}{task_queue}-"
+
+
+def lane_id(task_queue: str, lane: int) -> str:
+    """Temporal workflow id of a lane of a task queue."""
+    return f"{lane_prefix(task_queue)}{lane}"
+
+
+@dataclass
+class LaneWork:
+    """One user workflow's part of a lane hand-over (see `Enqueue` for `redrive`)."""
+
+    workflow_id: str
+    execution_ids: list[str]
+    concurrency_limit: int = 10
+    redrive: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LaneEnqueue:
+    """Signal: run these executions, grouped by user workflow."""
+
+    work: list[LaneWork]
+
+
+@dataclass
+class LaneQueue:
+    """A user workflow's queue inside a lane, as continue-as-new carries it."""
+
+    workflow_id: str
+    concurrency_limit: int
+    pending: list[str] = field(default_factory=list)
+    retries: list[Retry] = field(default_factory=list)
+
+
+@dataclass
+class LaneState:
+    """Lane workflow input; also what continue-as-new carries over (bounded by the pending caps)."""
+
+    lane: int
+    max_batch: int = 100
+    idle_timeout_s: float = 300.0
+    heartbeat_timeout_s: float = 5.0
+    history_limit: int = 1000
+    queues: list[LaneQueue] = field(default_factory=list)
+    recent: list[str] = field(default_factory=list)

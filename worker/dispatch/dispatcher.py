@@ -23,6 +23,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -45,11 +46,17 @@ from triggers.base import InboxEvent
 from triggers.resolver import RoutingCache
 from worker.automation.contract import (
     ENQUEUE_SIGNAL,
+    LANE_ENQUEUE_SIGNAL,
+    LANE_WORKFLOW_NAME,
     WORKFLOW_NAME,
     WORKFLOW_TASK_TIMEOUT_S,
     AutomationState,
     Enqueue,
+    LaneEnqueue,
+    LaneState,
+    LaneWork,
     automation_id,
+    lane_id,
 )
 from worker.dispatch.forwarding import ForwardFailed, accept_forwarded, build_forwarders, handover_forwarded
 from worker.dispatch.reconciler import Reconciler
@@ -63,6 +70,84 @@ INBOX_GAUGE_INTERVAL_S = 5.0  # how often the backlog gauges are refreshed; one 
 # Pause after a failed pass, doubling while failures last; short, so a stop is never held up long.
 STORAGE_BACKOFF_FIRST_S = 0.25
 STORAGE_BACKOFF_MAX_S = 2.0
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What became of one candidate workflow of an event, as stored in the event's resolutions."""
+
+    workflow_id: UUID
+    trigger: str
+    matched: bool
+    reason: str
+    trace: list[dict[str, Any]]
+    execution_id: UUID | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The stored (and API-visible) form."""
+        return {
+            "workflow_id": str(self.workflow_id),
+            "trigger": self.trigger,
+            "matched": self.matched,
+            "reason": self.reason,
+            # Which conditions were evaluated and what each saw (the same trace a dry run shows).
+            "trace": self.trace,
+            "execution_id": None if self.execution_id is None else str(self.execution_id),
+        }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A workflow an event was routed to, whether its trigger matched, and the trigger data."""
+
+    workflow_id: UUID
+    trigger: str
+    matched: bool
+    reason: str
+    trace: list[dict[str, Any]]
+    trigger_data: dict[str, Any]
+
+    def resolve(self, execution_id: UUID | None) -> Resolution:
+        """The resolution once executions are created (None: none was created for it)."""
+        reason = self.reason
+        if self.matched and execution_id is None:
+            reason = "workflow was deactivated before the event was dispatched"
+        return Resolution(self.workflow_id, self.trigger, self.matched, reason, self.trace, execution_id)
+
+
+@dataclass(frozen=True)
+class Handover:
+    """One signal of a hand-over pass: to a lane (`lane` set) or to one workflow's automation."""
+
+    temporal_id: str
+    lane: int | None
+    rows: list[asyncpg.Record]
+
+    def work(self) -> list[LaneWork]:
+        """The executions per user workflow, in hand-over (seq) order, with their limits."""
+        by_workflow: dict[UUID, list[asyncpg.Record]] = defaultdict(list)
+        for row in self.rows:
+            by_workflow[row["workflow_id"]].append(row)
+        return [
+            LaneWork(
+                str(workflow_id),
+                [str(r["id"]) for r in rows],
+                rows[0]["concurrency_limit"],
+                [str(r["id"]) for r in rows if r["redrive"]],
+            )
+            for workflow_id, rows in by_workflow.items()
+        ]
+
+    def workflows(self) -> list[UUID]:
+        """The user workflows whose executions this signal carries."""
+        return list(dict.fromkeys(r["workflow_id"] for r in self.rows))
+
+    def split(self) -> list[Handover]:
+        """The same hand-over as one signal per user workflow."""
+        return [
+            Handover(self.temporal_id, self.lane, [r for r in self.rows if r["workflow_id"] == wf])
+            for wf in self.workflows()
+        ]
 
 
 class Dispatcher:
@@ -227,7 +312,7 @@ class Dispatcher:
             claimed.extend(e.id for e in events)
             forwarded = await accept_forwarded(conn, self._forwarders, events)
             events = [e for e in events if e.id not in forwarded]
-            plan: list[list[dict[str, Any]]] = []
+            plan: list[list[Candidate]] = []
             for event in events:
                 try:
                     plan.append(await self._plan(conn, event))
@@ -236,8 +321,8 @@ class Dispatcher:
                 except Exception as exc:
                     rejected[event.id] = (_rejection("planning", exc), exc)
                     plan.append([])
-            wanted = sorted({c["workflow_id"] for cands in plan for c in cands if c["matched"]})
-            active = await lock_active(conn, [UUID(w) for w in wanted]) if wanted else set()
+            wanted = sorted({c.workflow_id for cands in plan for c in cands if c.matched})
+            active = await lock_active(conn, wanted) if wanted else set()
             created = await self._create_executions(conn, events, plan, active)
             statuses: list[str] = []
             resolutions: list[list[dict[str, Any]]] = []
@@ -248,12 +333,9 @@ class Dispatcher:
                     resolutions.append([])
                     notes.append(rejected[event.id][0])
                     continue
-                for cand in candidates:
-                    cand["execution_id"] = created.get((cand["workflow_id"], str(event.id)))
-                    if cand["matched"] and cand["execution_id"] is None:
-                        cand["reason"] = "workflow was deactivated before the event was dispatched"
-                statuses.append("dispatched" if any(c["execution_id"] for c in candidates) else "unmatched")
-                resolutions.append([{k: v for k, v in c.items() if k != "trigger_data"} for c in candidates])
+                results = [c.resolve(created.get((c.workflow_id, event.id))) for c in candidates]
+                statuses.append("dispatched" if any(r.execution_id for r in results) else "unmatched")
+                resolutions.append([r.as_json() for r in results])
                 notes.append(self._body_note(event) if candidates else None)
             await event_store.mark_resolved(conn, [e.id for e in events], statuses, resolutions, notes)
         for status in statuses:
@@ -277,49 +359,41 @@ class Dispatcher:
             )
         return None
 
-    async def _plan(self, conn: asyncpg.Connection, event: InboxEvent) -> list[dict[str, Any]]:
+    async def _plan(self, conn: asyncpg.Connection, event: InboxEvent) -> list[Candidate]:
         candidates = await self._routes.candidates(conn, event)
         data_by_trigger: dict[str, dict[str, Any]] = {}
-        plan = []
+        plan: list[Candidate] = []
         for trigger, spec in candidates:
             if trigger.name not in data_by_trigger:
                 # Bodies may carry NUL, which jsonb refuses; one such event must not stall dispatch.
                 data_by_trigger[trigger.name] = strip_nul(trigger.trigger_data(event))
             data = data_by_trigger[trigger.name]
             outcome = trigger.match(spec.trigger_config, data)
-            plan.append(
-                {
-                    "workflow_id": str(spec.id),
-                    "trigger": trigger.name,
-                    "matched": outcome.matched,
-                    "reason": outcome.reason,
-                    # Which conditions were evaluated and what each saw (the same trace a dry run shows).
-                    "trace": outcome.trace_json(),
-                    "execution_id": None,
-                    "trigger_data": data,
-                }
-            )
+            plan.append(Candidate(spec.id, trigger.name, outcome.matched, outcome.reason, outcome.trace_json(), data))
         return plan
 
     async def _create_executions(
         self,
         conn: asyncpg.Connection,
         events: list[InboxEvent],
-        plan: list[list[dict[str, Any]]],
+        plan: list[list[Candidate]],
         active: set[UUID],
-    ) -> dict[tuple[str, str], str]:
-        owners, workflows, event_ids, data = [], [], [], []
+    ) -> dict[tuple[UUID, UUID], UUID]:
+        """Executions created, by (workflow id, event id)."""
+        owners: list[UUID] = []
+        workflows: list[UUID] = []
+        event_ids: list[UUID] = []
+        data: list[dict[str, Any]] = []
         for event, candidates in zip(events, plan, strict=True):
             for cand in candidates:
-                if cand["matched"] and UUID(cand["workflow_id"]) in active:
+                if cand.matched and cand.workflow_id in active:
                     owners.append(event.owner_id)
-                    workflows.append(UUID(cand["workflow_id"]))
+                    workflows.append(cand.workflow_id)
                     event_ids.append(event.id)
-                    data.append(cand["trigger_data"])
+                    data.append(cand.trigger_data)
         if not owners:
             return {}
-        created = await execution_store.insert_for_events(conn, owners, workflows, event_ids, data)
-        return {(str(w), str(e)): str(x) for (w, e), x in created.items()}
+        return await execution_store.insert_for_events(conn, owners, workflows, event_ids, data)
 
     async def forward_once(self) -> int:
         """Signal hookyard's own workflows what internal sources have pending for them."""
@@ -331,59 +405,100 @@ class Dispatcher:
             raise TemporalUnavailable(str(exc)) from exc
 
     async def handover_once(self) -> int:
-        """Signal one batch of queued executions to their automations; returns how many were claimed.
+        """Signal one batch of queued executions to their lanes (or automations); returns how many
+        were handed over.
 
-        Each automation holds at most `automation_max_pending` unfinished executions; the rest
-        wait here. A signal that fails for some automations while Temporal takes the others
-        backs off only those (Temporal refused that one workflow); if every signal fails,
-        Temporal is taken to be unreachable and the whole hand-over backs off.
+        Each user workflow has at most `automation_max_pending` unfinished executions in Temporal,
+        each lane at most `lane_max_pending`; the rest wait here. With lanes, one signal per lane
+        touched carries the executions of all its workflows. A lane's signal that Temporal
+        refuses (while taking others) is sent again split per workflow, so only a workflow that
+        is refused alone backs off; if every signal fails for want of Temporal, the whole
+        hand-over backs off.
         """
         now = asyncio.get_running_loop().time()
         self._workflow_retry = {wf: due for wf, due in self._workflow_retry.items() if due[0] + 60 > now}
         async with self._pool.acquire() as conn, conn.transaction():
             wanted = await self._handover_scan(conn)
             wanted = [wf for wf in wanted if self._workflow_retry.get(wf, (0.0, 0.0))[0] <= now]
+            rooms: dict[int, int] = {}
+            if wanted and self._settings.lanes > 0:
+                lanes = await execution_store.workflow_lanes(conn, wanted)
+                cap = self._settings.lane_max_pending
+                rooms = await execution_store.lane_rooms(conn, sorted(set(lanes.values())), cap)
+                wanted = [wf for wf in wanted if rooms.get(lanes.get(wf, -1), 0) > 0]
             if not wanted:
                 return 0
             rows = await execution_store.claim_handover(
                 conn, wanted, self._settings.dispatch_batch_size, self._settings.automation_max_pending
             )
+            if self._settings.lanes > 0:
+                rows = _within_rooms(rows, rooms)
             if not rows:
                 return 0
             client = await self._ensure_client()
-            groups: dict[UUID, list[asyncpg.Record]] = defaultdict(list)
-            for row in rows:
-                groups[row["workflow_id"]].append(row)
             traces = (
                 await telemetry.traceparents_for_executions(conn, [r["id"] for r in rows])
                 if self._tracing.enabled
                 else {}
             )
-            results = await asyncio.gather(
-                *(self._signal(client, wf, group, traces) for wf, group in groups.items()), return_exceptions=True
-            )
-            done = [
-                r["id"] for (wf, group), res in zip(groups.items(), results, strict=True) if res is None for r in group
-            ]
+            sent, failed = await self._send_all(client, self._handovers(rows), traces)
+            done = [r for h in sent for r in h.rows]
             if done:
-                await execution_store.mark_signalled(conn, done)
+                await execution_store.mark_signalled(
+                    conn, [r["id"] for r in done], [h.lane for h in sent for _ in h.rows]
+                )
                 self._metrics.handover_executions.inc(len(done))
-            failed = {wf: res for wf, res in zip(groups, results, strict=True) if isinstance(res, BaseException)}
-        if failed and (len(failed) == len(groups) and any(_unreachable(exc) for exc in failed.values())):
-            first = next(iter(failed.values()))
-            raise TemporalUnavailable(f"{len(failed)} of {len(groups)} signals failed: {first!r}")
-        for wf, exc in failed.items():
-            self._workflow_failed(wf, exc)
+        if failed and not sent and any(_unreachable(exc) for _, exc in failed):
+            first = failed[0][1]
+            raise TemporalUnavailable(f"{len(failed)} signals failed: {first!r}")
+        for handover, exc in failed:
+            for workflow_id in handover.workflows():
+                self._workflow_failed(workflow_id, exc)
         return len(rows)
 
+    def _handovers(self, rows: list[asyncpg.Record]) -> list[Handover]:
+        """One signal per lane touched, or per workflow without lanes."""
+        groups: dict[str, list[asyncpg.Record]] = defaultdict(list)
+        lanes: dict[str, int | None] = {}
+        for row in rows:
+            lane = row["lane"] if self._settings.lanes > 0 else None
+            key = automation_id(str(row["workflow_id"])) if lane is None else lane_id(self._settings.task_queue, lane)
+            groups[key].append(row)
+            lanes[key] = lane
+        return [Handover(key, lanes[key], group) for key, group in groups.items()]
+
+    async def _send_all(
+        self, client: Client, handovers: list[Handover], traces: dict[UUID, str]
+    ) -> tuple[list[Handover], list[tuple[Handover, BaseException]]]:
+        """Send every signal; a lane's refused signal (not for want of Temporal) is split per workflow."""
+        results = await asyncio.gather(*(self._signal(client, h, traces) for h in handovers), return_exceptions=True)
+        sent: list[Handover] = []
+        failed: list[tuple[Handover, BaseException]] = []
+        retry: list[Handover] = []
+        for handover, result in zip(handovers, results, strict=True):
+            if result is None:
+                sent.append(handover)
+            elif handover.lane is not None and len(handover.workflows()) > 1 and not _unreachable(result):
+                retry += handover.split()
+            else:
+                failed.append((handover, result))
+        if retry:
+            results = await asyncio.gather(*(self._signal(client, h, traces) for h in retry), return_exceptions=True)
+            for handover, result in zip(retry, results, strict=True):
+                if result is None:
+                    sent.append(handover)
+                else:
+                    failed.append((handover, result))
+        return sent, failed
+
     def _workflow_failed(self, workflow_id: UUID, exc: BaseException) -> None:
-        """Temporal refused one automation's hand-over: retry it alone, later (1 s doubling to 30 s)."""
+        """Temporal refused one workflow's hand-over: retry it alone, later (1 s doubling to 30 s)."""
         previous = self._workflow_retry.get(workflow_id, (0.0, 0.0))[1]
         delay = min(max(previous * 2, 1.0), 30.0)
         self._workflow_retry[workflow_id] = (asyncio.get_running_loop().time() + delay, delay)
         self._metrics.handover_workflow_failures.inc()
         log.warning(
-            "hand-over to automation of workflow %s failed, retrying it in %.0fs: %s",
+            "hand-over of workflow %s failed, retrying it in %.0fs: %s",
             workflow_id,
             delay,
             _describe(exc),
@@ -400,39 +515,52 @@ class Dispatcher:
         self._handover_after = wanted[-1] if len(wanted) >= HANDOVER_WORKFLOWS else None
         return wanted
 
-    async def _signal(
-        self, client: Client, workflow_id: UUID, rows: list[asyncpg.Record], traces: dict[UUID, str]
-    ) -> None:
-        limit = rows[0]["concurrency_limit"]
-        ids = [str(r["id"]) for r in rows]
-        redrive = [str(r["id"]) for r in rows if r["redrive"]]
+    async def _signal(self, client: Client, handover: Handover, traces: dict[UUID, str]) -> None:
+        rows = handover.rows
         # Continues the first event's trace (links the rest); Temporal's interceptor carries it on.
         with self._tracing.continued_span(
             "hookyard.handover",
             [traces.get(r["id"]) for r in rows],
-            {"hookyard.workflow_id": str(workflow_id), "hookyard.executions": len(ids)},
+            {"hookyard.temporal_workflow_id": handover.temporal_id, "hookyard.executions": len(rows)},
         ):
-            await self._start_or_signal(client, workflow_id, ids, limit, redrive)
-        self._workflow_retry.pop(workflow_id, None)
+            await self._start_or_signal(client, handover)
+        for workflow_id in handover.workflows():
+            self._workflow_retry.pop(workflow_id, None)
 
-    async def _start_or_signal(
-        self, client: Client, workflow_id: UUID, ids: list[str], limit: int, redrive: list[str] | None = None
-    ) -> None:
+    async def _start_or_signal(self, client: Client, handover: Handover) -> None:
+        """One signal-with-start: to the lane, or (lanes off) to the workflow's own automation."""
+        settings = self._settings
+        state: LaneState | AutomationState
+        message: LaneEnqueue | Enqueue
+        if handover.lane is not None:
+            name, signal, message = LANE_WORKFLOW_NAME, LANE_ENQUEUE_SIGNAL, LaneEnqueue(handover.work())
+            state = LaneState(
+                lane=handover.lane,
+                max_batch=settings.automation_max_batch,
+                idle_timeout_s=settings.automation_idle_timeout_s,
+                heartbeat_timeout_s=settings.activity_heartbeat_timeout_s,
+                history_limit=settings.automation_history_limit,
+            )
+        else:
+            (work,) = handover.work()
+            name, signal = WORKFLOW_NAME, ENQUEUE_SIGNAL
+            message = Enqueue(work.execution_ids, work.concurrency_limit, work.redrive)
+            state = AutomationState(
+                workflow_id=work.workflow_id,
+                concurrency_limit=work.concurrency_limit,
+                max_batch=settings.automation_max_batch,
+                idle_timeout_s=settings.automation_idle_timeout_s,
+                heartbeat_timeout_s=settings.activity_heartbeat_timeout_s,
+                history_limit=settings.automation_history_limit,
+            )
         await client.start_workflow(
-            WORKFLOW_NAME,
-            AutomationState(
-                workflow_id=str(workflow_id),
-                concurrency_limit=limit,
-                max_batch=self._settings.automation_max_batch,
-                idle_timeout_s=self._settings.automation_idle_timeout_s,
-                heartbeat_timeout_s=self._settings.activity_heartbeat_timeout_s,
-                history_limit=self._settings.automation_history_limit,
-            ),
-            id=automation_id(str(workflow_id)),
-            task_queue=self._settings.task_queue,
+            name,
+            state,
+            id=handover.temporal_id,
+            task_queue=settings.task_queue,
             task_timeout=timedelta(seconds=WORKFLOW_TASK_TIMEOUT_S),
-            start_signal=ENQUEUE_SIGNAL,
-            start_signal_args=[Enqueue(ids, limit, redrive or [])],
+            start_signal=signal,
+            start_signal_args=[message],
         )
 
     async def _ensure_client(self) -> Client:
@@ -446,6 +574,17 @@ class Dispatcher:
     async def _listen(self) -> None:
         """Wake the loop on every commit to the inbox (NOTIFY); polling covers any gap."""
         await db.listen(self._settings.database_url, event_store.EVENTS_CHANNEL, lambda _: self._wake.set())
+
+
+def _within_rooms(rows: list[asyncpg.Record], rooms: dict[int, int]) -> list[asyncpg.Record]:
+    """The first rows (in seq order, so a prefix of each workflow's) each lane has room for."""
+    left = dict(rooms)
+    kept = []
+    for row in rows:
+        if left.get(row["lane"], 0) > 0:
+            left[row["lane"]] -= 1
+            kept.append(row)
+    return kept
 
 
 class TemporalUnavailable(RuntimeError):

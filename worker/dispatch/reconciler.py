@@ -3,8 +3,10 @@
 Runs inside the dispatcher process as its own task. Every `reconcile_interval_s` it looks at
 what Temporal was given more than `reconcile_grace_s` ago and is still open in PostgreSQL:
 
-- executions of an automation (`automation-<workflow id>`): it asks Temporal (one describe
-  per automation) whether the workflow runs. If it does not (terminated, failed, timed out,
+- executions of a lane (`lane-<task queue>-<n>`, docs/architecture.md "Execution lanes") or, handed over
+  before lanes (or with lanes off), of a user workflow's own automation
+  (`automation-<workflow id>`): it asks Temporal (one describe per lane or automation)
+  whether the workflow runs. If it does not (terminated, failed, timed out,
   reset away, never started), every open execution that no attempt can still be running for
   is handed back: queued ones at once, ones waiting for a retry once the retry is due, ones
   whose attempt was claimed (and never recorded) once the batch activity's start-to-close has
@@ -50,7 +52,7 @@ from schemas.store.gmail import MailboxRef
 from schemas.store.newsletter import set_temporal_ids
 from settings import Settings
 from telemetry.metrics import Metrics
-from worker.automation.contract import automation_id
+from worker.automation.contract import automation_id, lane_id, lane_prefix
 from worker.gmail.contract import mailbox_workflow_id, signal_mailbox
 from worker.newsletter.contract import NEWSLETTER_WORKFLOW, NewsletterJob
 
@@ -129,9 +131,11 @@ class Reconciler:
         async with self._pool.acquire() as conn:
             await store.forget_old_leases(conn, 3600)
             automations = await store.automations_to_check(conn, grace, BATCH)
+            lanes = await store.lanes_to_check(conn, grace, BATCH, lane_prefix(self._settings.task_queue))
             newsletters = await store.newsletters_to_check(conn, grace, BATCH)
             mailboxes = await store.mailboxes_to_check(conn, grace, BATCH)
             keys = [automation_id(str(w)) for w in automations]
+            keys += [lane_id(self._settings.task_queue, n) for n in lanes]
             keys += [r["temporal_workflow_id"] for r in newsletters]
             keys += [mailbox_workflow_id(r["credential_id"]) for r in mailboxes]
             leased = set(await store.lease(conn, keys, lease))
@@ -145,6 +149,7 @@ class Reconciler:
                 return await job
 
         jobs = [self._automation(client, w) for w in automations if automation_id(str(w)) in leased]
+        jobs += [self._lane(client, n) for n in lanes if lane_id(self._settings.task_queue, n) in leased]
         jobs += [self._newsletter(client, r) for r in newsletters if r["temporal_workflow_id"] in leased]
         jobs += [self._mailbox(client, r) for r in mailboxes if mailbox_workflow_id(r["credential_id"]) in leased]
         results = await asyncio.gather(*(bounded(job) for job in jobs), return_exceptions=True)
@@ -157,13 +162,32 @@ class Reconciler:
         return redriven
 
     async def _automation(self, client: Client, workflow_id: UUID) -> int:
-        temporal_id = automation_id(str(workflow_id))
+        """Executions handed to a user workflow's own automation (before lanes, or lanes off)."""
+        cap = self._settings.automation_max_pending
+        return await self._holder(
+            client, automation_id(str(workflow_id)), lambda conn: store.open_executions(conn, workflow_id, cap)
+        )
+
+    async def _lane(self, client: Client, lane: int) -> int:
+        """Executions handed to a lane: all its workflows' at once, with one describe."""
+        cap = self._settings.lane_max_pending
+        return await self._holder(
+            client, lane_id(self._settings.task_queue, lane), lambda conn: store.open_lane_executions(conn, lane, cap)
+        )
+
+    async def _holder(
+        self,
+        client: Client,
+        temporal_id: str,
+        open_rows: Callable[[asyncpg.Connection], Awaitable[list[asyncpg.Record]]],
+    ) -> int:
+        """Hand back what the Temporal workflow `temporal_id` holds and may have lost."""
         running = await _runs(client, temporal_id)
         if running is None:
             return 0
         chain_started = await _chain_started(client, temporal_id) if running else None
         async with self._pool.acquire() as conn:
-            rows = await store.open_executions(conn, workflow_id, self._settings.automation_max_pending)
+            rows = await open_rows(conn)
             chosen = [
                 (row, reason) for row in rows if (reason := stranded_reason(row, running, self._bounds, chain_started))
             ]
@@ -178,7 +202,7 @@ class Reconciler:
                 log.warning(
                     "reconciler: execution %s of workflow %s handed over again (%s; %s was %s)",
                     row["id"],
-                    workflow_id,
+                    row["workflow_id"],
                     reason,
                     temporal_id,
                     "running" if running else "not running",
