@@ -7,7 +7,8 @@ nothing imports opentelemetry before that. The trace of one delivery:
     -> its context stored with the event (`verification.traceparent`)
   dispatcher span `hookyard.handover` (child of the first event's stored context, links to the others)
     -> Temporal's `SignalWithStartWorkflow` span, propagated in Temporal headers by `TracingInterceptor`
-  worker: `RunWorkflow` / `StartActivity` / `RunActivity` spans, then one `hookyard.action` span per attempt.
+  worker: `RunWorkflow` / `StartActivity` / `RunActivity` spans of the lane; one `hookyard.action` span per
+  attempt, a child of its event's stored context (a lane's batch mixes events) linked to `RunActivity`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ class Tracing:
         self, name: str, traceparents: Sequence[str | None], attributes: Attributes | None = None
     ) -> AbstractContextManager[SpanHandle]:
         """A span continuing stored traces: child of the first, linked to the rest."""
+        return _NULL
+
+    def stored_span(
+        self, name: str, traceparent: str | None, attributes: Attributes | None = None
+    ) -> AbstractContextManager[SpanHandle]:
+        """A span continuing one stored trace, linked to the current span. A batch of a lane
+        carries executions of many events: each attempt belongs to its own event's trace, and
+        the link keeps the way to the batch's activity."""
         return _NULL
 
     def traceparent(self) -> str | None:
@@ -158,6 +167,18 @@ class OtelTracing(Tracing):
         parents = [c for c in contexts if get_current_span(c).get_span_context().is_valid]
         links = [Link(get_current_span(c).get_span_context()) for c in parents[1 : 1 + _MAX_LINKS]]
         return self._span(name, SpanKind.PRODUCER, parents[0] if parents else None, attributes, links)
+
+    def stored_span(
+        self, name: str, traceparent: str | None, attributes: Attributes | None = None
+    ) -> AbstractContextManager[SpanHandle]:
+        from opentelemetry.trace import Link, SpanKind, get_current_span
+
+        current = get_current_span().get_span_context()
+        links = [Link(current)] if current.is_valid else None
+        parent = self._propagator.extract({TRACEPARENT: traceparent}) if traceparent else None
+        if parent is not None and not get_current_span(parent).get_span_context().is_valid:
+            parent = None
+        return self._span(name, SpanKind.INTERNAL, parent, attributes, links)
 
     def traceparent(self) -> str | None:
         carrier: dict[str, str] = {}

@@ -37,6 +37,7 @@ from schemas.db import is_storage_error
 from schemas.sanitize import strip_nul
 from schemas.store import executions as store
 from schemas.store.signing import load_signing_secret
+from schemas.store.telemetry import traceparents_for_executions
 from telemetry.logs import log_context
 from telemetry.metrics import Metrics, record_failover
 from telemetry.tracing import NOOP, Tracing
@@ -107,13 +108,17 @@ class AutomationActivities:
                     info.workflow_id or "",
                     info.workflow_run_id or "",
                 )
+                # Only when tracing: each attempt's span continues its own event's trace.
+                traces = (
+                    await traceparents_for_executions(conn, [r["id"] for r in rows]) if self._tracing.enabled else {}
+                )
             # Each outcome is written the moment its attempt ends, so a batch retried after a
             # crash re-runs only the attempts that had not finished. The task group cancels
             # every attempt if the activity fails or is cancelled: none outlives it.
             unrecorded: list[UUID] = []
             async with asyncio.TaskGroup() as attempts:
                 for row in rows:
-                    attempts.create_task(self._attempt_and_record(row, kept, unrecorded))
+                    attempts.create_task(self._attempt_and_record(row, kept, unrecorded, traces.get(row["id"])))
                     # An attempt renders its templates before its first await: one at a time,
                     # so a batch of large renders cannot keep the heartbeat from running.
                     await asyncio.sleep(0)
@@ -126,12 +131,14 @@ class AutomationActivities:
                 await beat
         return [kept.outcome(i) for i in batch.execution_ids]
 
-    async def _attempt_and_record(self, row: asyncpg.Record, kept: KeptOutcomes, unrecorded: list[UUID]) -> None:
+    async def _attempt_and_record(
+        self, row: asyncpg.Record, kept: KeptOutcomes, unrecorded: list[UUID], traceparent: str | None = None
+    ) -> None:
         started = time.perf_counter()
         try:
             ids = {"execution_id": row["id"], "workflow_id": row["workflow_id"], "event_id": row["event_id"]}
             attributes = {"hookyard.action": row["action_type"], "hookyard.execution_id": str(row["id"])}
-            with log_context(**ids), self._tracing.span("hookyard.action", attributes):
+            with log_context(**ids), self._tracing.stored_span("hookyard.action", traceparent, attributes):
                 record = await self._attempt(row)
                 record["result"] = strip_nul(record["result"])
                 record["error"] = strip_nul(record["error"])
