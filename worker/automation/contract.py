@@ -1,11 +1,17 @@
 """Inputs and outputs of the automation workflow and its activity: ids and numbers, never data.
 
 Trigger data, configs and secrets stay in PostgreSQL; Temporal history carries execution ids.
+`execute_batch` is the one way a workflow holding executions (a lane, an automation) calls the
+batch activity, so both run it with the same timeouts and retry policy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
 
 WORKFLOW_NAME = "hookyard.automation"
 ENQUEUE_SIGNAL = "enqueue"
@@ -139,3 +145,22 @@ class LaneState:
     history_limit: int = 1000
     queues: list[LaneQueue] = field(default_factory=list)
     recent: list[str] = field(default_factory=list)
+
+
+async def execute_batch(holder_id: str, batch: list[str], heartbeat_timeout_s: float) -> list[Outcome]:
+    """Run one batch of executions in the batch activity, from inside a workflow."""
+    outcomes: list[Outcome] = await workflow.execute_activity(
+        RUN_BATCH_ACTIVITY,
+        BatchInput(holder_id, batch),
+        result_type=list[Outcome],
+        start_to_close_timeout=timedelta(seconds=BATCH_START_TO_CLOSE_S),
+        heartbeat_timeout=timedelta(seconds=heartbeat_timeout_s),
+        # Infrastructure failures (database down, worker lost) retry forever; action
+        # failures are decided per execution inside the activity and come back as outcomes.
+        # A lost worker's batch is retried half a second after its heartbeat times out, and
+        # an outage costs at most 5 s after it ends: a crash costs seconds, not minutes.
+        retry_policy=RetryPolicy(
+            initial_interval=timedelta(seconds=0.5), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=5)
+        ),
+    )
+    return outcomes

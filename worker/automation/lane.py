@@ -24,21 +24,18 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from worker.automation.contract import (
-        BATCH_START_TO_CLOSE_S,
         LANE_ENQUEUE_SIGNAL,
         LANE_WORKFLOW_NAME,
-        RUN_BATCH_ACTIVITY,
         WORKFLOW_TASK_TIMEOUT_S,
-        BatchInput,
         LaneEnqueue,
         LaneQueue,
         LaneState,
         Outcome,
         Retry,
+        execute_batch,
     )
 
 # Finished ids remembered to ignore a re-sent hand-over (a re-run is safe anyway: claim_for_run
@@ -215,28 +212,13 @@ class LaneWorkflow:
 
     async def _run_batch(self, batch: list[str]) -> None:
         try:
-            outcomes = await self._execute(batch)
+            outcomes = await execute_batch(workflow.info().workflow_id, batch, self._state.heartbeat_timeout_s)
         except Exception:
             # Only reachable if the activity is cancelled or the retry policy is exhausted;
             # keep the executions and try them again later rather than dropping them.
             workflow.logger.warning("batch of %d failed; retrying later", len(batch))
             outcomes = [Outcome(execution_id, "retry", 30.0) for execution_id in batch]
         self._apply(batch, outcomes)
-
-    async def _execute(self, batch: list[str]) -> list[Outcome]:
-        outcomes: list[Outcome] = await workflow.execute_activity(
-            RUN_BATCH_ACTIVITY,
-            BatchInput(workflow.info().workflow_id, batch),
-            result_type=list[Outcome],
-            start_to_close_timeout=timedelta(seconds=BATCH_START_TO_CLOSE_S),
-            heartbeat_timeout=timedelta(seconds=self._state.heartbeat_timeout_s),
-            # As the automation's (worker/automation/workflow.py): infrastructure failures retry forever,
-            # a lost worker's batch half a second after its heartbeat times out.
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=0.5), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=5)
-            ),
-        )
-        return outcomes
 
     def _apply(self, batch: list[str], outcomes: list[Outcome]) -> None:
         self._changes += 1

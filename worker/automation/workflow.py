@@ -16,20 +16,17 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from worker.automation.contract import (
-        BATCH_START_TO_CLOSE_S,
         ENQUEUE_SIGNAL,
-        RUN_BATCH_ACTIVITY,
         WORKFLOW_NAME,
         WORKFLOW_TASK_TIMEOUT_S,
         AutomationState,
-        BatchInput,
         Enqueue,
         Outcome,
         Retry,
+        execute_batch,
     )
 
 _RECENT_KEPT = 2000
@@ -141,30 +138,13 @@ class AutomationWorkflow:
 
     async def _run_batch(self, batch: list[str]) -> None:
         try:
-            outcomes = await self._execute(batch)
+            outcomes = await execute_batch(self._state.workflow_id, batch, self._state.heartbeat_timeout_s)
         except Exception:
             # Only reachable if the activity is cancelled or the retry policy is exhausted;
             # keep the executions and try them again later rather than dropping them.
             workflow.logger.warning("batch of %d failed; retrying later", len(batch))
             outcomes = [Outcome(execution_id, "retry", 30.0) for execution_id in batch]
         self._apply(batch, outcomes)
-
-    async def _execute(self, batch: list[str]) -> list[Outcome]:
-        outcomes: list[Outcome] = await workflow.execute_activity(
-            RUN_BATCH_ACTIVITY,
-            BatchInput(self._state.workflow_id, batch),
-            result_type=list[Outcome],
-            start_to_close_timeout=timedelta(seconds=BATCH_START_TO_CLOSE_S),
-            heartbeat_timeout=timedelta(seconds=self._state.heartbeat_timeout_s),
-            # Infrastructure failures (database down, worker lost) retry forever; action
-            # failures are decided per execution inside the activity and come back as outcomes.
-            # A lost worker's batch is retried half a second after its heartbeat times out, and
-            # an outage costs at most 5 s after it ends: a crash costs seconds, not minutes.
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=0.5), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=5)
-            ),
-        )
-        return outcomes
 
     def _apply(self, batch: list[str], outcomes: list[Outcome]) -> None:
         self._changes += 1
