@@ -58,9 +58,9 @@ from bench.common import (
     wait_until,
     write_results,
 )
+from bench.stack import executions_done
 from hookyard import services
 from oauth.crypto import Keyring
-from schemas import db
 from schemas.migrate import migrate
 
 TARGET_RATIO = 25.0  # issue 13: end to end against one workflow per event
@@ -89,19 +89,6 @@ def parse_args() -> argparse.Namespace:
     args.spread_counts = [int(n) for n in args.spread.split(",") if n.strip()]
     args.lane_settings = [int(n) for n in args.lanes.split(",") if n.strip()]
     return args
-
-
-async def executions_done(database_url: str) -> tuple[int, int]:
-    """(succeeded, failed or cancelled) executions."""
-    conn = await db.connect(database_url)
-    try:
-        row = await conn.fetchrow(
-            "SELECT count(*) FILTER (WHERE status = 'succeeded') AS ok, "
-            "count(*) FILTER (WHERE status IN ('failed', 'cancelled')) AS bad FROM executions"
-        )
-    finally:
-        await conn.close()
-    return row["ok"], row["bad"]
 
 
 async def hookyard_throughput(
