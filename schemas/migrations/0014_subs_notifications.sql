@@ -26,6 +26,8 @@ CREATE TABLE subscriptions (
     status        text NOT NULL DEFAULT 'healthy' CHECK (status IN ('healthy', 'failing', 'disabled')),
     status_reason text,
     failing_since timestamptz,
+    -- Failing this long disables it (HOOKYARD_SUBSCRIPTION_DISABLE_AFTER_S when it was saved).
+    disable_after_s integer NOT NULL CHECK (disable_after_s > 0),
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     deleted_at    timestamptz

@@ -11,6 +11,7 @@ import asyncpg
 
 from schemas.errors import NotFound
 from schemas.store.rows import row_of, rows_of
+from schemas.store.subscriptions import record_delivery_outcomes
 from schemas.store.terminal import RETURNING, after_terminal, returning
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -181,7 +182,8 @@ _CLAIM = (
 
 async def record_outcomes(conn: asyncpg.Connection, outcomes: list[dict[str, Any]]) -> None:
     """Write attempt outcomes: {id, status, result, error, retry_in_s}; terminal ones get
-    finished_at and are reported to `after_terminal` in the same transaction."""
+    finished_at and are reported to `after_terminal`, and deliveries' outcomes keep their
+    subscriptions' health, in the same transaction."""
     async with conn.transaction():
         rows = await conn.fetch(
             "UPDATE executions x SET status = u.status, result = u.result, error = u.error, "
@@ -189,10 +191,12 @@ async def record_outcomes(conn: asyncpg.Connection, outcomes: list[dict[str, Any
             "next_attempt_at = CASE WHEN u.retry_in IS NULL THEN NULL "
             "ELSE now() + make_interval(secs => u.retry_in) END "
             "FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::float8[]) "
-            "AS u(id, status, result, error, retry_in) "
-            f"WHERE x.id = u.id AND x.status = 'running' RETURNING {returning('x')}",
+            "AS u(id, status, result, error, retry_in), workflows w "
+            "WHERE x.id = u.id AND x.status = 'running' AND w.id = x.workflow_id "
+            f"RETURNING {returning('x')}, w.internal, coalesce(x.result->>'gone' = 'true', false) AS gone",
             *_outcome_arrays(outcomes),
         )
+        await record_delivery_outcomes(conn, [r for r in rows if r["internal"]])
         await after_terminal(conn, [r for r in rows if r["status"] in TERMINAL])
 
 

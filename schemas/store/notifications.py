@@ -4,6 +4,7 @@ the owner's matching subscriptions as executions of each subscription's internal
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,8 +12,11 @@ from uuid import UUID
 
 import asyncpg
 
+from schemas.db import is_storage_error
 from schemas.notification_types import EXECUTION_CANCELLED, EXECUTION_FAILED, EXECUTION_SUCCEEDED, event_type
 from schemas.store.events import EVENTS_CHANNEL
+
+log = logging.getLogger(__name__)
 
 # Execution errors carried by a notification are cut to this many characters.
 MAX_ERROR_CHARS = 2000
@@ -123,22 +127,31 @@ async def notify_executions_ended(conn: asyncpg.Connection, rows: Sequence[async
     )
     by_id = {w["id"]: w for w in workflows}
     notices = [_execution_notice(r, by_id[r["workflow_id"]]) for r in rows if r["workflow_id"] in by_id]
-    return await emit_many(conn, notices)
+    try:
+        # A savepoint: a notification that cannot be written (a defect) must not undo the
+        # outcomes it reports; storage errors still fail the whole transaction, to be retried.
+        async with conn.transaction():
+            return await emit_many(conn, notices)
+    except Exception as exc:
+        if is_storage_error(exc):
+            raise
+        log.exception("notifications of %d ended executions could not be written", len(notices))
+        return 0
 
 
 def _execution_notice(row: asyncpg.Record, workflow: asyncpg.Record) -> Notice:
     error = row["error"]
     data = {
         "execution": {
-            "id": row["id"],
+            "id": str(row["id"]),
             "status": row["status"],
             "attempts": row["attempts"],
             "error": None if error is None else error[:MAX_ERROR_CHARS],
-            "event_id": row["event_id"],
-            "replay_of": row["replay_of"],
-            "finished_at": row["finished_at"],
+            "event_id": _text(row["event_id"]),
+            "replay_of": _text(row["replay_of"]),
+            "finished_at": None if row["finished_at"] is None else row["finished_at"].isoformat(),
         },
-        "workflow": {"id": workflow["id"], "name": workflow["name"], "action_type": workflow["action_type"]},
+        "workflow": {"id": str(workflow["id"]), "name": workflow["name"], "action_type": workflow["action_type"]},
         "links": {"execution": f"/api/executions/{row['id']}"},
     }
     return Notice(
@@ -149,3 +162,7 @@ def _execution_notice(row: asyncpg.Record, workflow: asyncpg.Record) -> Notice:
         action_type=workflow["action_type"],
         subject_id=str(row["id"]),
     )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
