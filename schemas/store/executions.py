@@ -89,7 +89,8 @@ async def claim_handover(
     `redrive` marks rows that were run before (only the reconciler un-signals such rows).
     """
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT c.id, c.workflow_id, c.redrive, w.concurrency_limit, w.retry_policy, w.lane "
+        # Internal workflows (subscription deliveries) run in strict FIFO order through retries.
+        "SELECT c.id, c.workflow_id, c.redrive, w.concurrency_limit, w.retry_policy, w.lane, w.internal AS ordered "
         "FROM unnest($1::uuid[]) AS r(wf) JOIN workflows w ON w.id = r.wf "
         "CROSS JOIN LATERAL (SELECT greatest(0, $3 - count(*)) AS room FROM (SELECT 1 FROM executions o "
         "  WHERE o.workflow_id = r.wf AND o.signalled_at IS NOT NULL AND o.status IN ('queued', 'running') "
