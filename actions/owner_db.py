@@ -139,15 +139,17 @@ def _connect_kwargs(target: PostgresTarget, address: str, bounds: OwnerDbBounds)
     }
 
 
-def describe_error(exc: BaseException, target: PostgresTarget, bounds: OwnerDbBounds) -> str:
+def describe_error(exc: BaseException, target: PostgresTarget | None, bounds: OwnerDbBounds) -> str:
     """What went wrong in words the owner can act on; never the password, never asyncpg's text."""
-    where = f"{target.host}:{target.port}"
+    where = "the owner's database" if target is None else f"{target.host}:{target.port}"
+    user = "" if target is None else f" for user {target.user!r}"
+    database = "" if target is None else f" {target.database!r}"
     if isinstance(exc, OwnerDbError):
         return str(exc)
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError):
-        return f"{where}: authentication failed for user {target.user!r}"
+        return f"{where}: authentication failed{user}"
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
-        return f"{where}: database {target.database!r} does not exist"
+        return f"{where}: database{database} does not exist"
     if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedColumnError):
         return f"{exc.__class__.__name__.removesuffix('Error')}: {_first_line(exc)}"
     if isinstance(exc, asyncpg.QueryCanceledError):
@@ -166,6 +168,13 @@ def describe_error(exc: BaseException, target: PostgresTarget, bounds: OwnerDbBo
 def _first_line(exc: BaseException) -> str:
     # Server messages name tables and columns, never the connection's password.
     return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+
+
+async def listen_connection(target: PostgresTarget, policy: EgressPolicy, bounds: OwnerDbBounds) -> asyncpg.Connection:
+    """A connection of its own (outside any pool) for LISTEN, under the same checks and bounds."""
+    address = await _address(target, policy, bounds)
+    conn: asyncpg.Connection = await asyncpg.connect(**_connect_kwargs(target, address, bounds))
+    return conn
 
 
 async def check_connect(target: PostgresTarget, policy: EgressPolicy, bounds: OwnerDbBounds) -> None:
@@ -229,6 +238,10 @@ class OwnerPools:
             )
             self._pools[credential_id] = _Pooled(pool, fingerprint, time.monotonic())
             return pool
+
+    async def listen_connection(self, target: PostgresTarget) -> asyncpg.Connection:
+        """A dedicated connection for LISTEN (`listen_connection` with this pool set's policy)."""
+        return await listen_connection(target, self._policy, self._bounds)
 
     async def discard(self, credential_id: UUID) -> None:
         """Drop a credential's pool (after a connection failure, so the next use resolves anew)."""

@@ -184,8 +184,14 @@ class OutboxSql:
         return Compiled(f"SELECT {', '.join(cols)} FROM {self.table} WHERE false{where}", params)
 
     def backlog(self) -> Compiled:
-        """How many rows are due, and how late the oldest is (seconds; by due or updated column)."""
-        where, params = self._where_due(1)
+        """How many pending rows are due, and how late the oldest is (seconds; by due or updated column)."""
+        params: list[Any] = [self.statuses["pending"]]
+        where = f"{self.status_col} = $1"
+        if self.due_col is not None:
+            where += f" AND ({self.due_col} IS NULL OR {self.due_col} <= now())"
+        conditions, condition_params = self._conditions(2)
+        where += conditions
+        params += condition_params
         time_col = self.due_col or self.updated_col
         lag = f"extract(epoch FROM now() - min({time_col}))::float8" if time_col is not None else "NULL::float8"
         return Compiled(

@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     id                   bigserial PRIMARY KEY,
     notification_status  text NOT NULL DEFAULT 'PENDING',
     publish_status       text NOT NULL DEFAULT 'PUBLISH',
-    recipients           text[] NOT NULL DEFAULT '{{}}',
+    recipients           text[] NOT NULL DEFAULT '{{subscriber-1}}',
     payload              jsonb NOT NULL DEFAULT '{{}}',
     scheduled_send_time  timestamptz,
     channels             text[],
