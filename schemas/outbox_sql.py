@@ -176,14 +176,6 @@ class OutboxSql:
             params,
         )
 
-    def probe(self) -> Compiled:
-        """A statement touching every configured column: fails clearly if one is missing."""
-        cols = [self.id_col, self.status_col]
-        cols += [c for c in (self.due_col, self.updated_col, self.attempts_col, self.result_col) if c is not None]
-        cols += list(self.columns or ())
-        where, params = self._conditions(1)
-        return Compiled(f"SELECT {', '.join(cols)} FROM {self.table} WHERE false{where}", params)
-
     def backlog(self) -> Compiled:
         """How many pending rows are due, and how late the oldest is (seconds; by due or updated column)."""
         params: list[Any] = [self.statuses["pending"]]

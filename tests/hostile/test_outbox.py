@@ -104,7 +104,7 @@ async def _finish_executions(pool: asyncpg.Pool, settings: Settings, poll: store
 async def _claim_in_steps(poller: OutboxPoller, poll: store.OutboxPoll, *, crash_after_store: bool) -> None:
     """The claim transaction on the owner's side, crashing before or after hookyard's commit."""
     sql = compile_outbox(poll.trigger_config)
-    opool = await poller._owner_pool(poll.owner_id, poll.trigger_config)
+    opool = await poller.owner_pool(poll.owner_id, poll.trigger_config)
     with pytest.raises(Crash):
         async with opool.acquire() as oconn, oconn.transaction():
             records = await lock_due(oconn, sql, [])
@@ -134,7 +134,7 @@ async def test_a_crash_before_hookyard_commits_leaves_the_rows_due_and_nothing_s
 
 
 async def _opool(poller: OutboxPoller, poll: store.OutboxPoll) -> asyncpg.Pool:
-    return await poller._owner_pool(poll.owner_id, poll.trigger_config)
+    return await poller.owner_pool(poll.owner_id, poll.trigger_config)
 
 
 async def test_a_crash_after_hookyard_commits_runs_each_row_once_and_writes_it_back(

@@ -407,3 +407,26 @@ async def test_the_owners_database_down_backs_off_and_loses_nothing(
         assert len(novu.calls) == 3
     finally:
         await proxy.close()
+
+
+@pytest.mark.usefixtures("pipeline")
+async def test_a_notify_on_the_listen_channel_polls_at_once(
+    owner: Owner, owner_db: OwnerDb, owner_conn: asyncpg.Connection, novu: NovuStandIn
+) -> None:
+    table = "ent_listen"
+    await make_table(owner_conn, table)
+    flow = await _outbox_workflow(owner, owner_db.url, table, poll_interval_s=600, listen_channel="ent_listen_wake")
+
+    async def polled_once() -> Any:
+        return (await owner.client.get(f"/api/workflows/{flow['id']}")).json()["outbox"]
+
+    await wait_for(polled_once)
+    [row_id] = await insert_rows(owner_conn, table, 1, payload='{"name": "woken"}')
+
+    async def notified_and_sent() -> bool:
+        # Notified until seen: the listener connects after the workflow's first poll.
+        await owner_conn.execute("SELECT pg_notify('ent_listen_wake', '')")
+        sent: bool = await _all("SENT", [row_id])(owner_conn, table)
+        return sent
+
+    await wait_for(notified_and_sent, timeout=15, interval=0.5)

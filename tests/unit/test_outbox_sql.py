@@ -144,7 +144,7 @@ def test_the_claim_statement_numbers_every_parameter_once(given_rules: list[dict
             "retry": {"attempts_column": "attempts"},
         }
     )
-    for statement in (sql.select_due([]), sql.backlog(), sql.probe()):
+    for statement in (sql.select_due([]), sql.backlog()):
         outside_identifiers = re.sub(r'"(?:[^"]|"")*"', "", statement.sql)
         used = {int(n) for n in re.findall(r"\$(\d+)", outside_identifiers)}
         assert used == set(range(1, len(statement.params) + 1)), statement.sql
