@@ -83,15 +83,15 @@ def result_of(claim: store.FinishedClaim) -> Any:
 
 
 def claimed_rows(
-    records: Sequence[Any], config: dict[str, Any], failures: dict[str, int], max_bytes: int
+    records: Sequence[Any], config: dict[str, Any], failures: dict[str, int]
 ) -> tuple[list[store.ClaimedRow], list[str]]:
     """The locked rows as claims, and the ids of rows too large to carry (failed at once)."""
     columns = config.get("columns")
     rows: list[store.ClaimedRow] = []
     too_large: list[str] = []
     for record in records:
-        text: str = record["row_json"]
-        if len(text.encode()) > max_bytes:
+        text: str | None = record["row_json"]
+        if text is None:  # larger than max_bytes as JSON: measured by the owner's database
             too_large.append(record["id_text"])
             continue
         data = orjson.loads(text)
@@ -109,9 +109,11 @@ def claimed_rows(
     return rows, too_large
 
 
-async def lock_due(oconn: asyncpg.Connection, sql: OutboxSql, skip: list[str]) -> list[asyncpg.Record]:
+async def lock_due(
+    oconn: asyncpg.Connection, sql: OutboxSql, skip: list[str], max_row_bytes: int
+) -> list[asyncpg.Record]:
     """Step 1a, in the owner's transaction: lock the rows this poll may claim."""
-    statement = sql.select_due(skip)
+    statement = sql.select_due(skip, max_row_bytes)
     rows: list[asyncpg.Record] = await oconn.fetch(statement.sql, *statement.params)
     return rows
 
@@ -279,7 +281,7 @@ class OutboxPoller:
                 count_failures=sql.attempts_col is None,
             )
         async with opool.acquire() as oconn, oconn.transaction():
-            records = await lock_due(oconn, sql, skip)
+            records = await lock_due(oconn, sql, skip, self._settings.outbox_max_row_bytes)
             if not records:
                 return 0
             claims = await self.store_claims(poll, records)
@@ -297,7 +299,7 @@ class OutboxPoller:
         table = str(config["table"])
         async with self._pool.acquire() as conn, conn.transaction():
             failures = await store.failures_of(conn, credential_id, table, [r["id_text"] for r in records])
-            rows, too_large = claimed_rows(records, config, failures, self._settings.outbox_max_row_bytes)
+            rows, too_large = claimed_rows(records, config, failures)
             claims = await store.record_claims(conn, poll, credential_id, table, rows)
             await store.record_refused(conn, poll, credential_id, table, too_large)
         return claims
