@@ -442,3 +442,45 @@ async def test_a_row_too_large_to_carry_is_marked_failed_and_never_fetched_whole
         "SELECT outcome FROM outbox_claims WHERE workflow_id = $1 AND row_id = $2", poll.workflow_id, str(large)
     )
     assert outcome == "failed"
+
+
+async def test_rows_claimed_before_a_deactivation_are_put_back_to_pending(
+    owner: Owner,
+    owner_db: OwnerDb,
+    owner_conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    poller: OutboxPoller,
+    settings: Settings,
+) -> None:
+    table = "hx_deactivated"
+    await make_table(owner_conn, table)
+    await insert_rows(owner_conn, table, 2)
+    poll = await _workflow(owner, owner_db.url, table)
+    assert await poller.claim(poll, compile_outbox(poll.trigger_config), await _opool(poller, poll)) == 2
+    await Dispatcher(pool, settings).resolve_once()  # queued executions...
+    response = await owner.client.post(f"/api/workflows/{poll.workflow_id}/deactivate")
+    assert response.status_code == 200, response.text  # ...cancelled before any attempt
+
+    assert await poller.write_back_all() == 2
+    assert await _statuses(owner_conn, table) == ["PENDING"] * 2
+    outcomes = await pool.fetch("SELECT outcome FROM outbox_claims WHERE workflow_id = $1", poll.workflow_id)
+    assert [o["outcome"] for o in outcomes] == ["released", "released"]
+
+
+async def test_a_row_whose_execution_outlives_the_lease_is_not_claimed_twice(
+    owner: Owner, owner_db: OwnerDb, owner_conn: asyncpg.Connection, pool: asyncpg.Pool, poller: OutboxPoller
+) -> None:
+    table = "hx_long_running"
+    await make_table(owner_conn, table)
+    await insert_rows(owner_conn, table, 1)
+    poll = await _workflow(owner, owner_db.url, table, lease_timeout_s=60)
+    sql = compile_outbox(poll.trigger_config)
+    assert await poller.claim(poll, sql, await _opool(poller, poll)) == 1
+    # The execution is still running (retries backing off) long after the row's lease ran out.
+    await owner_conn.execute(f"UPDATE {table} SET updated_at = now() - interval '1 hour'")
+    await pool.execute(
+        "UPDATE outbox_claims SET claimed_at = now() - interval '1 hour' WHERE workflow_id = $1", poll.workflow_id
+    )
+
+    assert await poller.claim(poll, sql, await _opool(poller, poll)) == 0
+    assert [c[1:] for c in await _claims(pool, poll)] == [(1, "claimed")]

@@ -279,6 +279,7 @@ class OutboxPoller:
                 max_attempts=sql.max_attempts,
                 retry_interval_s=sql.retry_interval_s,
                 count_failures=sql.attempts_col is None,
+                lease_timeout_s=sql.lease_timeout_s,
             )
         async with opool.acquire() as oconn, oconn.transaction():
             records = await lock_due(oconn, sql, skip, self._settings.outbox_max_row_bytes)
@@ -290,6 +291,9 @@ class OutboxPoller:
             for row_id in {r["id_text"] for r in records} - claimed_ids:
                 error = {"error": f"row exceeds {self._settings.outbox_max_row_bytes} bytes as JSON"}
                 await write_row(oconn, sql, row_id, sql.statuses["failed"], error)
+        # Only after the owner's commit; lost in a crash, the claim stays on the skip list (safe).
+        async with self._pool.acquire() as conn:
+            await store.mark_owner_side(conn, claims, credential_id, table)
         return len(claims)
 
     async def store_claims(self, poll: store.OutboxPoll, records: Sequence[Any]) -> list[store.NewClaim]:
