@@ -49,7 +49,10 @@ from triggers.outbox import CREDENTIAL_PROVIDER, body_of
 log = logging.getLogger(__name__)
 
 POLL_BATCH = 20
-PARALLEL = 4
+# Polls (and write-backs of different workflows) at once, per dispatcher process.
+PARALLEL = 8
+# How often listeners are brought in line with the workflows and idle pools closed.
+UPKEEP_S = 5.0
 WRITEBACK_BATCH = 200
 _RESULT_CHARS = 16_384
 
@@ -169,22 +172,61 @@ class OutboxPoller:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll and write back until `stop` is set."""
+        """Poll and write back until `stop` is set: two loops, so slow polls never delay write-backs."""
+        writer = asyncio.create_task(self._write_back_loop(stop), name="outbox-write-back")
+        try:
+            await self._poll_loop(stop)
+        finally:
+            await asyncio.wait({writer}, timeout=5)
+            writer.cancel()
+            with suppress(asyncio.CancelledError):
+                await writer
+            await self._listeners.close()
+            await self._pools.close()
+
+    async def _poll_loop(self, stop: asyncio.Event) -> None:
+        # Polls run as tasks in PARALLEL slots: a slow owner's poll holds one slot for at most its
+        # budget while the others keep leasing and polling.
+        running: set[asyncio.Task[int]] = set()
         try:
             while not stop.is_set():
                 self._wake.clear()
                 try:
-                    await self.pass_once()
+                    free = PARALLEL - len(running)
+                    if free > 0:
+                        async with self._pool.acquire() as conn:
+                            polls = await store.lease_polls(conn, free, lease_s(self._bounds))
+                        for poll in polls:
+                            task = asyncio.create_task(self.poll_bounded(poll), name=f"outbox-poll-{poll.workflow_id}")
+                            running.add(task)
+                            task.add_done_callback(running.discard)
+                except db.STORAGE_ERRORS as exc:
+                    log.warning("outbox poll lease failed: %s", type(exc).__name__)
+                except Exception:  # never fatal: the loop must outlive whatever one pass met
+                    log.exception("outbox poll lease failed unexpectedly")
+                await self._sleep(stop, running)
+        finally:
+            if running:
+                await asyncio.wait(running, timeout=5)
+            for task in list(running):
+                task.cancel()
+
+    async def _write_back_loop(self, stop: asyncio.Event) -> None:
+        upkeep_at = 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                await self.write_back_all()
+                if loop.time() >= upkeep_at:
+                    upkeep_at = loop.time() + UPKEEP_S
                     await self._listeners.refresh()
                     await self._pools.close_idle()
-                except db.STORAGE_ERRORS as exc:
-                    log.warning("outbox pass failed: %s", type(exc).__name__)
-                except Exception:  # never fatal: the loop must outlive whatever one pass met
-                    log.exception("outbox pass failed unexpectedly")
-                await self._sleep(stop)
-        finally:
-            await self._listeners.close()
-            await self._pools.close()
+            except db.STORAGE_ERRORS as exc:
+                log.warning("outbox write-back pass failed: %s", type(exc).__name__)
+            except Exception:  # never fatal
+                log.exception("outbox write-back pass failed unexpectedly")
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.dispatch_poll_interval_s)
 
     async def pass_once(self) -> int:
         """Poll every due workflow once and write back what ended; returns rows claimed."""
@@ -355,15 +397,16 @@ class OutboxPoller:
         if await store.record_written(conn, claim, result) and self._metrics is not None:
             self._metrics.outbox_rows_written.labels(claim.outcome).inc()
 
-    async def _sleep(self, stop: asyncio.Event) -> None:
+    async def _sleep(self, stop: asyncio.Event, running: set[asyncio.Task[int]]) -> None:
+        """Until a poll falls due, a wake-up, a poll slot frees, or `stop`."""
         timeout = self._settings.dispatch_poll_interval_s
         with suppress(*db.STORAGE_ERRORS):
             async with self._pool.acquire() as conn:
                 due = await store.next_poll_in(conn)
             if due is not None:
                 timeout = min(timeout, max(due, 0.05))
-        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
+        await asyncio.wait(waiters | running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             waiter.cancel()
 
