@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 POLL_BATCH = 20
 # Polls (and write-backs of different workflows) at once, per dispatcher process.
 PARALLEL = 8
+# Connections to hookyard's database the poller holds at most (its own pool in the dispatcher).
+OUTBOX_POOL_MAX = 6
 # How often listeners are brought in line with the workflows and idle pools closed.
 UPKEEP_S = 5.0
 WRITEBACK_BATCH = 200
@@ -368,23 +370,41 @@ class OutboxPoller:
         return sum(await asyncio.gather(*(one(w, o) for w, o in due)))
 
     async def write_back(self, workflow_id: UUID, owner_id: UUID) -> int:
-        """Step 2: write the outcomes of a workflow's ended claims into the owner's rows."""
+        """Step 2: write the outcomes of a workflow's ended claims into the owner's rows.
+
+        The owner's connection is taken before hookyard's, the order a poll takes them in, so
+        polls and write-backs never wait on each other's connections in a circle.
+        """
+        async with self._pool.acquire() as conn:
+            config = await store.trigger_config_of(conn, workflow_id)
+        try:
+            sql = compile_outbox(config)
+            opool = await self.owner_pool(owner_id, config)
+            async with opool.acquire() as oconn:
+                return await self._write_claims(workflow_id, sql, oconn)
+        except Exception as exc:  # the owner's database is down or refuses: retried with backoff
+            async with self._pool.acquire() as conn, conn.transaction():
+                claims = await store.lock_finished(conn, workflow_id, WRITEBACK_BATCH)
+                await store.record_writeback_failed(conn, [c.id for c in claims], self._describe_writeback(exc))
+            return 0
+
+    async def _write_claims(self, workflow_id: UUID, sql: OutboxSql, oconn: asyncpg.Connection) -> int:
+        written = 0
         async with self._pool.acquire() as conn, conn.transaction():
             claims = await store.lock_finished(conn, workflow_id, WRITEBACK_BATCH)
-            if not claims:
-                return 0
-            config = await store.trigger_config_of(conn, workflow_id)
             try:
-                sql = compile_outbox(config)
-                opool = await self.owner_pool(owner_id, config)
-                async with opool.acquire() as oconn:
-                    for claim in claims:
-                        await self._write_one(conn, oconn, sql, claim)
-            except Exception as exc:  # the owner's database is down or refuses: retried with backoff
-                error = describe_error(exc, None, self._bounds)
-                await store.record_writeback_failed(conn, [c.id for c in claims], error)
-                return 0
-        return len(claims)
+                for claim in claims:
+                    await self._write_one(conn, oconn, sql, claim)
+                    written += 1
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+                # Those written so far are closed with this transaction; the rest wait and retry.
+                await store.record_writeback_failed(conn, [c.id for c in claims], self._describe_writeback(exc))
+        return written
+
+    def _describe_writeback(self, exc: BaseException) -> str:
+        if isinstance(exc, OutboxConfigError | OutboxSqlError):
+            return str(exc)[:500]
+        return describe_error(exc, None, self._bounds)
 
     async def _write_one(
         self, conn: asyncpg.Connection, oconn: asyncpg.Connection, sql: OutboxSql, claim: store.FinishedClaim
