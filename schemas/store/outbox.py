@@ -379,6 +379,29 @@ async def record_written(conn: asyncpg.Connection, claim: FinishedClaim, result:
     return done != "UPDATE 0"
 
 
+async def record_written_many(
+    conn: asyncpg.Connection, workflow_id: UUID, claims: Sequence[FinishedClaim], results: Sequence[Any]
+) -> int:
+    """`record_written` for many claims of one workflow in one statement; returns how many closed."""
+    rows = await conn.fetch(
+        "UPDATE outbox_claims c SET state = 'written_back', outcome = u.outcome, result = u.result, "
+        "written_back_at = now(), writeback_error = NULL, writeback_retry_at = NULL "
+        "FROM unnest($1::bigint[], $2::int[], $3::text[], $4::jsonb[]) AS u(id, generation, outcome, result) "
+        "WHERE c.id = u.id AND c.generation = u.generation AND c.state = 'claimed' RETURNING c.id",
+        [c.id for c in claims],
+        [c.generation for c in claims],
+        [c.outcome for c in claims],
+        list(results),
+    )
+    if rows:
+        await conn.execute(
+            "UPDATE outbox_health SET rows_written_total = rows_written_total + $2::int WHERE workflow_id = $1",
+            workflow_id,
+            len(rows),
+        )
+    return len(rows)
+
+
 async def record_writeback_failed(conn: asyncpg.Connection, claim_ids: list[int], error: str) -> None:
     """The owner's database refused or was down: retry these write-backs with backoff (1 s to 60 s)."""
     await conn.execute(

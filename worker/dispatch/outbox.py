@@ -87,6 +87,15 @@ def result_of(claim: store.FinishedClaim) -> Any:
     return None
 
 
+def status_of(sql: OutboxSql, claim: store.FinishedClaim) -> str:
+    """The status a claim's outcome writes: sent, failed, or pending again (released)."""
+    return {"sent": sql.statuses["sent"], "failed": sql.statuses["failed"]}.get(claim.outcome, sql.statuses["pending"])
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
 def claimed_rows(
     records: Sequence[Any], config: dict[str, Any], failures: dict[str, int]
 ) -> tuple[list[store.ClaimedRow], list[str]]:
@@ -389,33 +398,29 @@ class OutboxPoller:
             return 0
 
     async def _write_claims(self, workflow_id: UUID, sql: OutboxSql, oconn: asyncpg.Connection) -> int:
-        written = 0
         async with self._pool.acquire() as conn, conn.transaction():
             claims = await store.lock_finished(conn, workflow_id, WRITEBACK_BATCH)
+            if not claims:
+                return 0
+            results = [result_of(c) for c in claims]
+            rows = [(c.row_id, status_of(sql, c), _json(r)) for c, r in zip(claims, results, strict=True)]
             try:
-                for claim in claims:
-                    await self._write_one(conn, oconn, sql, claim)
-                    written += 1
+                statement = sql.write_back_many(rows)
+                # One statement: the owner's rows are written all or none, then the claims closed.
+                await oconn.fetch(statement.sql, *statement.params)
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
-                # Those written so far are closed with this transaction; the rest wait and retry.
                 await store.record_writeback_failed(conn, [c.id for c in claims], self._describe_writeback(exc))
-        return written
+                return 0
+            closed = await store.record_written_many(conn, workflow_id, claims, results)
+        if self._metrics is not None:
+            for claim in claims:
+                self._metrics.outbox_rows_written.labels(claim.outcome).inc()
+        return closed
 
     def _describe_writeback(self, exc: BaseException) -> str:
         if isinstance(exc, OutboxConfigError | OutboxSqlError):
             return str(exc)[:500]
         return describe_error(exc, None, self._bounds)
-
-    async def _write_one(
-        self, conn: asyncpg.Connection, oconn: asyncpg.Connection, sql: OutboxSql, claim: store.FinishedClaim
-    ) -> None:
-        result = result_of(claim)
-        status = {"sent": sql.statuses["sent"], "failed": sql.statuses["failed"]}.get(
-            claim.outcome, sql.statuses["pending"]
-        )
-        await write_row(oconn, sql, claim.row_id, status, result)
-        if await store.record_written(conn, claim, result) and self._metrics is not None:
-            self._metrics.outbox_rows_written.labels(claim.outcome).inc()
 
     async def _sleep(self, stop: asyncio.Event, running: set[asyncio.Task[int]]) -> None:
         """Until a poll falls due, a wake-up, a poll slot frees, or `stop`."""
