@@ -268,10 +268,13 @@ class OutboxPoller:
                 await self._pools.discard(UUID(str(poll.trigger_config["credential_id"])))
         batch = int(poll.trigger_config.get("batch_size", 100))
         next_in = backoff_s(poll.failures, interval) if error else (0.0 if claimed >= batch else interval)
-        async with self._pool.acquire() as conn:
-            await store.record_poll(
-                conn, poll.workflow_id, claimed=claimed, due_rows=due, lag_s=lag, error=error, next_in_s=next_in
-            )
+        try:
+            async with self._pool.acquire() as conn:
+                await store.record_poll(
+                    conn, poll.workflow_id, claimed=claimed, due_rows=due, lag_s=lag, error=error, next_in_s=next_in
+                )
+        except db.STORAGE_ERRORS as exc:  # hookyard's own database: the lease runs out and it is polled again
+            log.warning("outbox poll of workflow %s not recorded: %s", poll.workflow_id, type(exc).__name__)
         if self._metrics is not None:
             self._metrics.outbox_poll(str(poll.workflow_id), claimed, error is not None, lag)
         return claimed
