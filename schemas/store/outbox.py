@@ -21,6 +21,8 @@ from schemas.store.events import NewEvent, insert_events
 from schemas.store.rows import row_of, rows_of
 
 TRIGGER_TYPE = "postgres.outbox"
+# NOTIFY'd when an execution of an outbox event ends: the write-back runs at once.
+WRITE_BACK_CHANNEL = "hookyard_outbox_write_back"
 SOURCE_TYPE = "outbox"
 # Rows hookyard skips in one poll (open claims, retries not yet due or used up) at most.
 MAX_SKIPPED = 10_000
@@ -116,6 +118,18 @@ HEALTH_JSON = (
     "'last_error', h.last_error, 'last_error_at', h.last_error_at, 'failures', h.failures, "
     "'open_claims', (SELECT count(*) FROM outbox_claims c WHERE c.workflow_id = h.workflow_id AND c.state = 'claimed'))"
 )
+
+
+async def wake_write_back(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> None:
+    """Executions just ended (`after_terminal`): wake the outbox write-back if one carried a claimed row."""
+    events = [r["event_id"] for r in rows if r["event_id"] is not None and r["replay_of"] is None]
+    if events:
+        await conn.execute(
+            "SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM outbox_claims "
+            "WHERE event_id = ANY($1::uuid[]) AND state = 'claimed')",
+            events,
+            WRITE_BACK_CHANNEL,
+        )
 
 
 def dedup_key(credential_id: UUID, table: str, row_id: str, generation: int) -> str:

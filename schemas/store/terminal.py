@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from schemas.store.notifications import notify_executions_ended
+from schemas.store.outbox import wake_write_back
 
 # The columns every terminal transition returns (qualify with the table alias where needed).
 RETURNING = "id, owner_id, workflow_id, event_id, replay_of, status, error, attempts, finished_at"
@@ -31,3 +32,4 @@ async def after_terminal(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record
     if not rows:
         return
     await notify_executions_ended(conn, rows)
+    await wake_write_back(conn, rows)

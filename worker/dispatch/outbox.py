@@ -223,9 +223,25 @@ class OutboxPoller:
                 task.cancel()
 
     async def _write_back_loop(self, stop: asyncio.Event) -> None:
+        # Woken by NOTIFY when an execution of an outbox event ends (schemas/store/terminal.py),
+        # else every poll interval; after a reconnection, at once.
+        woken = asyncio.Event()
+        listener = asyncio.create_task(
+            db.listen(self._settings.database_url, store.WRITE_BACK_CHANNEL, lambda _: woken.set(), woken.set),
+            name="outbox-write-back-listener",
+        )
+        try:
+            await self._write_back_passes(stop, woken)
+        finally:
+            listener.cancel()
+            with suppress(asyncio.CancelledError):
+                await listener
+
+    async def _write_back_passes(self, stop: asyncio.Event, woken: asyncio.Event) -> None:
         upkeep_at = 0.0
         loop = asyncio.get_running_loop()
         while not stop.is_set():
+            woken.clear()
             try:
                 await self.write_back_all()
                 if loop.time() >= upkeep_at:
@@ -236,8 +252,12 @@ class OutboxPoller:
                 log.warning("outbox write-back pass failed: %s", type(exc).__name__)
             except Exception:  # never fatal
                 log.exception("outbox write-back pass failed unexpectedly")
-            with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._settings.dispatch_poll_interval_s)
+            waiters = {asyncio.ensure_future(woken.wait()), asyncio.ensure_future(stop.wait())}
+            await asyncio.wait(
+                waiters, timeout=self._settings.dispatch_poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in waiters:
+                waiter.cancel()
 
     async def pass_once(self) -> int:
         """Poll every due workflow once and write back what ended; returns rows claimed."""
