@@ -140,8 +140,9 @@ def dedup_key(credential_id: UUID, table: str, row_id: str, generation: int) -> 
 async def lease_polls(conn: asyncpg.Connection, limit: int, lease_s: float) -> list[OutboxPoll]:
     """Lease outbox workflows due for a poll (`SKIP LOCKED`: replicas take different ones).
 
-    Active workflows get a health row on first sight. Only active workflows are polled; what
-    an inactive one claimed earlier is still written back (`workflows_to_write_back`).
+    Active workflows get a health row on first sight; one changed since its last poll (the
+    owner fixed its config, say) is due at once, whatever its backoff. Only active workflows
+    are polled; what an inactive one claimed is still written back (`workflows_to_write_back`).
     """
     async with conn.transaction():
         await conn.execute(
@@ -152,7 +153,8 @@ async def lease_polls(conn: asyncpg.Connection, limit: int, lease_s: float) -> l
         )
         rows = await conn.fetch(
             "WITH due AS (SELECT h.workflow_id FROM outbox_health h JOIN workflows w ON w.id = h.workflow_id "
-            "WHERE h.next_poll_at <= now() AND (h.lease_until IS NULL OR h.lease_until <= now()) "
+            "WHERE (h.next_poll_at <= now() OR w.updated_at > coalesce(h.last_poll_at, '-infinity')) "
+            "AND (h.lease_until IS NULL OR h.lease_until <= now()) "
             "AND w.trigger_type = $1 AND w.active AND w.deleted_at IS NULL "
             "ORDER BY h.next_poll_at LIMIT $2 FOR UPDATE OF h SKIP LOCKED) "
             "UPDATE outbox_health h SET lease_until = now() + make_interval(secs => $3) FROM due, workflows w "

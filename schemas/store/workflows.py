@@ -68,7 +68,8 @@ _COLUMNS = (
     # The watch of the mailbox a gmail.* trigger reads (NULL for other triggers).
     f"(SELECT {HEALTH_JSON} FROM gmail_mailboxes m WHERE m.owner_id = workflows.owner_id AND m.credential_id = "
     "CASE WHEN workflows.trigger_type LIKE 'gmail.%' THEN workflows.routing_key::uuid END) AS mailbox, "
-    f"(SELECT {OUTBOX_HEALTH_JSON} FROM outbox_health h WHERE h.workflow_id = workflows.id) AS outbox"
+    f"(SELECT {OUTBOX_HEALTH_JSON} FROM outbox_health h WHERE h.workflow_id = workflows.id "
+    "AND workflows.trigger_type = 'postgres.outbox') AS outbox"
 )
 
 

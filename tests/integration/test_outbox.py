@@ -487,3 +487,31 @@ async def test_two_dispatchers_one_killed_with_the_worker_mid_flight_send_each_r
         keys.setdefault(orjson.loads(request.body)["row"], set()).add(request.headers["idempotency-key"])
     # One execution per row (an attempt cut off by the kill may be sent again under the same key).
     assert sorted(keys) == sorted(ids) and all(len(k) == 1 for k in keys.values())
+
+
+@pytest.mark.usefixtures("pipeline")
+async def test_a_fixed_config_is_polled_at_once_and_clears_the_error(
+    owner: Owner, owner_db: OwnerDb, owner_conn: asyncpg.Connection, novu: NovuStandIn
+) -> None:
+    table = "ent_fixed_config"
+    await make_table(owner_conn, table)
+    [row_id] = await insert_rows(owner_conn, table, 1, payload='{"name": "fixed"}')
+    flow = await _outbox_workflow(owner, owner_db.url, table, due_column="send_at", poll_interval_s=600)
+
+    async def sync() -> Any:
+        return (await owner.client.get(f"/api/workflows/{flow['id']}")).json()["trigger_sync"]
+
+    await wait_for(lambda: _state(sync, "error"))
+    config = {k: v for k, v in flow["trigger"]["config"].items() if k != "due_column"}
+    patched = await owner.client.patch(
+        f"/api/workflows/{flow['id']}", json={"trigger": {"type": "postgres.outbox", "config": config}}
+    )
+    assert patched.status_code == 200, patched.text
+
+    await wait_for(lambda: _all("SENT", [row_id])(owner_conn, table))
+    await wait_for(lambda: _state(sync, "synced"))
+
+
+async def _state(sync: Any, wanted: str) -> bool:
+    state: dict[str, Any] = await sync()
+    return state["state"] == wanted
