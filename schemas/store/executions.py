@@ -325,7 +325,10 @@ async def list_for_owner(
     """A page of the owner's executions across all workflows, newest first (limit+1 rows)."""
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM executions WHERE owner_id = $1 "
-        "AND ($2::bigint IS NULL OR seq < $2) AND ($3::text IS NULL OR status = $3) ORDER BY seq DESC LIMIT $4",
+        "AND ($2::bigint IS NULL OR seq < $2) AND ($3::text IS NULL OR status = $3) "
+        # Deliveries to subscriptions are listed with their subscription, not here.
+        "AND NOT EXISTS (SELECT 1 FROM workflows w WHERE w.id = executions.workflow_id AND w.internal) "
+        "ORDER BY seq DESC LIMIT $4",
         owner_id,
         after_seq,
         status,
