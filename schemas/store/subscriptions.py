@@ -215,7 +215,7 @@ async def update_subscription(
         )
         if not values["active"]:
             await cancel_pending(conn, row["workflow_id"])
-    return row_of(Subscription, row)
+    return row_of(Subscription, {k: v for k, v in row.items() if k != "workflow_id"})
 
 
 async def delete_subscription(conn: asyncpg.Connection, owner_id: UUID, sub_id: UUID) -> None:
