@@ -401,3 +401,29 @@ async def test_emit_delivers_only_to_subscriptions_whose_filters_match(
     assert verified(slack["secret"], request)["data"] == {"execution": {"id": "x"}}
     await asyncio.sleep(1.0)
     assert receiver.to(http_hook) == []
+
+
+async def test_an_execution_claimed_after_its_workflow_was_deactivated_is_notified_as_cancelled(
+    owner: Owner, receiver: Receiver, pool: asyncpg.Pool
+) -> None:
+    from schemas.store.executions import claim_for_run
+
+    hook = f"/claimed/{uuid.uuid4().hex}"
+    sub = await subscribe(owner, receiver.url + hook, ["execution.cancelled"])
+    endpoint = await create_endpoint(owner.client)
+    workflow = await create_workflow(owner.client, endpoint["id"], receiver.url + "/never")
+    await owner.client.post(f"/api/workflows/{workflow['id']}/deactivate")
+    async with pool.acquire() as conn:  # handed over before the deactivation, as it were
+        execution_id = await conn.fetchval(
+            "INSERT INTO executions (owner_id, workflow_id, trigger_data, signalled_at) "
+            "VALUES ($1, $2, '{}', now()) RETURNING id",
+            uuid.UUID(owner.id),
+            uuid.UUID(workflow["id"]),
+        )
+        claimed = await claim_for_run(conn, [execution_id], "lane-test-0", "run-1")
+
+    assert claimed == []
+    [request] = await wait_for(lambda: _async(receiver.to(hook)))
+    payload = verified(sub["secret"], request)
+    assert payload["data"]["execution"]["id"] == str(execution_id)
+    assert payload["data"]["execution"]["error"] == "workflow was deactivated before this execution ran"
