@@ -168,3 +168,14 @@ async def test_arbitrary_bodies_never_get_a_server_error(
     response = await _create(owner, {"target_url": target, "event_types": event_types, **extra})
     assert response.status_code < 500, response.text
     assert set(CREATE_SCHEMA["properties"]) >= {"target_url", "event_types"}
+
+
+async def test_an_owner_cannot_fan_out_beyond_the_subscription_cap(owner: Owner, receiver: Receiver) -> None:
+    from schemas.store.subscriptions import MAX_SUBSCRIPTIONS_PER_OWNER
+
+    body = {"target_url": receiver.url + "/many", "event_types": ["execution.failed"]}
+    for _ in range(MAX_SUBSCRIPTIONS_PER_OWNER):
+        assert (await _create(owner, body)).status_code == 201
+    response = await _create(owner, body)
+    assert response.status_code == 409
+    assert str(MAX_SUBSCRIPTIONS_PER_OWNER) in response.json()["error"]["message"]
