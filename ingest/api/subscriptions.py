@@ -306,7 +306,7 @@ async def list_deliveries(request: Request) -> Response:
     "subscriptions",
     {202: Reply("Queued.", "Delivery")},
     params=[ID, DELIVERY_ID],
-    errors={409: error("The delivery has not finished yet.")},
+    errors={409: error("The delivery has not finished yet, or the subscription is inactive.")},
 )
 async def retry_delivery(request: Request) -> Response:
     """Queue a new delivery of the same notification; 409 while the original is unfinished."""

@@ -319,7 +319,7 @@ async def retry_delivery(conn: asyncpg.Connection, owner_id: UUID, sub_id: UUID,
     """Queue a finished delivery again (same notification, so the same `webhook-id`).
 
     `NotFound` unless it is a delivery of this owner's subscription; `DeliveryNotFinished` while
-    it is queued or running.
+    it is queued or running, or while the subscription is inactive.
     """
     async with conn.transaction():
         workflow_id = await _workflow_of(conn, owner_id, sub_id)
@@ -333,6 +333,8 @@ async def retry_delivery(conn: asyncpg.Connection, owner_id: UUID, sub_id: UUID,
             raise NotFound("delivery")
         if status in ("queued", "running"):
             raise DeliveryNotFinished(f"the delivery has not finished ({status})")
+        if not await conn.fetchval("SELECT active FROM subscriptions WHERE id = $1", sub_id):
+            raise DeliveryNotFinished("the subscription is not active; activate it first")
         row = await conn.fetchrow(
             "INSERT INTO executions (owner_id, workflow_id, replay_of, trigger_data) "
             "SELECT owner_id, workflow_id, id, trigger_data FROM executions WHERE id = $1 "
