@@ -52,6 +52,8 @@ class Workflow:
     sync_error: str | None
     # The watch of the mailbox a gmail.* trigger reads (`gmail.HEALTH_JSON`), else None.
     mailbox: dict[str, Any] | None
+    # The owner's workflow run when an execution of this one fails for good (migration 0015).
+    on_failure: UUID | None
 
 
 _COLUMNS = (
@@ -63,7 +65,8 @@ _COLUMNS = (
     "(signing_secret IS NOT NULL) AS signing, (sync_version > synced_version) AS sync_pending, sync_error, "
     # The watch of the mailbox a gmail.* trigger reads (NULL for other triggers).
     f"(SELECT {HEALTH_JSON} FROM gmail_mailboxes m WHERE m.owner_id = workflows.owner_id AND m.credential_id = "
-    "CASE WHEN workflows.trigger_type LIKE 'gmail.%' THEN workflows.routing_key::uuid END) AS mailbox"
+    "CASE WHEN workflows.trigger_type LIKE 'gmail.%' THEN workflows.routing_key::uuid END) AS mailbox, "
+    "on_failure"
 )
 
 
@@ -83,8 +86,9 @@ async def insert_workflow(
     """
     row = await conn.fetchrow(
         "INSERT INTO workflows (owner_id, name, trigger_type, trigger_config, routing_key, action_type, "
-        "action_config, credential_id, active, concurrency_limit, retry_policy, id, signing_secret, lane) "
-        "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, i.id, $13, mod(abs(hashtext(i.id::text)::bigint), $14) "
+        "action_config, credential_id, active, concurrency_limit, retry_policy, id, signing_secret, lane, on_failure) "
+        "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, i.id, $13, "
+        "mod(abs(hashtext(i.id::text)::bigint), $14), $15 "
         "FROM (SELECT coalesce($12::uuid, gen_random_uuid()) AS id) i "
         f"RETURNING {_COLUMNS}",
         owner_id,
@@ -101,6 +105,7 @@ async def insert_workflow(
         values.get("id"),
         values.get("signing_secret"),
         lanes if lanes > 0 else DEFAULT_LANES,
+        values.get("on_failure"),
     )
     return row_of(Workflow, row)
 
@@ -115,7 +120,7 @@ async def update_workflow(
     row = await conn.fetchrow(
         "UPDATE workflows SET name = $3, trigger_type = $4, trigger_config = $5, routing_key = $6, "
         "action_type = $7, action_config = $8, credential_id = $9, concurrency_limit = $10, "
-        "retry_policy = $11, signing_secret = coalesce($12, signing_secret), updated_at = now() "
+        "retry_policy = $11, signing_secret = coalesce($12, signing_secret), on_failure = $13, updated_at = now() "
         f"WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL RETURNING {_COLUMNS}",
         workflow_id,
         owner_id,
@@ -129,6 +134,7 @@ async def update_workflow(
         values["concurrency_limit"],
         values["retry_policy"],
         values.get("signing_secret"),
+        values.get("on_failure"),
     )
     if row is None:
         raise NotFound("workflow")
@@ -208,6 +214,8 @@ async def delete_workflow(conn: asyncpg.Connection, owner_id: UUID, workflow_id:
         if not status.endswith(" 1"):
             raise NotFound("workflow")
         await cancel_pending(conn, workflow_id)
+        # Soft deletion keeps the row, so the foreign key's ON DELETE SET NULL does not apply.
+        await conn.execute("UPDATE workflows SET on_failure = NULL WHERE on_failure = $1", workflow_id)
 
 
 async def cancel_pending(conn: asyncpg.Connection, workflow_id: UUID) -> int:
@@ -220,6 +228,18 @@ async def cancel_pending(conn: asyncpg.Connection, workflow_id: UUID) -> int:
         workflow_id,
     )
     return int(status.rsplit(" ", 1)[1])
+
+
+async def lock_error_workflow(conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID) -> str | None:
+    """The trigger type of one of the owner's live workflows, share-locked until the transaction
+    ends (so it cannot be deleted before a reference to it commits); None if there is no such
+    workflow, whether or not another owner has one with that id."""
+    trigger_type: str | None = await conn.fetchval(
+        "SELECT trigger_type FROM workflows WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL FOR SHARE",
+        workflow_id,
+        owner_id,
+    )
+    return trigger_type
 
 
 async def routing_version(conn: asyncpg.Connection) -> int:
