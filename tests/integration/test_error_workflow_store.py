@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 import pytest
 
+from schemas.store.executions import record_outcomes
 from schemas.store.failure_events import SOURCE_TYPE, start_error_workflows
 from tests.conftest import Owner
 from tests.integration.api_support import create_endpoint, create_workflow, create_workflow_from
@@ -144,6 +145,23 @@ async def test_a_repeated_outcome_write_starts_nothing(pool: asyncpg.Pool, owner
 
     assert len(first) == 1 and again == []
     assert len(await executions_of(pool, alert["id"])) == 1
+
+
+async def test_writing_the_same_failed_outcome_twice_starts_the_error_workflow_once(
+    pool: asyncpg.Pool, owner: Owner
+) -> None:
+    # What a retried batch activity does with the outcomes kept in its heartbeat details.
+    alert = await error_workflow(owner)
+    orders = await failing_workflow(owner, alert["id"])
+    failed = await running_execution(pool, owner, orders["id"])
+    outcome = {"id": failed, "status": "failed", "error": "gave up after 2 attempts: HTTP 500"}
+
+    async with pool.acquire() as conn:
+        await record_outcomes(conn, [outcome])
+        await record_outcomes(conn, [outcome])
+
+    [execution] = await executions_of(pool, alert["id"])
+    assert execution["trigger_data"]["execution"]["error"] == outcome["error"]
 
 
 async def test_a_rolled_back_failure_leaves_neither_event_nor_execution(pool: asyncpg.Pool, owner: Owner) -> None:
