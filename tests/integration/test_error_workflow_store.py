@@ -266,6 +266,29 @@ async def test_on_failure_can_be_set_and_cleared_by_patch(owner: Owner) -> None:
     assert cleared.json()["on_failure"] is None
 
 
+async def test_a_dry_run_of_the_error_workflow_renders_its_stored_failure_events(
+    pool: asyncpg.Pool, owner: Owner
+) -> None:
+    alert = await error_workflow(owner)
+    orders = await failing_workflow(owner, alert["id"])
+    failed = await running_execution(pool, owner, orders["id"])
+    await end(pool, failed, error="HTTP 500")
+    action = {
+        "type": "http.request",
+        "config": {
+            "url": "https://example.com/a",
+            "body": {"why": "{{ trigger.execution.error }}", "order": "{{ trigger.trigger.body.order }}"},
+        },
+    }
+
+    response = await owner.client.post(f"/api/workflows/{alert['id']}/dry-run", json={"patch": {"action": action}})
+
+    assert response.status_code == 200, response.text
+    [result] = [r for r in response.json()["results"] if r["matched"]]
+    assert result["event"]["source_type"] == SOURCE_TYPE
+    assert result["action"]["request"]["body"] == {"why": "HTTP 500", "order": 7}
+
+
 async def test_the_catalog_describes_the_failure_trigger_data(owner: Owner) -> None:
     catalog = (await owner.client.get("/api/catalog")).json()
 
