@@ -24,7 +24,7 @@ from ingest.api.validation import check, compile_schema
 from ingest.errors import Invalid
 from schemas.store.credentials import credential_provider
 from schemas.store.failure_events import SOURCE_TYPE as FAILURE_TRIGGER
-from schemas.store.workflows import Workflow, get_workflow, lock_error_workflow
+from schemas.store.workflows import Workflow, get_workflow, live_trigger_type
 from triggers.base import TriggerConfigError
 from triggers.registry import TRIGGERS
 
@@ -208,7 +208,7 @@ async def _checked_on_failure(
     target = UUID(given)
     if target == workflow_id:
         raise Invalid("a workflow cannot be its own on_failure workflow", field="on_failure")
-    trigger_type = await lock_error_workflow(conn, owner_id, target)
+    trigger_type = await live_trigger_type(conn, owner_id, target)
     if trigger_type is None:
         raise Invalid("no such workflow", field="on_failure")
     if trigger_type != FAILURE_TRIGGER:

@@ -124,8 +124,7 @@ async def create(state: AppState, owner_id: UUID, body: dict[str, Any]) -> dict[
     definitions.check_create(body)
     # The id is chosen before the insert because the secret's ciphertext is bound to it.
     workflow_id = uuid4()
-    # One transaction: `on_failure` share-locks the workflow it names until the insert commits.
-    async with state.pool.acquire() as conn, conn.transaction():
+    async with state.pool.acquire() as conn:
         definition = await definitions.definition_for_create(conn, owner_id, body)
         secret = token = None
         if definition.wants_signing_secret:

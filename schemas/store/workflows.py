@@ -66,7 +66,10 @@ _COLUMNS = (
     # The watch of the mailbox a gmail.* trigger reads (NULL for other triggers).
     f"(SELECT {HEALTH_JSON} FROM gmail_mailboxes m WHERE m.owner_id = workflows.owner_id AND m.credential_id = "
     "CASE WHEN workflows.trigger_type LIKE 'gmail.%' THEN workflows.routing_key::uuid END) AS mailbox, "
-    "on_failure"
+    # A reference to a deleted workflow reads as none. Soft deletion leaves references stored
+    # (clearing them would lock the rows naming it after its own, and deadlock with a PATCH of
+    # one of them); the next save of the naming workflow stores the none it read.
+    "(SELECT t.id FROM workflows t WHERE t.id = workflows.on_failure AND t.deleted_at IS NULL) AS on_failure"
 )
 
 
@@ -214,8 +217,6 @@ async def delete_workflow(conn: asyncpg.Connection, owner_id: UUID, workflow_id:
         if not status.endswith(" 1"):
             raise NotFound("workflow")
         await cancel_pending(conn, workflow_id)
-        # Soft deletion keeps the row, so the foreign key's ON DELETE SET NULL does not apply.
-        await conn.execute("UPDATE workflows SET on_failure = NULL WHERE on_failure = $1", workflow_id)
 
 
 async def cancel_pending(conn: asyncpg.Connection, workflow_id: UUID) -> int:
@@ -230,12 +231,13 @@ async def cancel_pending(conn: asyncpg.Connection, workflow_id: UUID) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
-async def lock_error_workflow(conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID) -> str | None:
-    """The trigger type of one of the owner's live workflows, share-locked until the transaction
-    ends (so it cannot be deleted before a reference to it commits); None if there is no such
-    workflow, whether or not another owner has one with that id."""
+async def live_trigger_type(conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID) -> str | None:
+    """The trigger type of one of the owner's live workflows; None if there is no such workflow,
+    whether or not another owner has one with that id."""
+    # Not locked: a PATCH naming it would lock its own row, then this one, and could deadlock
+    # with a concurrent save of this one. A reference to a workflow deleted since reads as none.
     trigger_type: str | None = await conn.fetchval(
-        "SELECT trigger_type FROM workflows WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL FOR SHARE",
+        "SELECT trigger_type FROM workflows WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL",
         workflow_id,
         owner_id,
     )
