@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from triggers import failure, gmail, schedule, tick, webhook
+from triggers import failure, gmail, outbox, schedule, tick, webhook
 from triggers.base import TriggerType
 
 TRIGGERS: Mapping[str, TriggerType] = {
@@ -15,6 +15,7 @@ TRIGGERS: Mapping[str, TriggerType] = {
         tick.TRIGGER,
         gmail.TRIGGER,
         failure.TRIGGER,
+        outbox.TRIGGER,
     )
 }
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from actions.registry import ACTIONS
-from ingest.api import credentials, definitions, endpoints, events, executions, keys, workflows
+from ingest.api import credentials, definitions, endpoints, events, executions, keys, subscriptions, workflows
 from ingest.api.operations import ref
 from triggers.registry import TRIGGERS
 
@@ -97,6 +97,40 @@ MAILBOX_WATCH = _obj(
 )
 
 
+# Poll health of a postgres.outbox trigger, as the owner sees it on the workflow.
+OUTBOX_HEALTH = _obj(
+    {
+        "last_poll_at": _nullable(_TIME),
+        "last_success_at": _nullable(_TIME),
+        "next_poll_at": _TIME,
+        "rows_claimed": {"type": "integer", "description": "Rows the last poll claimed."},
+        "rows_claimed_total": {"type": "integer"},
+        "rows_written_total": {"type": "integer", "description": "Outcomes written back into rows."},
+        "due_rows": {**_nullable({"type": "integer"}), "description": "Rows due at the last poll (up to 10,000)."},
+        "oldest_due_lag_s": {
+            **_nullable({"type": "number"}),
+            "description": "How late the oldest due row is, by its due (else updated) column.",
+        },
+        "last_error": {**_nullable(_STR), "description": "Why the last poll failed (null once one succeeds)."},
+        "last_error_at": _nullable(_TIME),
+        "failures": {"type": "integer", "description": "Failed polls in a row."},
+        "open_claims": {"type": "integer", "description": "Rows claimed whose outcome is not written back yet."},
+    }
+)
+OUTBOX_ROW = _obj(
+    {
+        "table": _STR,
+        "row_id": _STR,
+        "generation": {"type": "integer", "description": "The claim's generation (1 for the row's first claim)."},
+        "claimed_from": _STR,
+        "state": {"enum": ["claimed", "written_back"]},
+        "outcome": {**_nullable({"enum": ["sent", "failed", "released"]})},
+        "claimed_at": _TIME,
+        "written_back_at": _nullable(_TIME),
+    }
+)
+
+
 def _workflow_schemas() -> dict[str, Any]:
     part = _obj({"type": _STR, "config": {"type": "object"}})
     workflow = _obj(
@@ -122,6 +156,11 @@ def _workflow_schemas() -> dict[str, Any]:
                 ("state", "error"),
             ),
             "warnings": {"type": "array", "items": _STR, "description": "E.g. a secret kept in plain config."},
+            "outbox": {
+                **_nullable(OUTBOX_HEALTH),
+                "description": "Poll health of a postgres.outbox trigger (null for other triggers and before "
+                "the first poll).",
+            },
             "created_at": _TIME,
             "updated_at": _TIME,
         }
@@ -281,6 +320,10 @@ def _event_schemas() -> dict[str, Any]:
         {
             "body": {"description": "Parsed JSON if the body is JSON, else its text."},
             "executions": {"type": "array", "items": ref("Execution")},
+            "outbox_row": {
+                **_nullable(OUTBOX_ROW),
+                "description": "For an event made from a postgres.outbox row: the row and its claim.",
+            },
         }
     )
     return {"Event": event, "EventDetail": {"allOf": [ref("Event"), detail]}}
@@ -321,7 +364,21 @@ def _catalog_schema() -> dict[str, Any]:
             "triggers": {"type": "array", "items": trigger},
             "actions": entries,
             "providers": {"type": "array", "items": provider},
-        }
+            "notification_types": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "type": _STR,
+                        "version": {"type": "integer"},
+                        "description": _STR,
+                        "data_schema": {"type": "object"},
+                    }
+                ),
+                "description": "What subscriptions may ask for; each delivery's body is `notification_envelope`.",
+            },
+            "notification_envelope": {"type": "object"},
+        },
+        ("triggers", "actions", "providers"),
     )
 
 
@@ -389,6 +446,55 @@ def _key_schemas() -> dict[str, Any]:
     return {"ApiKey": key, "ApiKeyCreate": keys.CREATE_SCHEMA, "ApiKeyCreated": {"allOf": [ref("ApiKey"), created]}}
 
 
+def _subscription_schemas() -> dict[str, Any]:
+    filters = _obj(
+        {
+            "workflow_ids": _nullable({"type": "array", "items": _UUID}),
+            "action_types": _nullable({"type": "array", "items": _STR}),
+        }
+    )
+    subscription = _obj(
+        {
+            "id": _UUID,
+            "target_url": _STR,
+            "event_types": {"type": "array", "items": _STR},
+            "filters": filters,
+            "active": {"type": "boolean"},
+            "status": {
+                "enum": ["healthy", "failing", "disabled"],
+                "description": "failing: the latest attempt failed; disabled: see `status_reason` (410 Gone, "
+                "failing too long, or deactivated by its owner).",
+            },
+            "status_reason": _nullable(_STR),
+            "failing_since": _nullable(_TIME),
+            "created_at": _TIME,
+            "updated_at": _TIME,
+        }
+    )
+    secret = {**_STR, "description": "Standard Webhooks signing secret (`whsec_…`); shown once."}
+    delivery = _obj(
+        {
+            "id": _UUID,
+            "notification": _obj({"id": _nullable(_STR), "type": _nullable(_STR)}),
+            "status": {"enum": list(executions.STATUSES)},
+            "attempts": {"type": "integer"},
+            "response_status": _nullable({"type": "integer"}),
+            "error": _nullable(_STR),
+            "created_at": _TIME,
+            "finished_at": _nullable(_TIME),
+            "next_attempt_at": _nullable(_TIME),
+            "replay_of": _nullable(_UUID),
+        }
+    )
+    return {
+        "Subscription": subscription,
+        "SubscriptionCreate": subscriptions.CREATE_SCHEMA,
+        "SubscriptionPatch": subscriptions.PATCH_SCHEMA,
+        "SubscriptionCreated": {"allOf": [ref("Subscription"), _obj({"secret": secret})]},
+        "Delivery": delivery,
+    }
+
+
 def component_schemas() -> dict[str, Any]:
     """Every named schema the paths refer to."""
     error = _obj({"error": _obj({"code": _STR, "message": _STR, "field": _STR}, ("code", "message"))})
@@ -400,6 +506,7 @@ def component_schemas() -> dict[str, Any]:
         **_workflow_schemas(),
         "Execution": _execution_schema(),
         **_event_schemas(),
+        **_subscription_schemas(),
         "Catalog": _catalog_schema(),
         **_config_schemas(),
     }

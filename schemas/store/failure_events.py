@@ -13,13 +13,17 @@ workflow's own run, or a replay of it) starts nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
+from schemas.db import is_storage_error
 from schemas.store.events import EVENTS_CHANNEL
+
+log = logging.getLogger(__name__)
 
 # The inbox source of failure events, and the trigger type of workflows they start
 # (`triggers/failure.py`). No ingest route writes this source: only this module does.
@@ -83,7 +87,16 @@ async def start_error_workflows(conn: asyncpg.Connection, rows: Sequence[Mapping
     failed = [row["id"] for row in rows if row["status"] == "failed"]
     if not failed:
         return []
-    started = await conn.fetch(_START, failed, SOURCE_TYPE, _REASON)
+    try:
+        # A savepoint: a failure event that cannot be written (a defect) must not undo the
+        # outcomes that caused it; storage errors still fail the whole transaction, to be retried.
+        async with conn.transaction():
+            started = await conn.fetch(_START, failed, SOURCE_TYPE, _REASON)
+    except Exception as exc:
+        if is_storage_error(exc):
+            raise
+        log.exception("error workflows of %d failed executions could not be started", len(failed))
+        return []
     # pg_notify is sent at commit (one notification per transaction and channel), waking the
     # dispatcher's hand-over.
     return [r["id"] for r in started]

@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 import pytest
 
+from schemas.store import failure_events
 from schemas.store.executions import record_outcomes
 from schemas.store.failure_events import SOURCE_TYPE, start_error_workflows
 from tests.conftest import Owner
@@ -53,17 +54,18 @@ async def running_execution(pool: asyncpg.Pool, owner: Owner, workflow_id: str, 
 
 
 async def end(pool: asyncpg.Pool, execution_id: UUID, status: str = "failed", error: str = "HTTP 500") -> list[UUID]:
-    """End the execution as the worker's outcome write does (only if still running), and start
-    error workflows in the same transaction; the executions started."""
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            "UPDATE executions SET status = $2, error = $3, finished_at = now() WHERE id = $1 AND status = 'running' "
-            "RETURNING id, owner_id, workflow_id, event_id, status, error, attempts",
-            execution_id,
-            status,
-            error,
+    """End the execution as the worker's outcome write does (`record_outcomes`, which calls
+    `after_terminal` in its transaction); the error workflow executions that appeared."""
+    async with pool.acquire() as conn:
+        before = set(await conn.fetchval("SELECT array_agg(id) FROM executions") or [])
+        await record_outcomes(conn, [{"id": execution_id, "status": status, "error": error}])
+        after = await conn.fetch(
+            "SELECT x.id FROM executions x JOIN events e ON e.id = x.event_id WHERE e.source_type = $1 "
+            "AND e.dedup_key = $2",
+            SOURCE_TYPE,
+            str(execution_id),
         )
-        return await start_error_workflows(conn, rows)
+    return [r["id"] for r in after if r["id"] not in before]
 
 
 async def executions_of(pool: asyncpg.Pool, workflow_id: str) -> list[asyncpg.Record]:
@@ -162,6 +164,21 @@ async def test_writing_the_same_failed_outcome_twice_starts_the_error_workflow_o
 
     [execution] = await executions_of(pool, alert["id"])
     assert execution["trigger_data"]["execution"]["error"] == outcome["error"]
+
+
+async def test_a_failure_event_that_cannot_be_written_does_not_undo_the_outcome(
+    pool: asyncpg.Pool, owner: Owner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alert = await error_workflow(owner)
+    orders = await failing_workflow(owner, alert["id"])
+    failed = await running_execution(pool, owner, orders["id"])
+    monkeypatch.setattr(failure_events, "_START", "SELECT 1 / 0 AS id, $1::uuid[], $2::text, $3::text")
+
+    assert await end(pool, failed) == []
+
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT status FROM executions WHERE id = $1", failed) == "failed"
+    assert await executions_of(pool, alert["id"]) == []
 
 
 async def test_a_rolled_back_failure_leaves_neither_event_nor_execution(pool: asyncpg.Pool, owner: Owner) -> None:
