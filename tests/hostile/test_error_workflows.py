@@ -117,3 +117,19 @@ async def test_a_malformed_id_is_refused(owner: Owner, value: object) -> None:
 
     assert response.status_code == 422, response.text
     assert response.json()["error"]["field"] == "on_failure"
+
+
+async def test_a_subscriptions_internal_workflow_is_refused_like_an_unknown_id(owner: Owner, pool: Any) -> None:
+    created = await owner.client.post(
+        "/api/subscriptions", json={"target_url": "http://127.0.0.1:9/hooks", "event_types": ["execution.failed"]}
+    )
+    assert created.status_code == 201, created.text
+    async with pool.acquire() as conn:
+        internal = await conn.fetchval(
+            "SELECT workflow_id FROM subscriptions WHERE id = $1", uuid.UUID(created.json()["id"])
+        )
+    mine = await webhook_workflow(owner)
+
+    error = await refused(owner, "PATCH", f"/api/workflows/{mine['id']}", {"on_failure": str(internal)})
+
+    assert error["message"].endswith("no such workflow")
