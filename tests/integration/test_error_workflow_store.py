@@ -16,6 +16,7 @@ import pytest
 from schemas.store import failure_events
 from schemas.store.executions import record_outcomes
 from schemas.store.failure_events import SOURCE_TYPE, start_error_workflows
+from tests.browser.support import signed_in
 from tests.conftest import Owner
 from tests.integration.api_support import create_endpoint, create_workflow, create_workflow_from
 
@@ -313,3 +314,18 @@ async def test_the_catalog_describes_the_failure_trigger_data(owner: Owner) -> N
 
     assert failure["data_schema"]["properties"]["execution"]["required"][:3] == ["id", "workflow_id", "workflow_name"]
     assert failure["config_schema"] == {"type": "object", "additionalProperties": False, "properties": {}}
+
+
+async def test_the_console_links_a_workflow_to_its_error_workflow(base_url: str, owner: Owner) -> None:
+    alert = await error_workflow(owner)
+    orders = await failing_workflow(owner, alert["id"])
+    plain = await failing_workflow(owner, None)
+    console = await signed_in(base_url, owner.key)
+    try:
+        named = (await console.get(f"/console/workflows/{orders['id']}")).text
+        unnamed = (await console.get(f"/console/workflows/{plain['id']}")).text
+    finally:
+        await console.aclose()
+
+    assert f'/console/workflows/{alert["id"]}"' in named
+    assert "On failure" not in unnamed
