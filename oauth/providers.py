@@ -7,9 +7,11 @@ all read `PROVIDERS`; adding a provider is one entry here.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 # (field, problem) for the first unusable secret field, or None; never quotes the value.
 SecretCheck = Callable[[Mapping[str, str]], tuple[str, str] | None]
@@ -75,6 +77,75 @@ def _check_slack_webhook(secret: Mapping[str, str]) -> tuple[str, str] | None:
     return None
 
 
+SSL_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+_PG_SCHEMES = ("postgres", "postgresql")
+
+
+class PostgresUrlError(ValueError):
+    """A `postgres` credential's URL or TLS setting is unusable; the message never quotes the secret."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresTarget:
+    """Where and as whom a `postgres` credential connects; `repr` hides the password."""
+
+    host: str
+    port: int
+    user: str
+    password: str = dataclasses.field(repr=False)
+    database: str
+    sslmode: str = "prefer"
+    ssl_root_cert: str = dataclasses.field(default="", repr=False)
+
+
+def postgres_target(secret: Mapping[str, str]) -> PostgresTarget:
+    """Read a `postgres` credential's secret (url, optional sslmode and ssl_root_cert).
+
+    One host, TCP only (no socket paths, no query parameters: TLS is set by its own fields),
+    so the egress policy judges exactly the address that will be connected to.
+    """
+    url = secret.get("url", "")
+    if _CONTROL.search(url) or " " in url:
+        raise PostgresUrlError("url", "must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 5432
+    except ValueError:
+        raise PostgresUrlError("url", "is not a URL (postgresql://user:password@host:5432/database)") from None
+    if parts.scheme not in _PG_SCHEMES or not parts.hostname:
+        raise PostgresUrlError("url", "must be postgresql://user:password@host[:port]/database")
+    if parts.query or parts.fragment:
+        raise PostgresUrlError("url", "must have no query parameters (set sslmode and ssl_root_cert as fields)")
+    host = unquote(parts.hostname)
+    if "/" in host or "," in host or "%" in host:
+        raise PostgresUrlError("url", "must name one TCP host (no socket paths or host lists)")
+    user = unquote(parts.username or "")
+    if not user:
+        raise PostgresUrlError("url", "must name a user (postgresql://user:password@host/database)")
+    database = unquote(parts.path.lstrip("/")) or user
+    if "/" in database:
+        raise PostgresUrlError("url", "must name one database after the host")
+    sslmode = secret.get("sslmode", "prefer")
+    if sslmode not in SSL_MODES:
+        raise PostgresUrlError("sslmode", f"must be one of {', '.join(SSL_MODES)}")
+    root = secret.get("ssl_root_cert", "")
+    if root and "-----BEGIN CERTIFICATE-----" not in root:
+        raise PostgresUrlError("ssl_root_cert", "must be PEM text (-----BEGIN CERTIFICATE-----...)")
+    return PostgresTarget(host, port, user, unquote(parts.password or ""), database, sslmode, root)
+
+
+def _check_postgres(secret: Mapping[str, str]) -> tuple[str, str] | None:
+    try:
+        postgres_target(secret)
+    except PostgresUrlError as exc:
+        return exc.field, str(exc)
+    return None
+
+
 PROVIDERS: dict[str, Provider] = {
     p.name: p
     for p in (
@@ -113,6 +184,17 @@ PROVIDERS: dict[str, Provider] = {
             ("url",),
             check=_check_slack_webhook,
             display_name="Slack incoming webhook",
+        ),
+        # An owner's own database, read and written by the `postgres.outbox` trigger.
+        Provider(
+            "postgres",
+            "api_key",
+            "PostgreSQL database (url: postgresql://user:password@host:5432/database; optional sslmode: "
+            "disable, prefer, require, verify-ca, verify-full; optional ssl_root_cert: PEM)",
+            ("url",),
+            (("url", "sslmode"), ("url", "sslmode", "ssl_root_cert"), ("url", "ssl_root_cert")),
+            _check_postgres,
+            display_name="PostgreSQL",
         ),
     )
 }

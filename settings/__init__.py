@@ -134,6 +134,13 @@ class Settings:
     egress_allow: tuple[AllowRule, ...] = ()
     # Targets refused even inside an allowed range (same syntax): the deployment's own listeners.
     egress_deny: tuple[AllowRule, ...] = ()
+    # Owners' databases (credential type `postgres`, trigger `postgres.outbox`): connections per
+    # credential at most, and the bounds every connection and statement runs under.
+    owner_db_pool_max: int = 2
+    owner_db_connect_timeout_s: float = 5.0
+    owner_db_statement_timeout_s: float = 5.0
+    # A row whose JSON is larger than this is not turned into an event: it is marked failed.
+    outbox_max_row_bytes: int = 256 * 1024
 
     @property
     def base_url(self) -> str:
@@ -280,6 +287,10 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_RATE_LIMITS": ("rate_limits", lambda v: parse_rate_limits(v)),
     "HOOKYARD_EGRESS_ALLOW": ("egress_allow", lambda v: parse_egress_allow(v)),
     "HOOKYARD_EGRESS_DENY": ("egress_deny", lambda v: parse_egress_allow(v, "HOOKYARD_EGRESS_DENY")),
+    "HOOKYARD_OWNER_DB_POOL_MAX": ("owner_db_pool_max", lambda v: _bounded("HOOKYARD_OWNER_DB_POOL_MAX", v, 1, 20)),
+    "HOOKYARD_OWNER_DB_CONNECT_TIMEOUT_S": ("owner_db_connect_timeout_s", float),
+    "HOOKYARD_OWNER_DB_STATEMENT_TIMEOUT_S": ("owner_db_statement_timeout_s", float),
+    "HOOKYARD_OUTBOX_MAX_ROW_BYTES": ("outbox_max_row_bytes", int),
 }
 
 

@@ -155,6 +155,37 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.outbox_polls = Counter(
+            "hookyard_outbox_polls",
+            "Polls of owners' outbox tables (postgres.outbox), by outcome (ok, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.outbox_rows_claimed = Counter(
+            "hookyard_outbox_rows_claimed", "Outbox rows claimed and stored as events.", registry=r
+        )
+        self.outbox_rows_written = Counter(
+            "hookyard_outbox_rows_written",
+            "Outbox rows whose outcome was written back, by outcome (sent, failed, released).",
+            ["outcome"],
+            registry=r,
+        )
+        self.outbox_oldest_due_lag = Gauge(
+            "hookyard_outbox_oldest_due_lag_seconds",
+            "Lag of the oldest due outbox row, the largest over the outbox workflows this process polls.",
+            registry=r,
+        )
+        self.outbox_failing_workflows = Gauge(
+            "hookyard_outbox_failing_workflows",
+            "Outbox workflows whose last poll by this process failed (the API shows why).",
+            registry=r,
+        )
+        for outcome in ("ok", "error"):
+            self.outbox_polls.labels(outcome)
+        for outcome in ("sent", "failed", "released"):
+            self.outbox_rows_written.labels(outcome)
+        self._outbox_lags: dict[str, float] = {}
+        self._outbox_failing: set[str] = set()
         self._sources: dict[str, SourceMeter] = {}
         self._actions: dict[str, tuple[Histogram, Counter, Counter, Counter]] = {}
         self.webhook = self.source("webhook")
@@ -190,6 +221,18 @@ class Metrics:
             failed.inc()
         else:
             retries.inc()
+
+    def outbox_poll(self, workflow: str, claimed: int, failed: bool, lag_s: float | None) -> None:
+        """One outbox workflow was polled: `claimed` rows, whether it failed, its oldest due lag."""
+        self.outbox_polls.labels("error" if failed else "ok").inc()
+        self.outbox_rows_claimed.inc(claimed)
+        if failed:
+            self._outbox_failing.add(workflow)
+        else:
+            self._outbox_failing.discard(workflow)
+            self._outbox_lags[workflow] = lag_s or 0.0
+        self.outbox_failing_workflows.set(len(self._outbox_failing))
+        self.outbox_oldest_due_lag.set(max(self._outbox_lags.values(), default=0.0))
 
     def set_inbox(self, backlog: int, lag_s: float) -> None:
         """The inbox's current depth and the age of its oldest waiting event."""

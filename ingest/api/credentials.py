@@ -15,6 +15,8 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import Response
 
+from actions.egress import EgressPolicy
+from actions.owner_db import OwnerDbBounds, OwnerDbError, check_connect, target_of
 from ingest.api.auth import require_owner
 from ingest.api.common import json_response, no_content, page_query, page_response, path_id, read_json
 from ingest.api.operations import ID, PAGING, Body, Reply, error, operation, page_of
@@ -109,11 +111,23 @@ async def create_credential(request: Request) -> Response:
         name, message = problem
         raise Invalid(f"secret.{name} {message}", field=f"secret.{name}")
     state = app_state(request)
+    if provider.name == "postgres":
+        await _check_database(state, secret)
     async with state.pool.acquire() as conn:
         row = await store.insert_api_key(
             conn, state.keyring, owner_id, provider.name, body.get("name", provider.name), secret
         )
     return json_response(credential_json(row), 201)
+
+
+async def _check_database(state: AppState, secret: dict[str, str]) -> None:
+    """A `postgres` credential is stored only once a connection under the egress policy works."""
+    policy = EgressPolicy(state.settings.egress_allow, state.settings.egress_deny)
+    try:
+        await check_connect(target_of(secret), policy, OwnerDbBounds.from_settings(state.settings))
+    except OwnerDbError as exc:
+        # The message names host, port, user or database, never the password.
+        raise Invalid(f"secret.url: cannot use the database: {exc}", field="secret.url") from None
 
 
 @operation(

@@ -17,6 +17,9 @@ from schemas import jsonlimits
 from schemas.store import events as store
 from schemas.store.events import Event
 from schemas.store.executions import list_for_event
+from schemas.store.outbox import SOURCE_TYPE as OUTBOX_SOURCE
+from schemas.store.outbox import OutboxSource
+from schemas.store.outbox import source_of as outbox_source
 
 STATUSES = ("received", "dispatched", "unmatched", "rejected")
 
@@ -79,6 +82,20 @@ async def list_events(request: Request) -> Response:
     return page_response(rows, query, event_json)
 
 
+def outbox_row_json(source: OutboxSource) -> dict[str, Any]:
+    """The owner's outbox row an event was made from, and where its claim stands."""
+    return {
+        "table": source.table_name,
+        "row_id": source.row_id,
+        "generation": source.generation,
+        "claimed_from": source.claimed_from,
+        "state": source.state,
+        "outcome": source.outcome,
+        "claimed_at": source.claimed_at,
+        "written_back_at": source.written_back_at,
+    }
+
+
 @operation(
     "GET",
     "/api/events/{id}",
@@ -94,8 +111,10 @@ async def get_event(request: Request) -> Response:
     async with app_state(request).pool.acquire() as conn:
         row = await store.get_event(conn, owner_id, event_id)
         executions = await list_for_event(conn, owner_id, event_id)
+        source = await outbox_source(conn, owner_id, event_id) if row.source_type == OUTBOX_SOURCE else None
     view = event_json(row) | {
         "body": parsed_body(row.body or b"", app_state(request).settings.max_json_depth),
         "executions": [execution_json(x) for x in executions],
+        "outbox_row": None if source is None else outbox_row_json(source),
     }
     return json_response(view)

@@ -97,6 +97,40 @@ MAILBOX_WATCH = _obj(
 )
 
 
+# Poll health of a postgres.outbox trigger, as the owner sees it on the workflow.
+OUTBOX_HEALTH = _obj(
+    {
+        "last_poll_at": _nullable(_TIME),
+        "last_success_at": _nullable(_TIME),
+        "next_poll_at": _TIME,
+        "rows_claimed": {"type": "integer", "description": "Rows the last poll claimed."},
+        "rows_claimed_total": {"type": "integer"},
+        "rows_written_total": {"type": "integer", "description": "Outcomes written back into rows."},
+        "due_rows": {**_nullable({"type": "integer"}), "description": "Rows due at the last poll (up to 10,000)."},
+        "oldest_due_lag_s": {
+            **_nullable({"type": "number"}),
+            "description": "How late the oldest due row is, by its due (else updated) column.",
+        },
+        "last_error": {**_nullable(_STR), "description": "Why the last poll failed (null once one succeeds)."},
+        "last_error_at": _nullable(_TIME),
+        "failures": {"type": "integer", "description": "Failed polls in a row."},
+        "open_claims": {"type": "integer", "description": "Rows claimed whose outcome is not written back yet."},
+    }
+)
+OUTBOX_ROW = _obj(
+    {
+        "table": _STR,
+        "row_id": _STR,
+        "generation": {"type": "integer", "description": "The claim's generation (1 for the row's first claim)."},
+        "claimed_from": _STR,
+        "state": {"enum": ["claimed", "written_back"]},
+        "outcome": {**_nullable({"enum": ["sent", "failed", "released"]})},
+        "claimed_at": _TIME,
+        "written_back_at": _nullable(_TIME),
+    }
+)
+
+
 def _workflow_schemas() -> dict[str, Any]:
     part = _obj({"type": _STR, "config": {"type": "object"}})
     workflow = _obj(
@@ -118,6 +152,11 @@ def _workflow_schemas() -> dict[str, Any]:
                 ("state", "error"),
             ),
             "warnings": {"type": "array", "items": _STR, "description": "E.g. a secret kept in plain config."},
+            "outbox": {
+                **_nullable(OUTBOX_HEALTH),
+                "description": "Poll health of a postgres.outbox trigger (null for other triggers and before "
+                "the first poll).",
+            },
             "created_at": _TIME,
             "updated_at": _TIME,
         }
@@ -277,6 +316,10 @@ def _event_schemas() -> dict[str, Any]:
         {
             "body": {"description": "Parsed JSON if the body is JSON, else its text."},
             "executions": {"type": "array", "items": ref("Execution")},
+            "outbox_row": {
+                **_nullable(OUTBOX_ROW),
+                "description": "For an event made from a postgres.outbox row: the row and its claim.",
+            },
         }
     )
     return {"Event": event, "EventDetail": {"allOf": [ref("Event"), detail]}}

@@ -45,6 +45,7 @@ def workflow_json(row: Workflow) -> dict[str, Any]:
         "signing": row.signing,
         "trigger_sync": trigger_sync_json(row),
         "warnings": _warnings(row.action_type, row.action_config),
+        "outbox": row.outbox,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     }
@@ -59,6 +60,11 @@ def trigger_sync_json(row: Workflow) -> dict[str, Any]:
         # The watch is converged by the mailbox workflow after the hook ran: its refusal is
         # this trigger's sync error all the same (mail only arrives by the sweep meanwhile).
         error = str(mailbox.get("error"))
+    outbox = row.outbox
+    if error is None and outbox is not None and outbox.get("failures") and row.active:
+        # An outbox that cannot be polled (table or column missing, database down) is this
+        # trigger's sync error: nothing is claimed until it is fixed.
+        error = str(outbox.get("last_error"))
     state = "error" if error is not None else "pending" if row.sync_pending else "synced"
     sync: dict[str, Any] = {"state": state, "error": error}
     if mailbox is not None:

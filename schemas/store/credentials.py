@@ -296,10 +296,11 @@ class WorkflowUsing:
 
 
 async def workflows_using(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> list[WorkflowUsing]:
-    """The owner's live workflows that read this credential's mailbox or act with it (at most 100)."""
+    """The owner's live workflows that read this credential (mailbox, outbox) or act with it (at most 100)."""
     rows = await conn.fetch(
         "SELECT id, name FROM workflows WHERE owner_id = $1 AND deleted_at IS NULL "
-        "AND (credential_id = $2 OR (trigger_type LIKE 'gmail.%' AND routing_key = $2::text)) "
+        "AND (credential_id = $2 OR (trigger_type LIKE 'gmail.%' AND routing_key = $2::text) "
+        "OR (trigger_type = 'postgres.outbox' AND trigger_config->>'credential_id' = $2::text)) "
         "ORDER BY seq LIMIT 100",
         owner_id,
         credential_id,

@@ -11,6 +11,7 @@ import asyncpg
 
 from schemas.errors import NotFound
 from schemas.store.gmail import HEALTH_JSON
+from schemas.store.outbox import HEALTH_JSON as OUTBOX_HEALTH_JSON
 from schemas.store.rows import row_of, rows_of
 
 
@@ -52,6 +53,8 @@ class Workflow:
     sync_error: str | None
     # The watch of the mailbox a gmail.* trigger reads (`gmail.HEALTH_JSON`), else None.
     mailbox: dict[str, Any] | None
+    # Poll health of a postgres.outbox trigger (`outbox.HEALTH_JSON`), else None.
+    outbox: dict[str, Any] | None
 
 
 _COLUMNS = (
@@ -63,7 +66,8 @@ _COLUMNS = (
     "(signing_secret IS NOT NULL) AS signing, (sync_version > synced_version) AS sync_pending, sync_error, "
     # The watch of the mailbox a gmail.* trigger reads (NULL for other triggers).
     f"(SELECT {HEALTH_JSON} FROM gmail_mailboxes m WHERE m.owner_id = workflows.owner_id AND m.credential_id = "
-    "CASE WHEN workflows.trigger_type LIKE 'gmail.%' THEN workflows.routing_key::uuid END) AS mailbox"
+    "CASE WHEN workflows.trigger_type LIKE 'gmail.%' THEN workflows.routing_key::uuid END) AS mailbox, "
+    f"(SELECT {OUTBOX_HEALTH_JSON} FROM outbox_health h WHERE h.workflow_id = workflows.id) AS outbox"
 )
 
 

@@ -32,6 +32,7 @@ import asyncpg
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from oauth.crypto import Keyring
 from runtime.temporal import connect
 from schemas import db, jsonlimits
 from schemas.sanitize import strip_nul
@@ -59,6 +60,7 @@ from worker.automation.contract import (
     lane_id,
 )
 from worker.dispatch.forwarding import ForwardFailed, accept_forwarded, build_forwarders, handover_forwarded
+from worker.dispatch.outbox import OutboxPoller
 from worker.dispatch.reconciler import Reconciler
 from worker.dispatch.trigger_sync import TriggerSyncer
 
@@ -191,6 +193,8 @@ class Dispatcher:
         reconciler = asyncio.create_task(
             Reconciler(self._pool, self._settings, self._ensure_client, self._metrics).run(stop), name="reconciler"
         )
+        # Owners' outbox tables: its own task, so a slow owner database never holds up resolution.
+        outbox = asyncio.create_task(self._run_outbox(stop), name="outbox")
         try:
             while not stop.is_set():
                 # Cleared before the pass, so a commit notified during it triggers another pass.
@@ -199,11 +203,19 @@ class Dispatcher:
                 if not busy:
                     await self._sleep(stop)
         finally:
-            await asyncio.wait({syncer, reconciler}, timeout=5)  # `stop` ends them after the call in flight
-            for task in (listener, syncer, reconciler):
+            await asyncio.wait({syncer, reconciler, outbox}, timeout=5)  # `stop` ends them after the call in flight
+            for task in (listener, syncer, reconciler, outbox):
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
+
+    async def _run_outbox(self, stop: asyncio.Event) -> None:
+        if not self._settings.master_keys:  # credentials cannot be read: the process start refuses this
+            log.warning("no master keys: database outboxes are not polled")
+            return
+        await OutboxPoller(self._pool, self._settings, Keyring(self._settings.master_keys), metrics=self._metrics).run(
+            stop
+        )
 
     async def _step(self) -> bool:
         """One pass of both steps; True if a step hit its batch limit (more work waits).
