@@ -60,8 +60,11 @@ from bench.common import (
     wait_until,
     write_results,
 )
+from bench.newsletter import Api
 from bench.stack import Stack, start_stack
 from hookyard import services
+from schemas import db
+from schemas.store.owners import create_owner
 
 REFERENCE = "bench.outbox_reference"
 BATCH_SIZE = outbox_reference.BATCH_SIZE  # hookyard's outbox workflow gets the reference design's
@@ -162,6 +165,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--interval", type=float, default=1.0, help="poll interval of both sides, s (default 1)")
     parser.add_argument(
         "--reference-one-batch", action="store_true", help="reference: one batch per interval, not until drained"
+    )
+    parser.add_argument(
+        "--concurrency-limit",
+        type=int,
+        default=100,
+        help="of hookyard's outbox workflow (default 100: the reference worker's 100 concurrent activities)",
     )
     parser.add_argument("--no-hookyard", action="store_true", help="run the reference side only")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up on a phase after this many s")
@@ -387,8 +396,73 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 
 def start_hookyard(args: argparse.Namespace, stack: Stack, novu_url: str) -> Side:
-    """hookyard's side: not wired until the `postgres.outbox` trigger type exists."""
-    raise SystemExit("the postgres.outbox trigger type is not in this tree yet; run with --no-hookyard")
+    """`hookyard serve`, `dispatch` and `worker`, then the owner's credentials and outbox workflow
+    through the API, as an owner would create them (README, "From a database outbox")."""
+    owner_url = asyncio.run(create_owner_database(stack.database_url, "owner_hookyard"))
+    pg_port, novu_port = urlsplit(stack.database_url).port, urlsplit(novu_url).port
+    extra = {
+        # The owner's database (on the bench's PostgreSQL) and the Novu stand-in are on loopback.
+        "HOOKYARD_EGRESS_ALLOW": f"127.0.0.1:{pg_port},127.0.0.1:{novu_port}",
+        "HOOKYARD_RATE_LIMITS": "novu=0/s",  # unlimited: the stand-in is not Novu's Free tier
+    }
+    stack.start_app("serve", **extra)
+    stack.start_app("dispatch", **extra)
+    worker = stack.procs.spawn(
+        "worker", python_module("bench.outbox", "worker", "--novu-url", novu_url), stack.app_env("worker", **extra)
+    )
+    stack.apps["worker"] = worker
+    asyncio.run(create_outbox_workflow(args, stack, owner_url))
+    return Side("hookyard", owner_url, [stack.apps["serve"], stack.apps["dispatch"], worker])
+
+
+async def create_outbox_workflow(args: argparse.Namespace, stack: Stack, owner_url: str) -> str:
+    """A `postgres` credential, a Novu credential and the `postgres.outbox` workflow; its id."""
+    conn = await db.connect(stack.database_url)
+    try:
+        _, key = await create_owner(conn, "outbox")
+    finally:
+        await conn.close()
+    api = Api(f"http://127.0.0.1:{stack.port}", key)
+    try:
+        database = await api.post(
+            "/api/credentials", {"provider": "postgres", "name": "app db", "secret": {"url": owner_url}}
+        )
+        novu = await api.post("/api/credentials", {"provider": "novu", "name": "novu", "secret": {"api_key": "bench"}})
+        workflow = await api.post("/api/workflows", outbox_workflow(args, database["id"], novu["id"]))
+        return str(workflow["id"])
+    finally:
+        await api.client.aclose()
+
+
+def outbox_workflow(args: argparse.Namespace, database_credential: str, novu_credential: str) -> dict[str, Any]:
+    """The reference design as a hookyard workflow (the README's example, at the bench's interval)."""
+    return {
+        "name": "notifications",
+        "trigger": {
+            "type": "postgres.outbox",
+            "config": {
+                "credential_id": database_credential,
+                "table": "public.ent_notification",
+                "status_column": "notification_status",
+                "conditions": [{"column": "publish_status", "op": "equals", "value": "PUBLISH"}],
+                "due_column": "scheduled_send_time",
+                "updated_column": "updated_at",
+                "result_column": "error_details",
+                "batch_size": BATCH_SIZE,
+                "poll_interval_s": args.interval,
+            },
+        },
+        "action": {
+            "type": "novu.trigger",
+            "credential_id": novu_credential,
+            "config": {
+                "workflow_id": outbox_reference.NOVU_WORKFLOW,
+                "to": "{{ trigger.row.recipients }}",
+                "payload": {"name": "{{ trigger.row.payload.name }}", "order": "{{ trigger.row.payload.order }}"},
+            },
+        },
+        "concurrency_limit": args.concurrency_limit,
+    }
 
 
 if __name__ == "__main__":
