@@ -70,8 +70,8 @@ class OutboxSql:
     id_name: str
     status_col: str
     statuses: Mapping[str, str]
-    conditions_sql: str
-    condition_params: tuple[Any, ...]
+    # The rules, validated; compiled again for each statement with its own placeholder numbers.
+    conditions: tuple[Mapping[str, Any], ...]
     due_col: str | None
     updated_col: str | None
     attempts_col: str | None
@@ -109,11 +109,12 @@ class OutboxSql:
         return where + shifted, params + cond_params
 
     def _conditions(self, start: int) -> tuple[str, list[Any]]:
-        # Conditions were compiled with placeholders numbered from 1; renumber after `start - 1`.
-        if not self.conditions_sql:
+        # Compiled with this statement's numbering: never by rewriting SQL text, where a `$`
+        # inside a quoted identifier would be taken for a placeholder.
+        if not self.conditions:
             return "", []
-        sql = re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + start - 1}", self.conditions_sql)
-        return f" AND {sql}", list(self.condition_params)
+        sql, params = compile_conditions(self.conditions, start)
+        return f" AND {sql}", params
 
     def select_due(self, skip_ids: Sequence[str]) -> Compiled:
         """Lock up to a batch of claimable rows (`FOR UPDATE SKIP LOCKED`), oldest due first.
@@ -175,14 +176,6 @@ class OutboxSql:
             params,
         )
 
-    def probe(self) -> Compiled:
-        """A statement touching every configured column: fails clearly if one is missing."""
-        cols = [self.id_col, self.status_col]
-        cols += [c for c in (self.due_col, self.updated_col, self.attempts_col, self.result_col) if c is not None]
-        cols += list(self.columns or ())
-        where, params = self._conditions(1)
-        return Compiled(f"SELECT {', '.join(cols)} FROM {self.table} WHERE false{where}", params)
-
     def backlog(self) -> Compiled:
         """How many pending rows are due, and how late the oldest is (seconds; by due or updated column)."""
         params: list[Any] = [self.statuses["pending"]]
@@ -201,10 +194,11 @@ class OutboxSql:
         )
 
 
-def compile_conditions(rules: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
-    """`rules` (column, op, value) as one parameterised condition, placeholders from $1."""
+def compile_conditions(rules: Sequence[Mapping[str, Any]], start: int = 1) -> tuple[str, list[Any]]:
+    """`rules` (column, op, value) as one parameterised condition, placeholders from `$start`."""
     parts: list[str] = []
     params: list[Any] = []
+    base = start - 1
     for index, rule in enumerate(rules):
         where = f"conditions[{index}]"
         column = _ident(rule.get("column"), f"{where}.column")
@@ -222,12 +216,12 @@ def compile_conditions(rules: Sequence[Mapping[str, Any]]) -> tuple[str, list[An
                 raise OutboxSqlError(f"{where}.value", "must be a non-empty list of strings, numbers or booleans")
             params.append(value)
             test = "= ANY" if op == "in" else "<> ALL"
-            parts.append(f"{column} {test}(${len(params)})")
+            parts.append(f"{column} {test}(${base + len(params)})")
         elif op in COMPARISONS:
             if not _scalar(value):
                 raise OutboxSqlError(f"{where}.value", "must be a string, a number or a boolean")
             params.append(value)
-            parts.append(f"{column} {COMPARISONS[op]} ${len(params)}")
+            parts.append(f"{column} {COMPARISONS[op]} ${base + len(params)}")
         else:
             raise OutboxSqlError(f"{where}.op", f"must be one of {', '.join(CONDITION_OPS)}")
     return " AND ".join(f"({p})" for p in parts), params
@@ -244,7 +238,8 @@ def _optional(config: Mapping[str, Any], key: str, where: str | None = None) -> 
 
 def compile_outbox(config: Mapping[str, Any]) -> OutboxSql:
     """The statements of a `postgres.outbox` config; `OutboxSqlError` names what cannot be used."""
-    conditions_sql, condition_params = compile_conditions(config.get("conditions") or [])
+    rules = tuple(config.get("conditions") or [])
+    compile_conditions(rules)  # validates
     statuses = {**DEFAULT_STATUSES, **(config.get("statuses") or {})}
     for key, value in statuses.items():
         if not isinstance(value, str) or not value or "\x00" in value:
@@ -260,8 +255,7 @@ def compile_outbox(config: Mapping[str, Any]) -> OutboxSql:
         id_name=str(config.get("id_column", "id")),
         status_col=_ident(config.get("status_column", "status"), "status_column"),
         statuses=statuses,
-        conditions_sql=conditions_sql,
-        condition_params=tuple(condition_params),
+        conditions=rules,
         due_col=_optional(config, "due_column"),
         updated_col=_optional(config, "updated_column"),
         attempts_col=_optional(retry, "attempts_column", "retry.attempts_column"),

@@ -346,7 +346,7 @@ async def record_written(conn: asyncpg.Connection, claim: FinishedClaim, result:
         claim.id,
         claim.generation,
         claim.outcome,
-        None if result is None else orjson.dumps(result).decode(),
+        result,
     )
     if done != "UPDATE 0":
         await conn.execute(

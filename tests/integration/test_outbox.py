@@ -3,6 +3,7 @@ a second real database on the test server standing in for the owner's own databa
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,8 +13,9 @@ import orjson
 import pytest
 import respx
 
-from tests.conftest import Owner, Stack, wait_for
+from tests.conftest import Owner, Receiver, Stack, wait_for
 from tests.faultproxy import FaultProxy
+from tests.processes import deployment, owner_client
 from tests.outbox_support import (
     OWNER_PASSWORD,
     OwnerDb,
@@ -407,3 +409,79 @@ async def test_the_owners_database_down_backs_off_and_loses_nothing(
         assert len(novu.calls) == 3
     finally:
         await proxy.close()
+
+
+@pytest.mark.usefixtures("pipeline")
+async def test_a_notify_on_the_listen_channel_polls_at_once(
+    owner: Owner, owner_db: OwnerDb, owner_conn: asyncpg.Connection, novu: NovuStandIn
+) -> None:
+    table = "ent_listen"
+    await make_table(owner_conn, table)
+    flow = await _outbox_workflow(owner, owner_db.url, table, poll_interval_s=600, listen_channel="ent_listen_wake")
+
+    async def polled_once() -> Any:
+        return (await owner.client.get(f"/api/workflows/{flow['id']}")).json()["outbox"]
+
+    await wait_for(polled_once)
+    [row_id] = await insert_rows(owner_conn, table, 1, payload='{"name": "woken"}')
+
+    async def notified_and_sent() -> bool:
+        # Notified until seen: the listener connects after the workflow's first poll.
+        await owner_conn.execute("SELECT pg_notify('ent_listen_wake', '')")
+        sent: bool = await _all("SENT", [row_id])(owner_conn, table)
+        return sent
+
+    await wait_for(notified_and_sent, timeout=15, interval=0.5)
+
+
+# --- crashes of real processes --------------------------------------------------------------
+
+
+async def test_killing_the_dispatcher_and_the_worker_mid_flight_sends_each_row_once(
+    stack: Stack, owner_db: OwnerDb, owner_conn: asyncpg.Connection, receiver: Receiver
+) -> None:
+    table = "ent_killed"
+    await make_table(owner_conn, table)
+    await owner_conn.execute(f"INSERT INTO {table} (payload) SELECT '{{}}' FROM generate_series(1, 200)")
+    ids = [r["id"] for r in await owner_conn.fetch(f"SELECT id FROM {table}")]
+    path = f"/outbox-killed-{uuid.uuid4().hex[:8]}"
+    async with deployment(stack) as deploy:
+        api, dispatcher, worker = await deploy.start("serve"), deploy.spawn("dispatch"), deploy.spawn("worker")
+        await deploy.started(dispatcher, worker)
+        async with await owner_client(deploy, api[0]) as client:
+            credential = (
+                await client.post("/api/credentials", json={"provider": "postgres", "secret": {"url": owner_db.url}})
+            ).json()["id"]
+            response = await client.post(
+                "/api/workflows",
+                json={
+                    "name": "killed",
+                    "trigger": {
+                        "type": "postgres.outbox",
+                        "config": outbox_config(credential, table, batch_size=20),
+                    },
+                    "action": {
+                        "type": "http.request",
+                        "config": {"url": receiver.url + path, "body": {"row": "{{ trigger.row.id }}"}},
+                    },
+                },
+            )
+            assert response.status_code == 201, response.text
+
+            async def some_claimed() -> bool:
+                return len(receiver.to(path)) >= 20
+
+            await wait_for(some_claimed, timeout=60)
+            dispatcher.kill()
+            worker.kill()
+            await deploy.started(deploy.spawn("dispatch"), deploy.spawn("worker"))
+            await wait_for(lambda: _all("SENT", ids)(owner_conn, table), timeout=150, interval=0.5)
+            claims = await deploy.pool.fetch("SELECT row_id, count(*) AS n FROM outbox_claims GROUP BY row_id")
+
+    # Each row claimed once: no generation was lost or doubled by the kill.
+    assert len(claims) == len(ids) and all(c["n"] == 1 for c in claims)
+    keys: dict[int, set[str]] = {}
+    for request in receiver.to(path):
+        keys.setdefault(orjson.loads(request.body)["row"], set()).add(request.headers["idempotency-key"])
+    # One execution per row (an attempt cut off by the kill may be sent again under the same key).
+    assert sorted(keys) == sorted(ids) and all(len(k) == 1 for k in keys.values())

@@ -153,6 +153,11 @@ class OutboxPoller:
         self._listeners = _Listeners(self)
 
     @property
+    def pool(self) -> asyncpg.Pool:
+        """hookyard's own database pool."""
+        return self._pool
+
+    @property
     def pools(self) -> OwnerPools:
         """The owners' connection pools of this poller."""
         return self._pools
@@ -229,7 +234,8 @@ class OutboxPoller:
             return f"permission denied: {str(exc).splitlines()[0][:300]}"
         return describe_error(exc, None, self._bounds)[:500]
 
-    async def _target(self, owner_id: UUID, credential_id: UUID) -> PostgresTarget:
+    async def target(self, owner_id: UUID, credential_id: UUID) -> PostgresTarget:
+        """Where an owner's `postgres` credential connects (`OutboxConfigError` if it cannot be used)."""
         try:
             async with self._pool.acquire() as conn:
                 credential, secret = await load_secret(conn, self._cipher, owner_id, credential_id)
@@ -239,9 +245,10 @@ class OutboxPoller:
             raise OutboxConfigError(f"the credential is for {credential.provider}, not postgres")
         return target_of(secret)
 
-    async def _owner_pool(self, owner_id: UUID, config: dict[str, Any]) -> asyncpg.Pool:
+    async def owner_pool(self, owner_id: UUID, config: dict[str, Any]) -> asyncpg.Pool:
+        """The pool for the database a workflow's trigger config names (its credential, checked)."""
         credential_id = UUID(str(config["credential_id"]))
-        return await self._pools.pool(credential_id, await self._target(owner_id, credential_id))
+        return await self._pools.pool(credential_id, await self.target(owner_id, credential_id))
 
     async def poll(self, poll: store.OutboxPoll) -> tuple[int, int | None, float | None]:
         """Claim due rows of one workflow's table; returns (claimed, due rows left, oldest lag)."""
@@ -250,7 +257,7 @@ class OutboxPoller:
             sql = compile_outbox(config)
         except OutboxSqlError as exc:
             raise OutboxConfigError(f"config {exc}") from None
-        opool = await self._owner_pool(poll.owner_id, config)
+        opool = await self.owner_pool(poll.owner_id, config)
         claimed = await self.claim(poll, sql, opool)
         backlog = sql.backlog()
         async with opool.acquire() as oconn:
@@ -321,7 +328,7 @@ class OutboxPoller:
             config = await store.trigger_config_of(conn, workflow_id)
             try:
                 sql = compile_outbox(config)
-                opool = await self._owner_pool(owner_id, config)
+                opool = await self.owner_pool(owner_id, config)
                 async with opool.acquire() as oconn:
                     for claim in claims:
                         await self._write_one(conn, oconn, sql, claim)
@@ -364,7 +371,7 @@ class _Listeners:
 
     async def refresh(self) -> None:
         """Listen for every active outbox workflow with a channel; stop listening for the rest."""
-        async with self._poller._pool.acquire() as conn:
+        async with self._poller.pool.acquire() as conn:
             wanted = await store.listening_workflows(conn)
         keys = {(w.workflow_id, w.channel): w for w in wanted}
         for key in list(self._tasks):
@@ -383,7 +390,7 @@ class _Listeners:
 
         while True:
             try:
-                target = await poller._target(item.owner_id, item.credential_id)
+                target = await poller.target(item.owner_id, item.credential_id)
                 conn = await poller.pools.listen_connection(target)
             except Exception as exc:  # the poll records the error; listening retries quietly
                 log.info("outbox listener of workflow %s cannot connect: %s", item.workflow_id, type(exc).__name__)
@@ -404,7 +411,7 @@ class _Listeners:
 
     async def _poll_now(self, workflow_id: UUID) -> None:
         with suppress(Exception):
-            async with self._poller._pool.acquire() as conn:
+            async with self._poller.pool.acquire() as conn:
                 await store.poll_now(conn, [workflow_id])
             self._poller.wake()
 
