@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,17 @@ FROM generate_series(1, $1) AS n
 
 PROGRESS = """
 SELECT count(*) FILTER (WHERE notification_status = 'SENT') AS sent,
-       count(*) FILTER (WHERE notification_status = 'FAILED') AS failed
+       count(*) FILTER (WHERE notification_status = 'FAILED') AS failed,
+       count(*) FILTER (WHERE notification_status = 'PENDING') AS pending
 FROM ent_notification WHERE id > $1
+"""
+
+# Per row, from the INSERT to SENT (both sides set updated_at when they write SENT).
+LATENCY = """
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s) AS p50,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY s) AS p99, max(s) AS max
+FROM (SELECT extract(epoch FROM updated_at - $2::timestamptz)::float8 AS s
+      FROM ent_notification WHERE id > $1 AND notification_status = 'SENT') AS sent
 """
 
 
@@ -173,7 +183,9 @@ def parse_args() -> argparse.Namespace:
         help="of hookyard's outbox workflow (default 100: the reference worker's 100 concurrent activities)",
     )
     parser.add_argument("--no-hookyard", action="store_true", help="run the reference side only")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="give up on a phase after this many s")
+    parser.add_argument(
+        "--timeout", type=float, default=3600.0, help="stop waiting for a side's rows after this many s (default 3600)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 rows, 10 warm-up rows")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout (progress: stderr)")
     args = parser.parse_args()
@@ -220,28 +232,62 @@ class Side:
                 raise RuntimeError(f"{proc.name} exited; see {proc.log_path}:\n{tail(proc.log_path)}")
 
 
-async def send_rows(side: Side, count: int, timeout: float) -> tuple[float, float, int, int]:
-    """Insert `count` rows at once and wait until all are SENT (or FAILED).
+@dataclass
+class Sending:
+    """One batch of rows, from the INSERT until every row ended (or the timeout)."""
 
-    Returns (clock at the INSERT, clock when done, sent, failed).
-    """
+    start: float  # monotonic clock at the INSERT
+    done: float  # monotonic clock when every row was SENT or FAILED (or the timeout)
+    sent: int
+    failed: int
+    complete: bool
+    claimed_s: float | None  # seconds until no row was PENDING any more
+    latency_s: tuple[float, float, float]  # INSERT -> SENT per row (updated_at): p50, p99, max
+
+
+async def send_rows(side: Side, count: int, timeout: float) -> Sending:
+    """Insert `count` rows at once and wait until all are SENT or FAILED, at most `timeout` s;
+    progress is reported every 30 s."""
     conn = await asyncpg.connect(side.owner_url)
     try:
         last = await conn.fetchval("SELECT coalesce(max(id), 0) FROM ent_notification")
+        inserted_at = await conn.fetchval("SELECT clock_timestamp()")
         start = time.monotonic()
         await conn.execute(INSERT_ROWS, count)
-        seen: dict[str, int] = {}
+        seen = {"sent": 0, "failed": 0, "pending": count}
+        claimed: list[float] = []
+        said = [start]
 
         async def finished() -> bool:
             side.check()
             row = await conn.fetchrow(PROGRESS, last)
-            seen.update(sent=row["sent"], failed=row["failed"])
+            seen.update(row)
+            now = time.monotonic()
+            if not claimed and row["pending"] == 0:
+                claimed.append(now - start)
+            if now - said[0] >= 30:
+                said[0] = now
+                say(f"  {side.name}: {row['sent']} SENT, {row['pending']} PENDING after {now - start:.0f} s")
             return bool(row["sent"] + row["failed"] >= count)
 
-        done = await wait_until(finished, timeout, interval=0.1)
+        complete = True
+        try:
+            done = await wait_until(finished, timeout, interval=0.1)
+        except TimeoutError:
+            complete, done = False, time.monotonic()
+            say(f"{side.name}: timed out after {timeout:.0f} s; the figures are of the rows sent so far")
+        latency = await conn.fetchrow(LATENCY, last, inserted_at)
     finally:
         await conn.close()
-    return start, done, seen["sent"], seen["failed"]
+    return Sending(
+        start,
+        done,
+        seen["sent"],
+        seen["failed"],
+        complete,
+        claimed[0] if claimed else None,
+        (latency["p50"] or 0.0, latency["p99"] or 0.0, latency["max"] or 0.0),
+    )
 
 
 async def one_run(args: argparse.Namespace, side: Side, procs: Processes, novu_url: str) -> dict[str, Any]:
@@ -250,22 +296,25 @@ async def one_run(args: argparse.Namespace, side: Side, procs: Processes, novu_u
     await send_rows(side, args.warmup, args.timeout)
     say(f"{side.name}: {args.rows} rows ...")
     novu_before, cpu_before = await novu_stats(novu_url), procs.cpu_seconds()
-    start, done, sent, failed = await send_rows(side, args.rows, args.timeout)
-    cpu = cpu_share(cpu_before, procs.cpu_seconds(), done - start)
+    run = await send_rows(side, args.rows, args.timeout)
+    seconds = run.done - run.start
+    cpu = cpu_share(cpu_before, procs.cpu_seconds(), seconds)
     novu_after = await novu_stats(novu_url)
-    seconds = done - start
     result = {
         "side": side.name,
         "rows": args.rows,
+        "complete": run.complete,
         "seconds": seconds,
-        "rows_per_s": args.rows / seconds,
-        "sent": sent,
-        "failed": failed,
+        "rows_per_s": run.sent / seconds,
+        "sent": run.sent,
+        "failed": run.failed,
+        "claimed_s": run.claimed_s,
+        "latency_s": dict(zip(("p50", "p99", "max"), run.latency_s, strict=True)),
         "novu_requests": novu_after["count"] - novu_before["count"],
         "novu_distinct_transactions": novu_after["distinct"] - novu_before["distinct"],
         "cpu_cores": cpu,
     }
-    say(f"{side.name}: {result['rows_per_s']:.1f} rows/s ({seconds:.1f} s), {sent} SENT, {failed} FAILED")
+    say(f"{side.name}: {result['rows_per_s']:.1f} rows/s ({seconds:.1f} s), {run.sent} SENT, {run.failed} FAILED")
     return result
 
 
@@ -315,13 +364,21 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, An
     print()
     sides = list(by_side)
     rounds = max(len(rs) for rs in by_side.values())
+    measures: list[tuple[str, Callable[[dict[str, Any]], object]]] = [
+        ("rows/s", lambda r: r["rows_per_s"]),
+        ("  seconds", lambda r: r["seconds"] if r["complete"] else f"{r['seconds']:.0f} (timed out)"),
+        ("  SENT / FAILED", lambda r: f"{r['sent']} / {r['failed']}"),
+        ("  no row PENDING after, s", lambda r: "" if r["claimed_s"] is None else r["claimed_s"]),
+        ("  INSERT -> SENT p50, s", lambda r: r["latency_s"]["p50"]),
+        ("  INSERT -> SENT p99, s", lambda r: r["latency_s"]["p99"]),
+        ("  Novu requests", lambda r: r["novu_requests"]),
+        ("  distinct transactions", lambda r: r["novu_distinct_transactions"]),
+    ]
     rows: list[list[object]] = []
     for n in range(rounds):
-        for label, key in (("rows/s", "rows_per_s"), ("  seconds", "seconds"), ("  SENT", "sent")):
-            rows.append([f"round {n + 1}: {label}", *(_at(by_side[s], n, key) for s in sides)])
-        for label, key in (("  FAILED", "failed"), ("  Novu requests", "novu_requests")):
-            rows.append([label, *(_at(by_side[s], n, key) for s in sides)])
-        rows.append(["  distinct transactions", *(_at(by_side[s], n, "novu_distinct_transactions") for s in sides)])
+        for label, value in measures:
+            cells = [value(by_side[s][n]) if n < len(by_side[s]) else "" for s in sides]
+            rows.append([f"round {n + 1}: {label.strip()}" if label == "rows/s" else label, *cells])
     rows.append(["mean rows/s", *(mean[s] for s in sides)])
     print_table([f"{args.rows} rows", *sides], rows)
     if ratio is not None:
@@ -338,10 +395,6 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, An
     if note:
         print(note)
     return summary
-
-
-def _at(runs: list[dict[str, Any]], n: int, key: str) -> object:
-    return runs[n][key] if n < len(runs) else ""
 
 
 def main() -> int:
