@@ -57,6 +57,8 @@ class ActionContext:
     execution_id: str
     attempt: int
     template_context: Mapping[str, Any]
+    # The workflow's Standard Webhooks secret; for a subscription's delivery, each valid secret
+    # (newest first) space-separated.
     signing_secret: str | None = None
     owner_id: str = ""
     # The workflow's own credential (`action.credential_id`); configs may name further ones.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from actions import email, gmail, http, newsletter, novu, slack
+from actions import deliver, email, gmail, http, newsletter, novu, slack
 from actions.base import ActionType
 
 ACTIONS: Mapping[str, ActionType] = {
@@ -19,6 +19,10 @@ ACTIONS: Mapping[str, ActionType] = {
     )
 }
 
+# Actions of hookyard's internal workflows: run by the worker, never offered to owners (not in
+# the catalog, refused in workflow definitions).
+INTERNAL_ACTIONS: Mapping[str, ActionType] = {a.name: a for a in (deliver.ACTION,)}
+
 
 class UnknownAction(LookupError):
     """No action type has this name."""
@@ -27,6 +31,6 @@ class UnknownAction(LookupError):
 def get_action(name: str) -> ActionType:
     """The action type called `name`."""
     try:
-        return ACTIONS[name]
+        return ACTIONS[name] if name in ACTIONS else INTERNAL_ACTIONS[name]
     except KeyError:
         raise UnknownAction(f"unknown action type {name!r}; known: {', '.join(sorted(ACTIONS))}") from None

@@ -116,21 +116,25 @@ class OutboxSql:
         sql, params = compile_conditions(self.conditions, start)
         return f" AND {sql}", params
 
-    def select_due(self, skip_ids: Sequence[str]) -> Compiled:
+    def select_due(self, skip_ids: Sequence[str], max_row_bytes: int) -> Compiled:
         """Lock up to a batch of claimable rows (`FOR UPDATE SKIP LOCKED`), oldest due first.
 
-        Returns the id (text and native), the status it had, and the row as JSON.
+        Returns the id (text and native), the status it had, and the row as JSON (NULL when
+        larger than `max_row_bytes`: an owner's huge row is measured there, never fetched).
         `skip_ids`: rows hookyard holds open claims on or will not retry yet.
         """
         where, params = self._where_due(1)
         params.append(list(skip_ids))
         skip = f" AND NOT ({self.id_col}::text = ANY(${len(params)}::text[]))"
+        params.append(max_row_bytes)
+        size = f"${len(params)}"
         params.append(self.batch_size)
         order = f"{self.due_col} NULLS FIRST, " if self.due_col is not None else ""
         return Compiled(
             f"SELECT {self.id_col} AS id, {self.id_col}::text AS id_text, {self.status_col}::text AS status, "
-            f"to_jsonb(t)::text AS row_json FROM {self.table} AS t WHERE {where}{skip} "
-            f"ORDER BY {order}{self.id_col} LIMIT ${len(params)} FOR UPDATE SKIP LOCKED",
+            f"CASE WHEN octet_length(r.j) <= {size} THEN r.j END AS row_json "
+            f"FROM {self.table} AS t CROSS JOIN LATERAL (SELECT to_jsonb(t)::text AS j) AS r "
+            f"WHERE {where}{skip} ORDER BY {order}{self.id_col} LIMIT ${len(params)} FOR UPDATE OF t SKIP LOCKED",
             params,
         )
 

@@ -57,6 +57,12 @@ class Settings:
     max_json_depth: int = 128
     signature_tolerance_s: int = 300
     secret_rotation_grace_s: int = 24 * 3600
+    # Subscriptions (/api/subscriptions): the waits between delivery attempts (the last one
+    # repeating), how long a delivery is retried, and how long a subscription may keep failing
+    # before it is disabled.
+    subscription_retry_delays_s: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+    subscription_max_age_s: int = 3 * 24 * 3600
+    subscription_disable_after_s: int = 5 * 24 * 3600
     # Owner console (/console): how long a sign-in lasts; the Temporal Web UI base URL, if any,
     # for links to an execution's run (e.g. http://127.0.0.1:8233).
     console_session_ttl_s: int = 12 * 3600
@@ -257,6 +263,9 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOOKYARD_MAX_JSON_DEPTH": ("max_json_depth", int),
     "HOOKYARD_SIGNATURE_TOLERANCE_S": ("signature_tolerance_s", int),
     "HOOKYARD_SECRET_ROTATION_GRACE_S": ("secret_rotation_grace_s", int),
+    "HOOKYARD_SUBSCRIPTION_RETRY_DELAYS_S": ("subscription_retry_delays_s", lambda v: tuple(float(d) for d in _csv(v))),
+    "HOOKYARD_SUBSCRIPTION_MAX_AGE_S": ("subscription_max_age_s", int),
+    "HOOKYARD_SUBSCRIPTION_DISABLE_AFTER_S": ("subscription_disable_after_s", int),
     "HOOKYARD_CONSOLE_SESSION_TTL_S": ("console_session_ttl_s", int),
     "HOOKYARD_TEMPORAL_UI_URL": ("temporal_ui_url", str),
     "HOOKYARD_DB_POOL_MIN": ("db_pool_min", int),

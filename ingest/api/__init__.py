@@ -7,7 +7,19 @@ from typing import Any
 
 from starlette.routing import Route
 
-from ingest.api import catalog, credentials, endpoints, events, executions, keys, openapi, runs, service, workflows
+from ingest.api import (
+    catalog,
+    credentials,
+    endpoints,
+    events,
+    executions,
+    keys,
+    openapi,
+    runs,
+    service,
+    subscriptions,
+    workflows,
+)
 from ingest.api.operations import Operation, routes
 
 
@@ -48,6 +60,7 @@ def operations() -> list[Operation]:
         executions.cancel_execution,
         events.list_events,
         events.get_event,
+        *subscriptions.OPERATIONS,
     ]
 
 

@@ -12,11 +12,13 @@ from actions.registry import ACTIONS
 from ingest.api.common import json_response
 from ingest.api.operations import Reply, operation
 from oauth.providers import PROVIDERS
+from schemas.notification_types import ENVELOPE_SCHEMA, EVENT_TYPES
 from triggers.registry import TRIGGERS
 
 
-def catalog() -> dict[str, list[dict[str, Any]]]:
-    """Every registered trigger and action type and every credential provider, sorted by name."""
+def catalog() -> dict[str, Any]:
+    """Every registered trigger and action type, every credential provider and every
+    notification event type (with the envelope deliveries carry), sorted by name."""
     return {
         "triggers": [
             {
@@ -42,6 +44,11 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
             }
             for p in sorted(PROVIDERS.values(), key=lambda p: p.name)
         ],
+        "notification_types": [
+            {"type": t.name, "version": t.version, "description": t.description, "data_schema": t.data_schema}
+            for t in sorted(EVENT_TYPES.values(), key=lambda t: t.name)
+        ],
+        "notification_envelope": ENVELOPE_SCHEMA,
     }
 
 

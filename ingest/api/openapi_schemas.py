@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from actions.registry import ACTIONS
-from ingest.api import credentials, definitions, endpoints, events, executions, keys, workflows
+from ingest.api import credentials, definitions, endpoints, events, executions, keys, subscriptions, workflows
 from ingest.api.operations import ref
 from triggers.registry import TRIGGERS
 
@@ -358,7 +358,21 @@ def _catalog_schema() -> dict[str, Any]:
             "triggers": {"type": "array", "items": trigger},
             "actions": entries,
             "providers": {"type": "array", "items": provider},
-        }
+            "notification_types": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "type": _STR,
+                        "version": {"type": "integer"},
+                        "description": _STR,
+                        "data_schema": {"type": "object"},
+                    }
+                ),
+                "description": "What subscriptions may ask for; each delivery's body is `notification_envelope`.",
+            },
+            "notification_envelope": {"type": "object"},
+        },
+        ("triggers", "actions", "providers"),
     )
 
 
@@ -426,6 +440,55 @@ def _key_schemas() -> dict[str, Any]:
     return {"ApiKey": key, "ApiKeyCreate": keys.CREATE_SCHEMA, "ApiKeyCreated": {"allOf": [ref("ApiKey"), created]}}
 
 
+def _subscription_schemas() -> dict[str, Any]:
+    filters = _obj(
+        {
+            "workflow_ids": _nullable({"type": "array", "items": _UUID}),
+            "action_types": _nullable({"type": "array", "items": _STR}),
+        }
+    )
+    subscription = _obj(
+        {
+            "id": _UUID,
+            "target_url": _STR,
+            "event_types": {"type": "array", "items": _STR},
+            "filters": filters,
+            "active": {"type": "boolean"},
+            "status": {
+                "enum": ["healthy", "failing", "disabled"],
+                "description": "failing: the latest attempt failed; disabled: see `status_reason` (410 Gone, "
+                "failing too long, or deactivated by its owner).",
+            },
+            "status_reason": _nullable(_STR),
+            "failing_since": _nullable(_TIME),
+            "created_at": _TIME,
+            "updated_at": _TIME,
+        }
+    )
+    secret = {**_STR, "description": "Standard Webhooks signing secret (`whsec_…`); shown once."}
+    delivery = _obj(
+        {
+            "id": _UUID,
+            "notification": _obj({"id": _nullable(_STR), "type": _nullable(_STR)}),
+            "status": {"enum": list(executions.STATUSES)},
+            "attempts": {"type": "integer"},
+            "response_status": _nullable({"type": "integer"}),
+            "error": _nullable(_STR),
+            "created_at": _TIME,
+            "finished_at": _nullable(_TIME),
+            "next_attempt_at": _nullable(_TIME),
+            "replay_of": _nullable(_UUID),
+        }
+    )
+    return {
+        "Subscription": subscription,
+        "SubscriptionCreate": subscriptions.CREATE_SCHEMA,
+        "SubscriptionPatch": subscriptions.PATCH_SCHEMA,
+        "SubscriptionCreated": {"allOf": [ref("Subscription"), _obj({"secret": secret})]},
+        "Delivery": delivery,
+    }
+
+
 def component_schemas() -> dict[str, Any]:
     """Every named schema the paths refer to."""
     error = _obj({"error": _obj({"code": _STR, "message": _STR, "field": _STR}, ("code", "message"))})
@@ -437,6 +500,7 @@ def component_schemas() -> dict[str, Any]:
         **_workflow_schemas(),
         "Execution": _execution_schema(),
         **_event_schemas(),
+        **_subscription_schemas(),
         "Catalog": _catalog_schema(),
         **_config_schemas(),
     }

@@ -17,6 +17,9 @@ CREATE TABLE outbox_claims (
     event_id         uuid REFERENCES events(id) ON DELETE SET NULL,
     -- The status the row had when claimed (PENDING, FAILED for a retry, PROCESSING after a lease ran out).
     claimed_from     text NOT NULL,
+    -- Set once the owner's side committed PROCESSING: polls need not skip the row (it is not due)
+    -- until its lease could run out. Unset after a crash between the two commits.
+    owner_marked     boolean NOT NULL DEFAULT false,
     state            text NOT NULL DEFAULT 'claimed' CHECK (state IN ('claimed', 'written_back')),
     -- What was written back: the sent or failed status value, or 'released' (the row was put back).
     outcome          text,
@@ -35,7 +38,7 @@ CREATE UNIQUE INDEX outbox_claims_open_idx ON outbox_claims (credential_id, tabl
 CREATE INDEX outbox_claims_pending_idx ON outbox_claims (workflow_id, id) WHERE state = 'claimed';
 CREATE INDEX outbox_claims_event_idx ON outbox_claims (event_id);
 -- Retries counted hookyard-side: the row's failed claims and when the last one was written.
-CREATE INDEX outbox_claims_failed_idx ON outbox_claims (workflow_id, row_id) WHERE outcome = 'failed';
+CREATE INDEX outbox_claims_failed_idx ON outbox_claims (credential_id, table_name, row_id) WHERE outcome = 'failed';
 
 -- Poll health, one row per outbox workflow, also the poll lease: a poller holds a workflow
 -- until lease_until (SKIP LOCKED claim, like trigger sync), so replicas never poll one at once.

@@ -11,6 +11,8 @@ import asyncpg
 
 from schemas.errors import NotFound
 from schemas.store.rows import row_of, rows_of
+from schemas.store.subscriptions import record_delivery_outcomes
+from schemas.store.terminal import RETURNING, after_terminal, returning
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 # How long an attempt may be in flight: the automation's batch activity start-to-close
@@ -87,7 +89,8 @@ async def claim_handover(
     `redrive` marks rows that were run before (only the reconciler un-signals such rows).
     """
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT c.id, c.workflow_id, c.redrive, w.concurrency_limit, w.retry_policy, w.lane "
+        # Internal workflows (subscription deliveries) run in strict FIFO order through retries.
+        "SELECT c.id, c.workflow_id, c.redrive, w.concurrency_limit, w.retry_policy, w.lane, w.internal AS ordered "
         "FROM unnest($1::uuid[]) AS r(wf) JOIN workflows w ON w.id = r.wf "
         "CROSS JOIN LATERAL (SELECT greatest(0, $3 - count(*)) AS room FROM (SELECT 1 FROM executions o "
         "  WHERE o.workflow_id = r.wf AND o.signalled_at IS NOT NULL AND o.status IN ('queued', 'running') "
@@ -145,41 +148,61 @@ async def claim_for_run(
     terminated or reset under it), so it is skipped too; the same run may take it again (its
     activity is retried after the worker running it was lost).
     """
-    # One statement (its own transaction): the cancelling and the claiming updates touch
-    # disjoint rows (inactive vs active workflows), so one round trip does both.
-    rows: list[asyncpg.Record] = await conn.fetch(
-        "WITH cancelled AS (UPDATE executions x SET status = 'cancelled', finished_at = now(), "
-        "next_attempt_at = NULL, error = 'workflow was deactivated before this execution ran' FROM workflows w "
-        "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
-        "AND NOT (w.active AND w.deleted_at IS NULL) RETURNING x.id) "
-        "UPDATE executions x SET status = 'running', attempts = x.attempts + 1, "
-        "started_at = coalesce(x.started_at, now()), next_attempt_at = NULL, attempt_started_at = now(), "
-        "temporal_workflow_id = $2, temporal_run_id = $3 FROM workflows w "
-        "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
-        "AND w.active AND w.deleted_at IS NULL "
-        "AND NOT (x.status = 'running' AND x.next_attempt_at IS NULL "
-        "AND (x.temporal_workflow_id, x.temporal_run_id) IS DISTINCT FROM ($2, $3) "
-        "AND coalesce(x.attempt_started_at, '-infinity') > now() - make_interval(secs => $4)) "
-        "RETURNING x.id, x.owner_id, x.workflow_id, x.event_id, x.trigger_data, x.attempts, "
-        "w.name AS workflow_name, w.action_type, w.action_config, w.credential_id, w.retry_policy",
-        ids,
-        temporal_workflow_id,
-        temporal_run_id,
-        ATTEMPT_IN_FLIGHT_S,
-    )
-    return rows
+    # One statement: the cancelling and the claiming updates touch disjoint rows (inactive vs
+    # active workflows), so one round trip does both; the rows it cancels are reported to
+    # `after_terminal` in the same transaction.
+    async with conn.transaction():
+        rows: list[asyncpg.Record] = await conn.fetch(
+            _CLAIM, ids, temporal_workflow_id, temporal_run_id, ATTEMPT_IN_FLIGHT_S
+        )
+        await after_terminal(conn, [r for r in rows if r["cancelled"]])
+    return [r for r in rows if not r["cancelled"]]
+
+
+_CLAIM = (
+    "WITH cancelled AS (UPDATE executions x SET status = 'cancelled', finished_at = now(), "
+    "next_attempt_at = NULL, error = 'workflow was deactivated before this execution ran' FROM workflows w "
+    "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
+    f"AND NOT (w.active AND w.deleted_at IS NULL) RETURNING {returning('x')}), "
+    "claimed AS (UPDATE executions x SET status = 'running', attempts = x.attempts + 1, "
+    "started_at = coalesce(x.started_at, now()), next_attempt_at = NULL, attempt_started_at = now(), "
+    "temporal_workflow_id = $2, temporal_run_id = $3 FROM workflows w "
+    "WHERE x.id = ANY($1::uuid[]) AND w.id = x.workflow_id AND x.status IN ('queued', 'running') "
+    "AND w.active AND w.deleted_at IS NULL "
+    "AND NOT (x.status = 'running' AND x.next_attempt_at IS NULL "
+    "AND (x.temporal_workflow_id, x.temporal_run_id) IS DISTINCT FROM ($2, $3) "
+    "AND coalesce(x.attempt_started_at, '-infinity') > now() - make_interval(secs => $4)) "
+    "RETURNING x.id, x.owner_id, x.workflow_id, x.event_id, x.trigger_data, x.attempts, "
+    "w.name AS workflow_name, w.action_type, w.action_config, w.credential_id, w.retry_policy) "
+    "SELECT false AS cancelled, c.*, NULL::uuid AS replay_of, NULL::text AS status, NULL::text AS error, "
+    "NULL::timestamptz AS finished_at FROM claimed c "
+    "UNION ALL SELECT true, k.id, k.owner_id, k.workflow_id, k.event_id, NULL, k.attempts, NULL, NULL, NULL, "
+    "NULL, NULL, k.replay_of, k.status, k.error, k.finished_at FROM cancelled k"
+)
 
 
 async def record_outcomes(conn: asyncpg.Connection, outcomes: list[dict[str, Any]]) -> None:
-    """Write attempt outcomes: {id, status, result, error, retry_in_s}; terminal ones get finished_at."""
-    await conn.execute(
-        "UPDATE executions x SET status = u.status, result = u.result, error = u.error, "
-        "finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN now() END, "
-        "next_attempt_at = CASE WHEN u.retry_in IS NULL THEN NULL "
-        "ELSE now() + make_interval(secs => u.retry_in) END "
-        "FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::float8[]) "
-        "AS u(id, status, result, error, retry_in) "
-        "WHERE x.id = u.id AND x.status = 'running'",
+    """Write attempt outcomes: {id, status, result, error, retry_in_s}; terminal ones get
+    finished_at and are reported to `after_terminal`, and deliveries' outcomes keep their
+    subscriptions' health, in the same transaction."""
+    async with conn.transaction():
+        rows = await conn.fetch(
+            "UPDATE executions x SET status = u.status, result = u.result, error = u.error, "
+            "finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN now() END, "
+            "next_attempt_at = CASE WHEN u.retry_in IS NULL THEN NULL "
+            "ELSE now() + make_interval(secs => u.retry_in) END "
+            "FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::float8[]) "
+            "AS u(id, status, result, error, retry_in), workflows w "
+            "WHERE x.id = u.id AND x.status = 'running' AND w.id = x.workflow_id "
+            f"RETURNING {returning('x')}, w.internal, coalesce(x.result->>'gone' = 'true', false) AS gone",
+            *_outcome_arrays(outcomes),
+        )
+        await record_delivery_outcomes(conn, [r for r in rows if r["internal"]])
+        await after_terminal(conn, [r for r in rows if r["status"] in TERMINAL])
+
+
+def _outcome_arrays(outcomes: list[dict[str, Any]]) -> tuple[list[Any], ...]:
+    return (
         [o["id"] for o in outcomes],
         [o["status"] for o in outcomes],
         [o.get("result") for o in outcomes],
@@ -271,14 +294,16 @@ async def lock_for_cancel(conn: asyncpg.Connection, owner_id: UUID, execution_id
 
 
 async def mark_cancelled(conn: asyncpg.Connection, execution_id: UUID, reason: str) -> None:
-    """Cancel an execution that has no attempt in flight (queued, or waiting for a retry)."""
-    await conn.execute(
+    """Cancel an execution that has no attempt in flight (queued, or waiting for a retry);
+    call inside a transaction (`after_terminal` runs in it)."""
+    rows = await conn.fetch(
         "UPDATE executions SET status = 'cancelled', finished_at = now(), next_attempt_at = NULL, error = $2, "
         "cancel_requested_at = coalesce(cancel_requested_at, now()) "
-        "WHERE id = $1 AND status IN ('queued', 'running')",
+        f"WHERE id = $1 AND status IN ('queued', 'running') RETURNING {RETURNING}",
         execution_id,
         reason,
     )
+    await after_terminal(conn, rows)
 
 
 async def request_cancel(conn: asyncpg.Connection, execution_id: UUID) -> None:

@@ -10,6 +10,8 @@ from uuid import UUID
 
 import asyncpg
 
+from schemas.store.terminal import RETURNING, after_terminal
+
 # Recipients still to be sent to; `sending` ones were cut off mid-request by a lost worker.
 OPEN_STATES = ("pending", "sending")
 STATES = ("pending", "sending", "sent", "failed", "unknown", "cancelled")
@@ -244,12 +246,14 @@ async def finish(
     conn: asyncpg.Connection, execution_id: UUID, status: str, result: dict[str, Any], error: str | None
 ) -> bool:
     """Write the execution's final status once; False if it had already finished."""
-    done: str = await conn.execute(
-        "UPDATE executions SET status = $2, result = $3, error = $4, finished_at = now(), next_attempt_at = NULL "
-        "WHERE id = $1 AND status = 'running'",
-        execution_id,
-        status,
-        result,
-        error,
-    )
-    return done != "UPDATE 0"
+    async with conn.transaction():
+        rows = await conn.fetch(
+            "UPDATE executions SET status = $2, result = $3, error = $4, finished_at = now(), next_attempt_at = NULL "
+            f"WHERE id = $1 AND status = 'running' RETURNING {RETURNING}",
+            execution_id,
+            status,
+            result,
+            error,
+        )
+        await after_terminal(conn, rows)
+    return bool(rows)

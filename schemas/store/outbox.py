@@ -59,7 +59,8 @@ class NewClaim:
 class FinishedClaim:
     """An open claim whose execution ended (or whose event will never run): due for write-back.
 
-    `outcome` is `sent`, `failed` or `released` (no execution will run: the row is put back).
+    `outcome` is `sent`, `failed` or `released` (nothing ran and nothing will: the row is put
+    back to pending, e.g. its workflow was deactivated before the row was tried).
     """
 
     id: int
@@ -208,26 +209,45 @@ async def skipped_rows(
     max_attempts: int,
     retry_interval_s: float,
     count_failures: bool,
+    lease_timeout_s: float,
 ) -> list[str]:
     """Row ids a poll must not claim: held by an open claim, or failed rows not to retry yet.
 
+    An open claim whose row the owner's side marked PROCESSING is skipped only once that
+    row's lease could have run out (after half of `lease_timeout_s`, so clocks may differ);
+    before that the row is not due anyway, and the list stays short however many rows run.
     With `count_failures` (no attempts column), hookyard counts a row's failed claims itself:
     a row that failed `max_attempts` times is never retried, and one is retried only
     `retry_interval_s` after its last failure was written.
     """
     rows = await conn.fetch(
         "SELECT row_id FROM outbox_claims WHERE credential_id = $1 AND table_name = $2 AND state = 'claimed' "
+        "AND (NOT owner_marked OR claimed_at <= now() - make_interval(secs => $7::float8 / 2)) "
         "UNION SELECT row_id FROM outbox_claims WHERE credential_id = $1 AND table_name = $2 AND outcome = 'failed' "
         "GROUP BY row_id HAVING ($5 AND count(*) >= $3) "
-        "OR max(written_back_at) > now() - make_interval(secs => $4) LIMIT $6",
+        "OR max(written_back_at) > now() - make_interval(secs => $4::float8) LIMIT $6",
         credential_id,
         table,
         max_attempts,
         retry_interval_s,
         count_failures,
         MAX_SKIPPED,
+        lease_timeout_s,
     )
     return [r["row_id"] for r in rows]
+
+
+async def mark_owner_side(
+    conn: asyncpg.Connection, claims: Sequence[NewClaim], credential_id: UUID, table: str
+) -> None:
+    """The owner's side committed these claims' rows as PROCESSING."""
+    await conn.execute(
+        "UPDATE outbox_claims SET owner_marked = true WHERE credential_id = $1 AND table_name = $2 "
+        "AND state = 'claimed' AND row_id = ANY($3::text[])",
+        credential_id,
+        table,
+        [c.row_id for c in claims],
+    )
 
 
 async def failures_of(conn: asyncpg.Connection, credential_id: UUID, table: str, row_ids: list[str]) -> dict[str, int]:
@@ -298,7 +318,10 @@ async def record_claims(
 
 _FINISHED = """
 SELECT c.id, c.workflow_id, c.credential_id, c.table_name, c.row_id, c.generation, c.writeback_attempts,
-       CASE WHEN x.status = 'succeeded' THEN 'sent' WHEN x.status IN ('failed', 'cancelled') THEN 'failed'
+       CASE WHEN x.status = 'succeeded' THEN 'sent'
+            -- Cancelled before any attempt (the workflow was deactivated): the row was never tried.
+            WHEN x.status = 'cancelled' AND x.attempts = 0 THEN 'released'
+            WHEN x.status IN ('failed', 'cancelled') THEN 'failed'
             ELSE 'released' END AS outcome,
        x.result, CASE WHEN x.status = 'cancelled' THEN coalesce(x.error, 'cancelled') ELSE x.error END AS error
 FROM outbox_claims c

@@ -13,6 +13,7 @@ from schemas.errors import NotFound
 from schemas.store.gmail import HEALTH_JSON
 from schemas.store.outbox import HEALTH_JSON as OUTBOX_HEALTH_JSON
 from schemas.store.rows import row_of, rows_of
+from schemas.store.terminal import RETURNING, after_terminal
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,7 @@ async def update_workflow(
         "UPDATE workflows SET name = $3, trigger_type = $4, trigger_config = $5, routing_key = $6, "
         "action_type = $7, action_config = $8, credential_id = $9, concurrency_limit = $10, "
         "retry_policy = $11, signing_secret = coalesce($12, signing_secret), updated_at = now() "
-        f"WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL RETURNING {_COLUMNS}",
+        f"WHERE id = $1 AND owner_id = $2 AND NOT internal AND deleted_at IS NULL RETURNING {_COLUMNS}",
         workflow_id,
         owner_id,
         values["name"],
@@ -153,7 +154,8 @@ async def get_workflow(
     """
     lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM workflows WHERE id = $1 AND owner_id = $2 AND ($3 OR deleted_at IS NULL){lock}",
+        f"SELECT {_COLUMNS} FROM workflows WHERE id = $1 AND owner_id = $2 AND NOT internal "
+        f"AND ($3 OR deleted_at IS NULL){lock}",
         workflow_id,
         owner_id,
         include_deleted,
@@ -168,7 +170,7 @@ async def list_workflows(
 ) -> list[Workflow]:
     """A page of the owner's workflows, newest first (limit+1 rows)."""
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM workflows WHERE owner_id = $1 AND deleted_at IS NULL "
+        f"SELECT {_COLUMNS} FROM workflows WHERE owner_id = $1 AND NOT internal AND deleted_at IS NULL "
         "AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
         owner_id,
         after_seq,
@@ -189,7 +191,7 @@ async def set_active(conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID
         row = await conn.fetchrow(
             f"UPDATE workflows SET active = $3 AND paused_reason IS NULL, "
             f"paused_reason = CASE WHEN $3 THEN paused_reason END, updated_at = now() "
-            f"WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL RETURNING {_COLUMNS}",
+            f"WHERE id = $1 AND owner_id = $2 AND NOT internal AND deleted_at IS NULL RETURNING {_COLUMNS}",
             workflow_id,
             owner_id,
             active,
@@ -205,7 +207,7 @@ async def delete_workflow(conn: asyncpg.Connection, owner_id: UUID, workflow_id:
     async with conn.transaction():
         status: str = await conn.execute(
             "UPDATE workflows SET active = false, paused_reason = NULL, deleted_at = now() "
-            "WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL",
+            "WHERE id = $1 AND owner_id = $2 AND NOT internal AND deleted_at IS NULL",
             workflow_id,
             owner_id,
         )
@@ -215,15 +217,18 @@ async def delete_workflow(conn: asyncpg.Connection, owner_id: UUID, workflow_id:
 
 
 async def cancel_pending(conn: asyncpg.Connection, workflow_id: UUID) -> int:
-    """Mark queued executions cancelled so a running automation skips them."""
-    status: str = await conn.execute(
+    """Mark queued executions cancelled so a running automation skips them; call inside a
+    transaction (`after_terminal` runs in it)."""
+    rows = await conn.fetch(
         "UPDATE executions SET status = 'cancelled', finished_at = now(), "
         "error = 'workflow was deactivated before this execution started' "
         # Executions waiting for a retry have not started their next attempt either.
-        "WHERE workflow_id = $1 AND (status = 'queued' OR (status = 'running' AND next_attempt_at IS NOT NULL))",
+        "WHERE workflow_id = $1 AND (status = 'queued' OR (status = 'running' AND next_attempt_at IS NOT NULL)) "
+        f"RETURNING {RETURNING}",
         workflow_id,
     )
-    return int(status.rsplit(" ", 1)[1])
+    await after_terminal(conn, rows)
+    return len(rows)
 
 
 async def routing_version(conn: asyncpg.Connection) -> int:

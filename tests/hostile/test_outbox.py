@@ -107,7 +107,7 @@ async def _claim_in_steps(poller: OutboxPoller, poll: store.OutboxPoll, *, crash
     opool = await poller.owner_pool(poll.owner_id, poll.trigger_config)
     with pytest.raises(Crash):
         async with opool.acquire() as oconn, oconn.transaction():
-            records = await lock_due(oconn, sql, [])
+            records = await lock_due(oconn, sql, [], 1 << 20)
             assert records
             if crash_after_store:
                 await poller.store_claims(poll, records)
@@ -416,3 +416,71 @@ async def test_mixed_case_and_dollar_identifiers_reach_exactly_the_named_table_a
     assert await poller.claim(poll, compile_outbox(poll.trigger_config), await _opool(poller, poll)) == 1
     states = await owner_conn.fetch('SELECT "Kind", "State$1" FROM "Odd$Outbox" ORDER BY "Id$1"')
     assert [(r["Kind"], r["State$1"]) for r in states] == [("a", "PENDING"), ("b", "PROCESSING")]
+
+
+async def test_a_row_too_large_to_carry_is_marked_failed_and_never_fetched_whole(
+    owner: Owner, owner_db: OwnerDb, owner_conn: asyncpg.Connection, pool: asyncpg.Pool, stack: Stack, keyring: Keyring
+) -> None:
+    table = "hx_too_large"
+    await make_table(owner_conn, table)
+    [small] = await insert_rows(owner_conn, table, 1)
+    [large] = await insert_rows(owner_conn, table, 1, payload=orjson.dumps({"blob": "x" * 5000}).decode())
+    poll = await _workflow(owner, owner_db.url, table)
+    small_rows = OutboxPoller(pool, make_settings(stack, outbox_max_row_bytes=2000), keyring)
+    try:
+        sql = compile_outbox(poll.trigger_config)
+        assert await small_rows.claim(poll, sql, await small_rows.owner_pool(poll.owner_id, poll.trigger_config)) == 1
+    finally:
+        await small_rows.pools.close()
+
+    rows = {r["id"]: r for r in await owner_conn.fetch(f"SELECT id, notification_status, error_details FROM {table}")}
+    assert rows[small]["notification_status"] == "PROCESSING"
+    assert rows[large]["notification_status"] == "FAILED"
+    assert orjson.loads(rows[large]["error_details"]) == {"error": "row exceeds 2000 bytes as JSON"}
+    assert await _events(pool, poll) == 1
+    outcome = await pool.fetchval(
+        "SELECT outcome FROM outbox_claims WHERE workflow_id = $1 AND row_id = $2", poll.workflow_id, str(large)
+    )
+    assert outcome == "failed"
+
+
+async def test_rows_claimed_before_a_deactivation_are_put_back_to_pending(
+    owner: Owner,
+    owner_db: OwnerDb,
+    owner_conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    poller: OutboxPoller,
+    settings: Settings,
+) -> None:
+    table = "hx_deactivated"
+    await make_table(owner_conn, table)
+    await insert_rows(owner_conn, table, 2)
+    poll = await _workflow(owner, owner_db.url, table)
+    assert await poller.claim(poll, compile_outbox(poll.trigger_config), await _opool(poller, poll)) == 2
+    await Dispatcher(pool, settings).resolve_once()  # queued executions...
+    response = await owner.client.post(f"/api/workflows/{poll.workflow_id}/deactivate")
+    assert response.status_code == 200, response.text  # ...cancelled before any attempt
+
+    assert await poller.write_back_all() == 2
+    assert await _statuses(owner_conn, table) == ["PENDING"] * 2
+    outcomes = await pool.fetch("SELECT outcome FROM outbox_claims WHERE workflow_id = $1", poll.workflow_id)
+    assert [o["outcome"] for o in outcomes] == ["released", "released"]
+
+
+async def test_a_row_whose_execution_outlives_the_lease_is_not_claimed_twice(
+    owner: Owner, owner_db: OwnerDb, owner_conn: asyncpg.Connection, pool: asyncpg.Pool, poller: OutboxPoller
+) -> None:
+    table = "hx_long_running"
+    await make_table(owner_conn, table)
+    await insert_rows(owner_conn, table, 1)
+    poll = await _workflow(owner, owner_db.url, table, lease_timeout_s=60)
+    sql = compile_outbox(poll.trigger_config)
+    assert await poller.claim(poll, sql, await _opool(poller, poll)) == 1
+    # The execution is still running (retries backing off) long after the row's lease ran out.
+    await owner_conn.execute(f"UPDATE {table} SET updated_at = now() - interval '1 hour'")
+    await pool.execute(
+        "UPDATE outbox_claims SET claimed_at = now() - interval '1 hour' WHERE workflow_id = $1", poll.workflow_id
+    )
+
+    assert await poller.claim(poll, sql, await _opool(poller, poll)) == 0
+    assert [c[1:] for c in await _claims(pool, poll)] == [(1, "claimed")]

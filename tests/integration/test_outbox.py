@@ -15,7 +15,6 @@ import respx
 
 from tests.conftest import Owner, Receiver, Stack, wait_for
 from tests.faultproxy import FaultProxy
-from tests.processes import deployment, owner_client
 from tests.outbox_support import (
     OWNER_PASSWORD,
     OwnerDb,
@@ -26,6 +25,7 @@ from tests.outbox_support import (
     owner_db,
     postgres_credential,
 )
+from tests.processes import deployment, owner_client
 
 __all__ = ["owner_conn", "owner_db"]  # fixtures
 

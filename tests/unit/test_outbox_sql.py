@@ -109,9 +109,9 @@ def test_an_unusable_rule_is_refused_by_field(rule: dict[str, Any], field: str) 
 
 def test_the_claim_statement_skips_locked_rows_and_is_capped() -> None:
     sql = compile_outbox({"table": "public.ent_notification", "batch_size": 10_000})
-    statement = sql.select_due(["7"])
-    assert "FOR UPDATE SKIP LOCKED" in statement.sql
-    assert statement.params[-1] == MAX_BATCH and statement.params[-2] == ["7"]
+    statement = sql.select_due(["7"], 1000)
+    assert "FOR UPDATE OF t SKIP LOCKED" in statement.sql
+    assert statement.params[-1] == MAX_BATCH and statement.params[-3] == ["7"]
     assert 'FROM "public"."ent_notification" AS t' in statement.sql
 
 
@@ -129,7 +129,7 @@ def test_equal_status_values_are_refused() -> None:
 
 def test_a_dollar_in_a_column_name_is_not_taken_for_a_placeholder() -> None:
     sql = compile_outbox({"table": "t", "conditions": [{"column": "A$0", "op": "equals", "value": "x"}]})
-    statement = sql.select_due([])
+    statement = sql.select_due([], 1000)
     assert '"A$0" = $' in statement.sql and '"A$' + "1" not in statement.sql.replace('"A$0"', "")
 
 
@@ -144,7 +144,7 @@ def test_the_claim_statement_numbers_every_parameter_once(given_rules: list[dict
             "retry": {"attempts_column": "attempts"},
         }
     )
-    for statement in (sql.select_due([]), sql.backlog()):
+    for statement in (sql.select_due([], 1000), sql.backlog()):
         outside_identifiers = re.sub(r'"(?:[^"]|"")*"', "", statement.sql)
         used = {int(n) for n in re.findall(r"\$(\d+)", outside_identifiers)}
         assert used == set(range(1, len(statement.params) + 1)), statement.sql

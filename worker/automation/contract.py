@@ -115,6 +115,9 @@ class LaneWork:
     execution_ids: list[str]
     concurrency_limit: int = 10
     redrive: list[str] = field(default_factory=list)
+    # Strict FIFO through retries (subscription deliveries): while one execution waits for its
+    # retry, the workflow's later executions wait too, and the retry goes first.
+    ordered: bool = False
 
 
 @dataclass
@@ -132,6 +135,7 @@ class LaneQueue:
     concurrency_limit: int
     pending: list[str] = field(default_factory=list)
     retries: list[Retry] = field(default_factory=list)
+    ordered: bool = False
 
 
 @dataclass

@@ -53,9 +53,14 @@ class _Queue:
     pending: deque[str] = field(default_factory=deque)
     retries: list[Retry] = field(default_factory=list)
     inflight: int = 0
+    ordered: bool = False  # LaneWork.ordered: a waiting retry holds back the later executions
 
     def idle(self) -> bool:
         return not (self.pending or self.retries or self.inflight)
+
+    def may_start(self) -> bool:
+        """Whether the next pending execution may start now."""
+        return bool(self.pending) and self.inflight < self.limit and not (self.ordered and self.retries)
 
 
 @workflow.defn(name=LANE_WORKFLOW_NAME)
@@ -89,6 +94,7 @@ class LaneWorkflow:
         for work in message.work:
             queue = self._queue(work.workflow_id, work.concurrency_limit)
             queue.limit = max(1, work.concurrency_limit)
+            queue.ordered = work.ordered
             redrive = set(work.redrive)
             for execution_id in work.execution_ids:
                 if execution_id not in self._known:
@@ -103,8 +109,11 @@ class LaneWorkflow:
             queue = self._queues[workflow_id] = _Queue(workflow_id, max(1, limit))
         return queue
 
-    def _add_pending(self, queue: _Queue, execution_id: str) -> None:
-        queue.pending.append(execution_id)
+    def _add_pending(self, queue: _Queue, execution_id: str, first: bool = False) -> None:
+        if first:
+            queue.pending.appendleft(execution_id)
+        else:
+            queue.pending.append(execution_id)
         self._open.add(execution_id)
         if queue.workflow_id not in self._in_ring:
             self._in_ring.add(queue.workflow_id)
@@ -142,6 +151,7 @@ class LaneWorkflow:
         self._known = set(self._recent)
         for carried in state.queues:
             queue = self._queue(carried.workflow_id, carried.concurrency_limit)
+            queue.ordered = carried.ordered
             for execution_id in carried.pending:
                 self._known.add(execution_id)
                 self._add_pending(queue, execution_id)
@@ -162,8 +172,9 @@ class LaneWorkflow:
                 continue
             due = [r for r in queue.retries if r.due <= now]
             queue.retries = [r for r in queue.retries if r.due > now]
-            for retry in due:
-                self._add_pending(queue, retry.execution_id)
+            # An ordered queue's retry goes before the executions it held back.
+            for retry in reversed(due) if queue.ordered else due:
+                self._add_pending(queue, retry.execution_id, first=queue.ordered)
 
     def _next_wake(self, idle_since: float) -> float | None:
         """Seconds until the lane's earliest retry (its one timer), None to wait for a change,
@@ -196,7 +207,7 @@ class LaneWorkflow:
                     break
                 workflow_id = self._ring.popleft()
                 queue = self._queues[workflow_id]
-                if queue.pending and queue.inflight < queue.limit:
+                if queue.may_start():
                     execution_id = queue.pending.popleft()
                     queue.inflight += 1
                     self._inflight[execution_id] = workflow_id
@@ -265,7 +276,7 @@ class LaneWorkflow:
             heartbeat_timeout_s=self._state.heartbeat_timeout_s,
             history_limit=self._state.history_limit,
             queues=[
-                LaneQueue(q.workflow_id, q.limit, list(q.pending), list(q.retries))
+                LaneQueue(q.workflow_id, q.limit, list(q.pending), list(q.retries), q.ordered)
                 for q in self._queues.values()
                 if q.pending or q.retries
             ],

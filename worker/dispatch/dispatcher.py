@@ -136,6 +136,7 @@ class Handover:
                 [str(r["id"]) for r in rows],
                 rows[0]["concurrency_limit"],
                 [str(r["id"]) for r in rows if r["redrive"]],
+                rows[0]["ordered"],
             )
             for workflow_id, rows in by_workflow.items()
         ]

@@ -49,7 +49,10 @@ from triggers.outbox import CREDENTIAL_PROVIDER, body_of
 log = logging.getLogger(__name__)
 
 POLL_BATCH = 20
-PARALLEL = 4
+# Polls (and write-backs of different workflows) at once, per dispatcher process.
+PARALLEL = 8
+# How often listeners are brought in line with the workflows and idle pools closed.
+UPKEEP_S = 5.0
 WRITEBACK_BATCH = 200
 _RESULT_CHARS = 16_384
 
@@ -83,15 +86,15 @@ def result_of(claim: store.FinishedClaim) -> Any:
 
 
 def claimed_rows(
-    records: Sequence[Any], config: dict[str, Any], failures: dict[str, int], max_bytes: int
+    records: Sequence[Any], config: dict[str, Any], failures: dict[str, int]
 ) -> tuple[list[store.ClaimedRow], list[str]]:
     """The locked rows as claims, and the ids of rows too large to carry (failed at once)."""
     columns = config.get("columns")
     rows: list[store.ClaimedRow] = []
     too_large: list[str] = []
     for record in records:
-        text: str = record["row_json"]
-        if len(text.encode()) > max_bytes:
+        text: str | None = record["row_json"]
+        if text is None:  # larger than max_bytes as JSON: measured by the owner's database
             too_large.append(record["id_text"])
             continue
         data = orjson.loads(text)
@@ -109,9 +112,11 @@ def claimed_rows(
     return rows, too_large
 
 
-async def lock_due(oconn: asyncpg.Connection, sql: OutboxSql, skip: list[str]) -> list[asyncpg.Record]:
+async def lock_due(
+    oconn: asyncpg.Connection, sql: OutboxSql, skip: list[str], max_row_bytes: int
+) -> list[asyncpg.Record]:
     """Step 1a, in the owner's transaction: lock the rows this poll may claim."""
-    statement = sql.select_due(skip)
+    statement = sql.select_due(skip, max_row_bytes)
     rows: list[asyncpg.Record] = await oconn.fetch(statement.sql, *statement.params)
     return rows
 
@@ -167,22 +172,61 @@ class OutboxPoller:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll and write back until `stop` is set."""
+        """Poll and write back until `stop` is set: two loops, so slow polls never delay write-backs."""
+        writer = asyncio.create_task(self._write_back_loop(stop), name="outbox-write-back")
+        try:
+            await self._poll_loop(stop)
+        finally:
+            await asyncio.wait({writer}, timeout=5)
+            writer.cancel()
+            with suppress(asyncio.CancelledError):
+                await writer
+            await self._listeners.close()
+            await self._pools.close()
+
+    async def _poll_loop(self, stop: asyncio.Event) -> None:
+        # Polls run as tasks in PARALLEL slots: a slow owner's poll holds one slot for at most its
+        # budget while the others keep leasing and polling.
+        running: set[asyncio.Task[int]] = set()
         try:
             while not stop.is_set():
                 self._wake.clear()
                 try:
-                    await self.pass_once()
+                    free = PARALLEL - len(running)
+                    if free > 0:
+                        async with self._pool.acquire() as conn:
+                            polls = await store.lease_polls(conn, free, lease_s(self._bounds))
+                        for poll in polls:
+                            task = asyncio.create_task(self.poll_bounded(poll), name=f"outbox-poll-{poll.workflow_id}")
+                            running.add(task)
+                            task.add_done_callback(running.discard)
+                except db.STORAGE_ERRORS as exc:
+                    log.warning("outbox poll lease failed: %s", type(exc).__name__)
+                except Exception:  # never fatal: the loop must outlive whatever one pass met
+                    log.exception("outbox poll lease failed unexpectedly")
+                await self._sleep(stop, running)
+        finally:
+            if running:
+                await asyncio.wait(running, timeout=5)
+            for task in list(running):
+                task.cancel()
+
+    async def _write_back_loop(self, stop: asyncio.Event) -> None:
+        upkeep_at = 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                await self.write_back_all()
+                if loop.time() >= upkeep_at:
+                    upkeep_at = loop.time() + UPKEEP_S
                     await self._listeners.refresh()
                     await self._pools.close_idle()
-                except db.STORAGE_ERRORS as exc:
-                    log.warning("outbox pass failed: %s", type(exc).__name__)
-                except Exception:  # never fatal: the loop must outlive whatever one pass met
-                    log.exception("outbox pass failed unexpectedly")
-                await self._sleep(stop)
-        finally:
-            await self._listeners.close()
-            await self._pools.close()
+            except db.STORAGE_ERRORS as exc:
+                log.warning("outbox write-back pass failed: %s", type(exc).__name__)
+            except Exception:  # never fatal
+                log.exception("outbox write-back pass failed unexpectedly")
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.dispatch_poll_interval_s)
 
     async def pass_once(self) -> int:
         """Poll every due workflow once and write back what ended; returns rows claimed."""
@@ -277,9 +321,10 @@ class OutboxPoller:
                 max_attempts=sql.max_attempts,
                 retry_interval_s=sql.retry_interval_s,
                 count_failures=sql.attempts_col is None,
+                lease_timeout_s=sql.lease_timeout_s,
             )
         async with opool.acquire() as oconn, oconn.transaction():
-            records = await lock_due(oconn, sql, skip)
+            records = await lock_due(oconn, sql, skip, self._settings.outbox_max_row_bytes)
             if not records:
                 return 0
             claims = await self.store_claims(poll, records)
@@ -288,6 +333,9 @@ class OutboxPoller:
             for row_id in {r["id_text"] for r in records} - claimed_ids:
                 error = {"error": f"row exceeds {self._settings.outbox_max_row_bytes} bytes as JSON"}
                 await write_row(oconn, sql, row_id, sql.statuses["failed"], error)
+        # Only after the owner's commit; lost in a crash, the claim stays on the skip list (safe).
+        async with self._pool.acquire() as conn:
+            await store.mark_owner_side(conn, claims, credential_id, table)
         return len(claims)
 
     async def store_claims(self, poll: store.OutboxPoll, records: Sequence[Any]) -> list[store.NewClaim]:
@@ -297,7 +345,7 @@ class OutboxPoller:
         table = str(config["table"])
         async with self._pool.acquire() as conn, conn.transaction():
             failures = await store.failures_of(conn, credential_id, table, [r["id_text"] for r in records])
-            rows, too_large = claimed_rows(records, config, failures, self._settings.outbox_max_row_bytes)
+            rows, too_large = claimed_rows(records, config, failures)
             claims = await store.record_claims(conn, poll, credential_id, table, rows)
             await store.record_refused(conn, poll, credential_id, table, too_large)
         return claims
@@ -349,15 +397,16 @@ class OutboxPoller:
         if await store.record_written(conn, claim, result) and self._metrics is not None:
             self._metrics.outbox_rows_written.labels(claim.outcome).inc()
 
-    async def _sleep(self, stop: asyncio.Event) -> None:
+    async def _sleep(self, stop: asyncio.Event, running: set[asyncio.Task[int]]) -> None:
+        """Until a poll falls due, a wake-up, a poll slot frees, or `stop`."""
         timeout = self._settings.dispatch_poll_interval_s
         with suppress(*db.STORAGE_ERRORS):
             async with self._pool.acquire() as conn:
                 due = await store.next_poll_in(conn)
             if due is not None:
                 timeout = min(timeout, max(due, 0.05))
-        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
+        await asyncio.wait(waiters | running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             waiter.cancel()
 
