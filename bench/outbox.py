@@ -19,11 +19,13 @@ like Novu at once) and run on the same PostgreSQL and Temporal dev server, in th
       same interval with the same batch size.
 
 Each side first gets `--warmup` rows (caches, Temporal task queues, pools) before the measured
-rows. Reported for each: rows/s, seconds, Novu requests and distinct transaction ids (one per
-row when nothing ran twice), FAILED rows, CPU per process; and hookyard / reference.
+rows. Reported for each: rows/s, seconds, when the last row left PENDING, INSERT -> SENT per
+row (p50, p99), Novu requests and distinct transaction ids (one per row when nothing ran
+twice), FAILED rows, CPU per process; and hookyard / reference.
 
-Run: `python -m bench.outbox [--rows N] [--rounds R] [--quick] [--json]`. The child processes
-are this module too (`fake-novu`, `worker`, `reference-worker`, `reference-poller`).
+Run: `python -m bench.outbox [--rows N] [--rounds R] [--quick] [--json]`; `--batch-size B
+--no-reference` measures hookyard alone with another batch size. The child processes are this
+module (`fake-novu`, `worker`) and bench/outbox_reference.py (`worker`, `poller`).
 """
 
 from __future__ import annotations
@@ -182,7 +184,14 @@ def parse_args() -> argparse.Namespace:
         default=100,
         help="of hookyard's outbox workflow (default 100: the reference worker's 100 concurrent activities)",
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH_SIZE,
+        help=f"hookyard's outbox batch_size (default {BATCH_SIZE}; the reference poller always claims {BATCH_SIZE})",
+    )
     parser.add_argument("--no-hookyard", action="store_true", help="run the reference side only")
+    parser.add_argument("--no-reference", action="store_true", help="run hookyard's side only")
     parser.add_argument(
         "--timeout", type=float, default=3600.0, help="stop waiting for a side's rows after this many s (default 3600)"
     )
@@ -193,6 +202,8 @@ def parse_args() -> argparse.Namespace:
         args.rows, args.warmup = min(args.rows, 300), min(args.warmup, 10)
     if args.command is None and args.rows < 1:
         parser.error("--rows must be at least 1")
+    if args.command is None and args.no_hookyard and args.no_reference:
+        parser.error("--no-hookyard and --no-reference leave nothing to run")
     return args
 
 
@@ -425,9 +436,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
             f"{novu_url}/stats",
             procs.spawn("fake-novu", python_module("bench.outbox", "fake-novu", "--port", str(novu_port))),
         )
-        reference = Side("reference", asyncio.run(create_owner_database(stack.database_url, "owner_reference")), [])
-        start_reference(args, procs, stack.temporal_address, novu_url, reference)
-        sides = [reference]
+        sides = []
+        if not args.no_reference:
+            reference = Side("reference", asyncio.run(create_owner_database(stack.database_url, "owner_reference")), [])
+            start_reference(args, procs, stack.temporal_address, novu_url, reference)
+            sides.append(reference)
         if not args.no_hookyard:
             sides.append(start_hookyard(args, stack, novu_url))
         runs = []
@@ -501,7 +514,7 @@ def outbox_workflow(args: argparse.Namespace, database_credential: str, novu_cre
                 "due_column": "scheduled_send_time",
                 "updated_column": "updated_at",
                 "result_column": "error_details",
-                "batch_size": BATCH_SIZE,
+                "batch_size": args.batch_size,
                 "poll_interval_s": args.interval,
             },
         },
