@@ -72,7 +72,7 @@ from schemas.store.owners import create_owner
 REFERENCE = "bench.outbox_reference"
 BATCH_SIZE = outbox_reference.BATCH_SIZE  # hookyard's outbox workflow gets the reference design's
 
-# The reference table (the README shows the same DDL).
+# The reference table (the same DDL as the README's "From a database outbox").
 TABLE_DDL = """
 CREATE TABLE ent_notification (
     id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
