@@ -100,3 +100,13 @@ async def test_a_receiver_echoing_the_link_finds_it_masked_in_the_stored_excerpt
     assert route.called
     assert link_token(KEYRING, link_id) not in result["response_body"]
     assert MASK in result["response_body"]
+
+
+@respx.mock
+async def test_a_link_cut_off_at_the_end_of_the_excerpt_is_masked_too() -> None:
+    link_id = uuid4()
+    token = link_token(KEYRING, link_id)
+    respx.post(TARGET).mock(return_value=httpx.Response(200, content=b"x" * 440 + token.encode()))
+    async with httpx.AsyncClient() as client:
+        result = await run(_ctx(client, _needs_reconnect(link_id)), CONFIG)
+    assert str(link_id) not in result["response_body"] and result["response_body"].endswith(MASK)
