@@ -5,18 +5,22 @@ Throttles are rows' columns written in the same transaction as the notification,
 notification is sent once per throttle window or failure episode however many processes
 race, and a rolled-back change leaves neither behind. Nothing is built unless the owner has an
 active subscription to the type (one indexed probe), so owners without subscriptions pay only
-that probe, and only at these (rare) transitions.
+that probe, and only at these (rare) transitions. A notification that cannot be written for a
+reason other than storage (a defect) is logged and dropped inside a savepoint, never undoing or
+blocking the change it reports; storage errors fail the transaction, to be retried with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
 
+from schemas.db import is_storage_error
 from schemas.notification_types import (
     CREDENTIAL_NEEDS_RECONNECT,
     GMAIL_WATCH_EXPIRING,
@@ -26,6 +30,10 @@ from schemas.notification_types import (
     TRIGGER_SYNC_FAILED,
 )
 from schemas.store.notifications import Notice, emit, emit_many
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # newsletter.progress: at most one per newsletter per this many seconds (the first one this
 # long after sending started, so a short newsletter reports only its completion).
@@ -52,6 +60,18 @@ async def subscribes(conn: asyncpg.Connection, owner_id: UUID, event_type: str) 
     """Whether the owner has an active subscription to `event_type`."""
     wanted: bool = await conn.fetchval(f"SELECT {SUBSCRIBES.format(owner='$1', kind='$2')}", owner_id, event_type)
     return wanted
+
+
+async def _isolated(conn: asyncpg.Connection, what: str, write: Callable[[], Awaitable[T]], default: T) -> T:
+    """Run `write` in a savepoint (a transaction when none is open): a defect drops the notification only."""
+    try:
+        async with conn.transaction():
+            return await write()
+    except Exception as exc:
+        if is_storage_error(exc):
+            raise
+        log.exception("a %s notification could not be written; the change it reports is kept", what)
+        return default
 
 
 def _workflow(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,37 +114,44 @@ async def newsletter_progress(conn: asyncpg.Connection, execution_id: UUID) -> b
     Call after recording a recipient whose statement found `PROGRESS_DUE`; concurrent callers
     race for the slot under the newsletter's row lock and one wins. False if none was emitted.
     """
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            "UPDATE newsletters n SET progress_notified_at = now() FROM executions x JOIN workflows w "
-            "ON w.id = x.workflow_id WHERE n.execution_id = $1 AND x.id = n.execution_id AND x.status = 'running' "
-            f"AND {PROGRESS_DUE} RETURNING x.owner_id, x.workflow_id, w.name AS workflow_name, "
-            "w.action_type, n.total",
-            execution_id,
-        )
-        if row is None:
-            return False
-        counts = await conn.fetchrow(_COUNTS, execution_id)
-        data = {
-            "newsletter": newsletter_counts(execution_id, row["total"], dict(counts)),
-            "workflow": _workflow(row),
-            "links": {"execution": f"/api/executions/{execution_id}"},
-        }
-        await emit(
-            conn,
-            owner_id=row["owner_id"],
-            event_type=NEWSLETTER_PROGRESS.name,
-            data=data,
-            workflow_id=row["workflow_id"],
-            action_type=row["action_type"],
-            subject_id=str(execution_id),
-        )
+    return await _isolated(conn, NEWSLETTER_PROGRESS.name, lambda: _newsletter_progress(conn, execution_id), False)
+
+
+async def _newsletter_progress(conn: asyncpg.Connection, execution_id: UUID) -> bool:
+    row = await conn.fetchrow(
+        "UPDATE newsletters n SET progress_notified_at = now() FROM executions x JOIN workflows w "
+        "ON w.id = x.workflow_id WHERE n.execution_id = $1 AND x.id = n.execution_id AND x.status = 'running' "
+        f"AND {PROGRESS_DUE} RETURNING x.owner_id, x.workflow_id, w.name AS workflow_name, "
+        "w.action_type, n.total",
+        execution_id,
+    )
+    if row is None:
+        return False
+    counts = await conn.fetchrow(_COUNTS, execution_id)
+    data = {
+        "newsletter": newsletter_counts(execution_id, row["total"], dict(counts)),
+        "workflow": _workflow(row),
+        "links": {"execution": f"/api/executions/{execution_id}"},
+    }
+    await emit(
+        conn,
+        owner_id=row["owner_id"],
+        event_type=NEWSLETTER_PROGRESS.name,
+        data=data,
+        workflow_id=row["workflow_id"],
+        action_type=row["action_type"],
+        subject_id=str(execution_id),
+    )
     return True
 
 
 async def newsletter_completed(conn: asyncpg.Connection, ended: asyncpg.Record, result: Mapping[str, Any]) -> None:
     """Emit newsletter.completed for a newsletter execution that just ended (`ended`: its
     `terminal.RETURNING` row; `result`: its summary). Call in the transaction that ended it."""
+    await _isolated(conn, NEWSLETTER_COMPLETED.name, lambda: _newsletter_completed(conn, ended, result), None)
+
+
+async def _newsletter_completed(conn: asyncpg.Connection, ended: asyncpg.Record, result: Mapping[str, Any]) -> None:
     if not await subscribes(conn, ended["owner_id"], NEWSLETTER_COMPLETED.name):
         return
     workflow = await conn.fetchrow(
@@ -170,6 +197,21 @@ async def credential_needs_reconnect(
     the notification is sent (`actions.deliver`), so the bearer link is stored nowhere and
     never reaches Temporal, logs or errors.
     """
+
+    async def write() -> None:
+        await _needs_reconnect(conn, credential, reason, paused, link_ttl_s, link_scopes)
+
+    await _isolated(conn, CREDENTIAL_NEEDS_RECONNECT.name, write, None)
+
+
+async def _needs_reconnect(
+    conn: asyncpg.Connection,
+    credential: asyncpg.Record,
+    reason: str,
+    paused: Sequence[UUID],
+    link_ttl_s: int,
+    link_scopes: Sequence[str],
+) -> None:
     owner_id: UUID = credential["owner_id"]
     if not await subscribes(conn, owner_id, CREDENTIAL_NEEDS_RECONNECT.name):
         return
@@ -228,8 +270,7 @@ def sync_failed_notice(row: Mapping[str, Any], error: str) -> Notice:
 
 async def trigger_sync_failed(conn: asyncpg.Connection, row: Mapping[str, Any], error: str) -> None:
     """Emit trigger.sync_failed (the caller decided the error is new for this workflow)."""
-    if await subscribes(conn, row["owner_id"], TRIGGER_SYNC_FAILED.name):
-        await emit_many(conn, [sync_failed_notice(row, error)])
+    await _isolated(conn, TRIGGER_SYNC_FAILED.name, lambda: emit_many(conn, [sync_failed_notice(row, error)]), 0)
 
 
 # --- Gmail watches ---------------------------------------------------------------------------
@@ -267,14 +308,17 @@ async def watch_failed(conn: asyncpg.Connection, owner_id: UUID, credential_id: 
             message[:_MAX_ERROR],
             WATCH_EXPIRING_WITHIN,
         )
-        if row is None:
-            return
-        notices: list[Notice] = []
-        if row["first_failure"]:
-            notices += await _watch_failure_notices(conn, row, message)
-        if row["expiring"]:
-            notices.append(_watch_expiring_notice(row, message))
-        await emit_many(conn, notices)
+        if row is not None and (row["first_failure"] or row["expiring"]):
+            await _isolated(conn, "gmail watch", lambda: _watch_notices(conn, row, message), 0)
+
+
+async def _watch_notices(conn: asyncpg.Connection, row: asyncpg.Record, message: str) -> int:
+    notices: list[Notice] = []
+    if row["first_failure"]:
+        notices += await _watch_failure_notices(conn, row, message)
+    if row["expiring"]:
+        notices.append(_watch_expiring_notice(row, message))
+    return await emit_many(conn, notices)
 
 
 async def _watch_failure_notices(conn: asyncpg.Connection, row: asyncpg.Record, message: str) -> list[Notice]:

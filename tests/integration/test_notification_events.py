@@ -352,3 +352,18 @@ async def test_a_watch_that_could_not_be_set_up_is_a_sync_failure_of_each_readin
     [failed] = await notified(pool, owner, "trigger.sync_failed")
     assert failed["workflow_id"] == reader and "topic not found" in failed["data"]["error"]
     assert await notified(pool, owner, "gmail.watch_renewed_failed") == []
+
+
+async def test_a_notification_that_cannot_be_written_never_undoes_the_change_it_reports(
+    pool: asyncpg.Pool, owner: Owner, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await subscribe(owner, receiver, "trigger.sync_failed")
+    workflow_id = await workflow_row(pool, owner, "http.request", "schedule.cron")
+
+    async def defect(*args: object) -> int:
+        raise RuntimeError("a defect while writing the notification")
+
+    monkeypatch.setattr(notification_events, "emit_many", defect)
+    await fail_sync(pool, workflow_id, "boom")
+    assert await pool.fetchval("SELECT sync_error FROM workflows WHERE id = $1", workflow_id) == "boom"
+    assert await notified(pool, owner, "trigger.sync_failed") == []
