@@ -17,6 +17,7 @@ import asyncpg
 import orjson
 
 from schemas.errors import NotFound
+from schemas.sanitize import strip_nul
 from schemas.sealed import Cipher, record_aad
 from schemas.store import notification_events
 from schemas.store.rows import row_of, rows_of
@@ -251,6 +252,7 @@ async def mark_needs_reconnect(
     Returns the ids of the workflows paused, or None if the credential was not active (someone
     marked it first: nothing changes, and nothing should be logged twice).
     """
+    reason = strip_nul(reason)  # a provider's message may hold NUL, which text refuses
     async with conn.transaction():
         marked = await conn.fetchrow(
             "UPDATE credentials SET status = 'needs_reconnect', status_reason = $3, updated_at = now() "

@@ -29,6 +29,7 @@ from schemas.notification_types import (
     NEWSLETTER_PROGRESS,
     TRIGGER_SYNC_FAILED,
 )
+from schemas.sanitize import strip_nul
 from schemas.store.notifications import Notice, emit, emit_many
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,12 @@ async def _isolated(conn: asyncpg.Connection, what: str, write: Callable[[], Awa
             raise
         log.exception("a %s notification could not be written; the change it reports is kept", what)
         return default
+
+
+def _clip(text: str) -> str:
+    """An error as notifications carry it: storable (providers' messages may hold NUL) and bounded."""
+    clipped: str = strip_nul(text[:_MAX_ERROR])
+    return clipped
 
 
 def _workflow(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -225,8 +232,8 @@ async def _needs_reconnect(
         float(link_ttl_s),
     )
     data = {
-        "reason": reason.split(":", 1)[0].strip(),
-        "detail": reason[:_MAX_ERROR],
+        "reason": _clip(reason.split(":", 1)[0].strip()),
+        "detail": _clip(reason),
         "credential": {
             "id": str(credential["id"]),
             "provider": credential["provider"],
@@ -254,7 +261,7 @@ def sync_failed_notice(row: Mapping[str, Any], error: str) -> Notice:
     data = {
         "workflow": _workflow(row),
         "trigger_type": row["trigger_type"],
-        "error": error[:_MAX_ERROR],
+        "error": _clip(error),
         "attempts": row["sync_attempts"],
         "links": {"workflow": f"/api/workflows/{row['workflow_id']}"},
     }
@@ -305,7 +312,7 @@ async def watch_failed(conn: asyncpg.Connection, owner_id: UUID, credential_id: 
             "IS DISTINCT FROM m.watch_expiration) AS expiring",
             credential_id,
             owner_id,
-            message[:_MAX_ERROR],
+            _clip(message),
             WATCH_EXPIRING_WITHIN,
         )
         if row is not None and (row["first_failure"] or row["expiring"]):
@@ -325,7 +332,7 @@ async def _watch_failure_notices(conn: asyncpg.Connection, row: asyncpg.Record, 
     if row["watch_expiration"] is not None or row["watch_renewed_at"] is not None:
         data = {
             "mailbox": _mailbox(row),
-            "error": message[:_MAX_ERROR],
+            "error": _clip(message),
             "expires_at": _time(row["watch_expiration"]),
             "links": {"credential": f"/api/credentials/{row['credential_id']}"},
         }
@@ -345,7 +352,7 @@ def _watch_expiring_notice(row: asyncpg.Record, message: str) -> Notice:
     data = {
         "mailbox": _mailbox(row),
         "expires_at": _time(row["watch_expiration"]),
-        "last_error": message[:_MAX_ERROR],
+        "last_error": _clip(message),
         "links": {"credential": f"/api/credentials/{row['credential_id']}"},
     }
     return Notice(row["owner_id"], GMAIL_WATCH_EXPIRING.name, data, subject_id=str(row["credential_id"]))
