@@ -1,6 +1,9 @@
 -- Throttles of the owner notifications other than execution.* (docs/architecture.md, "Owner
 -- notifications"): each records what was last reported, in the transaction that reports it.
 
+-- A connect link sent with credential.needs_reconnect reconnects that account only; NULL: any.
+ALTER TABLE connect_links ADD COLUMN account_email text;
+
 -- newsletter.progress: at most one per newsletter per interval; NULL: none yet.
 ALTER TABLE newsletters ADD COLUMN progress_notified_at timestamptz;
 

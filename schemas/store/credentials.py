@@ -56,6 +56,8 @@ class ConnectLink:
     expires_at: datetime
     used_at: datetime | None
     expired: bool
+    # Set on links that reconnect one account (credential.needs_reconnect): no other may use it.
+    account_email: str | None = None
 
 
 # How long a connect link made for a reconnect stays valid unless told (HOOKYARD_CONNECT_LINK_TTL_S).
@@ -353,7 +355,9 @@ async def credential_provider(conn: asyncpg.Connection, owner_id: UUID, credenti
 
 # Connect links ---------------------------------------------------------------------------
 
-_LINK_COLUMNS = "id, owner_id, provider, scopes, redirect_after, expires_at, used_at, expires_at <= now() AS expired"
+_LINK_COLUMNS = (
+    "id, owner_id, provider, scopes, redirect_after, expires_at, used_at, expires_at <= now() AS expired, account_email"
+)
 
 
 async def insert_connect_link(

@@ -224,12 +224,13 @@ async def _needs_reconnect(
         return
     scopes = sorted(set(credential["scopes"] or ()) | set(link_scopes) | set(IDENTITY_SCOPES))
     link = await conn.fetchrow(
-        "INSERT INTO connect_links (owner_id, provider, scopes, expires_at) "
-        "VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING id, expires_at",
+        "INSERT INTO connect_links (owner_id, provider, scopes, expires_at, account_email) "
+        "VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5) RETURNING id, expires_at",
         owner_id,
         credential["provider"],
         scopes,
         float(link_ttl_s),
+        credential["account_email"],
     )
     data = {
         "reason": _clip(reason.split(":", 1)[0].strip()),

@@ -211,6 +211,7 @@ async def test_needs_reconnect_notifies_once_with_a_fresh_connect_link_for_the_a
     }
     link = await pool.fetchrow("SELECT * FROM connect_links WHERE id = $1", UUID(data["connect_link"]["id"]))
     assert link["owner_id"] == UUID(owner.id) and link["provider"] == "google" and link["used_at"] is None
+    assert link["account_email"] == email, "the link reconnects that account only"
     assert {"openid", "email", "https://www.googleapis.com/auth/gmail.modify"} <= set(link["scopes"])
     assert "url" not in data["connect_link"], "the bearer link is made when sent, never stored"
     assert notice["subject_id"] == str(credential)

@@ -86,6 +86,10 @@ async def test_a_dead_grant_reaches_the_subscriber_with_a_link_that_reconnects_o
     )
     assert stored == 0, "the link is in the body sent only"
 
+    fake_google_server.email = "someone-else@example.com"
+    elsewhere_account = await consent(browser, link)
+    assert elsewhere_account.status_code == 400 and "reconnects boss@example.com" in elsewhere_account.text
+    fake_google_server.email = FakeGoogle.email
     done = await consent(browser, link)
     assert done.status_code == 200 and "is connected" in done.text
     credential = payload["data"]["credential"]["id"]

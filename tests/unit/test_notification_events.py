@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 from uuid import UUID, uuid4
 
 import httpx
@@ -16,6 +17,7 @@ from standardwebhooks import Webhook
 from actions.base import MASK, ActionContext
 from actions.deliver import run
 from oauth.crypto import Keyring
+from oauth.google import GoogleOAuth
 from oauth.links import link_token, verify_link_token
 from schemas.notification_types import EVENT_TYPES
 
@@ -110,3 +112,10 @@ async def test_a_link_cut_off_at_the_end_of_the_excerpt_is_masked_too() -> None:
     async with httpx.AsyncClient() as client:
         result = await run(_ctx(client, _needs_reconnect(link_id)), CONFIG)
     assert str(link_id) not in result["response_body"] and result["response_body"].endswith(MASK)
+
+
+def test_a_link_for_one_account_asks_google_to_sign_in_with_it() -> None:
+    google = GoogleOAuth("client", "secret", "https://hookyard.example/oauth/callback")
+    url = google.authorization_url(["openid", "email"], "state", "v" * 64, "boss@example.com")
+    assert parse_qs(urlsplit(url).query)["login_hint"] == ["boss@example.com"]
+    assert "login_hint" not in google.authorization_url(["openid"], "state", "v" * 64)
