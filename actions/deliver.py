@@ -4,8 +4,8 @@ cannot configure it: each subscription's internal workflow runs it).
 A Standard Webhooks signed POST of the notification envelope. `webhook-id` is the notification
 id, the same on every attempt and every subscription, so receivers can deduplicate; during a
 secret rotation every valid secret signs (space-separated signatures). The egress policy of
-`http.request` applies (the worker's client enforces it on every connection), the response
-is read up to the client's cap and kept as a short excerpt.
+`http.request` applies (the worker's client enforces it on every connection); only the first
+512 bytes of the answer are read and kept.
 """
 
 from __future__ import annotations
@@ -69,23 +69,31 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     headers.update({"content-type": "application/json", "user-agent": "hookyard/0.1"})
     started = time.monotonic()
     try:
-        response = await ctx.http.post(url, content=body, headers=headers, timeout=TIMEOUT_S)
+        # Streamed: only the start of the answer is read, however much the receiver sends.
+        async with ctx.http.stream("POST", url, content=body, headers=headers, timeout=TIMEOUT_S) as response:
+            excerpt = await _excerpt(response)
     except (httpx.InvalidURL, UnicodeEncodeError) as exc:
         raise PermanentActionError(f"the target URL cannot be used ({type(exc).__name__})") from None
     except httpx.TimeoutException as exc:
         raise RetryableActionError(f"timed out calling {_host(url)}") from exc
     except httpx.HTTPError as exc:
         raise RetryableActionError(f"could not reach {_host(url)}: {type(exc).__name__}") from exc
-    return _outcome(url, response, round((time.monotonic() - started) * 1000, 1))
+    return _outcome(url, response, excerpt, round((time.monotonic() - started) * 1000, 1))
 
 
-def _outcome(url: str, response: httpx.Response, duration_ms: float) -> dict[str, Any]:
+async def _excerpt(response: httpx.Response) -> str:
+    """The first _EXCERPT bytes of the answer, as text."""
+    data = b""
+    async for chunk in response.aiter_raw():
+        data += chunk
+        if len(data) >= _EXCERPT:
+            break
+    return data[:_EXCERPT].decode("utf-8", "replace")
+
+
+def _outcome(url: str, response: httpx.Response, excerpt: str, duration_ms: float) -> dict[str, Any]:
     code = response.status_code
-    result: dict[str, Any] = {
-        "status_code": code,
-        "duration_ms": duration_ms,
-        "response_body": response.text[:_EXCERPT],
-    }
+    result: dict[str, Any] = {"status_code": code, "duration_ms": duration_ms, "response_body": excerpt}
     if 200 <= code < 300:
         return result
     if code == 410:  # the receiver says it is gone for good: the subscription is disabled

@@ -155,6 +155,7 @@ def _policy(state: AppState) -> EgressPolicy:
     "subscriptions",
     {201: Reply("Created.", "SubscriptionCreated")},
     body=Body("SubscriptionCreate"),
+    errors={409: error(f"The owner already has {store.MAX_SUBSCRIPTIONS_PER_OWNER} subscriptions.")},
 )
 async def create_subscription(request: Request) -> Response:
     """Create a subscription; its `whsec_` signing secret is in this response only."""
@@ -171,7 +172,10 @@ async def create_subscription(request: Request) -> Response:
     )
     secret = generate_secret()
     async with state.pool.acquire() as conn:
-        row = await store.create_subscription(conn, state.keyring, owner_id, values, secret, settings.lanes)
+        try:
+            row = await store.create_subscription(conn, state.keyring, owner_id, values, secret, settings.lanes)
+        except store.TooManySubscriptions as exc:
+            raise Conflict(str(exc)) from None
     return json_response({**subscription_json(row), "secret": secret}, 201)
 
 
@@ -302,7 +306,7 @@ async def list_deliveries(request: Request) -> Response:
     "subscriptions",
     {202: Reply("Queued.", "Delivery")},
     params=[ID, DELIVERY_ID],
-    errors={409: error("The delivery has not finished yet.")},
+    errors={409: error("The delivery has not finished yet, or the subscription is inactive.")},
 )
 async def retry_delivery(request: Request) -> Response:
     """Queue a new delivery of the same notification; 409 while the original is unfinished."""

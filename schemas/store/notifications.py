@@ -28,6 +28,11 @@ _EXECUTION_TYPES = {
 }
 
 
+# Whether an owner (`{owner}`: a column) has an active subscription: a statement ending
+# executions may return it as `subscribed`, sparing `notify_executions_ended` its probe.
+SUBSCRIBED = "EXISTS (SELECT 1 FROM subscriptions s WHERE s.owner_id = {owner} AND s.active AND s.deleted_at IS NULL)"
+
+
 @dataclass(frozen=True, slots=True)
 class Notice:
     """One notification to write: what happened, to whose subscriptions, for which filters."""
@@ -110,6 +115,8 @@ async def notify_executions_ended(conn: asyncpg.Connection, rows: Sequence[async
     Costs one probe when none of the owners subscribes to execution events. Executions of
     internal workflows (deliveries themselves) are never reported: no notification loops.
     """
+    if all(r.get("subscribed", True) is False for r in rows):
+        return 0  # the statement that ended them found no active subscription of their owners
     owners = list({r["owner_id"] for r in rows})
     wanted = await conn.fetch(
         "SELECT DISTINCT owner_id FROM subscriptions WHERE owner_id = ANY($1::uuid[]) AND active "

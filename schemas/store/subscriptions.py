@@ -42,6 +42,15 @@ def delivery_retry_policy(delays_s: Sequence[float], max_age_s: float) -> dict[s
 GONE_REASON = "the target answered 410 Gone"
 
 
+# Live subscriptions one owner may have: each notification is queued once per matching one, so
+# this bounds what one state change can fan out to.
+MAX_SUBSCRIPTIONS_PER_OWNER = 50
+
+
+class TooManySubscriptions(Exception):
+    """The owner already has MAX_SUBSCRIPTIONS_PER_OWNER live subscriptions."""
+
+
 class DeliveryNotFinished(Exception):
     """A delivery can be sent again only once it has finished."""
 
@@ -121,6 +130,7 @@ async def create_subscription(
     (`delivery_retry_policy`).
     """
     async with conn.transaction():
+        await _check_room(conn, owner_id)
         sub_id: UUID = await conn.fetchval("SELECT gen_random_uuid()")
         workflow_id = await conn.fetchval(
             "INSERT INTO workflows (owner_id, name, trigger_type, trigger_config, routing_key, action_type, "
@@ -154,6 +164,18 @@ async def create_subscription(
         )
         await _add_secret(conn, cipher, owner_id, sub_id, secret)
     return row_of(Subscription, row)
+
+
+async def _check_room(conn: asyncpg.Connection, owner_id: UUID) -> None:
+    # The owner row lock serialises concurrent creates, so the cap holds under races.
+    await conn.execute("SELECT 1 FROM owners WHERE id = $1 FOR UPDATE", owner_id)
+    live = await conn.fetchval(
+        "SELECT count(*) FROM subscriptions WHERE owner_id = $1 AND deleted_at IS NULL", owner_id
+    )
+    if live >= MAX_SUBSCRIPTIONS_PER_OWNER:
+        raise TooManySubscriptions(
+            f"an owner may have at most {MAX_SUBSCRIPTIONS_PER_OWNER} subscriptions; delete one first"
+        )
 
 
 async def list_subscriptions(
@@ -215,7 +237,7 @@ async def update_subscription(
         )
         if not values["active"]:
             await cancel_pending(conn, row["workflow_id"])
-    return row_of(Subscription, row)
+    return row_of(Subscription, {k: v for k, v in row.items() if k != "workflow_id"})
 
 
 async def delete_subscription(conn: asyncpg.Connection, owner_id: UUID, sub_id: UUID) -> None:
@@ -297,7 +319,7 @@ async def retry_delivery(conn: asyncpg.Connection, owner_id: UUID, sub_id: UUID,
     """Queue a finished delivery again (same notification, so the same `webhook-id`).
 
     `NotFound` unless it is a delivery of this owner's subscription; `DeliveryNotFinished` while
-    it is queued or running.
+    it is queued or running, or while the subscription is inactive.
     """
     async with conn.transaction():
         workflow_id = await _workflow_of(conn, owner_id, sub_id)
@@ -311,6 +333,8 @@ async def retry_delivery(conn: asyncpg.Connection, owner_id: UUID, sub_id: UUID,
             raise NotFound("delivery")
         if status in ("queued", "running"):
             raise DeliveryNotFinished(f"the delivery has not finished ({status})")
+        if not await conn.fetchval("SELECT active FROM subscriptions WHERE id = $1", sub_id):
+            raise DeliveryNotFinished("the subscription is not active; activate it first")
         row = await conn.fetchrow(
             "INSERT INTO executions (owner_id, workflow_id, replay_of, trigger_data) "
             "SELECT owner_id, workflow_id, id, trigger_data FROM executions WHERE id = $1 "

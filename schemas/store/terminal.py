@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from schemas.store.failure_events import start_error_workflows
 from schemas.store.notifications import notify_executions_ended
 from schemas.store.outbox import wake_write_back
 
@@ -33,3 +34,4 @@ async def after_terminal(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record
         return
     await notify_executions_ended(conn, rows)
     await wake_write_back(conn, rows)
+    await start_error_workflows(conn, rows)

@@ -302,3 +302,128 @@ async def _failed_count(owner: Owner, workflow: dict[str, Any], n: int) -> bool:
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_subscriptions_are_listed_newest_first_in_pages(owner: Owner, receiver: Receiver) -> None:
+    made = [await subscribe(owner, receiver.url + f"/page/{n}") for n in range(3)]
+
+    first = (await owner.client.get("/api/subscriptions?limit=2")).json()
+    second = (await owner.client.get(f"/api/subscriptions?limit=2&cursor={first['next_cursor']}")).json()
+
+    listed = [s["id"] for s in first["items"] + second["items"]]
+    assert listed == [s["id"] for s in reversed(made)]
+    assert second["next_cursor"] is None
+    assert all("secret" not in s for s in first["items"] + second["items"])
+
+
+async def test_a_patch_changes_only_what_it_names(owner: Owner, receiver: Receiver) -> None:
+    sub = await subscribe(owner, receiver.url + "/before", filters={"action_types": ["http.request"]})
+
+    response = await owner.client.patch(
+        f"/api/subscriptions/{sub['id']}", json={"event_types": ["execution.failed", "execution.cancelled"]}
+    )
+
+    assert response.status_code == 200, response.text
+    view = response.json()
+    assert view["event_types"] == ["execution.failed", "execution.cancelled"]
+    assert view["target_url"] == receiver.url + "/before"
+    assert view["filters"] == {"workflow_ids": None, "action_types": ["http.request"]}
+
+
+async def test_a_deactivated_subscription_gets_nothing_and_says_so(owner: Owner, receiver: Receiver) -> None:
+    hook = f"/paused/{uuid.uuid4().hex}"
+    sub = await subscribe(owner, receiver.url + hook)
+    paused = (await owner.client.patch(f"/api/subscriptions/{sub['id']}", json={"active": False})).json()
+    assert paused["status"] == "disabled" and paused["status_reason"] == "deactivated by its owner"
+    workflow = await failing_workflow(owner, receiver)
+
+    await run(owner, workflow)
+    await wait_for(lambda: _failed_count(owner, workflow, 1))
+    await asyncio.sleep(1.0)
+    assert receiver.to(hook) == []
+    resumed = (await owner.client.patch(f"/api/subscriptions/{sub['id']}", json={"active": True})).json()
+    assert resumed["status"] == "healthy" and resumed["status_reason"] is None
+    await run(owner, workflow)
+    await wait_for(lambda: _async(receiver.to(hook)))
+
+
+async def test_a_deleted_subscription_is_gone_and_gets_nothing(owner: Owner, receiver: Receiver) -> None:
+    hook = f"/deleted/{uuid.uuid4().hex}"
+    sub = await subscribe(owner, receiver.url + hook)
+
+    assert (await owner.client.delete(f"/api/subscriptions/{sub['id']}")).status_code == 204
+
+    assert (await owner.client.get(f"/api/subscriptions/{sub['id']}")).status_code == 404
+    assert (await owner.client.delete(f"/api/subscriptions/{sub['id']}")).status_code == 404
+    workflow = await failing_workflow(owner, receiver)
+    await run(owner, workflow)
+    await wait_for(lambda: _failed_count(owner, workflow, 1))
+    await asyncio.sleep(1.0)
+    assert receiver.to(hook) == []
+
+
+async def test_retrying_an_unfinished_delivery_is_409(owner: Owner, receiver: Receiver, pool: asyncpg.Pool) -> None:
+    hook = f"/unfinished/{uuid.uuid4().hex}"
+    receiver.script(hook, *([503] * 50))
+    sub = await subscribe(owner, receiver.url + hook)
+    await run(owner, await failing_workflow(owner, receiver))
+
+    async def waiting() -> list[dict[str, Any]]:
+        page = (await owner.client.get(f"/api/subscriptions/{sub['id']}/deliveries")).json()
+        return [d for d in page["items"] if d["status"] == "running" and d["next_attempt_at"]]
+
+    [delivery] = await wait_for(waiting)
+    assert delivery["response_status"] == 503 and "503" in delivery["error"]
+    response = await owner.client.post(f"/api/subscriptions/{sub['id']}/deliveries/{delivery['id']}/retry")
+    assert response.status_code == 409
+    await owner.client.delete(f"/api/subscriptions/{sub['id']}")  # cancels the waiting delivery
+
+
+async def test_emit_delivers_only_to_subscriptions_whose_filters_match(
+    owner: Owner, receiver: Receiver, pool: asyncpg.Pool
+) -> None:
+    from schemas.store.notifications import emit
+
+    http_hook, slack_hook = f"/e-http/{uuid.uuid4().hex}", f"/e-slack/{uuid.uuid4().hex}"
+    await subscribe(owner, receiver.url + http_hook, filters={"action_types": ["http.request"]})
+    slack = await subscribe(owner, receiver.url + slack_hook, filters={"action_types": ["slack.post-message"]})
+    async with pool.acquire() as conn, conn.transaction():
+        await emit(
+            conn,
+            owner_id=uuid.UUID(owner.id),
+            event_type="execution.failed",
+            data={"execution": {"id": "x"}},
+            action_type="slack.post-message",
+            subject_id="x",
+        )
+
+    [request] = await wait_for(lambda: _async(receiver.to(slack_hook)))
+    assert verified(slack["secret"], request)["data"] == {"execution": {"id": "x"}}
+    await asyncio.sleep(1.0)
+    assert receiver.to(http_hook) == []
+
+
+async def test_an_execution_claimed_after_its_workflow_was_deactivated_is_notified_as_cancelled(
+    owner: Owner, receiver: Receiver, pool: asyncpg.Pool
+) -> None:
+    from schemas.store.executions import claim_for_run
+
+    hook = f"/claimed/{uuid.uuid4().hex}"
+    sub = await subscribe(owner, receiver.url + hook, ["execution.cancelled"])
+    endpoint = await create_endpoint(owner.client)
+    workflow = await create_workflow(owner.client, endpoint["id"], receiver.url + "/never")
+    await owner.client.post(f"/api/workflows/{workflow['id']}/deactivate")
+    async with pool.acquire() as conn:  # handed over before the deactivation, as it were
+        execution_id = await conn.fetchval(
+            "INSERT INTO executions (owner_id, workflow_id, trigger_data, signalled_at) "
+            "VALUES ($1, $2, '{}', now()) RETURNING id",
+            uuid.UUID(owner.id),
+            uuid.UUID(workflow["id"]),
+        )
+        claimed = await claim_for_run(conn, [execution_id], "lane-test-0", "run-1")
+
+    assert claimed == []
+    [request] = await wait_for(lambda: _async(receiver.to(hook)))
+    payload = verified(sub["secret"], request)
+    assert payload["data"]["execution"]["id"] == str(execution_id)
+    assert payload["data"]["execution"]["error"] == "workflow was deactivated before this execution ran"

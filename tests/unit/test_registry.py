@@ -10,7 +10,7 @@ import jsonschema
 import actions
 import triggers
 from actions.base import ActionType
-from actions.registry import ACTIONS
+from actions.registry import ACTIONS, INTERNAL_ACTIONS
 from oauth.providers import PROVIDERS
 from triggers.base import TriggerType
 from triggers.registry import TRIGGERS
@@ -31,11 +31,11 @@ def test_every_trigger_module_is_registered() -> None:
 
 
 def test_every_action_module_is_registered() -> None:
-    assert _defined(actions, "ACTION", ActionType) == set(ACTIONS)
+    assert _defined(actions, "ACTION", ActionType) == set(ACTIONS) | set(INTERNAL_ACTIONS)
 
 
 def test_config_schemas_are_valid_json_schemas() -> None:
-    for kind in [*TRIGGERS.values(), *ACTIONS.values()]:
+    for kind in [*TRIGGERS.values(), *ACTIONS.values(), *INTERNAL_ACTIONS.values()]:
         jsonschema.Draft202012Validator.check_schema(kind.config_schema)
 
 

@@ -142,6 +142,14 @@ async def test_a_503_with_retry_after_is_retried_after_it() -> None:
     assert retried.value.retry_after_s == 90.0
 
 
+@respx.mock
+async def test_a_huge_answer_is_read_only_as_far_as_its_excerpt() -> None:
+    respx.post(TARGET).mock(return_value=httpx.Response(200, content=b"x" * 5_000_000))
+    async with httpx.AsyncClient() as client:
+        result = await run(_ctx(client), CONFIG)
+    assert result["status_code"] == 200 and len(result["response_body"]) == 512
+
+
 async def test_a_delivery_without_a_notification_fails_without_sending() -> None:
     async with httpx.AsyncClient() as client:
         with pytest.raises(PermanentActionError):
