@@ -121,13 +121,17 @@ HEALTH_JSON = (
 
 
 async def wake_write_back(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> None:
-    """Executions just ended (`after_terminal`): wake the outbox write-back if one carried a claimed row."""
-    events = [r["event_id"] for r in rows if r["event_id"] is not None and r["replay_of"] is None]
-    if events:
+    """Executions just ended (`after_terminal`): wake the outbox write-back if one carried a claimed row.
+
+    Free when the statement that ended them says none was an outbox workflow's (`outbox`
+    column, as the outcome write returns it); rows without that column cost one statement.
+    """
+    rows = [r for r in rows if r.get("outbox", True) and r["event_id"] is not None and r["replay_of"] is None]
+    if rows:
         await conn.execute(
             "SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM outbox_claims "
             "WHERE event_id = ANY($1::uuid[]) AND state = 'claimed')",
-            events,
+            [r["event_id"] for r in rows],
             WRITE_BACK_CHANNEL,
         )
 
