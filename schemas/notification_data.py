@@ -68,6 +68,7 @@ CREDENTIAL_NEEDS_RECONNECT: Mapping[str, Any] = _object(
         "detail": _ERROR,
         "credential": _CREDENTIAL,
         "paused_workflows": {"type": "array", "items": _UUID},
+        # OAuth2 credentials only: API keys are replaced through the API, not a link.
         "connect_link": _object(
             ["id", "expires_at"],
             {

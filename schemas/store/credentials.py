@@ -259,7 +259,7 @@ async def mark_needs_reconnect(
         marked = await conn.fetchrow(
             "UPDATE credentials SET status = 'needs_reconnect', status_reason = $3, updated_at = now() "
             "WHERE id = $1 AND owner_id = $2 AND status = 'active' "
-            "RETURNING id, owner_id, provider, account_email, scopes",
+            "RETURNING id, owner_id, provider, kind, account_email, scopes",
             credential_id,
             owner_id,
             reason[:500],

@@ -198,7 +198,7 @@ async def credential_needs_reconnect(
 ) -> None:
     """Emit credential.needs_reconnect with a fresh connect link for the account.
 
-    `credential`: the row just marked (id, owner_id, provider, account_email, scopes). The
+    `credential`: the row just marked (id, owner_id, provider, kind, account_email, scopes). The
     link's row is created here, in the marking transaction; the notification holds only its id
     (not a secret: a link is its id signed with the keyring), and the signed URL is made when
     the notification is sent (`actions.deliver`), so the bearer link is stored nowhere and
@@ -222,16 +222,6 @@ async def _needs_reconnect(
     owner_id: UUID = credential["owner_id"]
     if not await subscribes(conn, owner_id, CREDENTIAL_NEEDS_RECONNECT.name):
         return
-    scopes = sorted(set(credential["scopes"] or ()) | set(link_scopes) | set(IDENTITY_SCOPES))
-    link = await conn.fetchrow(
-        "INSERT INTO connect_links (owner_id, provider, scopes, expires_at, account_email) "
-        "VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5) RETURNING id, expires_at",
-        owner_id,
-        credential["provider"],
-        scopes,
-        float(link_ttl_s),
-        credential["account_email"],
-    )
     data = {
         "reason": _clip(reason.split(":", 1)[0].strip()),
         "detail": _clip(reason),
@@ -241,9 +231,10 @@ async def _needs_reconnect(
             "account": credential["account_email"],
         },
         "paused_workflows": [str(w) for w in paused],
-        "connect_link": {"id": str(link["id"]), "expires_at": link["expires_at"].isoformat()},
         "links": {"credential": f"/api/credentials/{credential['id']}"},
     }
+    if credential["kind"] == "oauth2":  # only OAuth2 grants are (re)connected through a link
+        data["connect_link"] = await _reconnect_link(conn, credential, link_ttl_s, link_scopes)
     await emit(
         conn,
         owner_id=owner_id,
@@ -251,6 +242,23 @@ async def _needs_reconnect(
         data=data,
         subject_id=str(credential["id"]),
     )
+
+
+async def _reconnect_link(
+    conn: asyncpg.Connection, credential: asyncpg.Record, link_ttl_s: int, link_scopes: Sequence[str]
+) -> dict[str, str]:
+    """A connect link for the credential's account (its scopes and `link_scopes`): id and expiry."""
+    scopes = sorted(set(credential["scopes"] or ()) | set(link_scopes) | set(IDENTITY_SCOPES))
+    link = await conn.fetchrow(
+        "INSERT INTO connect_links (owner_id, provider, scopes, expires_at, account_email) "
+        "VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5) RETURNING id, expires_at",
+        credential["owner_id"],
+        credential["provider"],
+        scopes,
+        float(link_ttl_s),
+        credential["account_email"],
+    )
+    return {"id": str(link["id"]), "expires_at": link["expires_at"].isoformat()}
 
 
 # --- trigger sync ----------------------------------------------------------------------------

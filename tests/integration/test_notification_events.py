@@ -242,6 +242,20 @@ async def test_without_a_subscription_no_connect_link_is_made(
     assert await pool.fetchval("SELECT count(*) FROM notifications WHERE owner_id = $1", UUID(owner.id)) == 0
 
 
+async def test_an_api_key_credential_needing_reconnect_is_notified_without_a_link(
+    pool: asyncpg.Pool, keyring: Keyring, owner: Owner, receiver: Receiver
+) -> None:
+    await subscribe(owner, receiver, "credential.needs_reconnect")
+    async with pool.acquire() as conn:
+        row = await credential_store.insert_api_key(
+            conn, keyring, UUID(owner.id), "resend", "mail", {"api_key": "re_x"}
+        )
+        await credential_store.mark_needs_reconnect(conn, UUID(owner.id), row.id, "scopes_missing: sending")
+    [notice] = await notified(pool, owner, "credential.needs_reconnect")
+    assert notice["data"]["reason"] == "scopes_missing" and "connect_link" not in notice["data"]
+    assert await pool.fetchval("SELECT count(*) FROM connect_links WHERE owner_id = $1", UUID(owner.id)) == 0
+
+
 # --- trigger sync ----------------------------------------------------------------------------
 
 
