@@ -30,8 +30,10 @@ class Rollback(Exception):
     """Raised inside a transaction to undo it."""
 
 
-async def subscribe(owner: Owner, receiver: Receiver, *event_types: str) -> None:
-    body = {"target_url": f"{receiver.url}/events/{uuid4().hex}", "event_types": list(event_types)}
+async def subscribe(owner: Owner, receiver: Receiver, *event_types: str, **filters: list[str]) -> None:
+    body: dict[str, Any] = {"target_url": f"{receiver.url}/events/{uuid4().hex}", "event_types": list(event_types)}
+    if filters:
+        body["filters"] = filters
     response = await owner.client.post("/api/subscriptions", json=body)
     assert response.status_code == 201, response.text
 
@@ -188,6 +190,21 @@ async def test_another_owners_subscription_never_sees_a_newsletter(
     for kind in ("newsletter.progress", "newsletter.completed"):
         assert await notified(pool, other_owner, kind) == []
         assert await notified(pool, owner, kind) == []  # not subscribed: nothing written
+
+
+async def test_a_subscription_filtered_by_workflow_hears_only_of_that_workflows_newsletters(
+    pool: asyncpg.Pool, owner: Owner, receiver: Receiver
+) -> None:
+    wanted = await sending_newsletter(pool, owner, 1)
+    other = await sending_newsletter(pool, owner, 1)
+    wanted_workflow = await pool.fetchval("SELECT workflow_id FROM executions WHERE id = $1", wanted)
+    await subscribe(owner, receiver, "newsletter.completed", workflow_ids=[str(wanted_workflow)])
+    for execution_id in (wanted, other):
+        await record(pool, execution_id, 0)
+        async with pool.acquire() as conn:
+            await finalise(conn, execution_id, cancel=False)
+    [completed] = await notified(pool, owner, "newsletter.completed")
+    assert completed["subject_id"] == str(wanted) and completed["data"]["status"] == "sent"
 
 
 # --- credentials -----------------------------------------------------------------------------
