@@ -427,3 +427,24 @@ async def test_an_execution_claimed_after_its_workflow_was_deactivated_is_notifi
     payload = verified(sub["secret"], request)
     assert payload["data"]["execution"]["id"] == str(execution_id)
     assert payload["data"]["execution"]["error"] == "workflow was deactivated before this execution ran"
+
+
+async def test_emit_takes_any_ids_and_strings_with_nul_characters(
+    owner: Owner, receiver: Receiver, pool: asyncpg.Pool
+) -> None:
+    from schemas.store.notifications import emit
+
+    hook = f"/nul/{uuid.uuid4().hex}"
+    sub = await subscribe(owner, receiver.url + hook)
+    async with pool.acquire() as conn, conn.transaction():
+        workflow_id = await conn.fetchval("SELECT gen_random_uuid()")  # asyncpg's own UUID type
+        await emit(
+            conn,
+            owner_id=uuid.UUID(owner.id),
+            event_type="execution.failed",
+            data={"workflow": {"id": workflow_id}, "error": "bad\x00byte"},
+        )
+
+    [request] = await wait_for(lambda: _async(receiver.to(hook)))
+    data = verified(sub["secret"], request)["data"]
+    assert data["workflow"]["id"] == str(workflow_id) and "\x00" not in data["error"]
