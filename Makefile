@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 LOCKVENV := .venv-lock
 
-.PHONY: run test test-fast lint lock bench chaos install clean chromium
+.PHONY: run test test-fast lint lock bench bench-outbox chaos install clean chromium
 
 # constraints.txt pins every dependency to the versions CI tested; `make lock` updates it.
 $(STAMP): pyproject.toml constraints.txt
@@ -55,6 +55,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.e2e
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.cost
+	$(BIN)/python -m bench.outbox
+
+bench-outbox: $(STAMP)  ## 10,000 outbox rows to SENT: postgres.outbox against a poller + one workflow per row (ARGS=--rows N ...)
+	$(BIN)/python -m bench.outbox $(ARGS)
 
 chaos: $(STAMP)  ## the fault ledger: bench/chaos.py against its own `hookyard dev` stack (ARGS=--events N ...)
 	$(BIN)/python -m bench.chaos $(ARGS)

@@ -157,7 +157,7 @@ def describe_error(exc: BaseException, target: PostgresTarget | None, bounds: Ow
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return f"{where}: timed out after {bounds.connect_timeout_s:g}s"
     if isinstance(exc, ssl.SSLError):
-        return f"{where}: TLS failed ({exc.reason or 'handshake'})"
+        return f"{where}: TLS failed ({getattr(exc, 'reason', None) or 'handshake'})"
     if isinstance(exc, asyncpg.PostgresError):
         return f"{where}: the database refused the statement (SQLSTATE {exc.sqlstate}): {_first_line(exc)}"
     if isinstance(exc, OSError | asyncpg.InterfaceError | ConnectionError):

@@ -66,8 +66,11 @@ class OutboxSql:
 
     table: str
     id_col: str
-    # The id column's name unquoted, as a value: the key that converts a stored text id back.
+    # Column names unquoted, as values: keys of `jsonb_populate_record`, which converts text ids,
+    # status values and results to the columns' own types (whatever they are: bigint, uuid, enum).
     id_name: str
+    status_name: str
+    result_name: str | None
     status_col: str
     statuses: Mapping[str, str]
     # The rules, validated; compiled again for each statement with its own placeholder numbers.
@@ -180,6 +183,40 @@ class OutboxSql:
             params,
         )
 
+    def write_back_many(self, rows: Sequence[tuple[str, str, str | None]]) -> Compiled:
+        """`write_back` for many rows in one statement: (row id, status, result JSON or None).
+
+        Returns the ids of the rows written. A None result leaves the result column as it is.
+        """
+        params: list[Any] = [
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [self.statuses["pending"], self.statuses["processing"], self.statuses["failed"]],
+            self.id_name,
+            self.status_name,
+            self.result_name,
+        ]
+        sets = [f"{self.status_col} = (p.r).{self.status_col}"]
+        if self.result_col is not None:
+            keep, new = f"t.{self.result_col}", f"(p.r).{self.result_col}"
+            sets.append(f"{self.result_col} = CASE WHEN u.result IS NULL THEN {keep} ELSE {new} END")
+        if self.updated_col is not None:
+            sets.append(f"{self.updated_col} = now()")
+        values = (
+            "jsonb_build_object($5::text, u.id, $6::text, u.status) || "
+            "CASE WHEN $7::text IS NULL OR u.result IS NULL THEN '{}'::jsonb "
+            "ELSE jsonb_build_object($7::text, u.result) END"
+        )
+        return Compiled(
+            f"UPDATE {self.table} AS t SET {', '.join(sets)} "
+            "FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS u(id, status, result) "
+            f"CROSS JOIN LATERAL (SELECT jsonb_populate_record(NULL::{self.table}, {values}) AS r) AS p "
+            f"WHERE t.{self.id_col} = (p.r).{self.id_col} AND t.{self.status_col}::text = ANY($4::text[]) "
+            "RETURNING u.id",
+            params,
+        )
+
     def backlog(self) -> Compiled:
         """How many pending rows are due, and how late the oldest is (seconds; by due or updated column)."""
         params: list[Any] = [self.statuses["pending"]]
@@ -257,6 +294,8 @@ def compile_outbox(config: Mapping[str, Any]) -> OutboxSql:
         table=quote_table(config.get("table")),
         id_col=_ident(config.get("id_column", "id"), "id_column"),
         id_name=str(config.get("id_column", "id")),
+        status_name=str(config.get("status_column", "status")),
+        result_name=None if config.get("result_column") is None else str(config["result_column"]),
         status_col=_ident(config.get("status_column", "status"), "status_column"),
         statuses=statuses,
         conditions=rules,

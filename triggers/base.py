@@ -130,6 +130,9 @@ class TriggerType:
     # events). The dispatcher forwards its events (worker/dispatch/forwarding.py), never
     # matches them, and refuses to start without a forwarder for it.
     internal_source: str | None = None
+    # A JSON Schema of the trigger data, shown in the catalog, for types whose data is hookyard's
+    # own shape rather than a sender's (so templates can be written against it).
+    data_schema: dict[str, Any] | None = None
 
 
 def match_filter(config: Mapping[str, Any], data: Mapping[str, Any]) -> FilterOutcome:

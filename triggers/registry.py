@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from triggers import gmail, outbox, schedule, tick, webhook
+from triggers import failure, gmail, outbox, schedule, tick, webhook
 from triggers.base import TriggerType
 
 TRIGGERS: Mapping[str, TriggerType] = {
@@ -14,6 +14,7 @@ TRIGGERS: Mapping[str, TriggerType] = {
         schedule.TRIGGER,
         tick.TRIGGER,
         gmail.TRIGGER,
+        failure.TRIGGER,
         outbox.TRIGGER,
     )
 }

@@ -27,6 +27,7 @@ def catalog() -> dict[str, Any]:
                 "config_schema": t.config_schema,
                 "manual_run": t.manual_doc or "The request body is the trigger data.",
             }
+            | ({"data_schema": t.data_schema} if t.data_schema is not None else {})
             for t in sorted(TRIGGERS.values(), key=lambda t: t.name)
         ],
         "actions": [

@@ -23,7 +23,8 @@ from actions.templating import TemplateError, check_templates
 from ingest.api.validation import check, compile_schema
 from ingest.errors import Invalid
 from schemas.store.credentials import credential_provider
-from schemas.store.workflows import Workflow, get_workflow
+from schemas.store.failure_events import SOURCE_TYPE as FAILURE_TRIGGER
+from schemas.store.workflows import Workflow, get_workflow, live_trigger_type
 from triggers.base import TriggerConfigError
 from triggers.registry import TRIGGERS
 
@@ -63,6 +64,13 @@ WORKFLOW_SCHEMA: dict[str, Any] = {
         "active": {"type": "boolean", "default": True},
         "concurrency_limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
         "retry_policy": RETRY_POLICY_SCHEMA,
+        "on_failure": {
+            "type": ["string", "null"],
+            "format": "uuid",
+            "default": None,
+            "description": f"One of your `{FAILURE_TRIGGER}` workflows, run once for each execution of this "
+            "one that fails for good; null for none.",
+        },
     },
 }
 PATCH_SCHEMA: dict[str, Any] = {**WORKFLOW_SCHEMA, "required": []}
@@ -96,6 +104,7 @@ class Definition:
     active: bool
     concurrency_limit: int
     retry_policy: dict[str, Any]
+    on_failure: UUID | None
 
     @classmethod
     def from_row(cls, row: Workflow) -> Definition:
@@ -187,6 +196,26 @@ def _scalars(body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+async def _checked_on_failure(
+    conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID | None, given: str | None
+) -> dict[str, Any]:
+    """`on_failure` must name another live workflow of the owner with the failure trigger.
+
+    Another owner's id reads exactly as an unknown one, so the answer reveals nothing about it.
+    """
+    if given is None:
+        return {"on_failure": None}
+    target = UUID(given)
+    if target == workflow_id:
+        raise Invalid("a workflow cannot be its own on_failure workflow", field="on_failure")
+    trigger_type = await live_trigger_type(conn, owner_id, target)
+    if trigger_type is None:
+        raise Invalid("no such workflow", field="on_failure")
+    if trigger_type != FAILURE_TRIGGER:
+        raise Invalid(f"must be a workflow with the {FAILURE_TRIGGER} trigger", field="on_failure")
+    return {"on_failure": target}
+
+
 def check_create(body: Mapping[str, Any]) -> None:
     """The envelope of a new workflow (no database needed)."""
     check(_CREATE, body)
@@ -203,13 +232,14 @@ async def definition_for_create(conn: asyncpg.Connection, owner_id: UUID, body: 
     values |= _scalars(body)
     values |= await _checked_trigger(conn, owner_id, body["trigger"])
     values |= await _checked_action(conn, owner_id, body["action"])
+    values |= await _checked_on_failure(conn, owner_id, None, body.get("on_failure"))
     return Definition(**values)
 
 
 async def definition_for_patch(
-    conn: asyncpg.Connection, owner_id: UUID, current: Definition, body: Mapping[str, Any]
+    conn: asyncpg.Connection, owner_id: UUID, current: Definition, body: Mapping[str, Any], workflow_id: UUID
 ) -> Definition:
-    """`current` with a patch that passed `check_patch` applied.
+    """`current` (the stored definition of `workflow_id`) with a patch that passed `check_patch` applied.
 
     Top-level fields replace the stored ones; a given `trigger` or `action` replaces that part
     whole and is validated again, while the parts left alone are kept as stored.
@@ -219,6 +249,8 @@ async def definition_for_patch(
         values |= await _checked_trigger(conn, owner_id, body["trigger"])
     if "action" in body:
         values |= await _checked_action(conn, owner_id, body["action"])
+    if "on_failure" in body:
+        values |= await _checked_on_failure(conn, owner_id, workflow_id, body["on_failure"])
     return dataclasses.replace(current, **values)
 
 
@@ -238,4 +270,4 @@ async def validated_patch(
     """
     check_patch(patch)
     row = await get_workflow(conn, owner_id, workflow_id)
-    return await definition_for_patch(conn, owner_id, Definition.from_row(row), patch)
+    return await definition_for_patch(conn, owner_id, Definition.from_row(row), patch, workflow_id)

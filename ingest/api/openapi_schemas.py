@@ -146,6 +146,10 @@ def _workflow_schemas() -> dict[str, Any]:
             },
             "concurrency_limit": {"type": "integer"},
             "retry_policy": definitions.RETRY_POLICY_SCHEMA,
+            "on_failure": {
+                **_nullable(_UUID),
+                "description": "The workflow run when an execution of this one fails for good.",
+            },
             "signing": {"type": "boolean"},
             "trigger_sync": _obj(
                 {"state": {"enum": ["pending", "synced", "error"]}, "error": _nullable(_STR), "watch": MAILBOX_WATCH},
@@ -334,7 +338,9 @@ def _catalog_schema() -> dict[str, Any]:
             "description": _STR,
             "config_schema": {"type": "object"},
             "manual_run": {**_STR, "description": "What a manual run's body stands for, and the data it builds."},
-        }
+            "data_schema": {"type": "object", "description": "The trigger data's JSON Schema (hookyard's own shapes)."},
+        },
+        ("type", "description", "config_schema", "manual_run"),
     )
     provider = _obj(
         {

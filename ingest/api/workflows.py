@@ -42,6 +42,8 @@ def workflow_json(row: Workflow) -> dict[str, Any]:
         "paused_reason": row.paused_reason,
         "concurrency_limit": row.concurrency_limit,
         "retry_policy": row.retry_policy,
+        # Run when an execution of this workflow fails for good; null when none (or it was deleted).
+        "on_failure": row.on_failure,
         "signing": row.signing,
         "trigger_sync": trigger_sync_json(row),
         "warnings": _warnings(row.action_type, row.action_config),
@@ -181,7 +183,7 @@ async def update(state: AppState, owner_id: UUID, workflow_id: UUID, body: dict[
     async with state.pool.acquire() as conn, conn.transaction():
         row = await store.get_workflow(conn, owner_id, workflow_id, for_update=True)
         current = definitions.Definition.from_row(row)
-        updated = await definitions.definition_for_patch(conn, owner_id, current, body)
+        updated = await definitions.definition_for_patch(conn, owner_id, current, body, workflow_id)
         secret = token = None
         if updated.wants_signing_secret and not row.signing:
             secret, token = _new_signing_secret(state.keyring, owner_id, workflow_id)

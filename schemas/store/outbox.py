@@ -21,6 +21,8 @@ from schemas.store.events import NewEvent, insert_events
 from schemas.store.rows import row_of, rows_of
 
 TRIGGER_TYPE = "postgres.outbox"
+# NOTIFY'd when an execution of an outbox event ends: the write-back runs at once.
+WRITE_BACK_CHANNEL = "hookyard_outbox_write_back"
 SOURCE_TYPE = "outbox"
 # Rows hookyard skips in one poll (open claims, retries not yet due or used up) at most.
 MAX_SKIPPED = 10_000
@@ -118,6 +120,18 @@ HEALTH_JSON = (
 )
 
 
+async def wake_write_back(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> None:
+    """Executions just ended (`after_terminal`): wake the outbox write-back if one carried a claimed row."""
+    events = [r["event_id"] for r in rows if r["event_id"] is not None and r["replay_of"] is None]
+    if events:
+        await conn.execute(
+            "SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM outbox_claims "
+            "WHERE event_id = ANY($1::uuid[]) AND state = 'claimed')",
+            events,
+            WRITE_BACK_CHANNEL,
+        )
+
+
 def dedup_key(credential_id: UUID, table: str, row_id: str, generation: int) -> str:
     """The event's dedup key: a claim generation of a row is stored at most once."""
     return f"{credential_id}:{table}:{row_id}:{generation}"
@@ -126,8 +140,9 @@ def dedup_key(credential_id: UUID, table: str, row_id: str, generation: int) -> 
 async def lease_polls(conn: asyncpg.Connection, limit: int, lease_s: float) -> list[OutboxPoll]:
     """Lease outbox workflows due for a poll (`SKIP LOCKED`: replicas take different ones).
 
-    Active workflows get a health row on first sight. Only active workflows are polled; what
-    an inactive one claimed earlier is still written back (`workflows_to_write_back`).
+    Active workflows get a health row on first sight; one changed since its last poll (the
+    owner fixed its config, say) is due at once, whatever its backoff. Only active workflows
+    are polled; what an inactive one claimed is still written back (`workflows_to_write_back`).
     """
     async with conn.transaction():
         await conn.execute(
@@ -138,7 +153,8 @@ async def lease_polls(conn: asyncpg.Connection, limit: int, lease_s: float) -> l
         )
         rows = await conn.fetch(
             "WITH due AS (SELECT h.workflow_id FROM outbox_health h JOIN workflows w ON w.id = h.workflow_id "
-            "WHERE h.next_poll_at <= now() AND (h.lease_until IS NULL OR h.lease_until <= now()) "
+            "WHERE (h.next_poll_at <= now() OR w.updated_at > coalesce(h.last_poll_at, '-infinity')) "
+            "AND (h.lease_until IS NULL OR h.lease_until <= now()) "
             "AND w.trigger_type = $1 AND w.active AND w.deleted_at IS NULL "
             "ORDER BY h.next_poll_at LIMIT $2 FOR UPDATE OF h SKIP LOCKED) "
             "UPDATE outbox_health h SET lease_until = now() + make_interval(secs => $3) FROM due, workflows w "
@@ -377,6 +393,29 @@ async def record_written(conn: asyncpg.Connection, claim: FinishedClaim, result:
             claim.workflow_id,
         )
     return done != "UPDATE 0"
+
+
+async def record_written_many(
+    conn: asyncpg.Connection, workflow_id: UUID, claims: Sequence[FinishedClaim], results: Sequence[Any]
+) -> int:
+    """`record_written` for many claims of one workflow in one statement; returns how many closed."""
+    rows = await conn.fetch(
+        "UPDATE outbox_claims c SET state = 'written_back', outcome = u.outcome, result = u.result, "
+        "written_back_at = now(), writeback_error = NULL, writeback_retry_at = NULL "
+        "FROM unnest($1::bigint[], $2::int[], $3::text[], $4::jsonb[]) AS u(id, generation, outcome, result) "
+        "WHERE c.id = u.id AND c.generation = u.generation AND c.state = 'claimed' RETURNING c.id",
+        [c.id for c in claims],
+        [c.generation for c in claims],
+        [c.outcome for c in claims],
+        list(results),
+    )
+    if rows:
+        await conn.execute(
+            "UPDATE outbox_health SET rows_written_total = rows_written_total + $2::int WHERE workflow_id = $1",
+            workflow_id,
+            len(rows),
+        )
+    return len(rows)
 
 
 async def record_writeback_failed(conn: asyncpg.Connection, claim_ids: list[int], error: str) -> None:

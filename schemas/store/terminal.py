@@ -11,7 +11,9 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from schemas.store.failure_events import start_error_workflows
 from schemas.store.notifications import notify_executions_ended
+from schemas.store.outbox import wake_write_back
 
 # The columns every terminal transition returns (qualify with the table alias where needed).
 RETURNING = "id, owner_id, workflow_id, event_id, replay_of, status, error, attempts, finished_at"
@@ -31,3 +33,5 @@ async def after_terminal(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record
     if not rows:
         return
     await notify_executions_ended(conn, rows)
+    await wake_write_back(conn, rows)
+    await start_error_workflows(conn, rows)

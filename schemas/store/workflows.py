@@ -56,6 +56,8 @@ class Workflow:
     mailbox: dict[str, Any] | None
     # Poll health of a postgres.outbox trigger (`outbox.HEALTH_JSON`), else None.
     outbox: dict[str, Any] | None
+    # The owner's workflow run when an execution of this one fails for good (migration 0015).
+    on_failure: UUID | None
 
 
 _COLUMNS = (
@@ -68,7 +70,12 @@ _COLUMNS = (
     # The watch of the mailbox a gmail.* trigger reads (NULL for other triggers).
     f"(SELECT {HEALTH_JSON} FROM gmail_mailboxes m WHERE m.owner_id = workflows.owner_id AND m.credential_id = "
     "CASE WHEN workflows.trigger_type LIKE 'gmail.%' THEN workflows.routing_key::uuid END) AS mailbox, "
-    f"(SELECT {OUTBOX_HEALTH_JSON} FROM outbox_health h WHERE h.workflow_id = workflows.id) AS outbox"
+    f"(SELECT {OUTBOX_HEALTH_JSON} FROM outbox_health h WHERE h.workflow_id = workflows.id "
+    "AND workflows.trigger_type = 'postgres.outbox') AS outbox, "
+    # A reference to a deleted workflow reads as none. Soft deletion leaves references stored
+    # (clearing them would lock the rows naming it after its own, and deadlock with a PATCH of
+    # one of them); the next save of the naming workflow stores the none it read.
+    "(SELECT t.id FROM workflows t WHERE t.id = workflows.on_failure AND t.deleted_at IS NULL) AS on_failure"
 )
 
 
@@ -88,8 +95,9 @@ async def insert_workflow(
     """
     row = await conn.fetchrow(
         "INSERT INTO workflows (owner_id, name, trigger_type, trigger_config, routing_key, action_type, "
-        "action_config, credential_id, active, concurrency_limit, retry_policy, id, signing_secret, lane) "
-        "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, i.id, $13, mod(abs(hashtext(i.id::text)::bigint), $14) "
+        "action_config, credential_id, active, concurrency_limit, retry_policy, id, signing_secret, lane, on_failure) "
+        "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, i.id, $13, "
+        "mod(abs(hashtext(i.id::text)::bigint), $14), $15 "
         "FROM (SELECT coalesce($12::uuid, gen_random_uuid()) AS id) i "
         f"RETURNING {_COLUMNS}",
         owner_id,
@@ -106,6 +114,7 @@ async def insert_workflow(
         values.get("id"),
         values.get("signing_secret"),
         lanes if lanes > 0 else DEFAULT_LANES,
+        values.get("on_failure"),
     )
     return row_of(Workflow, row)
 
@@ -120,7 +129,7 @@ async def update_workflow(
     row = await conn.fetchrow(
         "UPDATE workflows SET name = $3, trigger_type = $4, trigger_config = $5, routing_key = $6, "
         "action_type = $7, action_config = $8, credential_id = $9, concurrency_limit = $10, "
-        "retry_policy = $11, signing_secret = coalesce($12, signing_secret), updated_at = now() "
+        "retry_policy = $11, signing_secret = coalesce($12, signing_secret), on_failure = $13, updated_at = now() "
         f"WHERE id = $1 AND owner_id = $2 AND NOT internal AND deleted_at IS NULL RETURNING {_COLUMNS}",
         workflow_id,
         owner_id,
@@ -134,6 +143,7 @@ async def update_workflow(
         values["concurrency_limit"],
         values["retry_policy"],
         values.get("signing_secret"),
+        values.get("on_failure"),
     )
     if row is None:
         raise NotFound("workflow")
@@ -229,6 +239,19 @@ async def cancel_pending(conn: asyncpg.Connection, workflow_id: UUID) -> int:
     )
     await after_terminal(conn, rows)
     return len(rows)
+
+
+async def live_trigger_type(conn: asyncpg.Connection, owner_id: UUID, workflow_id: UUID) -> str | None:
+    """The trigger type of one of the owner's live workflows; None if there is no such workflow,
+    whether or not another owner has one with that id."""
+    # Not locked: a PATCH naming it would lock its own row, then this one, and could deadlock
+    # with a concurrent save of this one. A reference to a workflow deleted since reads as none.
+    trigger_type: str | None = await conn.fetchval(
+        "SELECT trigger_type FROM workflows WHERE id = $1 AND owner_id = $2 AND NOT internal AND deleted_at IS NULL",
+        workflow_id,
+        owner_id,
+    )
+    return trigger_type
 
 
 async def routing_version(conn: asyncpg.Connection) -> int:

@@ -484,3 +484,68 @@ async def test_a_row_whose_execution_outlives_the_lease_is_not_claimed_twice(
 
     assert await poller.claim(poll, sql, await _opool(poller, poll)) == 0
     assert [c[1:] for c in await _claims(pool, poll)] == [(1, "claimed")]
+
+
+async def test_an_enum_status_column_is_claimed_and_written_back(
+    owner: Owner,
+    owner_db: OwnerDb,
+    owner_conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    poller: OutboxPoller,
+    settings: Settings,
+) -> None:
+    await owner_conn.execute("DROP TABLE IF EXISTS hx_enum; DROP TYPE IF EXISTS hx_state")
+    await owner_conn.execute("CREATE TYPE hx_state AS ENUM ('PENDING', 'PROCESSING', 'SENT', 'FAILED')")
+    await owner_conn.execute(
+        "CREATE TABLE hx_enum (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), state hx_state NOT NULL DEFAULT "
+        "'PENDING', error_details jsonb)"
+    )
+    await owner_conn.execute("INSERT INTO hx_enum DEFAULT VALUES")
+    poll = await _workflow(
+        owner,
+        owner_db.url,
+        "hx_enum",
+        status_column="state",
+        conditions=None,
+        due_column=None,
+        updated_column=None,
+    )
+    assert await poller.claim(poll, compile_outbox(poll.trigger_config), await _opool(poller, poll)) == 1
+    assert await owner_conn.fetchval("SELECT state::text FROM hx_enum") == "PROCESSING"
+    await _finish_executions(pool, settings, poll, "succeeded")
+    assert await poller.write_back_all() == 1
+    row = await owner_conn.fetchrow("SELECT state::text AS state, error_details FROM hx_enum")
+    assert row["state"] == "SENT" and orjson.loads(row["error_details"]) == {"transaction_id": "tx-1"}
+
+
+async def test_a_text_result_column_gets_the_json_and_a_deleted_row_just_closes_its_claim(
+    owner: Owner,
+    owner_db: OwnerDb,
+    owner_conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    poller: OutboxPoller,
+    settings: Settings,
+) -> None:
+    await owner_conn.execute("DROP TABLE IF EXISTS hx_text_result")
+    await owner_conn.execute(
+        "CREATE TABLE hx_text_result (id int PRIMARY KEY, status text NOT NULL DEFAULT 'PENDING', outcome text)"
+    )
+    await owner_conn.execute("INSERT INTO hx_text_result (id) VALUES (1), (2)")
+    poll = await _workflow(
+        owner,
+        owner_db.url,
+        "hx_text_result",
+        status_column="status",
+        result_column="outcome",
+        conditions=None,
+        due_column=None,
+        updated_column=None,
+    )
+    assert await poller.claim(poll, compile_outbox(poll.trigger_config), await _opool(poller, poll)) == 2
+    await owner_conn.execute("DELETE FROM hx_text_result WHERE id = 2")
+    await _finish_executions(pool, settings, poll, "succeeded")
+
+    assert await poller.write_back_all() == 2
+    row = await owner_conn.fetchrow("SELECT status, outcome FROM hx_text_result WHERE id = 1")
+    assert row["status"] == "SENT" and orjson.loads(row["outcome"]) == {"transaction_id": "tx-1"}
+    assert [c[2] for c in await _claims(pool, poll)] == ["written_back", "written_back"]

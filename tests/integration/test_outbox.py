@@ -383,7 +383,7 @@ async def test_a_missing_column_is_a_clear_trigger_sync_error(
 
 @pytest.mark.usefixtures("pipeline")
 async def test_the_owners_database_down_backs_off_and_loses_nothing(
-    owner: Owner, owner_db: OwnerDb, owner_conn: asyncpg.Connection, novu: NovuStandIn
+    owner: Owner, owner_db: OwnerDb, owner_conn: asyncpg.Connection, novu: NovuStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     table = "ent_outage"
     await make_table(owner_conn, table)
@@ -407,6 +407,7 @@ async def test_the_owners_database_down_backs_off_and_loses_nothing(
         proxy.refusing = False
         await wait_for(lambda: _all("SENT", ids)(owner_conn, table), timeout=90)
         assert len(novu.calls) == 3
+        assert "outbox poll of workflow" in caplog.text and OWNER_PASSWORD not in caplog.text
     finally:
         await proxy.close()
 
@@ -437,7 +438,7 @@ async def test_a_notify_on_the_listen_channel_polls_at_once(
 # --- crashes of real processes --------------------------------------------------------------
 
 
-async def test_killing_the_dispatcher_and_the_worker_mid_flight_sends_each_row_once(
+async def test_two_dispatchers_one_killed_with_the_worker_mid_flight_send_each_row_once(
     stack: Stack, owner_db: OwnerDb, owner_conn: asyncpg.Connection, receiver: Receiver
 ) -> None:
     table = "ent_killed"
@@ -446,8 +447,9 @@ async def test_killing_the_dispatcher_and_the_worker_mid_flight_sends_each_row_o
     ids = [r["id"] for r in await owner_conn.fetch(f"SELECT id FROM {table}")]
     path = f"/outbox-killed-{uuid.uuid4().hex[:8]}"
     async with deployment(stack) as deploy:
+        # Two dispatcher replicas poll the same outbox; one of them is killed mid-flight.
         api, dispatcher, worker = await deploy.start("serve"), deploy.spawn("dispatch"), deploy.spawn("worker")
-        await deploy.started(dispatcher, worker)
+        await deploy.started(dispatcher, worker, deploy.spawn("dispatch"))
         async with await owner_client(deploy, api[0]) as client:
             credential = (
                 await client.post("/api/credentials", json={"provider": "postgres", "secret": {"url": owner_db.url}})
@@ -485,3 +487,31 @@ async def test_killing_the_dispatcher_and_the_worker_mid_flight_sends_each_row_o
         keys.setdefault(orjson.loads(request.body)["row"], set()).add(request.headers["idempotency-key"])
     # One execution per row (an attempt cut off by the kill may be sent again under the same key).
     assert sorted(keys) == sorted(ids) and all(len(k) == 1 for k in keys.values())
+
+
+@pytest.mark.usefixtures("pipeline")
+async def test_a_fixed_config_is_polled_at_once_and_clears_the_error(
+    owner: Owner, owner_db: OwnerDb, owner_conn: asyncpg.Connection, novu: NovuStandIn
+) -> None:
+    table = "ent_fixed_config"
+    await make_table(owner_conn, table)
+    [row_id] = await insert_rows(owner_conn, table, 1, payload='{"name": "fixed"}')
+    flow = await _outbox_workflow(owner, owner_db.url, table, due_column="send_at", poll_interval_s=600)
+
+    async def sync() -> Any:
+        return (await owner.client.get(f"/api/workflows/{flow['id']}")).json()["trigger_sync"]
+
+    await wait_for(lambda: _state(sync, "error"))
+    config = {k: v for k, v in flow["trigger"]["config"].items() if k != "due_column"}
+    patched = await owner.client.patch(
+        f"/api/workflows/{flow['id']}", json={"trigger": {"type": "postgres.outbox", "config": config}}
+    )
+    assert patched.status_code == 200, patched.text
+
+    await wait_for(lambda: _all("SENT", [row_id])(owner_conn, table))
+    await wait_for(lambda: _state(sync, "synced"))
+
+
+async def _state(sync: Any, wanted: str) -> bool:
+    state: dict[str, Any] = await sync()
+    return state["state"] == wanted

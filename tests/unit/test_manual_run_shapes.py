@@ -18,6 +18,7 @@ REAL_BODIES = {
     "schedule.tick": b'{"scheduled_time": "2026-01-31T02:00:00Z"}',
     "schedule.cron": orjson.dumps({"scheduled_at": NOW, "fired_at": NOW, "payload": {"a": 1}}),
     "gmail.receive-email": orjson.dumps({"id": "m1", "from": "a@example.test", "subject": "s"}),
+    "workflow.failure": orjson.dumps({"execution": {"id": ID, "error": "HTTP 500"}, "trigger": {"body": {}}}),
     "postgres.outbox": orjson.dumps(
         {"table": "t", "row_id": "1", "generation": 1, "claimed_from": "PENDING", "attempt": 1, "row": {"id": 1}}
     ),

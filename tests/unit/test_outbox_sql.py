@@ -144,7 +144,8 @@ def test_the_claim_statement_numbers_every_parameter_once(given_rules: list[dict
             "retry": {"attempts_column": "attempts"},
         }
     )
-    for statement in (sql.select_due([], 1000), sql.backlog()):
+    write = sql.write_back_many([("1", "SENT", '{"a": 1}'), ("2", "FAILED", None)])
+    for statement in (sql.select_due([], 1000), sql.backlog(), write):
         outside_identifiers = re.sub(r'"(?:[^"]|"")*"', "", statement.sql)
         used = {int(n) for n in re.findall(r"\$(\d+)", outside_identifiers)}
         assert used == set(range(1, len(statement.params) + 1)), statement.sql

@@ -60,7 +60,7 @@ from worker.automation.contract import (
     lane_id,
 )
 from worker.dispatch.forwarding import ForwardFailed, accept_forwarded, build_forwarders, handover_forwarded
-from worker.dispatch.outbox import OutboxPoller
+from worker.dispatch.outbox import OUTBOX_POOL_MAX, OutboxPoller
 from worker.dispatch.reconciler import Reconciler
 from worker.dispatch.trigger_sync import TriggerSyncer
 
@@ -214,9 +214,14 @@ class Dispatcher:
         if not self._settings.master_keys:  # credentials cannot be read: the process start refuses this
             log.warning("no master keys: database outboxes are not polled")
             return
-        await OutboxPoller(self._pool, self._settings, Keyring(self._settings.master_keys), metrics=self._metrics).run(
-            stop
-        )
+        keyring = Keyring(self._settings.master_keys)
+        # A pool of its own: owners' slow databases hold these connections, never resolution's.
+        # min_size 0 connects nothing here, so a database still starting cannot fail the task.
+        pool = await db.create_pool(self._settings.database_url, min_size=0, max_size=OUTBOX_POOL_MAX)
+        try:
+            await OutboxPoller(pool, self._settings, keyring, metrics=self._metrics).run(stop)
+        finally:
+            await pool.close()
 
     async def _step(self) -> bool:
         """One pass of both steps; True if a step hit its batch limit (more work waits).

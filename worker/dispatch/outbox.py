@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 POLL_BATCH = 20
 # Polls (and write-backs of different workflows) at once, per dispatcher process.
 PARALLEL = 8
+# Connections to hookyard's database the poller holds at most (its own pool in the dispatcher).
+OUTBOX_POOL_MAX = 6
 # How often listeners are brought in line with the workflows and idle pools closed.
 UPKEEP_S = 5.0
 WRITEBACK_BATCH = 200
@@ -83,6 +85,15 @@ def result_of(claim: store.FinishedClaim) -> Any:
     if claim.outcome == "failed":
         return {"error": (claim.error or "failed")[:_RESULT_CHARS], "result": claim.result}
     return None
+
+
+def status_of(sql: OutboxSql, claim: store.FinishedClaim) -> str:
+    """The status a claim's outcome writes: sent, failed, or pending again (released)."""
+    return {"sent": sql.statuses["sent"], "failed": sql.statuses["failed"]}.get(claim.outcome, sql.statuses["pending"])
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def claimed_rows(
@@ -212,9 +223,25 @@ class OutboxPoller:
                 task.cancel()
 
     async def _write_back_loop(self, stop: asyncio.Event) -> None:
+        # Woken by NOTIFY when an execution of an outbox event ends (schemas/store/terminal.py),
+        # else every poll interval; after a reconnection, at once.
+        woken = asyncio.Event()
+        listener = asyncio.create_task(
+            db.listen(self._settings.database_url, store.WRITE_BACK_CHANNEL, lambda _: woken.set(), woken.set),
+            name="outbox-write-back-listener",
+        )
+        try:
+            await self._write_back_passes(stop, woken)
+        finally:
+            listener.cancel()
+            with suppress(asyncio.CancelledError):
+                await listener
+
+    async def _write_back_passes(self, stop: asyncio.Event, woken: asyncio.Event) -> None:
         upkeep_at = 0.0
         loop = asyncio.get_running_loop()
         while not stop.is_set():
+            woken.clear()
             try:
                 await self.write_back_all()
                 if loop.time() >= upkeep_at:
@@ -225,8 +252,12 @@ class OutboxPoller:
                 log.warning("outbox write-back pass failed: %s", type(exc).__name__)
             except Exception:  # never fatal
                 log.exception("outbox write-back pass failed unexpectedly")
-            with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._settings.dispatch_poll_interval_s)
+            waiters = {asyncio.ensure_future(woken.wait()), asyncio.ensure_future(stop.wait())}
+            await asyncio.wait(
+                waiters, timeout=self._settings.dispatch_poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in waiters:
+                waiter.cancel()
 
     async def pass_once(self) -> int:
         """Poll every due workflow once and write back what ended; returns rows claimed."""
@@ -257,10 +288,13 @@ class OutboxPoller:
                 await self._pools.discard(UUID(str(poll.trigger_config["credential_id"])))
         batch = int(poll.trigger_config.get("batch_size", 100))
         next_in = backoff_s(poll.failures, interval) if error else (0.0 if claimed >= batch else interval)
-        async with self._pool.acquire() as conn:
-            await store.record_poll(
-                conn, poll.workflow_id, claimed=claimed, due_rows=due, lag_s=lag, error=error, next_in_s=next_in
-            )
+        try:
+            async with self._pool.acquire() as conn:
+                await store.record_poll(
+                    conn, poll.workflow_id, claimed=claimed, due_rows=due, lag_s=lag, error=error, next_in_s=next_in
+                )
+        except db.STORAGE_ERRORS as exc:  # hookyard's own database: the lease runs out and it is polled again
+            log.warning("outbox poll of workflow %s not recorded: %s", poll.workflow_id, type(exc).__name__)
         if self._metrics is not None:
             self._metrics.outbox_poll(str(poll.workflow_id), claimed, error is not None, lag)
         return claimed
@@ -368,34 +402,48 @@ class OutboxPoller:
         return sum(await asyncio.gather(*(one(w, o) for w, o in due)))
 
     async def write_back(self, workflow_id: UUID, owner_id: UUID) -> int:
-        """Step 2: write the outcomes of a workflow's ended claims into the owner's rows."""
+        """Step 2: write the outcomes of a workflow's ended claims into the owner's rows.
+
+        The owner's connection is taken before hookyard's, the order a poll takes them in, so
+        polls and write-backs never wait on each other's connections in a circle.
+        """
+        async with self._pool.acquire() as conn:
+            config = await store.trigger_config_of(conn, workflow_id)
+        try:
+            sql = compile_outbox(config)
+            opool = await self.owner_pool(owner_id, config)
+            async with opool.acquire() as oconn:
+                return await self._write_claims(workflow_id, sql, oconn)
+        except Exception as exc:  # the owner's database is down or refuses: retried with backoff
+            async with self._pool.acquire() as conn, conn.transaction():
+                claims = await store.lock_finished(conn, workflow_id, WRITEBACK_BATCH)
+                await store.record_writeback_failed(conn, [c.id for c in claims], self._describe_writeback(exc))
+            return 0
+
+    async def _write_claims(self, workflow_id: UUID, sql: OutboxSql, oconn: asyncpg.Connection) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             claims = await store.lock_finished(conn, workflow_id, WRITEBACK_BATCH)
             if not claims:
                 return 0
-            config = await store.trigger_config_of(conn, workflow_id)
+            results = [result_of(c) for c in claims]
+            rows = [(c.row_id, status_of(sql, c), _json(r)) for c, r in zip(claims, results, strict=True)]
             try:
-                sql = compile_outbox(config)
-                opool = await self.owner_pool(owner_id, config)
-                async with opool.acquire() as oconn:
-                    for claim in claims:
-                        await self._write_one(conn, oconn, sql, claim)
-            except Exception as exc:  # the owner's database is down or refuses: retried with backoff
-                error = describe_error(exc, None, self._bounds)
-                await store.record_writeback_failed(conn, [c.id for c in claims], error)
+                statement = sql.write_back_many(rows)
+                # One statement: the owner's rows are written all or none, then the claims closed.
+                await oconn.fetch(statement.sql, *statement.params)
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+                await store.record_writeback_failed(conn, [c.id for c in claims], self._describe_writeback(exc))
                 return 0
-        return len(claims)
+            closed = await store.record_written_many(conn, workflow_id, claims, results)
+        if self._metrics is not None:
+            for claim in claims:
+                self._metrics.outbox_rows_written.labels(claim.outcome).inc()
+        return closed
 
-    async def _write_one(
-        self, conn: asyncpg.Connection, oconn: asyncpg.Connection, sql: OutboxSql, claim: store.FinishedClaim
-    ) -> None:
-        result = result_of(claim)
-        status = {"sent": sql.statuses["sent"], "failed": sql.statuses["failed"]}.get(
-            claim.outcome, sql.statuses["pending"]
-        )
-        await write_row(oconn, sql, claim.row_id, status, result)
-        if await store.record_written(conn, claim, result) and self._metrics is not None:
-            self._metrics.outbox_rows_written.labels(claim.outcome).inc()
+    def _describe_writeback(self, exc: BaseException) -> str:
+        if isinstance(exc, OutboxConfigError | OutboxSqlError):
+            return str(exc)[:500]
+        return describe_error(exc, None, self._bounds)
 
     async def _sleep(self, stop: asyncio.Event, running: set[asyncio.Task[int]]) -> None:
         """Until a poll falls due, a wake-up, a poll slot frees, or `stop`."""
