@@ -32,6 +32,9 @@ BAD_TARGETS = [
     "http://exa mple.com/",
     "http://no-such-host.invalid/hook",
     "http://" + "a" * 2100 + ".com/",
+    "https://xn--/",  # a malformed IDNA label: was a 500
+    "http://127.0.0.1:65536/",
+    "http://127.0.0.1:0/",
 ]
 
 
