@@ -336,9 +336,9 @@ async def retry_delivery(conn: asyncpg.Connection, owner_id: UUID, sub_id: UUID,
         if not await conn.fetchval("SELECT active FROM subscriptions WHERE id = $1", sub_id):
             raise DeliveryNotFinished("the subscription is not active; activate it first")
         row = await conn.fetchrow(
-            "INSERT INTO executions (owner_id, workflow_id, replay_of, trigger_data) "
+            "INSERT INTO executions AS x (owner_id, workflow_id, replay_of, trigger_data) "
             "SELECT owner_id, workflow_id, id, trigger_data FROM executions WHERE id = $1 "
-            f"RETURNING {_DELIVERY_COLUMNS.replace('x.', '')}",
+            f"RETURNING {_DELIVERY_COLUMNS}",
             delivery_id,
         )
         await conn.execute("SELECT pg_notify('hookyard_events', '')")
