@@ -11,6 +11,7 @@ import asyncpg
 
 from schemas.errors import NotFound
 from schemas.store.notifications import SUBSCRIBED
+from schemas.store.outbox import TRIGGER_TYPE as OUTBOX_TRIGGER
 from schemas.store.rows import row_of, rows_of
 from schemas.store.subscriptions import record_delivery_outcomes
 from schemas.store.terminal import RETURNING, after_terminal, returning
@@ -206,7 +207,9 @@ async def record_outcomes(conn: asyncpg.Connection, outcomes: list[dict[str, Any
             "WHERE x.id = u.id AND x.status = 'running' AND w.id = x.workflow_id "
             f"RETURNING {returning('x')}, w.internal, coalesce(x.result->>'gone' = 'true', false) AS gone, "
             # Saves `after_terminal` a round trip when no owner in the group subscribes.
-            f"{SUBSCRIBED.format(owner='x.owner_id')} AS subscribed",
+            f"{SUBSCRIBED.format(owner='x.owner_id')} AS subscribed, "
+            # Saves the outbox write-back's wake-up a round trip when no row came from an outbox.
+            f"(w.trigger_type = '{OUTBOX_TRIGGER}') AS outbox",
             *_outcome_arrays(outcomes),
         )
         await record_delivery_outcomes(conn, [r for r in rows if r["internal"]])

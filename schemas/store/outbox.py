@@ -121,13 +121,17 @@ HEALTH_JSON = (
 
 
 async def wake_write_back(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> None:
-    """Executions just ended (`after_terminal`): wake the outbox write-back if one carried a claimed row."""
-    events = [r["event_id"] for r in rows if r["event_id"] is not None and r["replay_of"] is None]
-    if events:
+    """Executions just ended (`after_terminal`): wake the outbox write-back if one carried a claimed row.
+
+    Free when the statement that ended them says none was an outbox workflow's (`outbox`
+    column, as the outcome write returns it); rows without that column cost one statement.
+    """
+    rows = [r for r in rows if r.get("outbox", True) and r["event_id"] is not None and r["replay_of"] is None]
+    if rows:
         await conn.execute(
             "SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM outbox_claims "
             "WHERE event_id = ANY($1::uuid[]) AND state = 'claimed')",
-            events,
+            [r["event_id"] for r in rows],
             WRITE_BACK_CHANNEL,
         )
 
@@ -332,7 +336,17 @@ async def record_claims(
     return [NewClaim(c[0].row_id, c[1], eid) for c, eid in zip(claims, event_ids, strict=True)]
 
 
-_FINISHED = """
+# Open claims due for write-back: their execution ended, or their event will never run one.
+_DUE_FOR_WRITE_BACK = """
+FROM outbox_claims c
+LEFT JOIN events e ON e.id = c.event_id
+LEFT JOIN executions x ON x.event_id = c.event_id AND x.workflow_id = c.workflow_id AND x.replay_of IS NULL
+WHERE c.state = 'claimed' AND (c.writeback_retry_at IS NULL OR c.writeback_retry_at <= now())
+  AND (x.status IN ('succeeded', 'failed', 'cancelled')
+       OR (x.id IS NULL AND (e.id IS NULL OR e.status IN ('unmatched', 'rejected', 'dispatched'))))
+"""
+
+_FINISHED = f"""
 SELECT c.id, c.workflow_id, c.credential_id, c.table_name, c.row_id, c.generation, c.writeback_attempts,
        CASE WHEN x.status = 'succeeded' THEN 'sent'
             -- Cancelled before any attempt (the workflow was deactivated): the row was never tried.
@@ -340,13 +354,7 @@ SELECT c.id, c.workflow_id, c.credential_id, c.table_name, c.row_id, c.generatio
             WHEN x.status IN ('failed', 'cancelled') THEN 'failed'
             ELSE 'released' END AS outcome,
        x.result, CASE WHEN x.status = 'cancelled' THEN coalesce(x.error, 'cancelled') ELSE x.error END AS error
-FROM outbox_claims c
-LEFT JOIN events e ON e.id = c.event_id
-LEFT JOIN executions x ON x.event_id = c.event_id AND x.workflow_id = c.workflow_id AND x.replay_of IS NULL
-WHERE c.state = 'claimed' AND {scope}
-  AND (c.writeback_retry_at IS NULL OR c.writeback_retry_at <= now())
-  AND (x.status IN ('succeeded', 'failed', 'cancelled')
-       OR (x.id IS NULL AND (e.id IS NULL OR e.status IN ('unmatched', 'rejected', 'dispatched'))))
+{_DUE_FOR_WRITE_BACK} AND c.workflow_id = $1
 ORDER BY c.id LIMIT $2
 FOR UPDATE OF c SKIP LOCKED
 """
@@ -358,47 +366,24 @@ async def lock_finished(conn: asyncpg.Connection, workflow_id: UUID, limit: int)
     The row locks are held while the owner's rows are written, so two replicas never write
     back one claim, and a claim is closed in the same transaction as its write is confirmed.
     """
-    rows = await conn.fetch(_FINISHED.format(scope="c.workflow_id = $1"), workflow_id, limit)
+    rows = await conn.fetch(_FINISHED, workflow_id, limit)
     return rows_of(FinishedClaim, rows)
 
 
 async def workflows_to_write_back(conn: asyncpg.Connection, limit: int) -> list[tuple[UUID, UUID]]:
     """(workflow id, owner id) of workflows with claims due for write-back, any state of the workflow."""
-    rows = await conn.fetch(
-        "SELECT DISTINCT c.workflow_id, c.owner_id FROM outbox_claims c "
-        "LEFT JOIN events e ON e.id = c.event_id "
-        "LEFT JOIN executions x ON x.event_id = c.event_id AND x.workflow_id = c.workflow_id AND x.replay_of IS NULL "
-        "WHERE c.state = 'claimed' AND (c.writeback_retry_at IS NULL OR c.writeback_retry_at <= now()) "
-        "AND (x.status IN ('succeeded', 'failed', 'cancelled') "
-        "OR (x.id IS NULL AND (e.id IS NULL OR e.status IN ('unmatched', 'rejected', 'dispatched')))) LIMIT $1",
-        limit,
-    )
+    rows = await conn.fetch(f"SELECT DISTINCT c.workflow_id, c.owner_id {_DUE_FOR_WRITE_BACK} LIMIT $1", limit)
     return [(r["workflow_id"], r["owner_id"]) for r in rows]
-
-
-async def record_written(conn: asyncpg.Connection, claim: FinishedClaim, result: Any) -> bool:
-    """Close a claim: its outcome is in the owner's row. Conditioned on the claim being open at
-    this generation, so a stale write-back never closes a newer claim."""
-    done: str = await conn.execute(
-        "UPDATE outbox_claims SET state = 'written_back', outcome = $3, result = $4::jsonb, written_back_at = now(), "
-        "writeback_error = NULL, writeback_retry_at = NULL WHERE id = $1 AND generation = $2 AND state = 'claimed'",
-        claim.id,
-        claim.generation,
-        claim.outcome,
-        result,
-    )
-    if done != "UPDATE 0":
-        await conn.execute(
-            "UPDATE outbox_health SET rows_written_total = rows_written_total + 1 WHERE workflow_id = $1",
-            claim.workflow_id,
-        )
-    return done != "UPDATE 0"
 
 
 async def record_written_many(
     conn: asyncpg.Connection, workflow_id: UUID, claims: Sequence[FinishedClaim], results: Sequence[Any]
 ) -> int:
-    """`record_written` for many claims of one workflow in one statement; returns how many closed."""
+    """Close claims of one workflow: their outcomes are in the owner's rows; returns how many closed.
+
+    Conditioned on each claim being open at its generation, so a stale write-back never closes
+    a newer claim.
+    """
     rows = await conn.fetch(
         "UPDATE outbox_claims c SET state = 'written_back', outcome = u.outcome, result = u.result, "
         "written_back_at = now(), writeback_error = NULL, writeback_retry_at = NULL "

@@ -222,7 +222,7 @@ async def test_a_stale_write_back_cannot_close_a_newer_claim(
     assert await poller.claim(poll, sql, await _opool(poller, poll)) == 1
 
     async with pool.acquire() as conn:
-        assert not await store.record_written(conn, first, {"late": True})
+        assert await store.record_written_many(conn, poll.workflow_id, [first], [{"late": True}]) == 0
     assert [c[1:] for c in await _claims(pool, poll)] == [(1, "written_back"), (2, "claimed")]
     assert await _statuses(owner_conn, "hx_stale") == ["PROCESSING"]
 
