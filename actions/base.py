@@ -74,6 +74,8 @@ class ActionContext:
     record_failover: Callable[[str, str], None] = lambda from_provider, to_provider: None
     # Bytes the templates of one outgoing request may produce (HOOKYARD_MAX_RENDERED_BYTES).
     max_rendered_bytes: int = DEFAULT_MAX_RENDERED_BYTES
+    # Signs a connect link id into its URL token (the worker's keyring); for deliveries only.
+    sign_connect_link: Callable[[UUID], str] | None = None
 
     def render_budget(self) -> RenderBudget:
         """A fresh output budget for the templates of one request."""

@@ -11,18 +11,21 @@ secret rotation every valid secret signs (space-separated signatures). The egres
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urljoin
+from uuid import UUID
 
 import httpx
 import orjson
 
-from actions.base import ActionContext, ActionType
+from actions.base import MASK, ActionContext, ActionType
 from actions.errors import PermanentActionError, RetryableActionError
 from actions.http import parse_retry_after, sign_standard_webhook
 
 NAME = "hookyard.deliver"
+# The one event type whose deliveries carry a connect link, signed at send time.
+NEEDS_RECONNECT = "credential.needs_reconnect"
 TIMEOUT_S = 10.0
 _EXCERPT = 512
 _RETRY_STATUSES = {408, 425, 429}
@@ -49,6 +52,34 @@ def envelope_body(trigger: Mapping[str, Any], base_url: str) -> bytes:
     return orjson.dumps(trigger)
 
 
+def connect_link_url(trigger: Mapping[str, Any], base_url: str, sign: Callable[[UUID], str]) -> str | None:
+    """The signed connect link of a credential.needs_reconnect notification, made now.
+
+    The stored notification holds only the link's id (useless without the keyring's
+    signature), so the bearer link exists only in the body sent: never in PostgreSQL, Temporal
+    history, logs or errors. Every delivery of the notification carries the same link, which
+    works once.
+    """
+    data = trigger.get("data")
+    if trigger.get("type") != NEEDS_RECONNECT or not isinstance(data, dict):
+        return None
+    link = data.get("connect_link")
+    try:
+        link_id = UUID(str(link["id"])) if isinstance(link, dict) else None
+    except (KeyError, ValueError):
+        return None
+    if link_id is None:
+        return None
+    return f"{base_url.rstrip('/')}/oauth/connect/{sign(link_id)}"
+
+
+def with_connect_link(trigger: Mapping[str, Any], url: str) -> dict[str, Any]:
+    """The envelope with `data.connect_link.url` set."""
+    data = dict(trigger["data"])
+    data["connect_link"] = {**data["connect_link"], "url": url}
+    return {**trigger, "data": data}
+
+
 def signature_headers(secrets: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """Standard Webhooks headers signed by each space-separated secret (newest first)."""
     signatures = [sign_standard_webhook(s, msg_id, timestamp, body)["webhook-signature"] for s in secrets.split()]
@@ -64,7 +95,11 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
     if not ctx.signing_secret:
         raise PermanentActionError("the subscription has no valid signing secret")
     url = str(config["target_url"])
-    body = envelope_body(trigger, str(config.get("base_url") or ""))
+    base_url = str(config.get("base_url") or "")
+    link = None if ctx.sign_connect_link is None else connect_link_url(trigger, base_url, ctx.sign_connect_link)
+    if link is not None:
+        trigger = with_connect_link(trigger, link)
+    body = envelope_body(trigger, base_url)
     headers = signature_headers(ctx.signing_secret, trigger["id"], int(time.time()), body)
     headers.update({"content-type": "application/json", "user-agent": "hookyard/0.1"})
     started = time.monotonic()
@@ -78,7 +113,18 @@ async def run(ctx: ActionContext, config: Mapping[str, Any]) -> dict[str, Any]:
         raise RetryableActionError(f"timed out calling {_host(url)}") from exc
     except httpx.HTTPError as exc:
         raise RetryableActionError(f"could not reach {_host(url)}: {type(exc).__name__}") from exc
+    if link is not None:
+        excerpt = masked(excerpt, link.rsplit("/", 1)[-1])
     return _outcome(url, response, excerpt, round((time.monotonic() - started) * 1000, 1))
+
+
+def masked(excerpt: str, token: str) -> str:
+    """The excerpt without the connect link token, whole or cut off at the excerpt's end (a
+    receiver echoing the body back must not put the link into the stored result)."""
+    excerpt = excerpt.replace(token, MASK)
+    link_id = token.split(".", 1)[0]
+    cut = excerpt.find(link_id)
+    return excerpt if cut < 0 else excerpt[:cut] + MASK
 
 
 async def _excerpt(response: httpx.Response) -> str:

@@ -72,7 +72,7 @@ async def start_connect(request: Request) -> Response:
             await app.redis.set(_STATE_KEY + _state_digest(state), record, ex=app.settings.oauth_state_ttl_s)
         except (redis.RedisError, OSError):
             raise ConnectFailed(503, "Try again shortly", "The service is briefly unavailable.") from None
-        url = app.google.authorization_url(list(link.scopes), state, verifier)
+        url = app.google.authorization_url(list(link.scopes), state, verifier, link.account_email)
     except ConnectFailed as exc:
         return page(exc.status, exc.title, exc.detail)
     response = RedirectResponse(url, status_code=302, headers={"cache-control": "no-store"})
@@ -159,6 +159,10 @@ async def _finish(app: AppState, request: Request) -> Response:
             raise gone from None
         if link.used_at is not None or link.expired:
             raise gone
+        if link.account_email is not None and link.account_email.lower() != tokens.email.lower():
+            # A reconnect link: another account would be connected beside, not instead of, it.
+            detail = f"This link reconnects {link.account_email}. Sign in with that account; nothing was stored."
+            raise ConnectFailed(400, "Different account", detail)
         scopes = tokens.scopes or list(link.scopes)
         row, created = await store.upsert_oauth(
             conn,

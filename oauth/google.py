@@ -49,8 +49,12 @@ class GoogleOAuth:
     token_url: str = TOKEN_URL
     revoke_url: str = REVOKE_URL
 
-    def authorization_url(self, scopes: list[str], state: str, code_verifier: str) -> str:
-        """Where to send the browser: offline access, consent prompt, PKCE S256."""
+    def authorization_url(
+        self, scopes: list[str], state: str, code_verifier: str, login_hint: str | None = None
+    ) -> str:
+        """Where to send the browser: offline access, consent prompt, PKCE S256 (and the
+        account to sign in with, when the link is for one)."""
+        extra = {} if login_hint is None else {"login_hint": login_hint}
         url: str = prepare_grant_uri(
             self.authorize_url,
             self.client_id,
@@ -64,6 +68,7 @@ class GoogleOAuth:
             # A refresh token comes only with a consent; ask every time so reconnects get one.
             prompt="consent",
             include_granted_scopes="true",
+            **extra,
         )
         return url
 

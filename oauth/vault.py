@@ -33,7 +33,7 @@ import asyncpg
 import httpx
 
 from oauth.crypto import Keyring
-from oauth.google import GoogleOAuth, InvalidGrant, OAuthFlowError
+from oauth.google import DEFAULT_SCOPES, GoogleOAuth, InvalidGrant, OAuthFlowError
 from schemas.errors import NotFound
 from schemas.store import credentials as store
 from schemas.store.credentials import Credential
@@ -94,6 +94,8 @@ class Vault:
     google: GoogleOAuth | None = None
     # Told the provider of every failed refresh (the worker counts them in its metrics).
     on_refresh_failure: Callable[[str], None] | None = None
+    # How long the connect link sent with credential.needs_reconnect stays valid.
+    connect_link_ttl_s: int = store.DEFAULT_LINK_TTL_S
 
     async def load(self, owner_id: UUID, credential_id: UUID, providers: Collection[str] = ()) -> Loaded:
         """The owner's credential, with a fresh access token for OAuth2 ones."""
@@ -124,7 +126,7 @@ class Vault:
     async def _dead(self, owner_id: UUID, credential_id: UUID, reason: str) -> CredentialUnusable:
         """Mark the grant dead (once, however many callers find out) and say so to the caller."""
         async with self.pool.acquire() as conn:
-            paused = await store.mark_needs_reconnect(conn, owner_id, credential_id, reason)
+            paused = await self._mark(conn, owner_id, credential_id, reason)
         if paused is not None:
             log.warning(
                 "credential %s needs reconnecting (%s); paused %d workflow(s)",
@@ -133,6 +135,14 @@ class Vault:
                 len(paused),
             )
         return CredentialUnusable(f"credential {credential_id} needs to be reconnected ({reason})")
+
+    async def _mark(
+        self, conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID, reason: str
+    ) -> list[UUID] | None:
+        # The owner is notified in the same transaction, with a link asking for the usual scopes too.
+        return await store.mark_needs_reconnect(
+            conn, owner_id, credential_id, reason, link_ttl_s=self.connect_link_ttl_s, link_scopes=DEFAULT_SCOPES
+        )
 
     async def _refresh(
         self, owner_id: UUID, credential_id: UUID, providers: Collection[str], *, stale: str | None = None
@@ -159,7 +169,7 @@ class Vault:
             except InvalidGrant as exc:
                 self._refresh_failed(row.provider)
                 dead = f"{REVOKED}: {exc}"
-                paused = await store.mark_needs_reconnect(conn, owner_id, credential_id, dead)
+                paused = await self._mark(conn, owner_id, credential_id, dead)
                 if paused is not None:
                     log.warning(
                         "credential %s needs reconnecting (%s); paused %d workflow(s)",

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas import notification_data as data
+
 
 @dataclass(frozen=True, slots=True)
 class EventType:
@@ -68,6 +70,33 @@ def _execution(status: str, what: str) -> EventType:
 EXECUTION_SUCCEEDED = _execution("succeeded", "succeeded")
 EXECUTION_FAILED = _execution("failed", "failed for good (its retries used up, or a permanent error)")
 EXECUTION_CANCELLED = _execution("cancelled", "was cancelled (by its owner, or its workflow was deactivated)")
+NEWSLETTER_PROGRESS = EventType(
+    "newsletter.progress", 1, "A newsletter is sending (at most one per 10 s each).", data.NEWSLETTER_PROGRESS
+)
+NEWSLETTER_COMPLETED = EventType(
+    "newsletter.completed",
+    1,
+    "A newsletter finished: sent, partially_sent, failed or cancelled.",
+    data.NEWSLETTER_COMPLETED,
+)
+CREDENTIAL_NEEDS_RECONNECT = EventType(
+    "credential.needs_reconnect",
+    1,
+    "A credential's grant is gone; carries a fresh single-use connect link for the account.",
+    data.CREDENTIAL_NEEDS_RECONNECT,
+)
+TRIGGER_SYNC_FAILED = EventType(
+    "trigger.sync_failed", 1, "A trigger could not be set up (once per error).", data.TRIGGER_SYNC_FAILED
+)
+GMAIL_WATCH_RENEWED_FAILED = EventType(
+    "gmail.watch_renewed_failed",
+    1,
+    "Renewing a Gmail watch failed (once until one succeeds).",
+    data.GMAIL_WATCH_RENEWED_FAILED,
+)
+GMAIL_WATCH_EXPIRING = EventType(
+    "gmail.watch_expiring", 1, "A Gmail watch expires within 5 days: renewals keep failing.", data.GMAIL_WATCH_EXPIRING
+)
 
 EVENT_TYPES: Mapping[str, EventType] = {
     t.name: t
@@ -75,6 +104,12 @@ EVENT_TYPES: Mapping[str, EventType] = {
         EXECUTION_SUCCEEDED,
         EXECUTION_FAILED,
         EXECUTION_CANCELLED,
+        NEWSLETTER_PROGRESS,
+        NEWSLETTER_COMPLETED,
+        CREDENTIAL_NEEDS_RECONNECT,
+        TRIGGER_SYNC_FAILED,
+        GMAIL_WATCH_RENEWED_FAILED,
+        GMAIL_WATCH_EXPIRING,
     )
 }
 

@@ -106,6 +106,7 @@ async def run_worker(
                 http,
                 google_from_settings(settings.for_google()),
                 on_refresh_failure=partial(record_credential_refresh_failure, metrics),
+                connect_link_ttl_s=settings.connect_link_ttl_s,
             )
             newsletter = NewsletterActivities(
                 pool,

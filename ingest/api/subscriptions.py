@@ -114,17 +114,21 @@ async def check_target(policy: EgressPolicy, url: str) -> None:
     """An http(s) URL whose host the egress policy lets actions reach; `Invalid` naming why not."""
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, ValueError):
+        scheme, host, port, userinfo = parsed.scheme, parsed.host, parsed.port, parsed.userinfo
+        normalised = str(parsed)
+    except (httpx.InvalidURL, ValueError):  # UnicodeError (IDNA) is a ValueError
         raise Invalid("target_url is not a valid URL", field="target_url") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if scheme not in ("http", "https") or not host:
         raise Invalid("target_url must be an http or https URL with a host", field="target_url")
-    if parsed.userinfo:
+    if port is not None and not 0 < port < 65536:
+        raise Invalid("target_url has a port outside 1-65535", field="target_url")
+    if userinfo:
         raise Invalid("target_url must not carry a user name or password", field="target_url")
     try:
-        await policy.check_url(str(parsed), RESOLVE_TIMEOUT_S)
+        await policy.check_url(normalised, RESOLVE_TIMEOUT_S)
     except ActionError as exc:  # refused by the policy, or the host does not resolve
         raise Invalid(f"target_url: {exc}", field="target_url") from None
-    except (OSError, ValueError, UnicodeError):
+    except (OSError, ValueError):
         raise Invalid("target_url: the host cannot be resolved", field="target_url") from None
 
 

@@ -7,7 +7,7 @@ Nothing here returns a secret except `load_secret`, which the worker and OAuth f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +17,9 @@ import asyncpg
 import orjson
 
 from schemas.errors import NotFound
+from schemas.sanitize import strip_nul
 from schemas.sealed import Cipher, record_aad
+from schemas.store import notification_events
 from schemas.store.rows import row_of, rows_of
 from schemas.store.workflows import cancel_pending
 
@@ -54,7 +56,12 @@ class ConnectLink:
     expires_at: datetime
     used_at: datetime | None
     expired: bool
+    # Set on links that reconnect one account (credential.needs_reconnect): no other may use it.
+    account_email: str | None = None
 
+
+# How long a connect link made for a reconnect stays valid unless told (HOOKYARD_CONNECT_LINK_TTL_S).
+DEFAULT_LINK_TTL_S = 72 * 3600
 
 # Why hookyard paused a workflow (workflows.paused_reason): its mailbox's grant is gone.
 PAUSED_NEEDS_RECONNECT = "credential_needs_reconnect"
@@ -231,18 +238,28 @@ async def store_refreshed(
 
 
 async def mark_needs_reconnect(
-    conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID, reason: str
+    conn: asyncpg.Connection,
+    owner_id: UUID,
+    credential_id: UUID,
+    reason: str,
+    *,
+    link_ttl_s: int = DEFAULT_LINK_TTL_S,
+    link_scopes: Sequence[str] = (),
 ) -> list[UUID] | None:
     """Flag a credential whose grant is gone and pause the Gmail triggers reading its mailbox.
 
     The pause is hookyard's (`paused_reason`), so reconnecting resumes exactly these workflows.
+    In the same transaction the owner is notified (credential.needs_reconnect), with a connect
+    link for the account valid `link_ttl_s` and asking for its scopes and `link_scopes`.
     Returns the ids of the workflows paused, or None if the credential was not active (someone
     marked it first: nothing changes, and nothing should be logged twice).
     """
+    reason = strip_nul(reason)  # a provider's message may hold NUL, which text refuses
     async with conn.transaction():
-        marked = await conn.fetchval(
+        marked = await conn.fetchrow(
             "UPDATE credentials SET status = 'needs_reconnect', status_reason = $3, updated_at = now() "
-            "WHERE id = $1 AND owner_id = $2 AND status = 'active' RETURNING id",
+            "WHERE id = $1 AND owner_id = $2 AND status = 'active' "
+            "RETURNING id, owner_id, provider, kind, account_email, scopes",
             credential_id,
             owner_id,
             reason[:500],
@@ -260,7 +277,9 @@ async def mark_needs_reconnect(
         )
         for row in paused:
             await cancel_pending(conn, row["id"])
-    return [row["id"] for row in paused]
+        ids = [row["id"] for row in paused]
+        await notification_events.credential_needs_reconnect(conn, marked, reason, ids, link_ttl_s, link_scopes)
+    return ids
 
 
 async def resume_paused(conn: asyncpg.Connection, owner_id: UUID, credential_id: UUID) -> list[UUID]:
@@ -336,7 +355,9 @@ async def credential_provider(conn: asyncpg.Connection, owner_id: UUID, credenti
 
 # Connect links ---------------------------------------------------------------------------
 
-_LINK_COLUMNS = "id, owner_id, provider, scopes, redirect_after, expires_at, used_at, expires_at <= now() AS expired"
+_LINK_COLUMNS = (
+    "id, owner_id, provider, scopes, redirect_after, expires_at, used_at, expires_at <= now() AS expired, account_email"
+)
 
 
 async def insert_connect_link(

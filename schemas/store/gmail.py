@@ -144,6 +144,7 @@ async def record_watch(
     await conn.execute(
         "UPDATE gmail_mailboxes SET status = 'active', history_id = coalesce(history_id, $3), "
         "watch_expiration = $4, watch_renewed_at = now(), label_ids = $5, last_error = NULL, watch_error = NULL, "
+        "watch_failed_at = NULL, "
         "updated_at = now() "
         "WHERE credential_id = $1 AND owner_id = $2",
         ref.credential_id,

@@ -10,6 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
+from schemas.store import notification_events
 from schemas.store.terminal import RETURNING, after_terminal
 
 # Recipients still to be sent to; `sending` ones were cut off mid-request by a lost worker.
@@ -147,10 +148,13 @@ async def record(
     message_id: str | None,
     error: str | None,
 ) -> None:
-    """A recipient's outcome: sent, failed or unknown."""
-    await conn.execute(
-        "UPDATE newsletter_recipients SET state = $3, provider = coalesce($4, provider), message_id = $5, "
-        "error = $6, updated_at = now() WHERE execution_id = $1 AND idx = $2",
+    """A recipient's outcome: sent, failed or unknown (and newsletter.progress when due)."""
+    # One statement, which also says whether a throttled progress notification may be due.
+    due = await conn.fetchval(
+        "WITH r AS (UPDATE newsletter_recipients SET state = $3, provider = coalesce($4, provider), "
+        "message_id = $5, error = $6, updated_at = now() WHERE execution_id = $1 AND idx = $2 "
+        f"RETURNING execution_id) SELECT {notification_events.PROGRESS_DUE} FROM r "
+        "JOIN newsletters n USING (execution_id) JOIN executions x ON x.id = n.execution_id",
         execution_id,
         index,
         state,
@@ -158,6 +162,8 @@ async def record(
         message_id,
         error,
     )
+    if due:
+        await notification_events.newsletter_progress(conn, execution_id)
 
 
 async def cancel_open(conn: asyncpg.Connection, execution_id: UUID) -> None:
@@ -256,4 +262,6 @@ async def finish(
             error,
         )
         await after_terminal(conn, rows)
+        if rows:
+            await notification_events.newsletter_completed(conn, rows[0], result)
     return bool(rows)

@@ -11,9 +11,11 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from schemas.db import is_storage_error
 from schemas.notification_types import EXECUTION_CANCELLED, EXECUTION_FAILED, EXECUTION_SUCCEEDED, event_type
+from schemas.sanitize import strip_nul
 from schemas.store.events import EVENTS_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -69,9 +71,9 @@ async def emit(
 # One statement: the notifications some active subscription wants, and one queued delivery per
 # (notification, subscription), in notice order (each subscription's deliveries run FIFO).
 _EMIT = (
-    "WITH n AS MATERIALIZED (SELECT gen_random_uuid() AS id, u.* FROM unnest($1::uuid[], $2::text[], "
-    " $3::int[], $4::jsonb[], $5::uuid[], $6::text[], $7::text[]) WITH ORDINALITY "
-    " AS u(owner_id, event_type, version, data, workflow_id, action_type, subject_id, ord)), "
+    "WITH n AS MATERIALIZED (SELECT gen_random_uuid() AS id, u.*, u.data_text::jsonb AS data "
+    " FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::uuid[], $6::text[], $7::text[]) WITH ORDINALITY "
+    " AS u(owner_id, event_type, version, data_text, workflow_id, action_type, subject_id, ord)), "
     "m AS MATERIALIZED (SELECT n.*, s.workflow_id AS delivery_workflow, s.seq AS sub_seq FROM n "
     " JOIN subscriptions s ON s.owner_id = n.owner_id AND s.active AND s.deleted_at IS NULL "
     " AND n.event_type = ANY(s.event_types) "
@@ -92,12 +94,14 @@ async def emit_many(conn: asyncpg.Connection, notices: Sequence[Notice]) -> int:
     if not notices:
         return 0
     versions = [event_type(n.event_type).version for n in notices]
+    # Serialised here: ids of any kind become strings, NULs (refused by jsonb) are replaced.
+    data = [orjson.dumps(strip_nul(dict(n.data)), default=str).decode() for n in notices]
     row = await conn.fetchrow(
         _EMIT,
         [n.owner_id for n in notices],
         [n.event_type for n in notices],
         versions,
-        [dict(n.data) for n in notices],
+        data,
         [n.workflow_id for n in notices],
         [n.action_type for n in notices],
         [n.subject_id for n in notices],

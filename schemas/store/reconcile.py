@@ -138,10 +138,15 @@ async def open_executions(conn: asyncpg.Connection, workflow_id: UUID, limit: in
 
 
 async def open_lane_executions(conn: asyncpg.Connection, lane: int, limit: int) -> list[asyncpg.Record]:
-    """The lane's open executions that Temporal was given, with what decides if they are stranded."""
+    """The lane's open executions that Temporal was given, with what decides if they are stranded
+    (`held`: queued behind a retry of its ordered workflow, see `LaneWork.ordered`)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT x.id, x.workflow_id, x.status, x.attempts, x.signalled_at, x.next_attempt_at, "
-        "x.attempt_started_at, now() AS now FROM executions x "
+        "x.attempt_started_at, now() AS now, "
+        # Queued behind a retry of an ordered (internal) workflow: waiting is what it should do.
+        "(x.status = 'queued' AND EXISTS (SELECT 1 FROM workflows w WHERE w.id = x.workflow_id AND w.internal) "
+        " AND EXISTS (SELECT 1 FROM executions o WHERE o.workflow_id = x.workflow_id AND o.status = 'running' "
+        " AND o.next_attempt_at IS NOT NULL)) AS held FROM executions x "
         "WHERE x.lane = $1 AND x.signalled_at IS NOT NULL AND x.status IN ('queued', 'running') "
         "AND (x.temporal_workflow_id IS NULL OR x.temporal_workflow_id NOT LIKE 'newsletter-%') "
         "ORDER BY x.signalled_at LIMIT $2",

@@ -279,16 +279,9 @@ async def rotate_secret(
         await _add_secret(conn, cipher, owner_id, sub_id, secret)
 
 
-async def load_secrets(conn: asyncpg.Connection, cipher: Cipher, owner_id: UUID, workflow_id: UUID) -> list[str]:
-    """The valid secrets of the subscription a delivery workflow backs, newest first, decrypted."""
-    rows = await conn.fetch(
-        "SELECT k.id, k.ciphertext FROM subscriptions s JOIN subscription_secrets k ON k.subscription_id = s.id "
-        "WHERE s.workflow_id = $1 AND s.owner_id = $2 AND (k.expires_at IS NULL OR k.expires_at > now()) "
-        "ORDER BY k.created_at DESC",
-        workflow_id,
-        owner_id,
-    )
-    return [cipher.decrypt(r["ciphertext"], _aad(owner_id, r["id"])).decode() for r in rows]
+def open_secret(cipher: Cipher, owner_id: UUID, secret_id: UUID, ciphertext: str) -> str:
+    """A subscription secret decrypted (`load_signing_secret` reads the rows with the workflow's)."""
+    return cipher.decrypt(ciphertext, _aad(owner_id, secret_id)).decode()
 
 
 _DELIVERY_COLUMNS = (
@@ -336,9 +329,9 @@ async def retry_delivery(conn: asyncpg.Connection, owner_id: UUID, sub_id: UUID,
         if not await conn.fetchval("SELECT active FROM subscriptions WHERE id = $1", sub_id):
             raise DeliveryNotFinished("the subscription is not active; activate it first")
         row = await conn.fetchrow(
-            "INSERT INTO executions (owner_id, workflow_id, replay_of, trigger_data) "
+            "INSERT INTO executions AS x (owner_id, workflow_id, replay_of, trigger_data) "
             "SELECT owner_id, workflow_id, id, trigger_data FROM executions WHERE id = $1 "
-            f"RETURNING {_DELIVERY_COLUMNS.replace('x.', '')}",
+            f"RETURNING {_DELIVERY_COLUMNS}",
             delivery_id,
         )
         await conn.execute("SELECT pg_notify('hookyard_events', '')")

@@ -13,6 +13,8 @@ from uuid import UUID
 
 import asyncpg
 
+from schemas.store import notification_events
+
 SYNC_CHANNEL = "hookyard_trigger_sync"
 
 _LAGGING = (
@@ -99,18 +101,29 @@ async def record_synced(
 async def record_failed(
     conn: asyncpg.Connection, workflow_id: UUID, version: int, error: str, retry_in_s: float
 ) -> None:
-    """Syncing `version` failed: show why and retry later (at once if the row changed meanwhile)."""
-    await conn.execute(
-        "UPDATE workflows SET sync_lease_until = NULL, "
-        "sync_error = CASE WHEN sync_version = $2 THEN $3 ELSE sync_error END, "
-        "sync_attempts = CASE WHEN sync_version = $2 THEN sync_attempts + 1 ELSE sync_attempts END, "
-        "sync_retry_at = CASE WHEN sync_version = $2 THEN now() + make_interval(secs => $4) "
-        "ELSE sync_retry_at END WHERE id = $1",
-        workflow_id,
-        version,
-        error,
-        retry_in_s,
-    )
+    """Syncing `version` failed: show why and retry later (at once if the row changed meanwhile).
+
+    An error that is new for the workflow (it had none, or another) is reported to its owner
+    (trigger.sync_failed) in the same transaction: once per failure episode, not per retry.
+    """
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE workflows w SET sync_lease_until = NULL, "
+            "sync_error = CASE WHEN w.sync_version = $2 THEN $3 ELSE w.sync_error END, "
+            "sync_attempts = CASE WHEN w.sync_version = $2 THEN w.sync_attempts + 1 ELSE w.sync_attempts END, "
+            "sync_retry_at = CASE WHEN w.sync_version = $2 THEN now() + make_interval(secs => $4) "
+            "ELSE w.sync_retry_at END "
+            "FROM (SELECT id, sync_error FROM workflows WHERE id = $1 FOR UPDATE) old WHERE w.id = old.id "
+            "RETURNING w.id AS workflow_id, w.name AS workflow_name, w.owner_id, w.trigger_type, w.action_type, "
+            "w.sync_attempts, (w.sync_version = $2 AND old.sync_error IS DISTINCT FROM $3 "
+            "AND w.deleted_at IS NULL) AS new_error",
+            workflow_id,
+            version,
+            error,
+            retry_in_s,
+        )
+        if row is not None and row["new_error"]:
+            await notification_events.trigger_sync_failed(conn, row, error)
 
 
 async def next_due_in(conn: asyncpg.Connection) -> float | None:

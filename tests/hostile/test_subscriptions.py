@@ -3,6 +3,8 @@ ill-typed fields, other owners' ids. Each gets a clear 4xx and changes nothing; 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from typing import Any
 
@@ -32,6 +34,9 @@ BAD_TARGETS = [
     "http://exa mple.com/",
     "http://no-such-host.invalid/hook",
     "http://" + "a" * 2100 + ".com/",
+    "https://xn--/",  # a malformed IDNA label: was a 500
+    "http://127.0.0.1:65536/",
+    "http://127.0.0.1:0/",
 ]
 
 
@@ -179,3 +184,20 @@ async def test_an_owner_cannot_fan_out_beyond_the_subscription_cap(owner: Owner,
     response = await _create(owner, body)
     assert response.status_code == 409
     assert str(MAX_SUBSCRIPTIONS_PER_OWNER) in response.json()["error"]["message"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    scheme=st.sampled_from(["http://", "https://", "HTTP://", "ftp://", ""]),
+    host=st.text(max_size=40),
+    rest=st.text(alphabet=st.characters(codec="utf-8"), max_size=20),
+)
+async def test_target_checking_answers_only_invalid_or_ok(scheme: str, host: str, rest: str) -> None:
+    from actions.egress import EgressPolicy
+    from ingest.api.subscriptions import check_target
+    from ingest.errors import Invalid
+
+    # Names that could resolve are kept out: the run must not depend on (or wait for) DNS.
+    url = f"{scheme}{host}.invalid{rest}" if host.isascii() and host.isalnum() else f"{scheme}{host}{rest}"
+    with contextlib.suppress(Invalid):
+        await asyncio.wait_for(check_target(EgressPolicy(), url), 10)

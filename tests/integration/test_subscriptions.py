@@ -427,3 +427,49 @@ async def test_an_execution_claimed_after_its_workflow_was_deactivated_is_notifi
     payload = verified(sub["secret"], request)
     assert payload["data"]["execution"]["id"] == str(execution_id)
     assert payload["data"]["execution"]["error"] == "workflow was deactivated before this execution ran"
+
+
+async def test_emit_takes_any_ids_and_strings_with_nul_characters(
+    owner: Owner, receiver: Receiver, pool: asyncpg.Pool
+) -> None:
+    from schemas.store.notifications import emit
+
+    hook = f"/nul/{uuid.uuid4().hex}"
+    sub = await subscribe(owner, receiver.url + hook)
+    async with pool.acquire() as conn, conn.transaction():
+        workflow_id = await conn.fetchval("SELECT gen_random_uuid()")  # asyncpg's own UUID type
+        await emit(
+            conn,
+            owner_id=uuid.UUID(owner.id),
+            event_type="execution.failed",
+            data={"workflow": {"id": workflow_id}, "error": "bad\x00byte"},
+        )
+
+    [request] = await wait_for(lambda: _async(receiver.to(hook)))
+    data = verified(sub["secret"], request)["data"]
+    assert data["workflow"]["id"] == str(workflow_id) and "\x00" not in data["error"]
+
+
+async def test_a_notification_that_cannot_be_written_does_not_undo_the_outcome(
+    owner: Owner, receiver: Receiver, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from schemas.store import notifications
+    from schemas.store.executions import record_outcomes
+
+    async def defect(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("a defect in the notification code")
+
+    await subscribe(owner, receiver.url + f"/defect/{uuid.uuid4().hex}")
+    endpoint = await create_endpoint(owner.client)
+    workflow = await create_workflow(owner.client, endpoint["id"], receiver.url + "/never")
+    async with pool.acquire() as conn:
+        execution_id = await conn.fetchval(
+            "INSERT INTO executions (owner_id, workflow_id, trigger_data, status, signalled_at) "
+            "VALUES ($1, $2, '{}', 'running', now()) RETURNING id",
+            uuid.UUID(owner.id),
+            uuid.UUID(workflow["id"]),
+        )
+        monkeypatch.setattr(notifications, "emit_many", defect)
+        await record_outcomes(conn, [{"id": execution_id, "status": "failed", "error": "boom"}])
+        status = await conn.fetchval("SELECT status FROM executions WHERE id = $1", execution_id)
+    assert status == "failed"

@@ -4,6 +4,7 @@ signed request and the event type registry."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ from schemas.store.subscriptions import delivery_retry_policy
 from worker.automation.contract import LaneEnqueue, LaneState, LaneWork, Retry
 from worker.automation.lane import LaneWorkflow
 from worker.automation.retry import next_delay
+from worker.dispatch.reconciler import Bounds, stranded_reason
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OLD_SECRET = "whsec_dGhpcyBpcyBhIHNlY3JldCB0aGF0IGlzIG9sZA=="
@@ -179,3 +181,25 @@ def test_every_event_type_is_in_the_catalog_with_a_version_and_a_schema() -> Non
 def test_an_unknown_event_type_is_refused() -> None:
     with pytest.raises(UnknownEventType):
         event_type("execution.exploded")
+
+
+def _queued_long_ago(held: bool) -> dict[str, Any]:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    return {
+        "status": "queued",
+        "now": now,
+        "signalled_at": now - timedelta(hours=2),
+        "next_attempt_at": None,
+        "attempt_started_at": None,
+        "held": held,
+    }
+
+
+def test_a_delivery_queued_behind_a_retry_is_not_handed_back_while_its_lane_runs() -> None:
+    bounds = Bounds(grace=timedelta(seconds=30))
+    assert stranded_reason(_queued_long_ago(held=True), True, bounds) is None
+    assert stranded_reason(_queued_long_ago(held=False), True, bounds) == "queued_overdue"
+
+
+def test_a_held_delivery_is_still_handed_back_when_its_lane_is_gone() -> None:
+    assert stranded_reason(_queued_long_ago(held=True), False, Bounds(grace=timedelta(seconds=30))) == "workflow_gone"

@@ -32,6 +32,7 @@ from actions.errors import PermanentActionError, RetryableActionError
 from actions.registry import UnknownAction, get_action
 from actions.templating import DEFAULT_MAX_RENDERED_BYTES
 from oauth.crypto import Keyring
+from oauth.links import link_token
 from oauth.vault import Vault
 from schemas.db import is_storage_error
 from schemas.sanitize import strip_nul
@@ -194,6 +195,7 @@ class AutomationActivities:
                 api_bases=self._api_bases,
                 max_rendered_bytes=self._max_rendered_bytes,
                 egress=self._egress,
+                sign_connect_link=partial(link_token, self._keyring),
             )
             result = await action.run(ctx, row["action_config"])
         except (PermanentActionError, UnknownAction) as exc:

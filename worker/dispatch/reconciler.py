@@ -91,6 +91,8 @@ def stranded_reason(row: Any, running: bool, bounds: Bounds, chain_started: date
             return "workflow_gone" if next_at <= now else None  # the retry keeps its backoff
         return "workflow_gone" if attempt_lost else None  # its attempt may still be running
     if row["status"] == "queued":
+        if row.get("held"):  # an ordered workflow's retry holds it back; the retry is checked itself
+            return None
         return "queued_overdue" if row["signalled_at"] < now - bounds.in_flight - bounds.grace else None
     if next_at is not None:
         return "retry_overdue" if next_at < now - bounds.grace else None

@@ -33,6 +33,7 @@ from oauth.vault import CredentialNotFound, CredentialUnusable, Grant, Loaded, R
 from schemas import db
 from schemas.sanitize import strip_nul
 from schemas.store import gmail as store
+from schemas.store import notification_events
 from schemas.store.events import NewEvent, insert_events
 from schemas.store.gmail import MailboxRef
 from settings import Settings
@@ -78,7 +79,7 @@ class GmailActivities:
         try:
             return await self._watch(ref, labels)
         except ApplicationError as exc:
-            await self._record_error(ref, str(exc), exc.type)
+            await self._record_error(ref, str(exc), exc.type, watching=True)
             raise
 
     @activity.defn(name=SYNC_ACTIVITY)
@@ -264,12 +265,17 @@ class GmailActivities:
     async def _client(self, ref: MailboxRef) -> GmailCalls:
         return GmailCalls(self._vault.grant(ref.owner_id, ref.credential_id, {"google"}), self._http, self._settings)
 
-    async def _record_error(self, ref: MailboxRef, message: str, kind: str | None = None) -> None:
+    async def _record_error(
+        self, ref: MailboxRef, message: str, kind: str | None = None, *, watching: bool = False
+    ) -> None:
         try:
             async with self._pool.acquire() as conn:
                 if kind in DEAD_CREDENTIAL:
                     # No sync, watch or push for this mailbox until the account is reconnected.
                     await store.record_credential_dead(conn, ref, message)
+                elif watching:
+                    # Its owner hears of it once per failure episode (and when the watch nears expiry).
+                    await notification_events.watch_failed(conn, ref.owner_id, ref.credential_id, message)
                 else:
                     await store.record_error(conn, ref, message)
         except (*db.STORAGE_ERRORS, asyncpg.PostgresError):
