@@ -4,6 +4,7 @@ worker with the same `webhook-id`, and the notification is neither lost nor queu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +26,9 @@ class SlowReceiver(Receiver):
     def __init__(self) -> None:
         super().__init__()
         self.slow: dict[str, float] = {}
+        # Set at teardown, so a hanging handler ends at once instead of holding the server's
+        # shutdown for the rest of its delay.
+        self.released = asyncio.Event()
 
     async def app(self, scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def,override]
         delay = self.slow.get(scope["path"], 0.0)
@@ -38,7 +42,9 @@ class SlowReceiver(Receiver):
             if not msg.get("more_body"):
                 break
         self.requests.append(Recorded(scope["path"], {k.decode(): v.decode() for k, v in scope["headers"]}, body))
-        await asyncio.sleep(delay)  # cut off by the worker's death; nothing is answered
+        # Cut off by the worker's death; nothing is answered.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.released.wait(), delay)
 
 
 @pytest.fixture
@@ -47,6 +53,7 @@ async def slow_receiver() -> AsyncIterator[SlowReceiver]:
     async with serve(receiver.app, services.free_port(), lifespan="off") as url:  # type: ignore[arg-type]
         receiver.url = url
         yield receiver
+        receiver.released.set()
 
 
 async def test_a_worker_killed_during_a_delivery_does_not_duplicate_it(
