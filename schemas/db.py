@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # The one classification of database errors: these mean "PostgreSQL cannot answer now" (the
 # connection broke, the server is restarting or refusing connections, a statement was cancelled
@@ -153,3 +155,17 @@ async def listen(
         finally:
             with suppress(Exception):
                 await conn.close()
+
+
+async def in_savepoint(conn: asyncpg.Connection, write: Callable[[], Awaitable[T]], default: T, what: str) -> T:
+    """Run `write` in a savepoint of the caller's transaction: a defect in it is logged (as
+    `what` could not be written) and gives `default`, never undoing the change it rides on;
+    storage errors still fail the whole transaction, so it is retried."""
+    try:
+        async with conn.transaction():
+            return await write()
+    except Exception as exc:
+        if is_storage_error(exc):
+            raise
+        log.exception("%s could not be written; the change it rides on is kept", what)
+        return default

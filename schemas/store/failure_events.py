@@ -20,7 +20,7 @@ from uuid import UUID
 
 import asyncpg
 
-from schemas.db import is_storage_error
+from schemas.db import in_savepoint
 from schemas.store.events import EVENTS_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -87,16 +87,13 @@ async def start_error_workflows(conn: asyncpg.Connection, rows: Sequence[Mapping
     failed = [row["id"] for row in rows if row["status"] == "failed"]
     if not failed:
         return []
-    try:
-        # A savepoint: a failure event that cannot be written (a defect) must not undo the
-        # outcomes that caused it; storage errors still fail the whole transaction, to be retried.
-        async with conn.transaction():
-            started = await conn.fetch(_START, failed, SOURCE_TYPE, _REASON)
-    except Exception as exc:
-        if is_storage_error(exc):
-            raise
-        log.exception("error workflows of %d failed executions could not be started", len(failed))
-        return []
+    # A failure event that cannot be written (a defect) must not undo the outcomes that caused it.
+    started: list[asyncpg.Record] = await in_savepoint(
+        conn,
+        lambda: conn.fetch(_START, failed, SOURCE_TYPE, _REASON),
+        [],
+        f"error workflows of {len(failed)} failed executions",
+    )
     # pg_notify is sent at commit (one notification per transaction and channel), waking the
     # dispatcher's hand-over.
     return [r["id"] for r in started]

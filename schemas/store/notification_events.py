@@ -20,7 +20,7 @@ from uuid import UUID
 
 import asyncpg
 
-from schemas.db import is_storage_error
+from schemas.db import in_savepoint
 from schemas.notification_types import (
     CREDENTIAL_NEEDS_RECONNECT,
     GMAIL_WATCH_EXPIRING,
@@ -65,14 +65,7 @@ async def subscribes(conn: asyncpg.Connection, owner_id: UUID, event_type: str) 
 
 async def _isolated(conn: asyncpg.Connection, what: str, write: Callable[[], Awaitable[T]], default: T) -> T:
     """Run `write` in a savepoint (a transaction when none is open): a defect drops the notification only."""
-    try:
-        async with conn.transaction():
-            return await write()
-    except Exception as exc:
-        if is_storage_error(exc):
-            raise
-        log.exception("a %s notification could not be written; the change it reports is kept", what)
-        return default
+    return await in_savepoint(conn, write, default, f"a {what} notification")
 
 
 def _clip(text: str) -> str:

@@ -13,7 +13,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from schemas.db import is_storage_error
+from schemas.db import in_savepoint
 from schemas.notification_types import EXECUTION_CANCELLED, EXECUTION_FAILED, EXECUTION_SUCCEEDED, event_type
 from schemas.sanitize import strip_nul
 from schemas.store.events import EVENTS_CHANNEL
@@ -138,16 +138,10 @@ async def notify_executions_ended(conn: asyncpg.Connection, rows: Sequence[async
     )
     by_id = {w["id"]: w for w in workflows}
     notices = [_execution_notice(r, by_id[r["workflow_id"]]) for r in rows if r["workflow_id"] in by_id]
-    try:
-        # A savepoint: a notification that cannot be written (a defect) must not undo the
-        # outcomes it reports; storage errors still fail the whole transaction, to be retried.
-        async with conn.transaction():
-            return await emit_many(conn, notices)
-    except Exception as exc:
-        if is_storage_error(exc):
-            raise
-        log.exception("notifications of %d ended executions could not be written", len(notices))
-        return 0
+    # A notification that cannot be written (a defect) must not undo the outcomes it reports.
+    return await in_savepoint(
+        conn, lambda: emit_many(conn, notices), 0, f"notifications of {len(notices)} ended executions"
+    )
 
 
 def _execution_notice(row: asyncpg.Record, workflow: asyncpg.Record) -> Notice:
